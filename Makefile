@@ -1,0 +1,60 @@
+# meli-retrain: `make demo` runs the nightly retraining end to end on the embedded default;
+# `make test` runs the test suite. Both create/reuse .venv from the pinned requirements.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+REPO := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV ?= $(REPO)/.venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+MELI_HOME ?= $(REPO)/.meli
+export MELI_HOME
+export MELI_REPO := $(REPO)
+export AIRFLOW_HOME := $(MELI_HOME)/airflow
+export AIRFLOW_CONFIG := $(REPO)/airflow.cfg
+export PYTHONPATH := $(REPO)
+export GX_ANALYTICS_ENABLED := false
+export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning
+DEMO_ROWS ?= 4000
+DEMO_CONF ?= {"epochs": 6, "embedding_epochs": 5, "models": ["mlp", "cnn", "bilstm"]}
+
+.PHONY: venv demo test lint airflow-ui mlflow-ui distributed-test bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+demo: venv
+	@mkdir -p $(MELI_HOME)/landing
+	$(PY) -m pipelines demo-data $(MELI_HOME)/landing/demo-listings.jsonl.gz --rows $(DEMO_ROWS) --seed 7 --dirty 4
+	$(VENV)/bin/airflow db migrate > $(MELI_HOME)/airflow-db-migrate.log 2>&1 || (cat $(MELI_HOME)/airflow-db-migrate.log; exit 1)
+	$(VENV)/bin/airflow dags test meli_retrain --conf '$(DEMO_CONF)' > $(MELI_HOME)/demo-retrain.log 2>&1 \
+	  || (tail -n 80 $(MELI_HOME)/demo-retrain.log; echo "meli_retrain failed; full log: $(MELI_HOME)/demo-retrain.log"; exit 1)
+	$(VENV)/bin/airflow dags test meli_score > $(MELI_HOME)/demo-score.log 2>&1 \
+	  || (tail -n 80 $(MELI_HOME)/demo-score.log; echo "meli_score failed; full log: $(MELI_HOME)/demo-score.log"; exit 1)
+	$(PY) -m pipelines summary
+
+test: venv
+	$(PY) -m pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+airflow-ui: venv
+	$(VENV)/bin/airflow db migrate > /dev/null
+	$(VENV)/bin/airflow standalone
+
+mlflow-ui: venv
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MELI_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+distributed-test: venv
+	$(PY) -m pytest -q tests/distributed
+
+bench: venv
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(MELI_HOME)

@@ -1,0 +1,185 @@
+"""
+### meli_retrain: nightly retraining of the MeLi title classifier
+
+Wires the stages of `pipelines/` (all logic lives there; this file only connects calls):
+
+1. **ingest** new listings files into `lake/listings/ingest_date=<run date>/` (bad rows to `lake/quarantine/`)
+2. **validate** the partition with Great Expectations; a critical failure stops the run here.
+   The *Data Docs* tab of the run (and the task log / XCom) links the report.
+3. **prepare** the frozen train/validation/test splits and the parent MLflow run
+4. **embedding**: gensim FastText on the training split
+5. **train** one classifier per selected model type (dynamic task mapping; queue `gpu`)
+6. **register** the best on validation as a new model version (the challenger)
+7. **evaluate** challenger and current champion on the same test rows
+8. **gate**: promote (alias `champion`, old one keeps `previous`) or reject, and record why
+9. **announce_champion** emits the `meli_champion` asset only when a new champion was promoted
+
+Operators: trigger with the form to change sources, models, hyperparameters and gate rules;
+`force_promote` and `dry_run` are there for exceptional cases. Everything lands under `$MELI_HOME`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+
+from pipelines.config import BALANCE_MODES, DEVICES, INPUT_FORMATS, MODEL_TYPES, TrainConfig
+from pipelines.settings import GateRules
+
+LISTINGS = Asset("meli_lake_listings")
+CHAMPION = Asset("meli_champion")
+TRAIN_QUEUE = os.environ.get("MELI_TRAIN_QUEUE", "gpu")
+TRAIN_POOL = os.environ.get("MELI_TRAIN_POOL", "default_pool")
+
+_T = TrainConfig()
+_G = GateRules()
+
+
+def _settings():
+    from pipelines.settings import get_settings
+
+    return get_settings()
+
+
+def _train_cfg(params) -> TrainConfig:
+    from dataclasses import fields
+
+    return TrainConfig.from_dict({f.name: params[f.name] for f in fields(TrainConfig) if f.name in params})
+
+
+@dag(
+    dag_id="meli_retrain",
+    schedule="0 2 * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["meli", "training", "mlflow", "great-expectations"],
+    doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "owner": "meli-ml"},
+    params={
+        "run_date": Param("", type="string", title="Run date",
+                          description="YYYY-MM-DD partition to (re)build; empty = the run's logical date or today.",
+                          pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$"),
+        "sources": Param([], type="array", items={"type": "string"}, title="Input files",
+                         description="Files or glob patterns to ingest; empty = $MELI_HOME/landing/*"),
+        "input_format": Param("auto", enum=list(INPUT_FORMATS), title="Input format",
+                              description="auto detects DiploDatos jsonl(.gz), challenge CSV, title,category CSV, Parquet"),
+        "models": Param(list(MODEL_TYPES), type="array", items={"type": "string", "enum": list(MODEL_TYPES)},
+                        title="Model types", description="Classifiers to train; the best on validation is the challenger."),
+        "epochs": Param(_T.epochs, type="integer", minimum=1, maximum=200, title="Epochs (max, early stopping)"),
+        "batch_size": Param(_T.batch_size, type="integer", minimum=1, title="Batch size"),
+        "lr": Param(_T.lr, type="number", exclusiveMinimum=0, title="Learning rate (dense layers)"),
+        "embedding_lr": Param(_T.embedding_lr, type="number", exclusiveMinimum=0, title="Learning rate (embedding)"),
+        "hidden": Param(_T.hidden, type="integer", minimum=8, title="Hidden units (MLP)"),
+        "dropout": Param(_T.dropout, type="number", minimum=0, maximum=0.9, title="Dropout"),
+        "balance": Param(_T.balance, enum=list(BALANCE_MODES), title="Class balancing",
+                         description="weighted loss, balanced sampler, or none"),
+        "patience": Param(_T.patience, type="integer", minimum=1, title="Early-stopping patience (epochs)"),
+        "freeze_embedding": Param(_T.freeze_embedding, type="boolean", title="Freeze the FastText embedding"),
+        "embedding_dim": Param(_T.embedding_dim, type="integer", minimum=8, title="FastText dimension"),
+        "embedding_epochs": Param(_T.embedding_epochs, type="integer", minimum=1, title="FastText epochs"),
+        "device": Param(_T.device, enum=list(DEVICES), title="Device", description="auto = CUDA when available"),
+        "min_improvement": Param(_G.min_improvement, type="number", title="Gate: minimum macro-recall gain"),
+        "min_macro_recall": Param(_G.min_macro_recall, type="number", minimum=0, maximum=1,
+                                  title="Gate: absolute macro-recall floor"),
+        "max_class_drop": Param(_G.max_class_drop, type="number", minimum=0, maximum=1,
+                                title="Gate: a category 'collapses' if its recall drops more than this"),
+        "max_share_classes_dropped": Param(_G.max_share_classes_dropped, type="number", minimum=0, maximum=1,
+                                           title="Gate: reject if more than this share of categories collapse"),
+        "force_promote": Param(False, type="boolean", title="Force promotion",
+                               description="Operator override: promote whatever the rules say (recorded)."),
+        "dry_run": Param(False, type="boolean", title="Dry run", description="Decide and record, move no alias."),
+    },
+)
+def meli_retrain():
+    @task(outlets=[LISTINGS])
+    def ingest(params=None, outlet_events=None, **context) -> dict:
+        from pipelines.config import run_date_from_context
+        from pipelines.retrain import step_ingest
+
+        settings = _settings()
+        run_date = run_date_from_context({**context, "params": params})
+        sources = list(params["sources"]) or [str(settings.home / "landing" / "*")]
+        result = step_ingest(settings, sources, run_date, params["input_format"])
+        outlet_events[LISTINGS].extra = {"partition": result["partition"], "run_date": run_date}
+        return result
+
+    @task
+    def validate(ingested: dict, dag_run=None) -> dict:
+        from pipelines.retrain import step_validate
+        from pipelines.validate import link_run
+
+        settings = _settings()
+        try:
+            report = step_validate(settings, ingested["run_date"])
+        except Exception as exc:
+            if getattr(exc, "report", None):
+                link_run(settings, dag_run.dag_id, dag_run.run_id, exc.report)
+            raise
+        link_run(settings, dag_run.dag_id, dag_run.run_id, report)
+        return {k: report[k] for k in ("run_date", "success", "passed", "evaluated", "warnings",
+                                       "data_docs_index", "data_docs_pages", "data_docs_dir", "report_json")}
+
+    @task
+    def prepare(ingested: dict, validation: dict, dag_run=None) -> dict:
+        from pipelines.retrain import step_prepare
+
+        return step_prepare(_settings(), ingested["run_date"], validation,
+                            {"meli.dag_run_id": dag_run.run_id, "meli.trigger": "airflow"})
+
+    @task
+    def embedding(dataset: dict, params=None) -> dict:
+        from pipelines.retrain import step_embedding
+
+        return step_embedding(_settings(), dataset, _train_cfg(params))
+
+    @task
+    def model_types(params=None) -> list[str]:
+        return _train_cfg(params).models
+
+    @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL, retries=1, execution_timeout=timedelta(hours=3))
+    def train(kind: str, dataset: dict, emb: dict, params=None) -> dict:
+        from pipelines.retrain import step_train
+
+        return step_train(_settings(), dataset, emb, kind, _train_cfg(params))
+
+    @task
+    def register(results: list[dict], dataset: dict, dag_run=None) -> dict:
+        from pipelines.retrain import step_register
+
+        return step_register(_settings(), list(results), dataset["run_date"], dag_run.run_id)
+
+    @task
+    def evaluate(challenger: dict, dataset: dict) -> dict:
+        from pipelines.retrain import step_evaluate
+
+        return step_evaluate(_settings(), dataset["run_date"], challenger)
+
+    @task
+    def gate(challenger: dict, dataset: dict, evaluation: dict, params=None, dag_run=None) -> dict:
+        from pipelines.retrain import step_gate
+
+        rules = {k: params[k] for k in ("min_improvement", "min_macro_recall", "max_class_drop",
+                                        "max_share_classes_dropped")}
+        return step_gate(_settings(), dataset["run_date"], challenger, dataset["parent_run_id"],
+                         bool(params["force_promote"]), bool(params["dry_run"]), dag_run.run_id, **rules)
+
+    @task.short_circuit(outlets=[CHAMPION])
+    def announce_champion(decision: dict) -> bool:
+        """Emit the champion asset (scheduling meli_score) only when a new champion was promoted."""
+        return decision["decision"] == "promoted"
+
+    ingested = ingest()
+    validation = validate(ingested)
+    dataset = prepare(ingested, validation)
+    emb = embedding(dataset)
+    results = train.partial(dataset=dataset, emb=emb).expand(kind=model_types())
+    challenger = register(results, dataset)
+    evaluation = evaluate(challenger, dataset)
+    announce_champion(gate(challenger, dataset, evaluation))
+
+
+meli_retrain()

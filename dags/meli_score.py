@@ -1,0 +1,67 @@
+"""
+### meli_score: batch-score listings with the champion into Parquet
+
+Runs on demand (form: input, output, model alias or version) and is scheduled by Airflow Assets:
+when `meli_retrain` lands new listings in the lake (`meli_lake_listings`) and when it promotes a
+new champion (`meli_champion`). The model alias is resolved to one version at the start; that
+version scores every row. Unscorable rows are kept with a null prediction and a reason.
+
+Output: the given `.parquet` file, or `lake/scored/run_date=<date>/` (replaced atomically on rerun).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+
+from pipelines.config import INPUT_FORMATS
+
+LISTINGS = Asset("meli_lake_listings")
+CHAMPION = Asset("meli_champion")
+
+
+@dag(
+    dag_id="meli_score",
+    schedule=(LISTINGS | CHAMPION),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["meli", "scoring"],
+    doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "owner": "meli-ml"},
+    params={
+        "input": Param("", type="string", title="Input",
+                       description="File (jsonl[.gz], CSV, Parquet) or lake partition dir; empty = the partition "
+                                   "named by the triggering asset event, else the newest listings partition."),
+        "output": Param("", type="string", title="Output .parquet",
+                        description="Empty = lake/scored/run_date=<run date>/"),
+        "model": Param("champion", type="string", title="Model alias or version",
+                       description="Resolved to one version at the start of the run"),
+        "input_format": Param("auto", enum=list(INPUT_FORMATS), title="Input format"),
+        "run_date": Param("", type="string", title="Run date", pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                          description="Partition date of the output; empty = the run's date"),
+    },
+)
+def meli_score():
+    @task
+    def score(params=None, triggering_asset_events=None, **context) -> dict:
+        from pipelines.config import run_date_from_context
+        from pipelines.score import resolve_input, score as run_score
+        from pipelines.settings import get_settings
+
+        settings = get_settings()
+        extras = []
+        for events in (triggering_asset_events or {}).values():
+            extras += [e.extra or {} for e in events]
+        source = resolve_input(settings, params["input"], extras)
+        run_date = run_date_from_context({**context, "params": params})
+        result = run_score(settings, source, params["output"] or None, params["model"], params["input_format"],
+                           run_date=run_date, progress=False)
+        return result.to_dict()
+
+    score()
+
+
+meli_score()

@@ -1,0 +1,283 @@
+"""``python -m pipelines``: the same functions the DAGs call, from a shell.
+
+Every command honours $MELI_HOME (and the other settings in pipelines/settings.py); without
+--run-date, commands use today's date (UTC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipelines.settings import get_settings
+
+
+def today() -> str:
+    return datetime.now(timezone.utc).date().isoformat()
+
+
+def _date(value: str) -> str:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date().isoformat()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"run date must be YYYY-MM-DD, got {value!r}") from exc
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    from pipelines.config import TrainConfig
+
+    g = p.add_argument_group("training hyperparameters (defaults from TrainConfig)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "models":
+            g.add_argument(flag, dest=f.name, default=None, help="comma-separated: mlp,cnn,bilstm")
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type), str)
+            g.add_argument(flag, dest=f.name, type=typ, default=None)
+
+
+def _train_cfg(args):
+    from pipelines.config import TrainConfig
+
+    return TrainConfig.from_dict({f.name: getattr(args, f.name, None) for f in fields(TrainConfig)})
+
+
+def _add_gate_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force-promote", action="store_true", help="promote whatever the rules say")
+    p.add_argument("--dry-run", action="store_true", help="decide and record, but move no alias")
+    p.add_argument("--min-improvement", type=float, default=None)
+    p.add_argument("--min-macro-recall", type=float, default=None)
+    p.add_argument("--max-class-drop", type=float, default=None)
+    p.add_argument("--max-share-classes-dropped", type=float, default=None)
+
+
+def _gate_rules(args) -> dict:
+    return {k: getattr(args, k) for k in ("min_improvement", "min_macro_recall", "max_class_drop",
+                                          "max_share_classes_dropped")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("settings", help="print the resolved settings")
+
+    p = sub.add_parser("demo-data", help="write SYNTHETIC MeLi-like listings (DiploDatos jsonl[.gz])")
+    p.add_argument("out")
+    p.add_argument("--rows", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dirty", type=int, default=0, help="broken lines to mix in (shows quarantine)")
+
+    p = sub.add_parser("ingest", help="ingest files into the lake partition of a run date")
+    p.add_argument("sources", nargs="+")
+    p.add_argument("--run-date", type=_date, default=None)
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"])
+
+    p = sub.add_parser("validate", help="run the GX suites on a partition; exit 1 on critical failure")
+    p.add_argument("path", nargs="?", help="a lake partition dir (ingest_date=YYYY-MM-DD); or use --run-date")
+    p.add_argument("--run-date", type=_date, default=None)
+
+    p = sub.add_parser("train", help="prepare the dataset, train the embedding and classifiers, register the best")
+    p.add_argument("--run-date", type=_date, default=None)
+    _add_train_flags(p)
+
+    p = sub.add_parser("promote", help="evaluate the challenger vs the champion and apply the gate")
+    p.add_argument("--run-date", type=_date, default=None)
+    p.add_argument("--version", default=None, help="challenger version (default: the one `train` registered)")
+    _add_gate_flags(p)
+
+    p = sub.add_parser("retrain", help="ingest SOURCES, validate, train, evaluate and gate in one process")
+    p.add_argument("sources", nargs="+")
+    p.add_argument("--run-date", type=_date, default=None)
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"])
+    _add_train_flags(p)
+    _add_gate_flags(p)
+
+    p = sub.add_parser("score", help="score listings with a registered model into Parquet")
+    p.add_argument("input")
+    p.add_argument("--output", default=None, help="output .parquet (default: lake/scored/run_date=D/)")
+    p.add_argument("--model", default="champion", help="alias or version number")
+    p.add_argument("--run-date", type=_date, default=None)
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"])
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("summary", help="what a run produced: decision, partition, Data Docs, MLflow run, scores")
+    p.add_argument("--run-date", type=_date, default=None)
+
+    p = sub.add_parser("registry", help="champion status, promotion history, rollback")
+    p.add_argument("action", choices=["status", "history", "rollback"])
+    p.add_argument("--to-version", default=None, help="rollback target (default: alias 'previous')")
+    p.add_argument("--reason", default="operator rollback")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return ap
+
+
+def _history_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no promotion decisions recorded yet"
+    cols = ["decided_at", "decision", "rule", "challenger_version", "champion_version",
+            "challenger_macro_recall", "champion_macro_recall", "delta"]
+    short = {"challenger_version": "chall_v", "champion_version": "champ_v",
+             "challenger_macro_recall": "chall_mr", "champion_macro_recall": "champ_mr"}
+    def cell(c, v):
+        if c == "decided_at":
+            return v[:19]
+        if c in ("challenger_macro_recall", "champion_macro_recall", "delta") and v:
+            return f"{float(v):+.4f}" if c == "delta" else f"{float(v):.4f}"
+        return v or "-"
+    data = [[cell(c, r.get(c, "")) for c in cols] for r in rows]
+    heads = [short.get(c, c) for c in cols]
+    widths = [max(len(h), *(len(d[i]) for d in data)) for i, h in enumerate(heads)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(d) for d in data])
+
+
+def run_summary(settings, run_date: str) -> str:
+    """The human summary `make demo` prints; raises if an expected output is missing."""
+    import pyarrow.parquet as pq
+
+    from pipelines.lake import partition_dir
+
+    decision_path = settings.run_dir(run_date) / "evaluation" / "decision.json"
+    if not decision_path.exists():
+        raise FileNotFoundError(f"no gate decision for {run_date} at {decision_path}")
+    d = json.loads(decision_path.read_text())
+    report = json.loads((settings.home / "validation" / run_date / "report.json").read_text())
+    scored = settings.scored_dir / f"run_date={run_date}"
+    scored_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(scored.glob("*.parquet")))
+    if not scored_rows:
+        raise FileNotFoundError(f"no scored rows under {scored}")
+    champ = "n/a (no champion before this run)" if d["champion_macro_recall"] is None else (
+        f"{d['champion_macro_recall']:.4f} (v{d['champion_version']})")
+    lines = [
+        f"== meli-retrain summary for {run_date} (MELI_HOME={settings.home}) ==",
+        f"decision:            {d['decision'].upper()} by rule '{d['rule']}': {d['reason']}",
+        f"challenger:          v{d['challenger_version']} macro-recall {d['challenger_macro_recall']:.4f}",
+        f"champion:            {champ}",
+        f"lake partition:      {partition_dir(settings.listings_dir, run_date)}",
+        f"validation:          {report['passed']}/{report['evaluated']} expectations passed, "
+        f"{len(report['warnings'])} warnings",
+        f"Data Docs index:     {report['data_docs_index']}",
+        f"MLflow run id:       {d.get('mlflow_run_id') or 'n/a'} (tracking: {settings.tracking_uri})",
+        f"scored Parquet:      {scored} ({scored_rows} rows)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "great_expectations", "gensim", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = get_settings()
+    run_date = getattr(args, "run_date", None) or today()
+
+    if args.cmd == "settings":
+        _print(settings.as_dict())
+    elif args.cmd == "demo-data":
+        from pipelines.synthetic import write_jsonl
+
+        path = write_jsonl(args.out, args.rows, args.seed, args.dirty)
+        print(f"wrote {args.rows} SYNTHETIC listings (+{args.dirty} broken lines) to {path}")
+    elif args.cmd == "ingest":
+        from pipelines.retrain import step_ingest
+
+        _print(step_ingest(settings, args.sources, run_date, args.format))
+    elif args.cmd == "validate":
+        from pipelines.validate import ValidationFailed, summary_lines, validate_partition
+
+        if args.path:
+            name = Path(args.path).name
+            if not name.startswith("ingest_date="):
+                print(f"error: {args.path} is not a lake partition (ingest_date=YYYY-MM-DD)", file=sys.stderr)
+                return 2
+            run_date = name.split("=", 1)[1]
+        try:
+            report = validate_partition(settings, run_date)
+        except ValidationFailed as exc:
+            print("\n".join(summary_lines(exc.report)))
+            return 1
+        print("\n".join(summary_lines(report)))
+    elif args.cmd == "train":
+        from pipelines.retrain import step_embedding, step_prepare, step_register, step_train
+        from pipelines.validate import load_report
+
+        cfg = _train_cfg(args)
+        try:
+            validation = load_report(settings, run_date)
+        except FileNotFoundError:
+            validation = None
+        dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
+        emb = step_embedding(settings, dataset, cfg)
+        results = [step_train(settings, dataset, emb, kind, cfg) for kind in cfg.models]
+        challenger = step_register(settings, results, run_date)
+        from pipelines.lake import atomic_write_json
+
+        atomic_write_json(settings.run_dir(run_date) / "challenger.json",
+                          {**challenger, "parent_run_id": dataset["parent_run_id"]})
+        _print({"trained": results, "challenger": challenger})
+    elif args.cmd == "promote":
+        from pipelines.retrain import step_evaluate, step_gate
+
+        info_path = settings.run_dir(run_date) / "challenger.json"
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        version = args.version or info.get("version")
+        if not version:
+            print(f"error: no challenger for {run_date}: run `train` first or pass --version", file=sys.stderr)
+            return 2
+        challenger = {"version": str(version)}
+        step_evaluate(settings, run_date, challenger)
+        d = step_gate(settings, run_date, challenger, info.get("parent_run_id"), args.force_promote,
+                      args.dry_run, **_gate_rules(args))
+        _print(d)
+    elif args.cmd == "retrain":
+        from pipelines.retrain import run_all
+
+        out = run_all(settings, args.sources, run_date, _train_cfg(args), args.format, args.force_promote,
+                      args.dry_run, **_gate_rules(args))
+        d = out["decision"]
+        _print({"decision": d["decision"], "rule": d["rule"], "reason": d["reason"],
+                "challenger_version": d["challenger_version"], "partition": out["ingest"]["partition"],
+                "data_docs": out["validation"]["data_docs_index"], "mlflow_run": out["dataset"]["parent_run_id"]})
+    elif args.cmd == "score":
+        from pipelines.score import score
+
+        r = score(settings, args.input, args.output, args.model, args.format, run_date,
+                  progress=not args.no_progress)
+        _print(r.to_dict())
+    elif args.cmd == "summary":
+        print(run_summary(settings, run_date))
+    elif args.cmd == "registry":
+        from pipelines import registry
+
+        if args.action == "status":
+            _print(registry.status(settings))
+        elif args.action == "history":
+            rows = registry.history(settings)
+            print(json.dumps(rows, indent=2) if args.json else _history_table(rows))
+        else:
+            _print(registry.rollback(settings, args.to_version, args.reason))
+    return 0
+
+
+def entrypoint() -> None:
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError, LookupError, RuntimeError) as exc:
+        logging.getLogger("pipelines").debug("failed", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

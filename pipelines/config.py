@@ -1,0 +1,71 @@
+"""Light configuration objects (stdlib only): safe to import at DAG parse time."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+
+MODEL_TYPES = ("mlp", "cnn", "bilstm")
+BALANCE_MODES = ("weighted", "sampler", "none")
+DEVICES = ("auto", "cpu", "cuda")
+INPUT_FORMATS = ("auto", "jsonl", "challenge_csv", "csv", "parquet")
+
+
+@dataclass
+class TrainConfig:
+    """Training hyperparameters. Every field is a CLI flag and an Airflow trigger-form Param."""
+
+    models: list[str] = field(default_factory=lambda: ["mlp"])
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 2e-3  # dense layers (AdamW)
+    embedding_lr: float = 5e-3  # embedding rows (SparseAdam)
+    weight_decay: float = 1e-4
+    dropout: float = 0.3
+    hidden: int = 768
+    balance: str = "weighted"
+    label_smoothing: float = 0.1
+    patience: int = 3
+    freeze_embedding: bool = False
+    device: str = "auto"
+    seed: int = 13
+    embedding_dim: int = 100
+    embedding_epochs: int = 10
+    bucket: int = 100_000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.models, str):
+            self.models = [m.strip() for m in self.models.split(",") if m.strip()]
+        self.models = list(dict.fromkeys(self.models))
+        bad = [m for m in self.models if m not in MODEL_TYPES]
+        if bad or not self.models:
+            raise ValueError(f"models must be a non-empty subset of {MODEL_TYPES}; got {self.models}")
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}; got {self.balance!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.embedding_epochs < 1:
+            raise ValueError("epochs, embedding_epochs and batch_size must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d or {}) - names
+        if unknown:
+            raise ValueError(f"unknown training parameters: {sorted(unknown)}")
+        return cls(**{k: v for k, v in (d or {}).items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_date_from_context(context) -> str:
+    """The run date of an Airflow task: the ``run_date`` Param if set, else the logical date,
+    else (manual and asset-triggered runs have none) the day the run was queued to run."""
+    explicit = (context.get("params") or {}).get("run_date")
+    if explicit:
+        return datetime.strptime(str(explicit), "%Y-%m-%d").date().isoformat()
+    when = context.get("logical_date") or getattr(context.get("dag_run"), "run_after", None)
+    return (when or datetime.now(timezone.utc)).date().isoformat()

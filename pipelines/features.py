@@ -1,0 +1,197 @@
+"""Features: the gensim FastText embedding and the title encoder shared by training and scoring.
+
+A title becomes a list of tokens; each token becomes ``[word id, char n-gram ids...]`` where the
+n-gram ids are gensim's own hash buckets (offset after the vocabulary). The classifier's embedding
+table is initialised from the gensim model (word vectors + n-gram vectors), so an unseen word still
+gets a vector from its subwords, exactly as FastText composes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipelines.text import TextConfig, tokenize
+
+log = logging.getLogger(__name__)
+
+PAD, UNK = 0, 1
+SPECIALS = ["<pad>", "<unk>"]
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    dim: int = 100
+    epochs: int = 10
+    window: int = 5
+    min_count: int = 1
+    min_n: int = 3
+    max_n: int = 5
+    bucket: int = 100_000  # gensim's 2M default makes an 800 MB model
+    max_subwords: int = 12  # n-gram ids kept per token (plus the word id)
+    workers: int = 2
+
+
+def _ngram_hashes(word: str, cfg: EmbeddingConfig) -> list[int]:
+    from gensim.models.fasttext import ft_ngram_hashes
+
+    return list(ft_ngram_hashes(word, cfg.min_n, cfg.max_n, cfg.bucket))
+
+
+class TitleEncoder:
+    """Tokenizer + vocabulary + n-gram hashing. Serializable to a small JSON file."""
+
+    def __init__(self, vocab: Sequence[str], text: TextConfig, emb: EmbeddingConfig):
+        self.itos = list(vocab)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.text = text
+        self.emb = emb
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def num_embeddings(self) -> int:
+        return len(self.itos) + self.emb.bucket
+
+    @property
+    def width(self) -> int:
+        return 1 + self.emb.max_subwords
+
+    def token_ids(self, word: str) -> np.ndarray:
+        ids = self._cache.get(word)
+        if ids is None:
+            wid = self.stoi.get(word, UNK)
+            grams = [len(self.itos) + h for h in _ngram_hashes(word, self.emb)]
+            # longest n-grams first carry the most signal; keep a fixed number
+            grams = grams[::-1][: self.emb.max_subwords]
+            ids = np.array(([wid] if wid != UNK or not grams else []) + grams, dtype=np.int64)
+            if len(self._cache) < 500_000:
+                self._cache[word] = ids
+        return ids
+
+    def encode(self, title: str | None) -> list[np.ndarray]:
+        return [self.token_ids(t) for t in tokenize(title or "", self.text)]
+
+    def encode_many(self, titles: Sequence[str | None]) -> list[list[np.ndarray]]:
+        return [self.encode(t) for t in titles]
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(
+            json.dumps({"vocab": self.itos, "text": self.text.to_dict(), "embedding": asdict(self.emb)})
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> "TitleEncoder":
+        d = json.loads(Path(path).read_text())
+        return cls(d["vocab"], TextConfig.from_dict(d["text"]), EmbeddingConfig(**d["embedding"]))
+
+
+def build_vocab(token_lists: Sequence[Sequence[str]], min_count: int = 1) -> list[str]:
+    counts = Counter(t for toks in token_lists for t in toks)
+    words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    return SPECIALS + words
+
+
+def train_fasttext(token_lists: Sequence[Sequence[str]], cfg: EmbeddingConfig, seed: int):
+    """Train gensim FastText on the training split's tokens (deterministic with workers=1)."""
+    from gensim.models import FastText
+
+    sentences = [list(t) for t in token_lists if t]
+    if not sentences:
+        raise ValueError("no tokens to train the FastText embedding on")
+    model = FastText(
+        vector_size=cfg.dim, window=cfg.window, min_count=cfg.min_count, min_n=cfg.min_n,
+        max_n=cfg.max_n, bucket=cfg.bucket, seed=seed, workers=cfg.workers, sg=1,
+    )
+    model.build_vocab(corpus_iterable=sentences)
+    model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=cfg.epochs)
+    return model
+
+
+def embedding_matrix(encoder: TitleEncoder, ft_model) -> np.ndarray:
+    """Rows: specials (zeros / mean), vocabulary word vectors, then gensim's n-gram buckets."""
+    dim = encoder.emb.dim
+    words = np.zeros((len(encoder.itos), dim), dtype=np.float32)
+    wv = ft_model.wv
+    for i, w in enumerate(encoder.itos[len(SPECIALS):], start=len(SPECIALS)):
+        if w in wv.key_to_index:
+            words[i] = wv.vectors_vocab[wv.key_to_index[w]]
+        else:
+            words[i] = wv[w]
+    ngrams = np.asarray(wv.vectors_ngrams, dtype=np.float32)
+    if ngrams.shape != (encoder.emb.bucket, dim):
+        raise ValueError(f"gensim n-gram table {ngrams.shape} does not match bucket={encoder.emb.bucket}")
+    return np.concatenate([words, ngrams], axis=0)
+
+
+# ------------------------------------------------------------------------------------------
+# The features stage: frozen dataset splits for a run date, and the FastText embedding
+# ------------------------------------------------------------------------------------------
+DATASET_COLUMNS = ["listing_id", "title", "language", "category", "split", "ingest_date"]
+
+
+def prepare_dataset(settings, run_date: str) -> dict:
+    """Write the run's train/validation/test Parquet files from the lake as of ``run_date``.
+
+    The split comes from the lake (hash of listing_id), so the test rows of earlier data never
+    move into training. Returns a small dict (paths, counts, lineage) for XCom.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipelines.lake import atomic_write_json, load_listings, partitions_lineage
+
+    table = load_listings(settings.listings_dir, upto=run_date, columns=DATASET_COLUMNS)
+    table = table.filter(pc.is_valid(table.column("category")))
+    out_dir = settings.run_dir(run_date) / "dataset"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split in ("train", "validation", "test"):
+        part = table.filter(pc.equal(table.column("split"), split))
+        tmp = out_dir / f".{split}.parquet.tmp"
+        pq.write_table(part, tmp)
+        tmp.replace(out_dir / f"{split}.parquet")
+        counts[split] = part.num_rows
+    if counts["train"] == 0 or counts["test"] == 0:
+        raise ValueError(f"not enough labelled rows to train and test: {counts}")
+    labels = sorted(set(pc.unique(table.column("category")).to_pylist()))
+    info = {
+        "run_date": run_date,
+        "dir": str(out_dir),
+        "counts": counts,
+        "num_categories": len(labels),
+        "lineage": partitions_lineage(settings.listings_dir, run_date),
+    }
+    atomic_write_json(out_dir / "dataset.json", info)
+    log.info("dataset for %s: %s, %d categories", run_date, counts, len(labels))
+    return {k: info[k] for k in ("run_date", "dir", "counts", "num_categories")}
+
+
+def read_split(dataset_dir: str | Path, split: str):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(dataset_dir) / f"{split}.parquet").to_pandas()
+
+
+def train_embedding(dataset_dir: str | Path, cfg: EmbeddingConfig, text: TextConfig, seed: int) -> dict:
+    """Train FastText on the training split; save the gensim model and the encoder beside it."""
+    import time
+
+    dataset_dir = Path(dataset_dir)
+    train = read_split(dataset_dir, "train")
+    tokens = [tokenize(t, text) for t in train["title"]]
+    t0 = time.perf_counter()
+    model = train_fasttext(tokens, cfg, seed)
+    seconds = time.perf_counter() - t0
+    out = dataset_dir.parent / "embedding"
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out / "fasttext.model"))
+    encoder = TitleEncoder(build_vocab(tokens, 1), text, cfg)
+    encoder.save(out / "encoder.json")
+    log.info("FastText: %d words, dim %d, %.1fs", len(model.wv), cfg.dim, seconds)
+    return {"dir": str(out), "vocab_size": len(encoder.itos), "seconds": round(seconds, 2)}

@@ -1,0 +1,390 @@
+"""Champion/challenger gate in the MLflow model registry, with an audit trail and rollback.
+
+* The challenger and the current champion are scored on the same frozen test rows (the champion is
+  re-scored, never trusted from an old metric). Macro-recall decides; accuracy, per-class recall
+  and a paired-bootstrap CI of the difference are recorded.
+* Promotion is one alias move of ``champion``; the old champion keeps ``previous``.
+* Every decision (and every rollback) is written as tags on the model version, a JSON + Markdown
+  report, and a run in the ``<experiment>-promotions`` MLflow experiment: the promotion history,
+  readable from any machine that reaches the tracking server (``python -m pipelines registry history``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipelines.lake import atomic_write_json
+from pipelines.settings import GateRules, Settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION, PREVIOUS = "champion", "previous"
+
+
+class GateError(RuntimeError):
+    pass
+
+
+def _client(settings: Settings):
+    import mlflow
+
+    from pipelines.tracking import configure
+
+    configure(settings)
+    return mlflow.MlflowClient()
+
+
+def _alias_version(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        code = getattr(exc, "error_code", "")
+        if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or "not found" in str(exc).lower():
+            return None
+        raise
+
+
+def register_challenger(settings: Settings, trained: dict, run_date: str, dag_run_id: str = "") -> dict:
+    """Register the run's best model as a new version of the model (not yet champion)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = _client(settings)
+    try:
+        client.get_registered_model(settings.model_name)
+    except MlflowException:
+        try:
+            client.create_registered_model(
+                settings.model_name,
+                description="MeLi listing title -> category. Alias 'champion' serves; 'previous' is the rollback target.",
+            )
+        except MlflowException:
+            pass  # created concurrently
+    mv = mlflow.register_model(trained["model_uri"], settings.model_name)
+    tags = {
+        "meli.model_type": trained["model_type"],
+        "meli.run_date": run_date,
+        "meli.val_macro_recall": str(trained["val_macro_recall"]),
+        "meli.dag_run_id": dag_run_id,
+        "meli.decision": "pending",
+    }
+    for k, v in tags.items():
+        client.set_model_version_tag(settings.model_name, mv.version, k, v)
+    log.info("registered %s version %s from %s", settings.model_name, mv.version, trained["model_uri"])
+    return {"name": settings.model_name, "version": str(mv.version), "run_id": trained["run_id"],
+            "model_type": trained["model_type"], "val_macro_recall": trained["val_macro_recall"]}
+
+
+def predict_titles(model_uri: str, titles: list[str]) -> list[str]:
+    import mlflow
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    return model.predict(pd.DataFrame({"title": titles}))["predicted_category"].astype(str).tolist()
+
+
+def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict:
+    """Score the challenger and the current champion on this run's frozen test rows."""
+    from pipelines.evaluate import accuracy, macro_recall, per_class_recall
+    from pipelines.features import read_split
+
+    client = _client(settings)
+    name = settings.model_name
+    champ = _alias_version(client, name, CHAMPION)
+    test = read_split(settings.run_dir(run_date) / "dataset", "test")
+    if test.empty:
+        raise GateError(f"the test split of {run_date} is empty; nothing to compare on")
+    titles, y = test["title"].tolist(), test["category"].astype(str).tolist()
+    out_dir = settings.run_dir(run_date) / "evaluation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = {"challenger": str(challenger_version)}
+    if champ is not None and str(champ.version) != str(challenger_version):
+        models["champion"] = str(champ.version)
+    result = {"run_date": run_date, "test_rows": len(y), "test_categories": len(set(y)), "models": {}}
+    preds = {"listing_id": test["listing_id"].tolist(), "category": y}
+    for role, version in models.items():
+        pred = predict_titles(f"models:/{name}/{version}", titles)
+        preds[role] = pred
+        result["models"][role] = {
+            "version": version,
+            "macro_recall": macro_recall(y, pred),
+            "accuracy": accuracy(y, pred),
+        }
+        log.info("%s v%s on %d test rows: macro-recall %.4f", role, version, len(y),
+                 result["models"][role]["macro_recall"])
+    import pandas as pd
+
+    pd.DataFrame(preds).to_parquet(out_dir / "test_predictions.parquet", index=False)
+    recalls = {role: per_class_recall(y, preds[role]) for role in models}
+    atomic_write_json(out_dir / "per_class_recall.json", recalls)
+    result["predictions"] = str(out_dir / "test_predictions.parquet")
+    result["champion_at_evaluation"] = models.get("champion")
+    atomic_write_json(out_dir / "evaluation.json", result)
+    return result
+
+
+def decide(evaluation: dict, per_class: dict, rules: GateRules, bootstrap: dict | None,
+           force_promote: bool = False) -> tuple[bool, str, str]:
+    """(promote?, rule, explanation) from the evaluation and the rules. Pure: unit-testable."""
+    ch = evaluation["models"]["challenger"]["macro_recall"]
+    champ = evaluation["models"].get("champion")
+    if force_promote:
+        return True, "force_promote", "operator forced the promotion"
+    if ch < rules.min_macro_recall:
+        return False, "below_floor", f"challenger macro-recall {ch:.4f} < floor {rules.min_macro_recall}"
+    if champ is None:
+        return True, "first_model", f"no champion yet and challenger {ch:.4f} >= floor {rules.min_macro_recall}"
+    a, b = per_class["challenger"], per_class["champion"]
+    dropped = [c for c in a if b.get(c, 0.0) - a[c] > rules.max_class_drop]
+    share = len(dropped) / max(1, len(a))
+    if share > rules.max_share_classes_dropped:
+        return False, "class_guardrail", (
+            f"{len(dropped)} of {len(a)} categories ({share:.1%}) lose more than {rules.max_class_drop:.2f} recall "
+            f"(limit {rules.max_share_classes_dropped:.1%}), e.g. {sorted(dropped)[:5]}"
+        )
+    delta = ch - champ["macro_recall"]
+    if delta >= rules.min_improvement:
+        return True, "improved", f"challenger {ch:.4f} - champion {champ['macro_recall']:.4f} = {delta:+.4f} >= {rules.min_improvement}"
+    return False, "not_better", f"challenger {ch:.4f} - champion {champ['macro_recall']:.4f} = {delta:+.4f} < {rules.min_improvement}"
+
+
+def gate(
+    settings: Settings,
+    run_date: str,
+    challenger_version: str,
+    rules: GateRules | None = None,
+    force_promote: bool = False,
+    dry_run: bool = False,
+    dag_run_id: str = "",
+    parent_run_id: str | None = None,
+) -> dict:
+    """Decide and (unless dry_run) apply: move ``champion`` to the challenger or leave it."""
+    import pandas as pd
+
+    from pipelines.evaluate import paired_bootstrap
+
+    rules = rules or settings.gate
+    client = _client(settings)
+    name = settings.model_name
+    eval_dir = settings.run_dir(run_date) / "evaluation"
+    evaluation = json.loads((eval_dir / "evaluation.json").read_text())
+    if evaluation["models"]["challenger"]["version"] != str(challenger_version):
+        raise GateError(f"evaluation.json is for version {evaluation['models']['challenger']['version']}, "
+                        f"not {challenger_version}; re-run evaluate")
+    per_class = json.loads((eval_dir / "per_class_recall.json").read_text())
+    champ_now = _alias_version(client, name, CHAMPION)
+    champ_now_v = str(champ_now.version) if champ_now else None
+    if champ_now_v not in (evaluation.get("champion_at_evaluation"), str(challenger_version)):
+        raise GateError(f"champion moved from {evaluation.get('champion_at_evaluation')} to {champ_now_v} since "
+                        "evaluation; re-run evaluate so both are compared on the same rows")
+    boot = None
+    if "champion" in evaluation["models"]:
+        preds = pd.read_parquet(evaluation["predictions"])
+        cmp_ = paired_bootstrap(preds["category"].tolist(), preds["challenger"].tolist(),
+                                preds["champion"].tolist(), samples=rules.bootstrap_samples, seed=settings.seed)
+        boot = asdict(cmp_)
+    promote, rule, why = decide(evaluation, per_class, rules, boot, force_promote)
+    if promote and champ_now_v == str(challenger_version):
+        promote, rule, why = False, "already_champion", "the challenger already holds the champion alias"
+    action = ("promote" if promote else "reject") if not dry_run else "none (dry run)"
+    decision = {
+        "decision": "promoted" if promote and not dry_run else ("would_promote" if promote else "rejected"),
+        "action": action,
+        "rule": rule,
+        "reason": why,
+        "model_name": name,
+        "challenger_version": str(challenger_version),
+        "champion_version": evaluation["models"].get("champion", {}).get("version"),
+        "challenger_macro_recall": evaluation["models"]["challenger"]["macro_recall"],
+        "champion_macro_recall": evaluation["models"].get("champion", {}).get("macro_recall"),
+        "challenger_accuracy": evaluation["models"]["challenger"]["accuracy"],
+        "champion_accuracy": evaluation["models"].get("champion", {}).get("accuracy"),
+        "delta": (evaluation["models"]["challenger"]["macro_recall"] - evaluation["models"]["champion"]["macro_recall"])
+        if "champion" in evaluation["models"] else None,
+        "bootstrap": boot,
+        "test_rows": evaluation["test_rows"],
+        "rules": asdict(rules),
+        "force_promote": force_promote,
+        "dry_run": dry_run,
+        "run_date": run_date,
+        "dag_run_id": dag_run_id,
+        "mlflow_run_id": parent_run_id or "",
+        "data_manifest": _manifest_ref(settings, run_date),
+        "decided_at": datetime.now(timezone.utc).isoformat(),
+    }
+    if promote and not dry_run:
+        # 'previous' first: if the champion move then fails, the champion is still the old one.
+        if champ_now is not None:
+            client.set_registered_model_alias(name, PREVIOUS, champ_now.version)
+        client.set_registered_model_alias(name, CHAMPION, str(challenger_version))
+        log.info("promoted %s v%s to champion (previous: %s)", name, challenger_version, champ_now_v)
+    else:
+        log.info("%s: %s v%s (%s)", decision["decision"], name, challenger_version, why)
+    _record(settings, client, decision, eval_dir, parent_run_id)
+    return decision
+
+
+def _manifest_ref(settings: Settings, run_date: str) -> str:
+    p = settings.run_dir(run_date) / "dataset" / "dataset.json"
+    if not p.exists():
+        return ""
+    info = json.loads(p.read_text())
+    return ";".join(f"{x['ingest_date']}:{','.join(s['sha256'][:12] for s in x['sources'])}" for x in info["lineage"])[:4000]
+
+
+def _markdown(d: dict) -> str:
+    def f(x):
+        return "n/a" if x is None else (f"{x:.4f}" if isinstance(x, float) else str(x))
+
+    b = d.get("bootstrap") or {}
+    return "\n".join([
+        f"# {d['model_name']} v{d['challenger_version']}: {d['decision'].upper()}",
+        "",
+        f"- rule: `{d['rule']}` — {d['reason']}",
+        f"- run date: {d['run_date']}, DAG run: {d['dag_run_id'] or 'n/a'}, decided at {d['decided_at']}",
+        f"- test rows: {d['test_rows']}",
+        "",
+        "| | version | macro-recall | accuracy |",
+        "|---|---|---|---|",
+        f"| challenger | {d['challenger_version']} | {f(d['challenger_macro_recall'])} | {f(d['challenger_accuracy'])} |",
+        f"| champion | {f(d['champion_version'])} | {f(d['champion_macro_recall'])} | {f(d['champion_accuracy'])} |",
+        "",
+        f"- delta: {f(d['delta'])}; 95% paired bootstrap CI: [{f(b.get('ci_low'))}, {f(b.get('ci_high'))}]",
+        f"- force_promote: {d['force_promote']}, dry_run: {d['dry_run']}",
+        f"- data: {d['data_manifest']}",
+    ]) + "\n"
+
+
+def _history_experiment(settings: Settings) -> str:
+    import mlflow
+
+    name = f"{settings.experiment}-promotions"
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None if settings.tracking_uri.startswith("http") else (settings.mlflow_artifacts / "promotions").as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: str | None) -> None:
+    import mlflow
+
+    name, version = d["model_name"], d["challenger_version"]
+    tags = {
+        "meli.decision": d["decision"], "meli.rule": d["rule"], "meli.reason": d["reason"][:4000],
+        "meli.challenger_macro_recall": f(d["challenger_macro_recall"]),
+        "meli.champion_macro_recall": f(d["champion_macro_recall"]), "meli.delta": f(d["delta"]),
+        "meli.ci": f"[{f((d['bootstrap'] or {}).get('ci_low'))}, {f((d['bootstrap'] or {}).get('ci_high'))}]",
+        "meli.gate_dag_run_id": d["dag_run_id"], "meli.data_manifest": d["data_manifest"][:4000],
+    }
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "decision.json", d)
+    (out_dir / "decision.md").write_text(_markdown(d))
+    if parent_run_id:
+        with mlflow.start_run(run_id=parent_run_id):
+            mlflow.log_artifact(str(out_dir / "decision.json"), "gate")
+            mlflow.log_artifact(str(out_dir / "decision.md"), "gate")
+            mlflow.set_tags({"meli.decision": d["decision"], "meli.champion_version": version if d["decision"] == "promoted" else (d["champion_version"] or "")})
+    _history_event(settings, d, [out_dir / "decision.json", out_dir / "decision.md"])
+
+
+def _history_event(settings: Settings, d: dict, files: list[Path] = ()) -> None:
+    import mlflow
+
+    exp_id = _history_experiment(settings)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{d['decision']}-v{d['challenger_version']}",
+                          nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({f"meli.{k}": str(v)[:4000] for k, v in d.items() if not isinstance(v, dict)})
+        metrics = {k: d[k] for k in ("challenger_macro_recall", "champion_macro_recall", "delta") if isinstance(d.get(k), float)}
+        if metrics:
+            mlflow.log_metrics(metrics)
+        for p in files:
+            mlflow.log_artifact(str(p))
+        log.info("history event recorded as MLflow run %s", run.info.run_id)
+
+
+def f(x) -> str:
+    return "" if x is None else (f"{x:.6f}" if isinstance(x, float) else str(x))
+
+
+# ------------------------------------------------------------------------------------------
+# Operator commands
+# ------------------------------------------------------------------------------------------
+def status(settings: Settings) -> dict:
+    client = _client(settings)
+    name = settings.model_name
+    out = {"model_name": name, "tracking_uri": settings.tracking_uri}
+    for alias in (CHAMPION, PREVIOUS):
+        mv = _alias_version(client, name, alias)
+        out[alias] = None if mv is None else {
+            "version": str(mv.version), "run_id": mv.run_id, "model_type": mv.tags.get("meli.model_type"),
+            "run_date": mv.tags.get("meli.run_date"), "macro_recall": mv.tags.get("meli.challenger_macro_recall"),
+        }
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except Exception:
+        versions = []
+    out["versions"] = sorted(
+        ({"version": str(v.version), "decision": v.tags.get("meli.decision"), "run_date": v.tags.get("meli.run_date")}
+         for v in versions), key=lambda x: int(x["version"]))
+    return out
+
+
+def history(settings: Settings, limit: int = 50) -> list[dict]:
+    import mlflow
+
+    _client(settings)
+    exp = mlflow.get_experiment_by_name(f"{settings.experiment}-promotions")
+    if exp is None:
+        return []
+    runs = mlflow.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=limit,
+                              output_format="list")
+    keys = ("decided_at", "decision", "rule", "challenger_version", "champion_version", "challenger_macro_recall",
+            "champion_macro_recall", "delta", "reason", "dag_run_id", "run_date")
+    return [{k: r.data.tags.get(f"meli.{k}", "") for k in keys} for r in runs]
+
+
+def rollback(settings: Settings, to_version: str | None = None, reason: str = "operator rollback") -> dict:
+    """Move ``champion`` back to ``previous`` (or ``to_version``); the old champion becomes ``previous``."""
+    client = _client(settings)
+    name = settings.model_name
+    current = _alias_version(client, name, CHAMPION)
+    if to_version is None:
+        prev = _alias_version(client, name, PREVIOUS)
+        if prev is None:
+            raise GateError(f"{name} has no '{PREVIOUS}' alias; give a version to roll back to")
+        to_version = str(prev.version)
+    client.get_model_version(name, str(to_version))  # fails clearly if it does not exist
+    if current is not None and str(current.version) == str(to_version):
+        raise GateError(f"version {to_version} is already the champion")
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, current.version)
+    client.set_registered_model_alias(name, CHAMPION, str(to_version))
+    d = {
+        "decision": "rollback", "rule": "rollback", "reason": reason, "model_name": name,
+        "challenger_version": str(to_version), "champion_version": str(current.version) if current else None,
+        "challenger_macro_recall": None, "champion_macro_recall": None, "delta": None,
+        "decided_at": datetime.now(timezone.utc).isoformat(), "dag_run_id": "", "run_date": "",
+    }
+    client.set_model_version_tag(name, str(to_version), "meli.rolled_back_at", d["decided_at"])
+    _history_event(settings, d)
+    log.info("rolled back %s champion %s -> %s", name, d["champion_version"], to_version)
+    return d
+
+
+def with_rules(base: GateRules, **overrides) -> GateRules:
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,116 @@
+"""The retraining flow as plain functions: one per DAG task, and ``run_all`` chaining them in one
+process (``python -m pipelines retrain``). The DAG calls exactly these functions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipelines.settings import Settings
+from pipelines.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def step_ingest(settings: Settings, sources: list[str], run_date: str, fmt: str = "auto") -> dict:
+    from pipelines.ingest import ingest
+
+    paths = expand_sources(sources)
+    return ingest(paths, run_date, settings, fmt=fmt).to_dict()
+
+
+def expand_sources(sources: list[str]) -> list[str]:
+    """Files and glob patterns -> sorted existing files; a clear error when nothing matches."""
+    import glob
+
+    out: list[str] = []
+    for s in sources:
+        matches = sorted(glob.glob(s)) if any(ch in s for ch in "*?[") else [s]
+        out += [m for m in matches if Path(m).is_file() or not any(ch in s for ch in "*?[")]
+    if not out:
+        raise FileNotFoundError(f"no input files match {sources}")
+    return out
+
+
+def step_validate(settings: Settings, run_date: str) -> dict:
+    from pipelines.validate import validate_partition
+
+    return validate_partition(settings, run_date)
+
+
+def step_prepare(settings: Settings, run_date: str, validation: dict | None, tags: dict | None = None) -> dict:
+    """Freeze the run's dataset splits and open the parent MLflow run (with the GX report)."""
+    import mlflow
+
+    from pipelines.features import prepare_dataset
+    from pipelines.train import start_parent_run
+
+    dataset = prepare_dataset(settings, run_date)
+    parent = start_parent_run(settings, run_date, dataset, tags)
+    if validation:
+        with mlflow.start_run(run_id=parent):
+            docs = Path(validation["data_docs_dir"])
+            if docs.is_dir():
+                mlflow.log_artifacts(str(docs), artifact_path="validation/data_docs")
+            if validation.get("report_json"):
+                mlflow.log_artifact(validation["report_json"], artifact_path="validation")
+            mlflow.set_tag("meli.validation", f"{validation['passed']}/{validation['evaluated']} passed, "
+                                              f"{len(validation['warnings'])} warnings")
+    return {**dataset, "parent_run_id": parent}
+
+
+def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
+    from pipelines.features import train_embedding
+    from pipelines.text import TextConfig
+    from pipelines.train import embedding_config, log_embedding
+
+    emb = train_embedding(dataset["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
+    log_embedding(settings, dataset["parent_run_id"], emb, cfg)
+    return emb
+
+
+def step_train(settings: Settings, dataset: dict, embedding: dict, kind: str, cfg: TrainConfig) -> dict:
+    from pipelines.train import train_classifier
+
+    return train_classifier(settings, dataset["dir"], embedding["dir"], kind, cfg,
+                            parent_run_id=dataset["parent_run_id"], run_date=dataset["run_date"])
+
+
+def step_register(settings: Settings, results: list[dict], run_date: str, dag_run_id: str = "") -> dict:
+    from pipelines.registry import register_challenger
+    from pipelines.train import pick_challenger
+
+    best = pick_challenger(results)
+    log.info("challenger of %s: %s (val macro-recall %.4f) among %s", run_date, best["model_type"],
+             best["val_macro_recall"], [(r["model_type"], r["val_macro_recall"]) for r in results])
+    return register_challenger(settings, best, run_date, dag_run_id)
+
+
+def step_evaluate(settings: Settings, run_date: str, challenger: dict) -> dict:
+    from pipelines.registry import evaluate
+
+    ev = evaluate(settings, run_date, challenger["version"])
+    return {"run_date": run_date, "models": ev["models"], "test_rows": ev["test_rows"]}
+
+
+def step_gate(settings: Settings, run_date: str, challenger: dict, parent_run_id: str | None,
+              force_promote: bool = False, dry_run: bool = False, dag_run_id: str = "", **rules) -> dict:
+    from pipelines.registry import gate, with_rules
+
+    return gate(settings, run_date, challenger["version"], with_rules(settings.gate, **rules),
+                force_promote=force_promote, dry_run=dry_run, dag_run_id=dag_run_id, parent_run_id=parent_run_id)
+
+
+def run_all(settings: Settings, sources: list[str], run_date: str, cfg: TrainConfig, fmt: str = "auto",
+            force_promote: bool = False, dry_run: bool = False, **rules) -> dict:
+    """Ingest -> validate -> prepare -> embedding -> train each model -> register -> evaluate -> gate."""
+    ingested = step_ingest(settings, sources, run_date, fmt)
+    validation = step_validate(settings, run_date)
+    dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
+    emb = step_embedding(settings, dataset, cfg)
+    results = [step_train(settings, dataset, emb, kind, cfg) for kind in cfg.models]
+    challenger = step_register(settings, results, run_date)
+    step_evaluate(settings, run_date, challenger)
+    decision = step_gate(settings, run_date, challenger, dataset["parent_run_id"], force_promote, dry_run, **rules)
+    return {"ingest": ingested, "validation": validation, "dataset": dataset, "trained": results,
+            "challenger": challenger, "decision": decision}

@@ -1,0 +1,280 @@
+"""Batch scoring: listings in any format ingestion reads -> Parquet predictions from ONE model version.
+
+The alias (default ``champion``) is resolved to a version once, at the start; that version scores
+every row even if the alias moves meanwhile. Input is streamed in chunks (bounded memory); rows that
+cannot be scored are written with a null prediction and a reason, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.ingest import CHUNK_ROWS, MAX_TITLE_CHARS, content_ids, read_source
+from pipelines.lake import atomic_dir
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCORED_SCHEMA = pa.schema(
+    [
+        ("listing_id", pa.string()),
+        ("title", pa.string()),
+        ("predicted_category", pa.string()),
+        ("probability", pa.float64()),
+        ("top_k_categories", pa.list_(pa.string())),
+        ("top_k_probabilities", pa.list_(pa.float64())),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("scored_at", pa.timestamp("us", tz="UTC")),
+        ("status", pa.string()),  # scored | unscorable
+        ("reason", pa.string()),  # why unscorable (null when scored)
+        ("source_file", pa.string()),
+        ("source_row", pa.int64()),
+    ]
+)
+
+
+@dataclass
+class ScoreResult:
+    output: str
+    model_name: str
+    model_version: str
+    rows: int
+    scored: int
+    unscorable: int
+    reasons: dict
+    seconds: float
+    rows_per_s: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def resolve_model(settings: Settings, model: str = "champion") -> tuple[str, str]:
+    """Alias or version -> (name, version), resolved once."""
+    import mlflow
+
+    from pipelines.tracking import configure
+
+    configure(settings)
+    client = mlflow.MlflowClient()
+    if str(model).isdigit():
+        mv = client.get_model_version(settings.model_name, str(model))
+    else:
+        try:
+            mv = client.get_model_version_by_alias(settings.model_name, model)
+        except Exception as exc:
+            raise LookupError(
+                f"model {settings.model_name}@{model} not found in {settings.tracking_uri}: run the retraining first"
+            ) from exc
+    return settings.model_name, str(mv.version)
+
+
+def load_bundle(name: str, version: str):
+    """The pyfunc of that exact version, unwrapped to its Bundle for batched inference."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    return model.unwrap_python_model().bundle
+
+
+def _unscorable_reason(title: str | None, tokens: int) -> str | None:
+    if title is None:
+        return "missing_title"
+    if not title.strip():
+        return "empty_title"
+    if len(title) > MAX_TITLE_CHARS:
+        return "title_too_long"
+    if tokens == 0:
+        return "no_usable_tokens"
+    return None
+
+
+class _Progress:
+    def __init__(self, total_bytes: int, enabled: bool):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(unit=" rows", desc="scoring", mininterval=0.5)
+            except ImportError:
+                self.bar = None
+
+    def update(self, n: int, done: int, t0: float) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+        else:
+            log.info("scored %d rows (%.0f rows/s)", done, done / max(time.perf_counter() - t0, 1e-9))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def score(
+    settings: Settings,
+    input_path: str | Path,
+    output: str | Path | None = None,
+    model: str = "champion",
+    fmt: str = "auto",
+    run_date: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: bool = True,
+    on_resolved: Callable[[str, str], None] | None = None,
+) -> ScoreResult:
+    """Score ``input_path`` into ``output`` (a .parquet file) or, without it, into the lake's
+    ``scored/run_date=D`` partition (replaced atomically on rerun)."""
+    name, version = resolve_model(settings, model)
+    if on_resolved:
+        on_resolved(name, version)  # hook for tests: e.g. move the alias mid-run
+    log.info("scoring %s with %s version %s", input_path, name, version)
+    bundle = load_bundle(name, version)
+    scored_at = datetime.now(timezone.utc)
+    src = str(Path(input_path).resolve())
+    stats = {"rows": 0, "scored": 0, "unscorable": 0, "reasons": {}}
+    t0 = time.perf_counter()
+    bar = _Progress(0, progress)
+
+    def write_all(path: Path) -> None:
+        with pq.ParquetWriter(path, SCORED_SCHEMA, compression="zstd") as writer:
+            for chunk in iter_chunks(input_path, fmt, chunk_rows):
+                table = _score_chunk(chunk, bundle, name, version, scored_at, src, stats)
+                writer.write_table(table)
+                bar.update(table.num_rows, stats["rows"], t0)
+
+    try:
+        if output is not None:
+            out = Path(output)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                write_all(tmp)
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            run_date = run_date or datetime.now(timezone.utc).date().isoformat()
+            out = settings.scored_dir / f"run_date={run_date}"
+            with atomic_dir(out) as tmp_dir:
+                write_all(tmp_dir / "part-00000.parquet")
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    result = ScoreResult(
+        output=str(out), model_name=name, model_version=version, rows=stats["rows"], scored=stats["scored"],
+        unscorable=stats["unscorable"], reasons=stats["reasons"], seconds=round(seconds, 3),
+        rows_per_s=round(stats["rows"] / max(seconds, 1e-9), 1),
+    )
+    log.info("scoring done: %s", result)
+    return result
+
+
+def resolve_input(settings: Settings, given: str, asset_extras: list[dict] | None = None) -> str:
+    """What to score: the given path; else the partition named by a triggering asset event; else the
+    newest listings partition of the lake."""
+    from pipelines.lake import list_partitions
+
+    if given:
+        if not Path(given).exists():
+            raise FileNotFoundError(f"scoring input {given} does not exist")
+        return given
+    for extra in reversed(asset_extras or []):
+        if extra.get("partition") and Path(extra["partition"]).exists():
+            return extra["partition"]
+    parts = list_partitions(settings.listings_dir)
+    if not parts:
+        raise FileNotFoundError(f"nothing to score: no input given and no partitions under {settings.listings_dir}")
+    return str(parts[-1][1])
+
+
+def iter_chunks(input_path: str | Path, fmt: str = "auto", chunk_rows: int = CHUNK_ROWS):
+    """Chunks of a file, or of every part file of a lake partition directory."""
+    path = Path(input_path)
+    if path.is_dir():
+        files = sorted(path.glob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{path} holds no .parquet files")
+        for f in files:
+            yield from read_source(f, "parquet", chunk_rows)
+    else:
+        yield from read_source(path, fmt, chunk_rows)
+
+
+def _score_chunk(chunk, bundle, name, version, scored_at, src, stats) -> pa.Table:
+    c = chunk.columns
+    titles = c["title"]
+    encoded = [bundle.encoder.encode(t) if t is not None and len(t) <= MAX_TITLE_CHARS else [] for t in titles]
+    reasons = [_unscorable_reason(t, len(e)) for t, e in zip(titles, encoded)]
+    ok = [i for i, r in enumerate(reasons) if r is None]
+    n = len(titles)
+    pred = [None] * n
+    prob = [None] * n
+    topc = [None] * n
+    topp = [None] * n
+    if ok:
+        probs = bundle.predict_proba_encoded([encoded[i] for i in ok])
+        k = min(3, probs.shape[1])
+        top = np.argpartition(-probs, k - 1, axis=1)[:, :k] if probs.shape[1] > k else np.tile(np.arange(k), (len(ok), 1))
+        top_p = np.take_along_axis(probs, top, axis=1)
+        order = np.argsort(-top_p, axis=1)
+        top, top_p = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_p, order, axis=1)
+        labels = np.asarray(bundle.labels, dtype=object)
+        for j, i in enumerate(ok):
+            pred[i] = labels[top[j, 0]]
+            prob[i] = float(top_p[j, 0])
+            topc[i] = labels[top[j]].tolist()
+            topp[i] = top_p[j].astype(float).tolist()
+    ids = list(c["id"])
+    need = [i for i, v in enumerate(ids) if not v and titles[i] is not None]
+    if need:
+        for i, g in zip(need, content_ids([titles[i].strip() for i in need], [c["category"][i] for i in need])):
+            ids[i] = g
+    table = pa.table(
+        {
+            "listing_id": ids,
+            "title": titles,
+            "predicted_category": pred,
+            "probability": prob,
+            "top_k_categories": topc,
+            "top_k_probabilities": topp,
+            "model_name": [name] * n,
+            "model_version": [version] * n,
+            "scored_at": [scored_at] * n,
+            "status": ["scored" if r is None else "unscorable" for r in reasons],
+            "reason": reasons,
+            "source_file": [src] * n,
+            "source_row": chunk.rows,
+        },
+        schema=SCORED_SCHEMA,
+    )
+    # rows the reader could not parse (bad JSON, bad encoding...) are kept too, with their reason
+    if chunk.rejected:
+        bad = chunk.rejected
+        m = len(bad)
+        table = pa.concat_tables([table, pa.table({
+            "listing_id": [None] * m, "title": [None] * m, "predicted_category": [None] * m,
+            "probability": [None] * m, "top_k_categories": [None] * m, "top_k_probabilities": [None] * m,
+            "model_name": [name] * m, "model_version": [version] * m, "scored_at": [scored_at] * m,
+            "status": ["unscorable"] * m, "reason": [b[1] for b in bad], "source_file": [src] * m,
+            "source_row": [b[0] for b in bad]}, schema=SCORED_SCHEMA)])
+        reasons = reasons + [b[1] for b in bad]
+    stats["rows"] += table.num_rows
+    stats["scored"] += len(ok)
+    stats["unscorable"] += table.num_rows - len(ok)
+    for r in reasons:
+        if r is not None:
+            stats["reasons"][r] = stats["reasons"].get(r, 0) + 1
+    return table

@@ -1,0 +1,161 @@
+"""One typed settings object, read from the environment.
+
+Every path a run writes lives under ``MELI_HOME`` (default ``<repo>/.meli``).
+Each field documents its environment variable and default; ``python -m pipelines settings``
+prints the resolved values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_NAME_DEFAULT = "meli-title-classifier"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Validation thresholds (MELI_VALIDATE_*); the GX suites reference them as $PARAMETERs."""
+
+    min_rows: int = field(default_factory=lambda: _int("MELI_VALIDATE_MIN_ROWS", 50))
+    min_title_len: int = field(default_factory=lambda: _int("MELI_VALIDATE_MIN_TITLE_LEN", 2))
+    max_title_len: int = field(default_factory=lambda: _int("MELI_VALIDATE_MAX_TITLE_LEN", 300))
+    max_quarantine_ratio: float = field(
+        default_factory=lambda: _float("MELI_VALIDATE_MAX_QUARANTINE_RATIO", 0.2)
+    )
+    min_volume_ratio: float = field(
+        default_factory=lambda: _float("MELI_VALIDATE_MIN_VOLUME_RATIO", 0.2)
+    )
+    max_volume_ratio: float = field(
+        default_factory=lambda: _float("MELI_VALIDATE_MAX_VOLUME_RATIO", 5.0)
+    )
+    max_unseen_category_share: float = field(
+        default_factory=lambda: _float("MELI_VALIDATE_MAX_UNSEEN_CATEGORY_SHARE", 0.2)
+    )
+    max_category_share_shift: float = field(
+        default_factory=lambda: _float("MELI_VALIDATE_MAX_CATEGORY_SHARE_SHIFT", 0.05)
+    )
+    category_pattern: str = field(
+        default_factory=lambda: _env("MELI_VALIDATE_CATEGORY_PATTERN", r"^[A-Z0-9][A-Z0-9_]{1,79}$")
+    )
+
+
+@dataclass(frozen=True)
+class GateRules:
+    """Champion/challenger decision rules (MELI_GATE_*)."""
+
+    min_improvement: float = field(default_factory=lambda: _float("MELI_GATE_MIN_IMPROVEMENT", 0.002))
+    min_macro_recall: float = field(default_factory=lambda: _float("MELI_GATE_MIN_MACRO_RECALL", 0.30))
+    max_class_drop: float = field(default_factory=lambda: _float("MELI_GATE_MAX_CLASS_DROP", 0.20))
+    max_share_classes_dropped: float = field(
+        default_factory=lambda: _float("MELI_GATE_MAX_SHARE_CLASSES_DROPPED", 0.10)
+    )
+    bootstrap_samples: int = field(default_factory=lambda: _int("MELI_GATE_BOOTSTRAP", 500))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration. Construct with ``Settings()``; it reads the environment."""
+
+    home: Path = field(
+        default_factory=lambda: Path(_env("MELI_HOME", str(REPO_ROOT / ".meli"))).resolve()
+    )
+    tracking_uri: str = field(default_factory=lambda: _env("MLFLOW_TRACKING_URI", ""))
+    registry_uri: str = field(default_factory=lambda: _env("MLFLOW_REGISTRY_URI", ""))
+    lake_uri: str = field(default_factory=lambda: _env("MELI_LAKE_URI", ""))
+    model_name: str = field(default_factory=lambda: _env("MELI_MODEL_NAME", MODEL_NAME_DEFAULT))
+    experiment: str = field(default_factory=lambda: _env("MELI_EXPERIMENT", "meli-retrain"))
+    device: str = field(default_factory=lambda: _env("MELI_DEVICE", "auto"))
+    seed: int = field(default_factory=lambda: _int("MELI_SEED", 13))
+    batch_rows: int = field(default_factory=lambda: _int("MELI_BATCH_ROWS", 65536))
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    gate: GateRules = field(default_factory=GateRules)
+
+    def __post_init__(self) -> None:
+        # Derived defaults that depend on home are filled here so that one env var moves everything.
+        if not self.tracking_uri:
+            object.__setattr__(self, "tracking_uri", f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}")
+        if not self.lake_uri:
+            object.__setattr__(self, "lake_uri", str(self.home / "lake"))
+
+    # ---- paths under MELI_HOME -------------------------------------------------------------
+    @property
+    def lake(self) -> Path:
+        return Path(self.lake_uri.removeprefix("file://"))
+
+    @property
+    def listings_dir(self) -> Path:
+        return self.lake / "listings"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.lake / "quarantine"
+
+    @property
+    def scored_dir(self) -> Path:
+        return self.lake / "scored"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlflow" / "artifacts"
+
+    @property
+    def gx_root(self) -> Path:
+        return self.home / "gx"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "work"
+
+    @property
+    def history_path(self) -> Path:
+        return self.home / "registry" / "promotion_history.jsonl"
+
+    @property
+    def expectations_src(self) -> Path:
+        return Path(_env("MELI_EXPECTATIONS_DIR", str(REPO_ROOT / "expectations")))
+
+    def run_dir(self, run_date: str) -> Path:
+        return self.work_dir / run_date
+
+    def ensure(self) -> "Settings":
+        for p in (self.home, self.lake, self.work_dir, self.history_path.parent):
+            p.mkdir(parents=True, exist_ok=True)
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def as_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = asdict(v) if hasattr(v, "__dataclass_fields__") else str(v)
+        return out
+
+
+def get_settings() -> Settings:
+    """Fresh settings from the current environment (cheap; no caching so tests can monkeypatch)."""
+    return Settings()

@@ -1,0 +1,304 @@
+"""Training: PyTorch classifiers on the FastText-initialised embedding, tracked in MLflow.
+
+Same code path on CUDA (bf16 autocast, pinned memory) and CPU. Early stopping on validation
+macro-recall; the best epoch's weights are the ones kept and logged as a pyfunc model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.config import TrainConfig
+from pipelines.features import EmbeddingConfig, TitleEncoder, read_split
+from pipelines.pyfunc import Bundle
+from pipelines.settings import REPO_ROOT, Settings
+from pipelines.text import TextConfig
+
+log = logging.getLogger(__name__)
+
+def embedding_config(cfg: TrainConfig) -> EmbeddingConfig:
+    return EmbeddingConfig(dim=cfg.embedding_dim, epochs=cfg.embedding_epochs, bucket=cfg.bucket)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                            sampler_weights: np.ndarray | None = None) -> list[np.ndarray]:
+    """Shuffle, sort within pools of 50 batches by length, cut into batches, shuffle batches."""
+    n = len(lengths)
+    if sampler_weights is not None:
+        order = rng.choice(n, size=n, replace=True, p=sampler_weights / sampler_weights.sum())
+    else:
+        order = rng.permutation(n)
+    pool = batch_size * 50
+    batches = []
+    for s in range(0, n, pool):
+        chunk = order[s : s + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _pip_requirements() -> list[str]:
+    import importlib.metadata as md
+
+    pins = []
+    for pkg in ("mlflow", "torch", "gensim", "numpy", "pandas", "pyarrow"):
+        try:
+            pins.append(f"{pkg}=={md.version(pkg).split('+')[0]}")
+        except md.PackageNotFoundError:
+            continue
+    return pins
+
+
+def start_parent_run(settings: Settings, run_date: str, dataset: dict, tags: dict | None = None) -> str:
+    """The retraining run that groups the embedding, each classifier and the gate decision."""
+    import mlflow
+
+    from pipelines.tracking import configure
+
+    configure(settings)
+    with mlflow.start_run(run_name=f"retrain-{run_date}") as run:
+        mlflow.set_tags({"meli.run_date": run_date, "meli.stage": "retrain", **(tags or {})})
+        mlflow.log_params({f"rows_{k}": v for k, v in dataset["counts"].items()})
+        mlflow.log_param("num_categories", dataset["num_categories"])
+        mlflow.log_artifact(str(Path(dataset["dir"]) / "dataset.json"), artifact_path="data")
+        return run.info.run_id
+
+
+def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainConfig) -> None:
+    import mlflow
+
+    from pipelines.tracking import configure
+
+    configure(settings)
+    with mlflow.start_run(run_id=parent_run_id):
+        mlflow.log_params({f"embedding_{k}": v for k, v in asdict(embedding_config(cfg)).items()})
+        mlflow.log_metrics({"embedding_vocab_size": emb["vocab_size"], "embedding_train_seconds": emb["seconds"]})
+
+
+def _lineage(dataset_dir: Path) -> dict:
+    info = json.loads((dataset_dir / "dataset.json").read_text())
+    return {
+        "meli.partitions": ",".join(p["ingest_date"] for p in info["lineage"])[:4000],
+        "meli.source_sha256": ",".join(
+            sorted({s["sha256"][:16] for p in info["lineage"] for s in p["sources"] if s.get("sha256")})
+        )[:4000],
+    }
+
+
+def train_classifier(
+    settings: Settings,
+    dataset_dir: str | Path,
+    embedding_dir: str | Path,
+    kind: str,
+    cfg: TrainConfig,
+    parent_run_id: str | None = None,
+    run_date: str = "",
+) -> dict:
+    """Train one model type and log it to MLflow. Returns a small dict for XCom."""
+    import mlflow
+    import torch
+    import torch.nn.functional as F
+    from gensim.models import FastText
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from pipelines.evaluate import confusion_summary, macro_recall, per_class_recall
+    from pipelines.features import embedding_matrix
+    from pipelines.models import ModelConfig, build_model
+    from pipelines.pyfunc import TitleClassifierModel, collate, pick_device
+    from pipelines.tracking import configure
+
+    dataset_dir, embedding_dir = Path(dataset_dir), Path(embedding_dir)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device if cfg.device != "auto" else settings.device)
+    use_cuda = device.type == "cuda"
+    encoder = TitleEncoder.load(embedding_dir / "encoder.json")
+    train_df, val_df = read_split(dataset_dir, "train"), read_split(dataset_dir, "validation")
+    labels = sorted(train_df["category"].unique().tolist())
+    index = {c: i for i, c in enumerate(labels)}
+    y_train = np.array([index[c] for c in train_df["category"]], dtype=np.int64)
+    x_train = encoder.encode_many(train_df["title"].tolist())
+    x_val = encoder.encode_many(val_df["title"].tolist())
+    lengths = np.array([len(x) for x in x_train])
+
+    mcfg = ModelConfig(
+        kind=kind, num_embeddings=encoder.num_embeddings, dim=encoder.emb.dim, num_classes=len(labels),
+        hidden=cfg.hidden, dropout=cfg.dropout, freeze_embedding=cfg.freeze_embedding,
+    )
+    model = build_model(mcfg)
+    ft = FastText.load(str(embedding_dir / "fasttext.model"))
+    with torch.no_grad():
+        model.embed.emb.weight.copy_(torch.from_numpy(embedding_matrix(encoder, ft)))
+        model.embed.emb.weight[0].zero_()
+    del ft
+    model.to(device)
+
+    counts = np.bincount(y_train, minlength=len(labels)).astype(np.float64)
+    class_w = None
+    sampler_w = None
+    if cfg.balance == "weighted":
+        class_w = torch.tensor(len(y_train) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
+    elif cfg.balance == "sampler":
+        sampler_w = 1.0 / counts[y_train]
+
+    emb_params = [model.embed.emb.weight] if not cfg.freeze_embedding else []
+    dense = [p for n, p in model.named_parameters() if not n.startswith("embed.")]
+    opt = torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sparse_opt = torch.optim.SparseAdam(emb_params, lr=cfg.embedding_lr) if emb_params else None
+    rng = np.random.default_rng(cfg.seed)
+    steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    base_lrs = (cfg.lr, cfg.embedding_lr)
+
+    def set_lr(step: int) -> None:  # linear warm-up, cosine decay
+        warm = max(1, steps_per_epoch // 2)
+        f = step / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
+        for g in opt.param_groups:
+            g["lr"] = base_lrs[0] * f
+        if sparse_opt:
+            for g in sparse_opt.param_groups:
+                g["lr"] = base_lrs[1] * f
+
+    def evaluate_split(x, y_names) -> tuple[float, float, np.ndarray]:
+        model.eval()
+        bundle_like = _InMemoryBundle(model, encoder, labels, device)
+        probs = bundle_like.predict_proba_encoded(x)
+        model.train()
+        pred = np.asarray(labels, dtype=object)[probs.argmax(1)]
+        y_idx = np.array([index.get(c, -1) for c in y_names])
+        p_true = np.where(y_idx >= 0, probs[np.arange(len(y_idx)), np.maximum(y_idx, 0)], 1e-9)
+        loss = float(-np.log(np.clip(p_true, 1e-9, 1)).mean())
+        return macro_recall(list(y_names), list(pred)), loss, pred
+
+    configure(settings)
+    run_kwargs = {"run_name": f"{kind}-{run_date}" if run_date else kind}
+    if parent_run_id:
+        run_kwargs.update(parent_run_id=parent_run_id, nested=True)
+    with mlflow.start_run(**run_kwargs) as run:
+        mlflow.set_tags({"meli.model_type": kind, "meli.run_date": run_date, "meli.device": str(device),
+                         **_lineage(dataset_dir)})
+        mlflow.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "models"}, "model_type": kind,
+                           "num_classes": len(labels), "vocab_size": len(encoder.itos), "device": str(device)})
+        try:
+            mlflow.log_input(mlflow.data.from_pandas(train_df, source=str(dataset_dir / "train.parquet"),
+                                                     name=f"train-{run_date}", targets="category"),
+                             context="training")
+        except Exception as exc:  # lineage tags above still hold the manifest data
+            log.warning("mlflow.log_input failed: %s", exc)
+        best = (-1.0, 0, None)
+        bad_epochs, step, seen, train_seconds = 0, 0, 0, 0.0
+        model.train()
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            total_loss, nb = 0.0, 0
+            for b_idx in length_bucketed_batches(lengths, cfg.batch_size, rng, sampler_w):
+                ids, lens = collate([x_train[i] for i in b_idx], encoder.width)
+                if use_cuda:
+                    ids = ids.pin_memory().to(device, non_blocking=True)
+                target = torch.from_numpy(y_train[b_idx]).to(device)
+                set_lr(step)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_cuda):
+                    logits = model(ids, lens)
+                loss = F.cross_entropy(logits.float(), target, weight=class_w, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                if sparse_opt:
+                    sparse_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(dense, 5.0)
+                opt.step()
+                if sparse_opt:
+                    sparse_opt.step()
+                total_loss += float(loss.detach())
+                nb += 1
+                step += 1
+                seen += len(b_idx)
+            epoch_s = time.perf_counter() - t0
+            train_seconds += epoch_s
+            val_mr, val_loss, _ = evaluate_split(x_val, val_df["category"].tolist())
+            mlflow.log_metrics({"train_loss": total_loss / max(nb, 1), "val_loss": val_loss,
+                                "val_macro_recall": val_mr, "epoch_samples_per_s": len(y_train) / epoch_s},
+                               step=epoch)
+            log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_macro_recall %.4f (%.1fs)",
+                     kind, epoch, cfg.epochs, total_loss / max(nb, 1), val_loss, val_mr, epoch_s)
+            if val_mr > best[0]:
+                best = (val_mr, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+                if bad_epochs >= cfg.patience:
+                    log.info("%s: early stop after epoch %d (best epoch %d)", kind, epoch, best[1])
+                    break
+        model.load_state_dict(best[2])
+        mlflow.log_metrics({"best_val_macro_recall": best[0], "best_epoch": best[1],
+                            "train_seconds": train_seconds, "train_samples_per_s": seen / max(train_seconds, 1e-9)})
+
+        bundle_dir = Path(settings.run_dir(run_date or "adhoc")) / "models" / kind / "bundle"
+        if bundle_dir.exists():
+            shutil.rmtree(bundle_dir)
+        bundle_dir.mkdir(parents=True)
+        torch.save(best[2], bundle_dir / "weights.pt")
+        (bundle_dir / "labels.json").write_text(json.dumps(labels))
+        (bundle_dir / "config.json").write_text(json.dumps({"model": mcfg.to_dict(), "train": cfg.to_dict()}))
+        shutil.copy(embedding_dir / "encoder.json", bundle_dir / "encoder.json")
+
+        # validation diagnostics from the reloaded bundle (what will be served)
+        served = Bundle(bundle_dir, device=str(device))
+        val_pred = served.predict(val_df["title"].tolist())["predicted_category"].tolist()
+        rec = per_class_recall(val_df["category"].tolist(), val_pred)
+        mlflow.log_text("category,recall\n" + "\n".join(f"{c},{r:.4f}" for c, r in sorted(rec.items(), key=lambda x: x[1])),
+                        "diagnostics/val_per_class_recall.csv")
+        mlflow.log_dict({"top_confusions": confusion_summary(val_df["category"].tolist(), val_pred)},
+                        "diagnostics/val_confusions.json")
+        signature = ModelSignature(inputs=Schema([ColSpec("string", "title")]))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TitleClassifierModel(),
+            artifacts={"bundle": str(bundle_dir)},
+            code_paths=[str(REPO_ROOT / "pipelines")],
+            pip_requirements=_pip_requirements(),
+            signature=signature,
+        )
+        result = {
+            "model_type": kind,
+            "run_id": run.info.run_id,
+            "model_uri": info.model_uri,
+            "val_macro_recall": round(best[0], 6),
+            "best_epoch": best[1],
+            "train_seconds": round(train_seconds, 2),
+            "device": str(device),
+        }
+        log.info("%s trained: %s", kind, result)
+        return result
+
+
+class _InMemoryBundle(Bundle):
+    """A Bundle around a model being trained (no files), for validation scoring."""
+
+    def __init__(self, model, encoder, labels, device):  # noqa: D107 - no super().__init__ on purpose
+        self.model, self.encoder, self.labels, self.device = model, encoder, labels, device
+
+
+def pick_challenger(results: list[dict]) -> dict:
+    """The best model of the run on validation macro-recall."""
+    if not results:
+        raise ValueError("no trained models to choose from")
+    return max(results, key=lambda r: (r["val_macro_recall"], -len(r["model_type"])))

@@ -1,0 +1,249 @@
+"""Validation: Great Expectations (GX Core 1.x) gates every ingested partition.
+
+The GX project (suites, validation definitions, checkpoint) is reviewed in git under
+``expectations/gx``. At run time it is copied into ``$MELI_HOME/gx`` so that validation results and
+Data Docs land under MELI_HOME. Thresholds are GX ``$PARAMETER``s filled from ``Settings.thresholds``.
+Each expectation has a severity: a critical failure raises ``ValidationFailed`` (the DAG stops before
+training); warnings are reported and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipelines.lake import SCHEMA_VERSION, atomic_write_json, list_partitions, partition_dir, read_manifest
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = ("listings_partition", "listings_partition_metrics")
+DATASOURCE = "meli_lake"
+_PROJECT_PARTS = ("great_expectations.yml", "expectations", "validation_definitions", "checkpoints", "plugins")
+
+
+class ValidationFailed(RuntimeError):
+    """A critical expectation failed; the message names each one."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class Check:
+    suite: str
+    expectation: str
+    column: str | None
+    severity: str
+    success: bool
+    description: str
+    observed: object = None
+    unexpected_examples: list = field(default_factory=list)
+
+    def line(self) -> str:
+        col = f"[{self.column}]" if self.column else ""
+        ex = f" e.g. {self.unexpected_examples[:5]}" if self.unexpected_examples else ""
+        obs = f" observed={self.observed}" if self.observed is not None else ""
+        return f"{self.severity.upper():8} {'PASS' if self.success else 'FAIL'} {self.expectation}{col}{obs}{ex}"
+
+
+def gx_context(settings: Settings):
+    """A file data context under $MELI_HOME/gx, refreshed from the reviewed project in git."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    src = settings.expectations_src / "gx"
+    if not (src / "great_expectations.yml").exists():
+        raise FileNotFoundError(f"GX project not found at {src}")
+    dst = settings.gx_root / "gx"
+    dst.mkdir(parents=True, exist_ok=True)
+    for part in _PROJECT_PARTS:
+        s, d = src / part, dst / part
+        if s.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.copytree(s, d)
+        elif s.exists():
+            shutil.copy2(s, d)
+    return gx.get_context(mode="file", project_root_dir=str(settings.gx_root))
+
+
+def partition_metrics(settings: Settings, run_date: str, table) -> dict:
+    """Batch-level numbers the metrics suite checks: quarantine ratio, volume vs the previous
+    partition, and the category distribution vs all earlier partitions (the training reference)."""
+    import pyarrow.compute as pc
+
+    from pipelines.lake import read_partition
+
+    manifest = read_manifest(partition_dir(settings.listings_dir, run_date))
+    totals = manifest.get("totals", {})
+    read = totals.get("rows_read") or 0
+    quarantine_ratio = (totals.get("rows_quarantined", 0) / read) if read else 0.0
+    earlier = [p for d, p in list_partitions(settings.listings_dir) if d < run_date]
+    volume_ratio = unseen = shift = None
+    n = table.num_rows
+    if earlier:
+        prev_rows = read_manifest(earlier[-1]).get("totals", {}).get("rows_written")
+        if prev_rows:
+            volume_ratio = n / prev_rows
+        ref_counts: dict[str, int] = {}
+        for p in earlier:
+            vc = pc.value_counts(read_partition(p, ["category"]).column("category").drop_null())
+            for item in vc.to_pylist():
+                ref_counts[item["values"]] = ref_counts.get(item["values"], 0) + item["counts"]
+        cur = {i["values"]: i["counts"] for i in pc.value_counts(table.column("category").drop_null()).to_pylist()}
+        ref_total, cur_total = sum(ref_counts.values()), sum(cur.values())
+        if ref_total and cur_total:
+            unseen = sum(c for k, c in cur.items() if k not in ref_counts) / cur_total
+            keys = set(ref_counts) | set(cur)
+            shift = max(abs(cur.get(k, 0) / cur_total - ref_counts.get(k, 0) / ref_total) for k in keys)
+    return {
+        "rows": n,
+        "quarantine_ratio": float(quarantine_ratio),
+        "volume_ratio": volume_ratio,
+        "unseen_category_share": unseen,
+        "max_category_share_shift": shift,
+        "schema_version": int(manifest.get("schema_version", SCHEMA_VERSION)),
+    }
+
+
+def _parameters(settings: Settings) -> dict:
+    return asdict(settings.thresholds)
+
+
+def _checks(checkpoint_result) -> list[Check]:
+    out = []
+    for vr in checkpoint_result.run_results.values():
+        suite = vr.suite_name
+        for er in vr.results:
+            cfg = er.expectation_config
+            res = er.result or {}
+            examples = res.get("partial_unexpected_list") or []
+            observed = res.get("observed_value")
+            if observed is None and res.get("unexpected_percent") is not None:
+                observed = f"{res['unexpected_percent']:.3g}% unexpected"
+            out.append(
+                Check(
+                    suite=suite,
+                    expectation=cfg.type,
+                    column=cfg.kwargs.get("column"),
+                    severity=str(getattr(cfg.severity, "value", cfg.severity or "critical")),
+                    success=bool(er.success),
+                    description=cfg.description or "",
+                    observed=observed if isinstance(observed, (int, float, str, type(None))) else str(observed),
+                    unexpected_examples=[str(x)[:120] for x in examples[:10]],
+                )
+            )
+    return out
+
+
+def validate_partition(settings: Settings, run_date: str) -> dict:
+    """Validate the listings partition of ``run_date``. Returns a report dict (XCom-sized);
+    raises ValidationFailed when a critical expectation fails."""
+    from pipelines.lake import read_partition
+
+    part = partition_dir(settings.listings_dir, run_date)
+    if not part.exists():
+        raise FileNotFoundError(f"no listings partition for {run_date} at {part}; run ingest first")
+    table = read_partition(part)
+    return validate_table(settings, run_date, table, partition_metrics(settings, run_date, table), str(part))
+
+
+def validate_table(settings: Settings, run_date: str, table, metrics: dict, source: str) -> dict:
+    """Run both checkpoints (rows, batch metrics) on an Arrow table; see validate_partition."""
+    import pandas as pd
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    ctx = gx_context(settings)
+    metrics_df = pd.DataFrame([metrics])
+    for col in ("volume_ratio", "unseen_category_share", "max_category_share_shift", "quarantine_ratio"):
+        metrics_df[col] = metrics_df[col].astype("float64")
+    batches = {"listings_partition": table.to_pandas(), "listings_partition_metrics": metrics_df}
+    run_id = RunIdentifier(run_name=f"meli_retrain__{run_date}")
+    checks: list[Check] = []
+    pages: dict[str, str] = {}
+    for name, frame in batches.items():
+        result = ctx.checkpoints.get(name).run(
+            batch_parameters={"dataframe": frame}, expectation_parameters=_parameters(settings), run_id=run_id
+        )
+        checks += _checks(result)
+        for ident in result.run_results:
+            page = _page_for(ctx, ident)
+            if page:
+                pages[name] = page
+    index = ctx.get_docs_sites_urls()[0]["site_url"].removeprefix("file://")
+    critical = [c for c in checks if not c.success and c.severity == "critical"]
+    warnings = [c for c in checks if not c.success and c.severity != "critical"]
+    report = {
+        "run_date": run_date,
+        "source": source,
+        "success": not critical,
+        "evaluated": len(checks),
+        "passed": sum(c.success for c in checks),
+        "critical_failures": [c.line() for c in critical],
+        "warnings": [c.line() for c in warnings],
+        "metrics": metrics,
+        "data_docs_index": index,
+        "data_docs_pages": pages,
+        "data_docs_dir": str(Path(index).parent),
+    }
+    out_dir = settings.home / "validation" / run_date
+    atomic_write_json(out_dir / "report.json", {**report, "checks": [asdict(c) for c in checks]})
+    report["report_json"] = str(out_dir / "report.json")
+    for line in summary_lines(report):
+        log.info(line)
+    if critical:
+        names = ", ".join(f"{c.expectation}[{c.column}]" if c.column else c.expectation for c in critical)
+        raise ValidationFailed(f"critical expectations failed for {run_date}: {names}. "
+                               f"Data Docs: {report['data_docs_index']}", report)
+    return report
+
+
+def _page_for(ctx, ident) -> str | None:
+    """The Data Docs page of one validation result (a file path), if GX can tell."""
+    try:
+        urls = ctx.get_docs_sites_urls(resource_identifier=ident)
+        return urls[0]["site_url"].removeprefix("file://") if urls else None
+    except Exception as exc:  # the index still links every result
+        log.debug("no Data Docs page for result: %s", exc)
+        return None
+
+
+def summary_lines(report: dict) -> list[str]:
+    lines = [
+        f"validation {report['run_date']}: {'PASSED' if report['success'] else 'FAILED'} "
+        f"({report['passed']}/{report['evaluated']} expectations passed, "
+        f"{len(report['critical_failures'])} critical failures, {len(report['warnings'])} warnings)"
+    ]
+    lines += [f"  {x}" for x in report["critical_failures"] + report["warnings"]]
+    lines.append(f"  Data Docs: {report['data_docs_index']}")
+    return lines
+
+
+def load_report(settings: Settings, run_date: str) -> dict:
+    return json.loads((settings.home / "validation" / run_date / "report.json").read_text())
+
+
+def _run_key(dag_id: str, run_id: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dag_id}__{run_id}")
+
+
+def link_run(settings: Settings, dag_id: str, run_id: str, report: dict) -> Path:
+    """Remember which Data Docs page belongs to an Airflow DAG run (read by the UI plugin)."""
+    path = settings.home / "validation" / "by_run" / f"{_run_key(dag_id, run_id)}.json"
+    atomic_write_json(path, {"dag_id": dag_id, "run_id": run_id, **{k: report.get(k) for k in (
+        "run_date", "success", "data_docs_index", "data_docs_pages", "data_docs_dir", "critical_failures",
+        "warnings")}})
+    log.info("Data Docs for this run: %s", report.get("data_docs_pages") or report.get("data_docs_index"))
+    return path
+
+
+def run_link(settings: Settings, dag_id: str, run_id: str) -> dict | None:
+    path = settings.home / "validation" / "by_run" / f"{_run_key(dag_id, run_id)}.json"
+    return json.loads(path.read_text()) if path.exists() else None
