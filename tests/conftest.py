@@ -1,0 +1,62 @@
+"""Shared fixtures. Every test gets its own MELI_HOME under pytest's tmp_path, so nothing a test
+writes lands in the repo, and tests never see each other's lake, MLflow store or Airflow DB."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("MELI_SHARED_DATA", REPO.parent / "shared" / "data" / "meli2019"))
+sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+@pytest.fixture
+def meli_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "meli"
+    monkeypatch.setenv("MELI_HOME", str(home))
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MELI_LAKE_URI"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def settings(meli_home):
+    from pipelines.settings import get_settings
+
+    return get_settings().ensure()
+
+
+@pytest.fixture
+def synthetic_jsonl(tmp_path):
+    """A factory: write n SYNTHETIC listings as DiploDatos jsonl(.gz)."""
+    from pipelines.synthetic import write_jsonl
+
+    def make(n: int = 600, seed: int = 0, dirty: int = 0, name: str = "listings.jsonl.gz") -> Path:
+        return write_jsonl(tmp_path / "in" / name, n, seed=seed, dirty=dirty)
+
+    return make
+
+
+@pytest.fixture
+def real_jsonl() -> Path:
+    path = SHARED_DATA / "spanish.sample.jsonl.gz"
+    if not path.exists():
+        pytest.skip(f"real MeLi sample not present at {path}")
+    return path
+
+
+@pytest.fixture
+def real_challenge_csv() -> Path:
+    path = SHARED_DATA / "challenge_train_head.csv"
+    if not path.exists():
+        pytest.skip(f"real challenge CSV not present at {path}")
+    return path
