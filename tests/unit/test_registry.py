@@ -1,0 +1,173 @@
+"""Champion/challenger gate against a real MLflow registry (SQLite).
+
+Models here are tiny pyfunc test doubles whose errors we choose, so each rule is exercised exactly;
+the gate itself is model-agnostic (it only calls pyfunc predict on the test titles).
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+
+from pipelines import registry
+from pipelines.settings import GateRules
+
+RUN_DATE = "2026-11-20"
+CLASSES = [f"CAT_{i:02d}" for i in range(20)]
+
+
+class LookupModel(mlflow.pyfunc.PythonModel):
+    """Predicts from a fixed title -> category table (unknown titles -> 'UNKNOWN')."""
+
+    def __init__(self, table: dict[str, str]):
+        self.table = table
+
+    def predict(self, context, model_input, params=None):
+        return pd.DataFrame({"predicted_category": [self.table.get(t, "UNKNOWN") for t in model_input["title"]]})
+
+
+@pytest.fixture
+def test_rows(settings):
+    rows = [{"listing_id": f"id{c}{k}", "title": f"{c} item {k}", "category": c} for c in CLASSES for k in range(10)]
+    df = pd.DataFrame(rows)
+    d = settings.run_dir(RUN_DATE) / "dataset"
+    d.mkdir(parents=True)
+    df.to_parquet(d / "test.parquet", index=False)
+    return df
+
+
+def make_version(settings, df, recall_by_class: dict[str, float] | float) -> str:
+    """Register a model whose recall on each class is exactly the given value."""
+    from pipelines.tracking import configure
+
+    configure(settings)
+    table = {}
+    for c, g in df.groupby("category"):
+        r = recall_by_class if isinstance(recall_by_class, float) else recall_by_class.get(c, 1.0)
+        hits = round(r * len(g))
+        for i, t in enumerate(g["title"]):
+            table[t] = c if i < hits else "WRONG"
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=LookupModel(table), pip_requirements=["mlflow"])
+    out = registry.register_challenger(
+        settings, {"model_uri": info.model_uri, "run_id": run.info.run_id, "model_type": "lookup",
+                   "val_macro_recall": 0.0}, RUN_DATE)
+    return out["version"]
+
+
+def run_gate(settings, version, **kw):
+    registry.evaluate(settings, RUN_DATE, version)
+    rules = kw.pop("rules", GateRules(min_improvement=0.002, min_macro_recall=0.3, max_class_drop=0.2,
+                                      max_share_classes_dropped=0.1, bootstrap_samples=100))
+    return registry.gate(settings, RUN_DATE, version, rules, **kw)
+
+
+def champion(settings):
+    st = registry.status(settings)
+    return st["champion"]["version"] if st["champion"] else None, st["previous"]["version"] if st["previous"] else None
+
+
+def test_first_run_promotes_then_better_promotes_worse_and_equal_reject(settings, test_rows):
+    v1 = make_version(settings, test_rows, 0.7)
+    d = run_gate(settings, v1)
+    assert (d["decision"], d["rule"]) == ("promoted", "first_model")
+    assert d["champion_macro_recall"] is None and d["challenger_macro_recall"] == pytest.approx(0.7)
+    assert champion(settings) == (v1, None)
+
+    v2 = make_version(settings, test_rows, 0.8)
+    d = run_gate(settings, v2)
+    assert (d["decision"], d["rule"]) == ("promoted", "improved")
+    assert d["delta"] == pytest.approx(0.1)
+    assert d["bootstrap"]["ci_low"] <= d["delta"] <= d["bootstrap"]["ci_high"]
+    assert champion(settings) == (v2, v1)
+
+    v3 = make_version(settings, test_rows, 0.7)
+    d = run_gate(settings, v3)
+    assert (d["decision"], d["rule"]) == ("rejected", "not_better")
+    assert champion(settings) == (v2, v1)
+
+    v4 = make_version(settings, test_rows, 0.8)
+    d = run_gate(settings, v4)
+    assert (d["decision"], d["rule"]) == ("rejected", "not_better")
+    assert d["delta"] == pytest.approx(0.0)
+    assert champion(settings) == (v2, v1)
+
+    # the decision is recorded on the version, as files, and in the history
+    client = mlflow.MlflowClient()
+    tags = client.get_model_version(settings.model_name, v4).tags
+    assert tags["meli.decision"] == "rejected" and tags["meli.rule"] == "not_better"
+    assert (settings.run_dir(RUN_DATE) / "evaluation" / "decision.md").read_text().startswith("# ")
+    hist = registry.history(settings)
+    assert [h["decision"] for h in hist] == ["promoted", "promoted", "rejected", "rejected"]
+    assert hist[1]["challenger_macro_recall"] and hist[1]["champion_macro_recall"]
+
+
+def test_guardrail_rejects_a_challenger_that_collapses_on_many_classes(settings, test_rows):
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1)
+    collapse = {c: (0.3 if i < 4 else 1.0) for i, c in enumerate(CLASSES)}  # mean 0.86 > 0.7
+    v2 = make_version(settings, test_rows, collapse)
+    d = run_gate(settings, v2)
+    assert d["challenger_macro_recall"] > d["champion_macro_recall"]
+    assert (d["decision"], d["rule"]) == ("rejected", "class_guardrail")
+    assert champion(settings)[0] == v1
+
+
+def test_floor_force_promote_and_dry_run(settings, test_rows):
+    v1 = make_version(settings, test_rows, 0.2)
+    d = run_gate(settings, v1)
+    assert (d["decision"], d["rule"]) == ("rejected", "below_floor")
+    assert champion(settings) == (None, None)
+
+    v2 = make_version(settings, test_rows, 0.9)
+    d = run_gate(settings, v2, dry_run=True)
+    assert d["decision"] == "would_promote" and d["action"].startswith("none")
+    assert champion(settings) == (None, None)
+
+    d = run_gate(settings, v2)
+    assert d["decision"] == "promoted"
+    v3 = make_version(settings, test_rows, 0.5)
+    d = run_gate(settings, v3, force_promote=True)
+    assert (d["decision"], d["rule"]) == ("promoted", "force_promote")
+    assert champion(settings) == (v3, v2)
+
+
+def test_rollback_restores_previous_and_is_recorded(settings, test_rows):
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1)
+    v2 = make_version(settings, test_rows, 0.9)
+    run_gate(settings, v2)
+    assert champion(settings) == (v2, v1)
+    registry.rollback(settings, reason="bad feedback")
+    assert champion(settings) == (v1, v2)
+    assert registry.history(settings)[-1]["decision"] == "rollback"
+    registry.rollback(settings, to_version=v2)
+    assert champion(settings) == (v2, v1)
+    with pytest.raises(registry.GateError):
+        registry.rollback(settings, to_version=v2)
+
+
+def test_unreachable_registry_fails_and_leaves_alias(settings, test_rows, monkeypatch):
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1)
+    v2 = make_version(settings, test_rows, 0.9)
+    registry.evaluate(settings, RUN_DATE, v2)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    from pipelines.settings import get_settings
+
+    with pytest.raises(Exception):
+        registry.gate(get_settings(), RUN_DATE, v2)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert champion(get_settings()) == (v1, None)
+
+
+def test_champion_moved_since_evaluation_is_refused(settings, test_rows):
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1)
+    v2 = make_version(settings, test_rows, 0.9)
+    registry.evaluate(settings, RUN_DATE, v2)
+    v3 = make_version(settings, test_rows, 0.8)
+    mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", v3)
+    with pytest.raises(registry.GateError, match="champion moved"):
+        registry.gate(settings, RUN_DATE, v2)
