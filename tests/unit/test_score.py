@@ -1,0 +1,132 @@
+"""Batch scoring: one model version per run, every input row out (bad ones with a reason)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import mlflow
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import TrainConfig
+from pipelines.score import SCORED_SCHEMA, resolve_input, score
+from pipelines.settings import get_settings
+
+
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory):
+    """A MELI_HOME with two registered versions; v1 is the champion."""
+    from pipelines.retrain import run_all
+    from pipelines.synthetic import write_jsonl
+
+    home = tmp_path_factory.mktemp("score") / "meli"
+    old = os.environ.get("MELI_HOME")
+    os.environ["MELI_HOME"] = str(home)
+    try:
+        src = write_jsonl(home.parent / "train.jsonl.gz", 900, seed=11)
+        cfg = TrainConfig(models=["mlp"], epochs=2, embedding_epochs=2, embedding_dim=16, bucket=5000)
+        run_all(get_settings(), [str(src)], "2026-11-01", cfg, min_macro_recall=0.0)
+        run_all(get_settings(), [str(src)], "2026-11-02", cfg, dry_run=True)  # registers v2, no promotion
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("MELI_HOME", None)
+        else:
+            os.environ["MELI_HOME"] = old
+
+
+@pytest.fixture
+def s(trained_home, monkeypatch):
+    monkeypatch.setenv("MELI_HOME", str(trained_home))
+    return get_settings()
+
+
+def _input(tmp_path):
+    lines = [json.dumps({"title": "Zapatillas Nike Air Max", "category": "SNEAKERS", "language": "spanish"}),
+             json.dumps({"title": "Celular Samsung Galaxy S10", "language": "spanish"}),
+             json.dumps({"id": "MLA123", "title": "Capinha celular Motorola", "language": "portuguese"}),
+             json.dumps({"title": "   "}),
+             json.dumps({"title": "x" * 5000}),
+             json.dumps({"title": "de la y"}),
+             '{"title": "broken',
+             json.dumps({"title": None})]
+    p = tmp_path / "new.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p, lines
+
+
+def test_output_schema_rows_and_reasons(s, tmp_path):
+    src, lines = _input(tmp_path)
+    out = tmp_path / "scored.parquet"
+    res = score(s, src, out, progress=False)
+    t = pq.read_table(out)
+    assert t.schema.equals(SCORED_SCHEMA)
+    assert t.num_rows == len(lines) == res.rows
+    rows = {r["source_row"]: r for r in t.to_pylist()}
+    assert rows[1]["title"] == "Zapatillas Nike Air Max" and rows[1]["predicted_category"]
+    assert 0 < rows[1]["probability"] <= 1 and len(rows[1]["top_k_categories"]) == 3
+    assert rows[3]["listing_id"] == "MLA123"
+    assert {r: rows[r]["reason"] for r in (4, 5, 6, 7, 8)} == {
+        4: "empty_title", 5: "title_too_long", 6: "no_usable_tokens", 7: "bad_json", 8: "missing_title"}
+    assert all(rows[r]["predicted_category"] is None for r in (4, 5, 6, 7, 8))
+    assert res.scored == 3 and res.unscorable == 5
+    assert set(t.column("model_version").to_pylist()) == {res.model_version} == {"1"}
+
+
+def test_version_is_fixed_at_start_even_if_alias_moves(s, tmp_path):
+    src, lines = _input(tmp_path)
+    client = mlflow.MlflowClient()
+
+    def move_alias(name, version):
+        assert version == "1"
+        client.set_registered_model_alias(name, "champion", "2")  # a promotion lands mid-run
+
+    try:
+        res = score(s, src, tmp_path / "o.parquet", progress=False, on_resolved=move_alias, chunk_rows=2)
+        versions = set(pq.read_table(tmp_path / "o.parquet").column("model_version").to_pylist())
+        assert res.model_version == "1" and versions == {"1"}
+    finally:
+        client.set_registered_model_alias(s.model_name, "champion", "1")
+
+
+def test_lake_partition_output_is_replaced_on_rerun(s, tmp_path):
+    src, lines = _input(tmp_path)
+    for _ in range(2):
+        res = score(s, src, None, model="2", run_date="2026-11-05", progress=False)
+    files = list((s.scored_dir / "run_date=2026-11-05").glob("*.parquet"))
+    assert len(files) == 1 and pq.read_table(files[0]).num_rows == len(lines)
+    assert res.model_version == "2"
+    assert not [p for p in s.scored_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_scores_a_lake_partition_and_resolves_inputs(s, tmp_path):
+    part = resolve_input(s, "", [])
+    assert part.endswith("ingest_date=2026-11-02")
+    assert resolve_input(s, "", [{"partition": str(s.listings_dir / "ingest_date=2026-11-01")}]).endswith("11-01")
+    res = score(s, part, tmp_path / "p.parquet", progress=False)
+    n = pq.ParquetFile(next(s.listings_dir.glob("ingest_date=2026-11-02/*.parquet"))).metadata.num_rows
+    assert res.rows == n and res.unscorable == 0
+    with pytest.raises(FileNotFoundError):
+        resolve_input(s, "/nope.jsonl", [])
+
+
+def test_unknown_model_is_a_clear_error(s, tmp_path):
+    src, _ = _input(tmp_path)
+    with pytest.raises(LookupError, match="not found"):
+        score(s, src, tmp_path / "x.parquet", model="staging", progress=False)
+
+
+def test_cli_score_diplodatos_keeps_titles(s, tmp_path, capsys):
+    from pipelines.cli import main
+    from pipelines.synthetic import write_jsonl
+
+    src = write_jsonl(tmp_path / "d.jsonl.gz", 50, seed=4)
+    out = tmp_path / "cli.parquet"
+    assert main(["score", str(src), "--output", str(out), "--no-progress"]) == 0
+    t = pq.read_table(out)
+    import gzip
+
+    titles = [json.loads(line)["title"] for line in gzip.open(src, "rt")]
+    assert t.column("title").to_pylist() == titles
+    assert t.column("predicted_category").null_count == 0
