@@ -19,16 +19,44 @@ PY = sys.executable
 _RUNNER = r"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
-dag_id, conf = sys.argv[1], json.loads(sys.argv[2])
+dag_id, conf, assets = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[4])
 bag = DagBag(sys.argv[3])
 assert not bag.import_errors, bag.import_errors
 dag = bag.dags[dag_id]
+extra = {}
+if assets:
+    # Do what the scheduler does for an asset-scheduled DAG: take the queued asset events
+    # (AssetDagRunQueue) and create an ASSET_TRIGGERED run that consumes them.
+    import airflow.models.dagrun as drm
+    from sqlalchemy import select
+    from airflow.models.asset import AssetDagRunQueue, AssetEvent, AssetModel
+    from airflow.utils.types import DagRunType
+
+    original = drm.get_or_create_dagrun
+
+    def asset_triggered(**kw):
+        session = kw["session"]
+        queued = session.scalars(select(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == dag_id)).all()
+        ids = [q.asset_id for q in queued]
+        names = dict(session.execute(select(AssetModel.id, AssetModel.name).where(AssetModel.id.in_(ids))).all())
+        events = session.scalars(select(AssetEvent).where(AssetEvent.asset_id.in_(ids))).all()
+        extra["queued_assets"] = sorted(names.values())
+        extra["consumed_events"] = [e.extra for e in events]
+        dr = original(**kw)
+        dr.run_type = DagRunType.ASSET_TRIGGERED
+        dr.consumed_asset_events.extend(events)
+        for q in queued:
+            session.delete(q)
+        session.commit()
+        return dr
+
+    drm.get_or_create_dagrun = asset_triggered
 dr = dag.test(run_conf=conf)
 states = {}
 for ti in dr.get_task_instances():
     key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
     states[key] = str(ti.state.value if hasattr(ti.state, "value") else ti.state)
-print("@@RESULT@@" + json.dumps({"state": str(dr.state), "run_id": dr.run_id, "tasks": states}))
+print("@@RESULT@@" + json.dumps({"state": str(dr.state), "run_id": dr.run_id, "tasks": states, **extra}))
 """
 
 
@@ -55,9 +83,11 @@ def migrate(home: Path) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-def dag_test(home: Path, dag_id: str, conf: dict | None = None, timeout: int = 600) -> dict:
+def dag_test(home: Path, dag_id: str, conf: dict | None = None, timeout: int = 600,
+             asset_triggered: bool = False) -> dict:
+    """dag.test() in a subprocess; with asset_triggered, the run consumes the queued asset events."""
     r = subprocess.run(
-        [PY, "-c", _RUNNER, dag_id, json.dumps(conf or {}), str(REPO / "dags")],
+        [PY, "-c", _RUNNER, dag_id, json.dumps(conf or {}), str(REPO / "dags"), json.dumps(asset_triggered)],
         env=airflow_env(home), capture_output=True, text=True, timeout=timeout,
     )
     log = home / f"dag_test_{dag_id}.log"

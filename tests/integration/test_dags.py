@@ -76,13 +76,17 @@ def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monk
     link = run_link(Settings(), "meli_retrain", res["run_id"])
     assert link and link["success"] and link["data_docs_pages"]
 
-    score = dag_test(airflow_home, "meli_score", {})
+    # The retrain run emitted both assets; meli_score is queued by them and consumes the events.
+    score = dag_test(airflow_home, "meli_score", {}, asset_triggered=True)
     assert score["state"].endswith("success"), score
+    assert score["queued_assets"] == ["meli_champion", "meli_lake_listings"]
+    partition = next(e["partition"] for e in score["consumed_events"] if "partition" in e)
     scored = list((airflow_home / "lake" / "scored").glob("run_date=*/*.parquet"))
     assert scored
     table = pq.read_table(scored[0])
-    ingested = pq.read_table(next((airflow_home / "lake" / "listings").glob("ingest_date=*")))
+    ingested = pq.read_table(partition)
     assert table.num_rows == ingested.num_rows
+    assert set(table.column("source_file").to_pylist()) == {partition}
     assert set(table.column("model_version").to_pylist()) == {"1"}
 
 
