@@ -135,7 +135,7 @@ def _history_table(rows: list[dict]) -> str:
     def cell(c, v):
         if c == "decided_at":
             return v[:19]
-        if c in ("challenger_macro_recall", "champion_macro_recall", "delta") and v:
+        if c in ("challenger_macro_recall", "champion_macro_recall", "delta") and v not in ("", "None"):
             return f"{float(v):+.4f}" if c == "delta" else f"{float(v):.4f}"
         return v or "-"
     data = [[cell(c, r.get(c, "")) for c in cols] for r in rows]

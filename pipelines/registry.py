@@ -308,7 +308,8 @@ def _history_event(settings: Settings, d: dict, files: list[Path] = ()) -> None:
     exp_id = _history_experiment(settings)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{d['decision']}-v{d['challenger_version']}",
                           nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({f"meli.{k}": str(v)[:4000] for k, v in d.items() if not isinstance(v, dict)})
+        mlflow.set_tags({f"meli.{k}": ("" if v is None else str(v))[:4000] for k, v in d.items()
+                         if not isinstance(v, dict)})
         metrics = {k: d[k] for k in ("challenger_macro_recall", "champion_macro_recall", "delta") if isinstance(d.get(k), float)}
         if metrics:
             mlflow.log_metrics(metrics)

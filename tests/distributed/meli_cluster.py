@@ -209,6 +209,16 @@ def stop_process(proc: Proc, grace: float = 20.0) -> None:
                 pass
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: SIGTERM the child if the test process dies without cleaning up (e.g. killed by a CI timeout)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort (not Linux)
+        pass
+
+
 def _http(method: str, url: str, body: dict | None = None, token: str | None = None, timeout: float = 30):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
@@ -265,50 +275,53 @@ class Cluster:
 
     # -- environment: the distributed profile, pointed at this cluster
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("AIRFLOW__", "MLFLOW_", "MELI_"))}  # nothing leaks in from the caller
-        env.update({
-            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-            "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}",
-            "PYTHONUNBUFFERED": "1",
-            "GX_ANALYTICS_ENABLED": "false",
-            "GIT_PYTHON_REFRESH": "quiet",
-            "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning",
-            # the embedded profile's files, relocated to this run's tmp dirs
-            "MELI_REPO": str(REPO),
-            "MELI_HOME": str(self.home),
-            "AIRFLOW_HOME": str(self.home / "airflow"),
-            "AIRFLOW_CONFIG": str(REPO / "airflow.cfg"),
-            # --- the distributed profile (same variables as docker/.env.example + compose.yaml)
-            "MELI_TRAIN_QUEUE": "gpu",
-            "MELI_TRAIN_POOL": "gpu",
-            "MLFLOW_TRACKING_URI": self.mlflow_url,
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self._pg_url(self.airflow_db),
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://{HOST}:{REDIS_PORT}/{self.redis_db}",
-            "AIRFLOW__CELERY__RESULT_BACKEND": self._pg_url(self.airflow_db, "db+postgresql+psycopg2"),
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
-            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-            "AIRFLOW__API__HOST": HOST,
-            "AIRFLOW__API__PORT": str(self.api_port),
-            "AIRFLOW__API__BASE_URL": self.api_url,
-            "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.root / "simple_auth_passwords.json"),
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "meli_hostname.hostname",
-            "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        })
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "MLFLOW_", "MELI_"))
+        }  # nothing leaks in from the caller
+        env.update(
+            {
+                "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+                "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}",
+                "PYTHONUNBUFFERED": "1",
+                "GX_ANALYTICS_ENABLED": "false",
+                "GIT_PYTHON_REFRESH": "quiet",
+                "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning",
+                # the embedded profile's files, relocated to this run's tmp dirs
+                "MELI_REPO": str(REPO),
+                "MELI_HOME": str(self.home),
+                "AIRFLOW_HOME": str(self.home / "airflow"),
+                "AIRFLOW_CONFIG": str(REPO / "airflow.cfg"),
+                # --- the distributed profile (same variables as docker/.env.example + compose.yaml)
+                "MELI_TRAIN_QUEUE": "gpu",
+                "MELI_TRAIN_POOL": "gpu",
+                "MLFLOW_TRACKING_URI": self.mlflow_url,
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self._pg_url(self.airflow_db),
+                "AIRFLOW__CELERY__BROKER_URL": f"redis://{HOST}:{REDIS_PORT}/{self.redis_db}",
+                "AIRFLOW__CELERY__RESULT_BACKEND": self._pg_url(self.airflow_db, "db+postgresql+psycopg2"),
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+                "AIRFLOW__API__HOST": HOST,
+                "AIRFLOW__API__PORT": str(self.api_port),
+                "AIRFLOW__API__BASE_URL": self.api_url,
+                "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.root / "simple_auth_passwords.json"),
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "meli_hostname.hostname",
+                "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            }
+        )
         env.update(extra)
         return env
 
     # -- lifecycle
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         try:
             self.start()
         except BaseException:
@@ -329,21 +342,54 @@ class Cluster:
             self.databases.append(db)
 
         # MLflow tracking server on Postgres; artifacts proxied to the shared root
-        self.spawn("mlflow", ["mlflow", "server", "--backend-store-uri", self._pg_url(self.mlflow_db),
-                              "--serve-artifacts", "--artifacts-destination", self.artifacts.as_uri(),
-                              "--host", HOST, "--port", str(self.mlflow_port), "--workers", "1"])
-        self.run("airflow-db-migrate", ["airflow", "db", "migrate"], timeout=420)
-        self.run("airflow-pools-set", ["airflow", "pools", "set", "gpu", "1",
-                                       "GPU slots: one training task per GPU"], timeout=180)
-        self.spawn("api-server", ["airflow", "api-server", "--host", HOST, "--port", str(self.api_port),
-                                  "--workers", "1"])
+        self.spawn(
+            "mlflow",
+            [
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                self._pg_url(self.mlflow_db),
+                "--serve-artifacts",
+                "--artifacts-destination",
+                self.artifacts.as_uri(),
+                "--host",
+                HOST,
+                "--port",
+                str(self.mlflow_port),
+                "--workers",
+                "1",
+            ],
+        )
+        self.run("airflow-db-migrate", ["airflow", "db", "migrate"], timeout=300)
+        self.run(
+            "airflow-pools-set",
+            ["airflow", "pools", "set", "gpu", "1", "GPU slots: one training task per GPU"],
+            timeout=120,
+        )
+        self.spawn(
+            "api-server", ["airflow", "api-server", "--host", HOST, "--port", str(self.api_port), "--workers", "1"]
+        )
         self.spawn("scheduler", ["airflow", "scheduler", "--skip-serve-logs"])
         self.spawn("dag-processor", ["airflow", "dag-processor"])
         for queue, name in self.worker_names.items():
-            self.spawn(f"worker-{queue}",
-                       ["airflow", "celery", "worker", "--queues", queue, "--concurrency", "1",
-                        "--celery-hostname", name, "--skip-serve-logs", "--without-mingle", "--without-gossip"],
-                       MELI_WORKER_HOSTNAME=name)
+            self.spawn(
+                f"worker-{queue}",
+                [
+                    "airflow",
+                    "celery",
+                    "worker",
+                    "--queues",
+                    queue,
+                    "--concurrency",
+                    "1",
+                    "--celery-hostname",
+                    name,
+                    "--skip-serve-logs",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                MELI_WORKER_HOSTNAME=name,
+            )
 
     def stop(self) -> None:
         # workers first (no new task processes), then the control plane, then MLflow
@@ -370,8 +416,15 @@ class Cluster:
         log = self.logs / f"{name}.log"
         fh = open(log, "ab")  # noqa: SIM115 - the child owns it; closed when we close our copy below
         try:
-            popen = subprocess.Popen(argv, cwd=self.root, env=self.env(**extra), stdout=fh,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            popen = subprocess.Popen(
+                argv,
+                cwd=self.root,
+                env=self.env(**extra),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         finally:
             fh.close()
         proc = Proc(name, popen, log)
@@ -395,8 +448,10 @@ class Cluster:
     def check_alive(self) -> None:
         dead = [p for p in self.procs if not p.alive()]
         if dead:
-            raise RuntimeError("process(es) exited early:\n" + "\n".join(
-                f"--- {p.name} (pid {p.pid}, rc {p.popen.returncode}) {p.log}\n{p.tail()}" for p in dead))
+            raise RuntimeError(
+                "process(es) exited early:\n"
+                + "\n".join(f"--- {p.name} (pid {p.pid}, rc {p.popen.returncode}) {p.log}\n{p.tail()}" for p in dead)
+            )
 
     def wait_for(self, what: str, predicate, timeout: float, interval: float = 2.0):
         deadline = time.monotonic() + timeout
@@ -410,24 +465,34 @@ class Cluster:
             except Exception as exc:  # noqa: BLE001 - not ready yet
                 last = exc
             time.sleep(interval)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last!r})\n"
-                           + self.diagnostics())
+        raise TimeoutError(
+            f"timed out after {timeout:.0f}s waiting for {what} (last error: {last!r})\n" + self.diagnostics()
+        )
 
-    def wait_ready(self, timeout: float = 240) -> None:
-        self.wait_for("the MLflow server", lambda: _http("GET", f"{self.mlflow_url}/health", timeout=5)[0] == 200,
-                      timeout)
-        self.wait_for("the Airflow api-server",
-                      lambda: _http("GET", f"{self.api_url}/api/v2/version", timeout=5)[0] == 200, timeout)
-        self.token = self.wait_for("a token from POST /auth/token", self._login, 60)
-        self.wait_for("the scheduler heartbeat", self._scheduler_healthy, timeout)
-        self.wait_for("the dag-processor to parse meli_retrain",
-                      lambda: self.api("GET", "/api/v2/dags/meli_retrain")[0] == 200, timeout)
+    def wait_ready(self, timeout: float = 300) -> None:
+        """Wait (at most ``timeout`` seconds in all) until every component answers."""
+        deadline = time.monotonic() + timeout
+        left = lambda: max(1.0, deadline - time.monotonic())  # noqa: E731
+        checks = [
+            ("the MLflow server", lambda: _http("GET", f"{self.mlflow_url}/health", timeout=5)[0] == 200),
+            ("the Airflow api-server", lambda: _http("GET", f"{self.api_url}/api/v2/version", timeout=5)[0] == 200),
+        ]
+        for what, predicate in checks:
+            self.wait_for(what, predicate, left())
+        self.token = self.wait_for("a token from POST /auth/token", self._login, min(60.0, left()))
+        self.wait_for("the scheduler heartbeat", self._scheduler_healthy, left())
+        self.wait_for(
+            "the dag-processor to parse meli_retrain",
+            lambda: self.api("GET", "/api/v2/dags/meli_retrain")[0] == 200,
+            left(),
+        )
         for queue in self.worker_names:
-            self.wait_for(f"the {queue} Celery worker", lambda q=queue: self._worker_ready(q), timeout)
+            self.wait_for(f"the {queue} Celery worker", lambda q=queue: self._worker_ready(q), left())
 
     def _login(self) -> str | None:
-        status, body = _http("POST", f"{self.api_url}/auth/token",
-                             {"username": "admin", "password": self.password}, timeout=10)
+        status, body = _http(
+            "POST", f"{self.api_url}/auth/token", {"username": "admin", "password": self.password}, timeout=10
+        )
         return body["access_token"] if status in (200, 201) else None
 
     def _scheduler_healthy(self) -> bool:
@@ -455,8 +520,9 @@ class Cluster:
         for path in sorted(base.rglob("*.log")) if base.is_dir() else []:
             if "dag_processor" in path.parts:
                 continue
-            out.append(f"--- {path.relative_to(base)}\n" + "\n".join(
-                path.read_text(errors="replace").splitlines()[-lines:]))
+            out.append(
+                f"--- {path.relative_to(base)}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            )
         return "\n".join(out)
 
     def keep_logs(self, dest: Path) -> None:
@@ -471,8 +537,9 @@ def main(argv: list[str]) -> int:
     if argv[1:] == ["--check"]:
         ok, why = services_available()
         if not ok:
-            print(f"distributed test skipped: {why} (needs Postgres on {HOST}:{PG_PORT} and Redis on "
-                  f"{HOST}:{REDIS_PORT})")
+            print(
+                f"distributed test skipped: {why} (needs Postgres on {HOST}:{PG_PORT} and Redis on {HOST}:{REDIS_PORT})"
+            )
         return 0 if ok else 1
     print(__doc__)
     return 2
