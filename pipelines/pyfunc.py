@@ -79,15 +79,33 @@ class Bundle:
                 out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
 
+    def predict_topk_encoded(self, encoded: list[list[np.ndarray]], k: int = TOP_K,
+                             batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k class indices and probabilities [N, k], computed batch by batch (never the full
+        N x classes matrix), in input order."""
+        import torch
+
+        n = len(encoded)
+        k = min(k, len(self.labels))
+        top_i = np.zeros((n, k), dtype=np.int64)
+        top_p = np.zeros((n, k), dtype=np.float64)
+        order = np.argsort([len(e) for e in encoded], kind="stable")
+        with torch.inference_mode():
+            for s in range(0, n, batch_size):
+                idx = order[s : s + batch_size]
+                ids, lengths = collate([encoded[i] for i in idx], self.encoder.width)
+                logits = self.model(ids.to(self.device, non_blocking=True), lengths)
+                p, i = torch.softmax(logits.float(), dim=-1).topk(k, dim=-1)
+                top_i[idx] = i.cpu().numpy()
+                top_p[idx] = p.cpu().numpy()
+        return top_i, top_p
+
     def predict(self, titles, k: int = TOP_K):
         import pandas as pd
 
         titles = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in titles]
-        probs = self.predict_proba_encoded(self.encoder.encode_many(titles))
-        k = min(k, probs.shape[1])
-        top = np.argsort(-probs, axis=1)[:, :k]
+        top, top_p = self.predict_topk_encoded(self.encoder.encode_many(titles), k)
         labels = np.asarray(self.labels, dtype=object)
-        top_p = np.take_along_axis(probs, top, axis=1)
         return pd.DataFrame(
             {
                 "predicted_category": labels[top[:, 0]],

@@ -225,18 +225,13 @@ def _score_chunk(chunk, bundle, name, version, scored_at, src, stats) -> pa.Tabl
     topc = [None] * n
     topp = [None] * n
     if ok:
-        probs = bundle.predict_proba_encoded([encoded[i] for i in ok])
-        k = min(3, probs.shape[1])
-        top = np.argpartition(-probs, k - 1, axis=1)[:, :k] if probs.shape[1] > k else np.tile(np.arange(k), (len(ok), 1))
-        top_p = np.take_along_axis(probs, top, axis=1)
-        order = np.argsort(-top_p, axis=1)
-        top, top_p = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_p, order, axis=1)
+        top, top_p = bundle.predict_topk_encoded([encoded[i] for i in ok], k=3)
         labels = np.asarray(bundle.labels, dtype=object)
         for j, i in enumerate(ok):
             pred[i] = labels[top[j, 0]]
             prob[i] = float(top_p[j, 0])
             topc[i] = labels[top[j]].tolist()
-            topp[i] = top_p[j].astype(float).tolist()
+            topp[i] = top_p[j].tolist()
     ids = list(c["id"])
     need = [i for i, v in enumerate(ids) if not v and titles[i] is not None]
     if need:
