@@ -61,10 +61,12 @@ def child_baseline(train: str, path: str, limit: int) -> dict:
     from sklearn.svm import LinearSVC
 
     df = pd.read_parquet(train)
-    feats = FeatureUnion([
-        ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True, min_df=1)),
-        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, lowercase=True)),
-    ])
+    feats = FeatureUnion(
+        [
+            ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True, min_df=1)),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, lowercase=True)),
+        ]
+    )
     clf = make_pipeline(feats, LinearSVC(C=0.5))
     clf.fit(df["title"], df["category"])
     rows, t0, batch = 0, time.perf_counter(), []
@@ -87,8 +89,23 @@ def train_champion(env: dict, model_type: str, tmp: Path) -> tuple[list[str], st
     from pipelines.synthetic import write_jsonl
 
     src = REAL if REAL.exists() else write_jsonl(tmp / "synthetic.jsonl.gz", 20000, seed=1)
-    cmd = [sys.executable, "-m", "pipelines", "retrain", str(src), "--run-date", "2026-01-01", "--models",
-           model_type, "--epochs", "2", "--embedding-epochs", "2", "--min-macro-recall", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines",
+        "retrain",
+        str(src),
+        "--run-date",
+        "2026-01-01",
+        "--models",
+        model_type,
+        "--epochs",
+        "2",
+        "--embedding-epochs",
+        "2",
+        "--min-macro-recall",
+        "0",
+    ]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     titles = [json.loads(line)["title"] for line in gzip.open(src, "rt")]
     train = Path(env["MELI_HOME"]) / "work" / "2026-01-01" / "dataset" / "train.parquet"
@@ -118,22 +135,31 @@ def main() -> None:
             path = tmp / f"titles_{n}.jsonl.gz"
             make_input(titles, n, path)
             res, rss = _run(["--child-score", str(path)], env)
-            rows_out.append((f"meli {args.model_type} (champion v{res['model_version']})", n, res["rows"],
-                             res["rows"] / res["seconds"], rss))
+            rows_out.append(
+                (
+                    f"meli {args.model_type} (champion v{res['model_version']})",
+                    n,
+                    res["rows"],
+                    res["rows"] / res["seconds"],
+                    rss,
+                )
+            )
             print(rows_out[-1], flush=True)
         path = tmp / f"titles_{sizes[0]}.jsonl.gz"
         res, rss = _run(["--child-baseline", train, str(path), str(args.baseline_rows)], env)
-        rows_out.append(("TF-IDF word+char LinearSVC (predict only)", sizes[0], res["rows"],
-                         res["rows"] / res["seconds"], rss))
+        rows_out.append(
+            ("TF-IDF word+char LinearSVC (predict only)", sizes[0], res["rows"], res["rows"] / res["seconds"], rss)
+        )
         print(rows_out[-1], flush=True)
     table = "| scorer | input titles | titles scored | titles/s | peak RSS (MiB) |\n|---|---|---|---|---|\n"
     table += "".join(f"| {a} | {b:,} | {c:,} | {d:,.0f} | {e:,.0f} |\n" for a, b, c, d, e in rows_out)
-    text = (f"# Scoring benchmark (CPU)\n\n{date.today()} on {platform.node()} ({os.cpu_count()} cores), "
-            f"`PYTHONPATH=. .venv/bin/python -m benchmarks.score --sizes {args.sizes} --model-type {args.model_type}`\n\n"
-            "Ours: `pipelines.score.score()` end to end (read jsonl.gz, tokenize, batched inference, write Parquet "
-            "with top-3). Baseline: sklearn pipeline `predict` on in-memory batches of 65,536 titles (no I/O, no "
-            "output), fitted on the same training split; its RSS includes the fitted vectorizers. No GPU here.\n\n"
-            + table)
+    text = (
+        f"# Scoring benchmark (CPU)\n\n{date.today()} on {platform.node()} ({os.cpu_count()} cores), "
+        f"`PYTHONPATH=. .venv/bin/python -m benchmarks.score --sizes {args.sizes} --model-type {args.model_type}`\n\n"
+        "Ours: `pipelines.score.score()` end to end (read jsonl.gz, tokenize, batched inference, write Parquet "
+        "with top-3). Baseline: sklearn pipeline `predict` on in-memory batches of 65,536 titles (no I/O, no "
+        "output), fitted on the same training split; its RSS includes the fitted vectorizers. No GPU here.\n\n" + table
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "score.md").write_text(text)
     print(text)

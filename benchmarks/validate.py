@@ -48,8 +48,10 @@ def build_partition(settings, run_date: str, rows: int) -> None:
     part = partition_dir(settings.listings_dir, run_date)
     part.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, part / "part-00000.parquet")
-    atomic_write_json(part / "_manifest.json", {"schema_version": 1, "totals": {
-        "rows_read": rows, "rows_written": rows, "rows_quarantined": 0}})
+    atomic_write_json(
+        part / "_manifest.json",
+        {"schema_version": 1, "totals": {"rows_read": rows, "rows_written": rows, "rows_quarantined": 0}},
+    )
 
 
 def main() -> None:
@@ -71,15 +73,17 @@ def main() -> None:
             report = validate_partition(settings, "2026-01-01")
             times.append(time.perf_counter() - t0)
     best = min(times)
+    runs = ", ".join(f"{t:.2f}" for t in times)
     table = (
-        "| rows | expectations | best of %d (s) | all runs (s) | target |\n|---|---|---|---|---|\n"
-        "| %d | %d | %.2f | %s | < 5 s |\n"
-        % (args.repeat, args.rows, report["evaluated"], best, ", ".join(f"{t:.2f}" for t in times))
+        f"| rows | expectations | best of {args.repeat} (s) | all runs (s) | target |\n|---|---|---|---|---|\n"
+        f"| {args.rows} | {report['evaluated']} | {best:.2f} | {runs} | < 5 s |\n"
     )
-    text = (f"# Validation benchmark\n\n{date.today()} on {platform.node()} ({os.cpu_count()} cores), "
-            f"`PYTHONPATH=. .venv/bin/python -m benchmarks.validate --rows {args.rows}`\n\n"
-            "validate_partition(): read the Parquet partition, batch metrics, both GX checkpoints "
-            "(16 expectations), Data Docs update.\n\n" + table)
+    text = (
+        f"# Validation benchmark\n\n{date.today()} on {platform.node()} ({os.cpu_count()} cores), "
+        f"`PYTHONPATH=. .venv/bin/python -m benchmarks.validate --rows {args.rows}`\n\n"
+        "validate_partition(): read the Parquet partition, batch metrics, both GX checkpoints "
+        "(16 expectations), Data Docs update.\n\n" + table
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "validate.md").write_text(text)
     print(text)

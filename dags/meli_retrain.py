@@ -60,37 +60,74 @@ def _train_cfg(params) -> TrainConfig:
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "owner": "meli-ml"},
     params={
-        "run_date": Param("", type="string", title="Run date",
-                          description="YYYY-MM-DD partition to (re)build; empty = the run's logical date or today.",
-                          pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$"),
-        "sources": Param([], type="array", items={"type": "string"}, title="Input files",
-                         description="Files or glob patterns to ingest; empty = $MELI_HOME/landing/*"),
-        "input_format": Param("auto", enum=list(INPUT_FORMATS), title="Input format",
-                              description="auto detects DiploDatos jsonl(.gz), challenge CSV, title,category CSV, Parquet"),
-        "models": Param(list(MODEL_TYPES), type="array", items={"type": "string", "enum": list(MODEL_TYPES)},
-                        title="Model types", description="Classifiers to train; the best on validation is the challenger."),
+        "run_date": Param(
+            "",
+            type="string",
+            title="Run date",
+            description="YYYY-MM-DD partition to (re)build; empty = the run's logical date or today.",
+            pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+        ),
+        "sources": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            title="Input files",
+            description="Files or glob patterns to ingest; empty = $MELI_HOME/landing/*",
+        ),
+        "input_format": Param(
+            "auto",
+            enum=list(INPUT_FORMATS),
+            title="Input format",
+            description="auto detects DiploDatos jsonl(.gz), challenge CSV, title,category CSV, Parquet",
+        ),
+        "models": Param(
+            list(MODEL_TYPES),
+            type="array",
+            items={"type": "string", "enum": list(MODEL_TYPES)},
+            title="Model types",
+            description="Classifiers to train; the best on validation is the challenger.",
+        ),
         "epochs": Param(_T.epochs, type="integer", minimum=1, maximum=200, title="Epochs (max, early stopping)"),
         "batch_size": Param(_T.batch_size, type="integer", minimum=1, title="Batch size"),
         "lr": Param(_T.lr, type="number", exclusiveMinimum=0, title="Learning rate (dense layers)"),
         "embedding_lr": Param(_T.embedding_lr, type="number", exclusiveMinimum=0, title="Learning rate (embedding)"),
         "hidden": Param(_T.hidden, type="integer", minimum=8, title="Hidden units (MLP)"),
         "dropout": Param(_T.dropout, type="number", minimum=0, maximum=0.9, title="Dropout"),
-        "balance": Param(_T.balance, enum=list(BALANCE_MODES), title="Class balancing",
-                         description="weighted loss, balanced sampler, or none"),
+        "balance": Param(
+            _T.balance,
+            enum=list(BALANCE_MODES),
+            title="Class balancing",
+            description="weighted loss, balanced sampler, or none",
+        ),
         "patience": Param(_T.patience, type="integer", minimum=1, title="Early-stopping patience (epochs)"),
         "freeze_embedding": Param(_T.freeze_embedding, type="boolean", title="Freeze the FastText embedding"),
         "embedding_dim": Param(_T.embedding_dim, type="integer", minimum=8, title="FastText dimension"),
         "embedding_epochs": Param(_T.embedding_epochs, type="integer", minimum=1, title="FastText epochs"),
         "device": Param(_T.device, enum=list(DEVICES), title="Device", description="auto = CUDA when available"),
         "min_improvement": Param(_G.min_improvement, type="number", title="Gate: minimum macro-recall gain"),
-        "min_macro_recall": Param(_G.min_macro_recall, type="number", minimum=0, maximum=1,
-                                  title="Gate: absolute macro-recall floor"),
-        "max_class_drop": Param(_G.max_class_drop, type="number", minimum=0, maximum=1,
-                                title="Gate: a category 'collapses' if its recall drops more than this"),
-        "max_share_classes_dropped": Param(_G.max_share_classes_dropped, type="number", minimum=0, maximum=1,
-                                           title="Gate: reject if more than this share of categories collapse"),
-        "force_promote": Param(False, type="boolean", title="Force promotion",
-                               description="Operator override: promote whatever the rules say (recorded)."),
+        "min_macro_recall": Param(
+            _G.min_macro_recall, type="number", minimum=0, maximum=1, title="Gate: absolute macro-recall floor"
+        ),
+        "max_class_drop": Param(
+            _G.max_class_drop,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Gate: a category 'collapses' if its recall drops more than this",
+        ),
+        "max_share_classes_dropped": Param(
+            _G.max_share_classes_dropped,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Gate: reject if more than this share of categories collapse",
+        ),
+        "force_promote": Param(
+            False,
+            type="boolean",
+            title="Force promotion",
+            description="Operator override: promote whatever the rules say (recorded).",
+        ),
         "dry_run": Param(False, type="boolean", title="Dry run", description="Decide and record, move no alias."),
     },
 )
@@ -120,15 +157,31 @@ def meli_retrain():
                 link_run(settings, dag_run.dag_id, dag_run.run_id, exc.report)
             raise
         link_run(settings, dag_run.dag_id, dag_run.run_id, report)
-        return {k: report[k] for k in ("run_date", "success", "passed", "evaluated", "warnings",
-                                       "data_docs_index", "data_docs_pages", "data_docs_dir", "report_json")}
+        return {
+            k: report[k]
+            for k in (
+                "run_date",
+                "success",
+                "passed",
+                "evaluated",
+                "warnings",
+                "data_docs_index",
+                "data_docs_pages",
+                "data_docs_dir",
+                "report_json",
+            )
+        }
 
     @task
     def prepare(ingested: dict, validation: dict, dag_run=None) -> dict:
         from pipelines.retrain import step_prepare
 
-        return step_prepare(_settings(), ingested["run_date"], validation,
-                            {"meli.dag_run_id": dag_run.run_id, "meli.trigger": "airflow"})
+        return step_prepare(
+            _settings(),
+            ingested["run_date"],
+            validation,
+            {"meli.dag_run_id": dag_run.run_id, "meli.trigger": "airflow"},
+        )
 
     @task
     def embedding(dataset: dict, params=None) -> dict:
@@ -162,10 +215,19 @@ def meli_retrain():
     def gate(challenger: dict, dataset: dict, evaluation: dict, params=None, dag_run=None) -> dict:
         from pipelines.retrain import step_gate
 
-        rules = {k: params[k] for k in ("min_improvement", "min_macro_recall", "max_class_drop",
-                                        "max_share_classes_dropped")}
-        return step_gate(_settings(), dataset["run_date"], challenger, dataset["parent_run_id"],
-                         bool(params["force_promote"]), bool(params["dry_run"]), dag_run.run_id, **rules)
+        rules = {
+            k: params[k] for k in ("min_improvement", "min_macro_recall", "max_class_drop", "max_share_classes_dropped")
+        }
+        return step_gate(
+            _settings(),
+            dataset["run_date"],
+            challenger,
+            dataset["parent_run_id"],
+            bool(params["force_promote"]),
+            bool(params["dry_run"]),
+            dag_run.run_id,
+            **rules,
+        )
 
     @task.short_circuit(outlets=[CHAMPION])
     def announce_champion(decision: dict) -> bool:

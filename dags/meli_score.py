@@ -32,23 +32,38 @@ CHAMPION = Asset("meli_champion")
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "owner": "meli-ml"},
     params={
-        "input": Param("", type="string", title="Input",
-                       description="File (jsonl[.gz], CSV, Parquet) or lake partition dir; empty = the partition "
-                                   "named by the triggering asset event, else the newest listings partition."),
-        "output": Param("", type="string", title="Output .parquet",
-                        description="Empty = lake/scored/run_date=<run date>/"),
-        "model": Param("champion", type="string", title="Model alias or version",
-                       description="Resolved to one version at the start of the run"),
+        "input": Param(
+            "",
+            type="string",
+            title="Input",
+            description="File (jsonl[.gz], CSV, Parquet) or lake partition dir; empty = the partition "
+            "named by the triggering asset event, else the newest listings partition.",
+        ),
+        "output": Param(
+            "", type="string", title="Output .parquet", description="Empty = lake/scored/run_date=<run date>/"
+        ),
+        "model": Param(
+            "champion",
+            type="string",
+            title="Model alias or version",
+            description="Resolved to one version at the start of the run",
+        ),
         "input_format": Param("auto", enum=list(INPUT_FORMATS), title="Input format"),
-        "run_date": Param("", type="string", title="Run date", pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-                          description="Partition date of the output; empty = the run's date"),
+        "run_date": Param(
+            "",
+            type="string",
+            title="Run date",
+            pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+            description="Partition date of the output; empty = the run's date",
+        ),
     },
 )
 def meli_score():
     @task
     def score(params=None, triggering_asset_events=None, **context) -> dict:
         from pipelines.config import run_date_from_context
-        from pipelines.score import resolve_input, score as run_score
+        from pipelines.score import resolve_input
+        from pipelines.score import score as run_score
         from pipelines.settings import get_settings
 
         settings = get_settings()
@@ -57,8 +72,15 @@ def meli_score():
             extras += [e.extra or {} for e in events]
         source = resolve_input(settings, params["input"], extras)
         run_date = run_date_from_context({**context, "params": params})
-        result = run_score(settings, source, params["output"] or None, params["model"], params["input_format"],
-                           run_date=run_date, progress=False)
+        result = run_score(
+            settings,
+            source,
+            params["output"] or None,
+            params["model"],
+            params["input_format"],
+            run_date=run_date,
+            progress=False,
+        )
         return result.to_dict()
 
     score()

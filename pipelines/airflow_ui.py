@@ -29,7 +29,9 @@ def app():
         if not link:
             return HTMLResponse(
                 f"<p>No validation report for <b>{dag_id}</b> run <b>{run_id}</b> yet "
-                "(the validate task has not run, or this DAG does not validate).</p>", status_code=404)
+                "(the validate task has not run, or this DAG does not validate).</p>",
+                status_code=404,
+            )
         pages = link.get("data_docs_pages") or {}
         target = pages.get("listings_partition") or link.get("data_docs_index")
         try:

@@ -11,14 +11,14 @@ import json
 import logging
 import sys
 from dataclasses import fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.settings import get_settings
 
 
 def today() -> str:
-    return datetime.now(timezone.utc).date().isoformat()
+    return datetime.now(UTC).date().isoformat()
 
 
 def _date(value: str) -> str:
@@ -63,13 +63,16 @@ def _add_gate_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _gate_rules(args) -> dict:
-    return {k: getattr(args, k) for k in ("min_improvement", "min_macro_recall", "max_class_drop",
-                                          "max_share_classes_dropped")}
+    return {
+        k: getattr(args, k)
+        for k in ("min_improvement", "min_macro_recall", "max_class_drop", "max_share_classes_dropped")
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m pipelines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -128,16 +131,30 @@ def build_parser() -> argparse.ArgumentParser:
 def _history_table(rows: list[dict]) -> str:
     if not rows:
         return "no promotion decisions recorded yet"
-    cols = ["decided_at", "decision", "rule", "challenger_version", "champion_version",
-            "challenger_macro_recall", "champion_macro_recall", "delta"]
-    short = {"challenger_version": "chall_v", "champion_version": "champ_v",
-             "challenger_macro_recall": "chall_mr", "champion_macro_recall": "champ_mr"}
+    cols = [
+        "decided_at",
+        "decision",
+        "rule",
+        "challenger_version",
+        "champion_version",
+        "challenger_macro_recall",
+        "champion_macro_recall",
+        "delta",
+    ]
+    short = {
+        "challenger_version": "chall_v",
+        "champion_version": "champ_v",
+        "challenger_macro_recall": "chall_mr",
+        "champion_macro_recall": "champ_mr",
+    }
+
     def cell(c, v):
         if c == "decided_at":
             return v[:19]
         if c in ("challenger_macro_recall", "champion_macro_recall", "delta") and v not in ("", "None"):
             return f"{float(v):+.4f}" if c == "delta" else f"{float(v):.4f}"
         return v or "-"
+
     data = [[cell(c, r.get(c, "")) for c in cols] for r in rows]
     heads = [short.get(c, c) for c in cols]
     widths = [max(len(h), *(len(d[i]) for d in data)) for i, h in enumerate(heads)]
@@ -160,8 +177,11 @@ def run_summary(settings, run_date: str) -> str:
     scored_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(scored.glob("*.parquet")))
     if not scored_rows:
         raise FileNotFoundError(f"no scored rows under {scored}")
-    champ = "n/a (no champion before this run)" if d["champion_macro_recall"] is None else (
-        f"{d['champion_macro_recall']:.4f} (v{d['champion_version']})")
+    champ = (
+        "n/a (no champion before this run)"
+        if d["champion_macro_recall"] is None
+        else (f"{d['champion_macro_recall']:.4f} (v{d['champion_version']})")
+    )
     lines = [
         f"== meli-retrain summary for {run_date} (MELI_HOME={settings.home}) ==",
         f"decision:            {d['decision'].upper()} by rule '{d['rule']}': {d['reason']}",
@@ -179,8 +199,9 @@ def run_summary(settings, run_date: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("mlflow", "alembic", "great_expectations", "gensim", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = get_settings()
@@ -227,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         challenger = step_register(settings, results, run_date)
         from pipelines.lake import atomic_write_json
 
-        atomic_write_json(settings.run_dir(run_date) / "challenger.json",
-                          {**challenger, "parent_run_id": dataset["parent_run_id"]})
+        atomic_write_json(
+            settings.run_dir(run_date) / "challenger.json", {**challenger, "parent_run_id": dataset["parent_run_id"]}
+        )
         _print({"trained": results, "challenger": challenger})
     elif args.cmd == "promote":
         from pipelines.retrain import step_evaluate, step_gate
@@ -241,23 +263,45 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         challenger = {"version": str(version)}
         step_evaluate(settings, run_date, challenger)
-        d = step_gate(settings, run_date, challenger, info.get("parent_run_id"), args.force_promote,
-                      args.dry_run, **_gate_rules(args))
+        d = step_gate(
+            settings,
+            run_date,
+            challenger,
+            info.get("parent_run_id"),
+            args.force_promote,
+            args.dry_run,
+            **_gate_rules(args),
+        )
         _print(d)
     elif args.cmd == "retrain":
         from pipelines.retrain import run_all
 
-        out = run_all(settings, args.sources, run_date, _train_cfg(args), args.format, args.force_promote,
-                      args.dry_run, **_gate_rules(args))
+        out = run_all(
+            settings,
+            args.sources,
+            run_date,
+            _train_cfg(args),
+            args.format,
+            args.force_promote,
+            args.dry_run,
+            **_gate_rules(args),
+        )
         d = out["decision"]
-        _print({"decision": d["decision"], "rule": d["rule"], "reason": d["reason"],
-                "challenger_version": d["challenger_version"], "partition": out["ingest"]["partition"],
-                "data_docs": out["validation"]["data_docs_index"], "mlflow_run": out["dataset"]["parent_run_id"]})
+        _print(
+            {
+                "decision": d["decision"],
+                "rule": d["rule"],
+                "reason": d["reason"],
+                "challenger_version": d["challenger_version"],
+                "partition": out["ingest"]["partition"],
+                "data_docs": out["validation"]["data_docs_index"],
+                "mlflow_run": out["dataset"]["parent_run_id"],
+            }
+        )
     elif args.cmd == "score":
         from pipelines.score import score
 
-        r = score(settings, args.input, args.output, args.model, args.format, run_date,
-                  progress=not args.no_progress)
+        r = score(settings, args.input, args.output, args.model, args.format, run_date, progress=not args.no_progress)
         _print(r.to_dict())
     elif args.cmd == "summary":
         print(run_summary(settings, run_date))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 MODEL_TYPES = ("mlp", "cnn", "bilstm")
 BALANCE_MODES = ("weighted", "sampler", "none")
@@ -50,7 +50,7 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "TrainConfig":
+    def from_dict(cls, d: dict | None) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d or {}) - names
         if unknown:
@@ -68,4 +68,4 @@ def run_date_from_context(context) -> str:
     if explicit:
         return datetime.strptime(str(explicit), "%Y-%m-%d").date().isoformat()
     when = context.get("logical_date") or getattr(context.get("dag_run"), "run_after", None)
-    return (when or datetime.now(timezone.utc)).date().isoformat()
+    return (when or datetime.now(UTC)).date().isoformat()

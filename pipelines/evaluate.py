@@ -63,8 +63,9 @@ def paired_bootstrap(y_true, pred_a, pred_b, samples: int = 500, seed: int = 0, 
     diffs = np.array([mr(rng.integers(0, n, n)) for _ in range(samples)]) if samples else np.array([point])
     lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
     ma = macro_recall(y_true, pred_a)
-    return Comparison(challenger=ma, champion=ma - point, delta=float(point), ci_low=float(lo),
-                      ci_high=float(hi), samples=samples)
+    return Comparison(
+        challenger=ma, champion=ma - point, delta=float(point), ci_low=float(lo), ci_high=float(hi), samples=samples
+    )
 
 
 def confusion_summary(y_true, y_pred, top: int = 30) -> list[dict]:

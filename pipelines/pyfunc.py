@@ -79,8 +79,9 @@ class Bundle:
                 out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
 
-    def predict_topk_encoded(self, encoded: list[list[np.ndarray]], k: int = TOP_K,
-                             batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    def predict_topk_encoded(
+        self, encoded: list[list[np.ndarray]], k: int = TOP_K, batch_size: int = 1024
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k class indices and probabilities [N, k], computed batch by batch (never the full
         N x classes matrix), in input order."""
         import torch

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.lake import atomic_write_json
@@ -62,7 +62,8 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
         try:
             client.create_registered_model(
                 settings.model_name,
-                description="MeLi listing title -> category. Alias 'champion' serves; 'previous' is the rollback target.",
+                description="MeLi listing title -> category. "
+                "Alias 'champion' serves; 'previous' is the rollback target.",
             )
         except MlflowException:
             pass  # created concurrently
@@ -77,8 +78,13 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
     for k, v in tags.items():
         client.set_model_version_tag(settings.model_name, mv.version, k, v)
     log.info("registered %s version %s from %s", settings.model_name, mv.version, trained["model_uri"])
-    return {"name": settings.model_name, "version": str(mv.version), "run_id": trained["run_id"],
-            "model_type": trained["model_type"], "val_macro_recall": trained["val_macro_recall"]}
+    return {
+        "name": settings.model_name,
+        "version": str(mv.version),
+        "run_id": trained["run_id"],
+        "model_type": trained["model_type"],
+        "val_macro_recall": trained["val_macro_recall"],
+    }
 
 
 def predict_titles(model_uri: str, titles: list[str]) -> list[str]:
@@ -116,8 +122,9 @@ def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict
             "macro_recall": macro_recall(y, pred),
             "accuracy": accuracy(y, pred),
         }
-        log.info("%s v%s on %d test rows: macro-recall %.4f", role, version, len(y),
-                 result["models"][role]["macro_recall"])
+        log.info(
+            "%s v%s on %d test rows: macro-recall %.4f", role, version, len(y), result["models"][role]["macro_recall"]
+        )
     import pandas as pd
 
     pd.DataFrame(preds).to_parquet(out_dir / "test_predictions.parquet", index=False)
@@ -129,8 +136,9 @@ def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict
     return result
 
 
-def decide(evaluation: dict, per_class: dict, rules: GateRules, bootstrap: dict | None,
-           force_promote: bool = False) -> tuple[bool, str, str]:
+def decide(
+    evaluation: dict, per_class: dict, rules: GateRules, bootstrap: dict | None, force_promote: bool = False
+) -> tuple[bool, str, str]:
     """(promote?, rule, explanation) from the evaluation and the rules. Pure: unit-testable."""
     ch = evaluation["models"]["challenger"]["macro_recall"]
     champ = evaluation["models"].get("champion")
@@ -144,14 +152,26 @@ def decide(evaluation: dict, per_class: dict, rules: GateRules, bootstrap: dict 
     dropped = [c for c in a if b.get(c, 0.0) - a[c] > rules.max_class_drop]
     share = len(dropped) / max(1, len(a))
     if share > rules.max_share_classes_dropped:
-        return False, "class_guardrail", (
-            f"{len(dropped)} of {len(a)} categories ({share:.1%}) lose more than {rules.max_class_drop:.2f} recall "
-            f"(limit {rules.max_share_classes_dropped:.1%}), e.g. {sorted(dropped)[:5]}"
+        return (
+            False,
+            "class_guardrail",
+            (
+                f"{len(dropped)} of {len(a)} categories ({share:.1%}) lose more than {rules.max_class_drop:.2f} recall "
+                f"(limit {rules.max_share_classes_dropped:.1%}), e.g. {sorted(dropped)[:5]}"
+            ),
         )
     delta = ch - champ["macro_recall"]
     if delta >= rules.min_improvement:
-        return True, "improved", f"challenger {ch:.4f} - champion {champ['macro_recall']:.4f} = {delta:+.4f} >= {rules.min_improvement}"
-    return False, "not_better", f"challenger {ch:.4f} - champion {champ['macro_recall']:.4f} = {delta:+.4f} < {rules.min_improvement}"
+        return (
+            True,
+            "improved",
+            f"challenger {ch:.4f} - champion {champ['macro_recall']:.4f} = {delta:+.4f} >= {rules.min_improvement}",
+        )
+    return (
+        False,
+        "not_better",
+        f"challenger {ch:.4f} - champion {champ['macro_recall']:.4f} = {delta:+.4f} < {rules.min_improvement}",
+    )
 
 
 def gate(
@@ -175,19 +195,28 @@ def gate(
     eval_dir = settings.run_dir(run_date) / "evaluation"
     evaluation = json.loads((eval_dir / "evaluation.json").read_text())
     if evaluation["models"]["challenger"]["version"] != str(challenger_version):
-        raise GateError(f"evaluation.json is for version {evaluation['models']['challenger']['version']}, "
-                        f"not {challenger_version}; re-run evaluate")
+        raise GateError(
+            f"evaluation.json is for version {evaluation['models']['challenger']['version']}, "
+            f"not {challenger_version}; re-run evaluate"
+        )
     per_class = json.loads((eval_dir / "per_class_recall.json").read_text())
     champ_now = _alias_version(client, name, CHAMPION)
     champ_now_v = str(champ_now.version) if champ_now else None
     if champ_now_v not in (evaluation.get("champion_at_evaluation"), str(challenger_version)):
-        raise GateError(f"champion moved from {evaluation.get('champion_at_evaluation')} to {champ_now_v} since "
-                        "evaluation; re-run evaluate so both are compared on the same rows")
+        raise GateError(
+            f"champion moved from {evaluation.get('champion_at_evaluation')} to {champ_now_v} since "
+            "evaluation; re-run evaluate so both are compared on the same rows"
+        )
     boot = None
     if "champion" in evaluation["models"]:
         preds = pd.read_parquet(evaluation["predictions"])
-        cmp_ = paired_bootstrap(preds["category"].tolist(), preds["challenger"].tolist(),
-                                preds["champion"].tolist(), samples=rules.bootstrap_samples, seed=settings.seed)
+        cmp_ = paired_bootstrap(
+            preds["category"].tolist(),
+            preds["challenger"].tolist(),
+            preds["champion"].tolist(),
+            samples=rules.bootstrap_samples,
+            seed=settings.seed,
+        )
         boot = asdict(cmp_)
     promote, rule, why = decide(evaluation, per_class, rules, boot, force_promote)
     if promote and champ_now_v == str(challenger_version):
@@ -206,7 +235,8 @@ def gate(
         "challenger_accuracy": evaluation["models"]["challenger"]["accuracy"],
         "champion_accuracy": evaluation["models"].get("champion", {}).get("accuracy"),
         "delta": (evaluation["models"]["challenger"]["macro_recall"] - evaluation["models"]["champion"]["macro_recall"])
-        if "champion" in evaluation["models"] else None,
+        if "champion" in evaluation["models"]
+        else None,
         "bootstrap": boot,
         "test_rows": evaluation["test_rows"],
         "rules": asdict(rules),
@@ -216,7 +246,7 @@ def gate(
         "dag_run_id": dag_run_id,
         "mlflow_run_id": parent_run_id or "",
         "data_manifest": _manifest_ref(settings, run_date),
-        "decided_at": datetime.now(timezone.utc).isoformat(),
+        "decided_at": datetime.now(UTC).isoformat(),
     }
     if promote and not dry_run:
         # 'previous' first: if the champion move then fails, the champion is still the old one.
@@ -235,7 +265,9 @@ def _manifest_ref(settings: Settings, run_date: str) -> str:
     if not p.exists():
         return ""
     info = json.loads(p.read_text())
-    return ";".join(f"{x['ingest_date']}:{','.join(s['sha256'][:12] for s in x['sources'])}" for x in info["lineage"])[:4000]
+    return ";".join(f"{x['ingest_date']}:{','.join(s['sha256'][:12] for s in x['sources'])}" for x in info["lineage"])[
+        :4000
+    ]
 
 
 def _markdown(d: dict) -> str:
@@ -243,22 +275,29 @@ def _markdown(d: dict) -> str:
         return "n/a" if x is None else (f"{x:.4f}" if isinstance(x, float) else str(x))
 
     b = d.get("bootstrap") or {}
-    return "\n".join([
-        f"# {d['model_name']} v{d['challenger_version']}: {d['decision'].upper()}",
-        "",
-        f"- rule: `{d['rule']}` — {d['reason']}",
-        f"- run date: {d['run_date']}, DAG run: {d['dag_run_id'] or 'n/a'}, decided at {d['decided_at']}",
-        f"- test rows: {d['test_rows']}",
-        "",
-        "| | version | macro-recall | accuracy |",
-        "|---|---|---|---|",
-        f"| challenger | {d['challenger_version']} | {f(d['challenger_macro_recall'])} | {f(d['challenger_accuracy'])} |",
-        f"| champion | {f(d['champion_version'])} | {f(d['champion_macro_recall'])} | {f(d['champion_accuracy'])} |",
-        "",
-        f"- delta: {f(d['delta'])}; 95% paired bootstrap CI: [{f(b.get('ci_low'))}, {f(b.get('ci_high'))}]",
-        f"- force_promote: {d['force_promote']}, dry_run: {d['dry_run']}",
-        f"- data: {d['data_manifest']}",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"# {d['model_name']} v{d['challenger_version']}: {d['decision'].upper()}",
+                "",
+                f"- rule: `{d['rule']}` — {d['reason']}",
+                f"- run date: {d['run_date']}, DAG run: {d['dag_run_id'] or 'n/a'}, decided at {d['decided_at']}",
+                f"- test rows: {d['test_rows']}",
+                "",
+                "| | version | macro-recall | accuracy |",
+                "|---|---|---|---|",
+                f"| challenger | {d['challenger_version']} | {f(d['challenger_macro_recall'])} "
+                f"| {f(d['challenger_accuracy'])} |",
+                f"| champion | {f(d['champion_version'])} | {f(d['champion_macro_recall'])} "
+                f"| {f(d['champion_accuracy'])} |",
+                "",
+                f"- delta: {f(d['delta'])}; 95% paired bootstrap CI: [{f(b.get('ci_low'))}, {f(b.get('ci_high'))}]",
+                f"- force_promote: {d['force_promote']}, dry_run: {d['dry_run']}",
+                f"- data: {d['data_manifest']}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def _history_experiment(settings: Settings) -> str:
@@ -283,11 +322,15 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
 
     name, version = d["model_name"], d["challenger_version"]
     tags = {
-        "meli.decision": d["decision"], "meli.rule": d["rule"], "meli.reason": d["reason"][:4000],
+        "meli.decision": d["decision"],
+        "meli.rule": d["rule"],
+        "meli.reason": d["reason"][:4000],
         "meli.challenger_macro_recall": f(d["challenger_macro_recall"]),
-        "meli.champion_macro_recall": f(d["champion_macro_recall"]), "meli.delta": f(d["delta"]),
+        "meli.champion_macro_recall": f(d["champion_macro_recall"]),
+        "meli.delta": f(d["delta"]),
         "meli.ci": f"[{f((d['bootstrap'] or {}).get('ci_low'))}, {f((d['bootstrap'] or {}).get('ci_high'))}]",
-        "meli.gate_dag_run_id": d["dag_run_id"], "meli.data_manifest": d["data_manifest"][:4000],
+        "meli.gate_dag_run_id": d["dag_run_id"],
+        "meli.data_manifest": d["data_manifest"][:4000],
     }
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
@@ -298,7 +341,12 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
         with mlflow.start_run(run_id=parent_run_id):
             mlflow.log_artifact(str(out_dir / "decision.json"), "gate")
             mlflow.log_artifact(str(out_dir / "decision.md"), "gate")
-            mlflow.set_tags({"meli.decision": d["decision"], "meli.champion_version": version if d["decision"] == "promoted" else (d["champion_version"] or "")})
+            mlflow.set_tags(
+                {
+                    "meli.decision": d["decision"],
+                    "meli.champion_version": version if d["decision"] == "promoted" else (d["champion_version"] or ""),
+                }
+            )
     _history_event(settings, d, [out_dir / "decision.json", out_dir / "decision.md"])
 
 
@@ -306,11 +354,19 @@ def _history_event(settings: Settings, d: dict, files: list[Path] = ()) -> None:
     import mlflow
 
     exp_id = _history_experiment(settings)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{d['decision']}-v{d['challenger_version']}",
-                          nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({f"meli.{k}": ("" if v is None else str(v))[:4000] for k, v in d.items()
-                         if not isinstance(v, dict)})
-        metrics = {k: d[k] for k in ("challenger_macro_recall", "champion_macro_recall", "delta") if isinstance(d.get(k), float)}
+    with mlflow.start_run(
+        experiment_id=exp_id,
+        run_name=f"{d['decision']}-v{d['challenger_version']}",
+        nested=mlflow.active_run() is not None,
+    ) as run:
+        mlflow.set_tags(
+            {f"meli.{k}": ("" if v is None else str(v))[:4000] for k, v in d.items() if not isinstance(v, dict)}
+        )
+        metrics = {
+            k: d[k]
+            for k in ("challenger_macro_recall", "champion_macro_recall", "delta")
+            if isinstance(d.get(k), float)
+        }
         if metrics:
             mlflow.log_metrics(metrics)
         for p in files:
@@ -331,17 +387,32 @@ def status(settings: Settings) -> dict:
     out = {"model_name": name, "tracking_uri": settings.tracking_uri}
     for alias in (CHAMPION, PREVIOUS):
         mv = _alias_version(client, name, alias)
-        out[alias] = None if mv is None else {
-            "version": str(mv.version), "run_id": mv.run_id, "model_type": mv.tags.get("meli.model_type"),
-            "run_date": mv.tags.get("meli.run_date"), "macro_recall": mv.tags.get("meli.challenger_macro_recall"),
-        }
+        out[alias] = (
+            None
+            if mv is None
+            else {
+                "version": str(mv.version),
+                "run_id": mv.run_id,
+                "model_type": mv.tags.get("meli.model_type"),
+                "run_date": mv.tags.get("meli.run_date"),
+                "macro_recall": mv.tags.get("meli.challenger_macro_recall"),
+            }
+        )
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except Exception:
         versions = []
     out["versions"] = sorted(
-        ({"version": str(v.version), "decision": v.tags.get("meli.decision"), "run_date": v.tags.get("meli.run_date")}
-         for v in versions), key=lambda x: int(x["version"]))
+        (
+            {
+                "version": str(v.version),
+                "decision": v.tags.get("meli.decision"),
+                "run_date": v.tags.get("meli.run_date"),
+            }
+            for v in versions
+        ),
+        key=lambda x: int(x["version"]),
+    )
     return out
 
 
@@ -352,10 +423,22 @@ def history(settings: Settings, limit: int = 50) -> list[dict]:
     exp = mlflow.get_experiment_by_name(f"{settings.experiment}-promotions")
     if exp is None:
         return []
-    runs = mlflow.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=limit,
-                              output_format="list")
-    keys = ("decided_at", "decision", "rule", "challenger_version", "champion_version", "challenger_macro_recall",
-            "champion_macro_recall", "delta", "reason", "dag_run_id", "run_date")
+    runs = mlflow.search_runs(
+        [exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=limit, output_format="list"
+    )
+    keys = (
+        "decided_at",
+        "decision",
+        "rule",
+        "challenger_version",
+        "champion_version",
+        "challenger_macro_recall",
+        "champion_macro_recall",
+        "delta",
+        "reason",
+        "dag_run_id",
+        "run_date",
+    )
     return [{k: r.data.tags.get(f"meli.{k}", "") for k in keys} for r in runs]
 
 
@@ -376,10 +459,18 @@ def rollback(settings: Settings, to_version: str | None = None, reason: str = "o
         client.set_registered_model_alias(name, PREVIOUS, current.version)
     client.set_registered_model_alias(name, CHAMPION, str(to_version))
     d = {
-        "decision": "rollback", "rule": "rollback", "reason": reason, "model_name": name,
-        "challenger_version": str(to_version), "champion_version": str(current.version) if current else None,
-        "challenger_macro_recall": None, "champion_macro_recall": None, "delta": None,
-        "decided_at": datetime.now(timezone.utc).isoformat(), "dag_run_id": "", "run_date": "",
+        "decision": "rollback",
+        "rule": "rollback",
+        "reason": reason,
+        "model_name": name,
+        "challenger_version": str(to_version),
+        "champion_version": str(current.version) if current else None,
+        "challenger_macro_recall": None,
+        "champion_macro_recall": None,
+        "delta": None,
+        "decided_at": datetime.now(UTC).isoformat(),
+        "dag_run_id": "",
+        "run_date": "",
     }
     client.set_model_version_tag(name, str(to_version), "meli.rolled_back_at", d["decided_at"])
     _history_event(settings, d)

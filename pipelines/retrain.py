@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipelines.settings import Settings
 from pipelines.config import TrainConfig
+from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,10 @@ def step_prepare(settings: Settings, run_date: str, validation: dict | None, tag
                 mlflow.log_artifacts(str(docs), artifact_path="validation/data_docs")
             if validation.get("report_json"):
                 mlflow.log_artifact(validation["report_json"], artifact_path="validation")
-            mlflow.set_tag("meli.validation", f"{validation['passed']}/{validation['evaluated']} passed, "
-                                              f"{len(validation['warnings'])} warnings")
+            mlflow.set_tag(
+                "meli.validation",
+                f"{validation['passed']}/{validation['evaluated']} passed, {len(validation['warnings'])} warnings",
+            )
     return {**dataset, "parent_run_id": parent}
 
 
@@ -72,8 +74,15 @@ def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
 def step_train(settings: Settings, dataset: dict, embedding: dict, kind: str, cfg: TrainConfig) -> dict:
     from pipelines.train import train_classifier
 
-    return train_classifier(settings, dataset["dir"], embedding["dir"], kind, cfg,
-                            parent_run_id=dataset["parent_run_id"], run_date=dataset["run_date"])
+    return train_classifier(
+        settings,
+        dataset["dir"],
+        embedding["dir"],
+        kind,
+        cfg,
+        parent_run_id=dataset["parent_run_id"],
+        run_date=dataset["run_date"],
+    )
 
 
 def step_register(settings: Settings, results: list[dict], run_date: str, dag_run_id: str = "") -> dict:
@@ -81,8 +90,13 @@ def step_register(settings: Settings, results: list[dict], run_date: str, dag_ru
     from pipelines.train import pick_challenger
 
     best = pick_challenger(results)
-    log.info("challenger of %s: %s (val macro-recall %.4f) among %s", run_date, best["model_type"],
-             best["val_macro_recall"], [(r["model_type"], r["val_macro_recall"]) for r in results])
+    log.info(
+        "challenger of %s: %s (val macro-recall %.4f) among %s",
+        run_date,
+        best["model_type"],
+        best["val_macro_recall"],
+        [(r["model_type"], r["val_macro_recall"]) for r in results],
+    )
     return register_challenger(settings, best, run_date, dag_run_id)
 
 
@@ -93,16 +107,40 @@ def step_evaluate(settings: Settings, run_date: str, challenger: dict) -> dict:
     return {"run_date": run_date, "models": ev["models"], "test_rows": ev["test_rows"]}
 
 
-def step_gate(settings: Settings, run_date: str, challenger: dict, parent_run_id: str | None,
-              force_promote: bool = False, dry_run: bool = False, dag_run_id: str = "", **rules) -> dict:
+def step_gate(
+    settings: Settings,
+    run_date: str,
+    challenger: dict,
+    parent_run_id: str | None,
+    force_promote: bool = False,
+    dry_run: bool = False,
+    dag_run_id: str = "",
+    **rules,
+) -> dict:
     from pipelines.registry import gate, with_rules
 
-    return gate(settings, run_date, challenger["version"], with_rules(settings.gate, **rules),
-                force_promote=force_promote, dry_run=dry_run, dag_run_id=dag_run_id, parent_run_id=parent_run_id)
+    return gate(
+        settings,
+        run_date,
+        challenger["version"],
+        with_rules(settings.gate, **rules),
+        force_promote=force_promote,
+        dry_run=dry_run,
+        dag_run_id=dag_run_id,
+        parent_run_id=parent_run_id,
+    )
 
 
-def run_all(settings: Settings, sources: list[str], run_date: str, cfg: TrainConfig, fmt: str = "auto",
-            force_promote: bool = False, dry_run: bool = False, **rules) -> dict:
+def run_all(
+    settings: Settings,
+    sources: list[str],
+    run_date: str,
+    cfg: TrainConfig,
+    fmt: str = "auto",
+    force_promote: bool = False,
+    dry_run: bool = False,
+    **rules,
+) -> dict:
     """Ingest -> validate -> prepare -> embedding -> train each model -> register -> evaluate -> gate."""
     ingested = step_ingest(settings, sources, run_date, fmt)
     validation = step_validate(settings, run_date)
@@ -112,5 +150,11 @@ def run_all(settings: Settings, sources: list[str], run_date: str, cfg: TrainCon
     challenger = step_register(settings, results, run_date)
     step_evaluate(settings, run_date, challenger)
     decision = step_gate(settings, run_date, challenger, dataset["parent_run_id"], force_promote, dry_run, **rules)
-    return {"ingest": ingested, "validation": validation, "dataset": dataset, "trained": results,
-            "challenger": challenger, "decision": decision}
+    return {
+        "ingest": ingested,
+        "validation": validation,
+        "dataset": dataset,
+        "trained": results,
+        "challenger": challenger,
+        "decision": decision,
+    }

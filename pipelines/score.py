@@ -12,10 +12,10 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -142,7 +142,7 @@ def score(
         on_resolved(name, version)  # hook for tests: e.g. move the alias mid-run
     log.info("scoring %s with %s version %s", input_path, name, version)
     bundle = load_bundle(name, version)
-    scored_at = datetime.now(timezone.utc)
+    scored_at = datetime.now(UTC)
     src = str(Path(input_path).resolve())
     stats = {"rows": 0, "scored": 0, "unscorable": 0, "reasons": {}}
     t0 = time.perf_counter()
@@ -166,7 +166,7 @@ def score(
             finally:
                 tmp.unlink(missing_ok=True)
         else:
-            run_date = run_date or datetime.now(timezone.utc).date().isoformat()
+            run_date = run_date or datetime.now(UTC).date().isoformat()
             out = settings.scored_dir / f"run_date={run_date}"
             with atomic_dir(out) as tmp_dir:
                 write_all(tmp_dir / "part-00000.parquet")
@@ -174,8 +174,14 @@ def score(
         bar.close()
     seconds = time.perf_counter() - t0
     result = ScoreResult(
-        output=str(out), model_name=name, model_version=version, rows=stats["rows"], scored=stats["scored"],
-        unscorable=stats["unscorable"], reasons=stats["reasons"], seconds=round(seconds, 3),
+        output=str(out),
+        model_name=name,
+        model_version=version,
+        rows=stats["rows"],
+        scored=stats["scored"],
+        unscorable=stats["unscorable"],
+        reasons=stats["reasons"],
+        seconds=round(seconds, 3),
         rows_per_s=round(stats["rows"] / max(seconds, 1e-9), 1),
     )
     log.info("scoring done: %s", result)
@@ -259,12 +265,29 @@ def _score_chunk(chunk, bundle, name, version, scored_at, src, stats) -> pa.Tabl
     if chunk.rejected:
         bad = chunk.rejected
         m = len(bad)
-        table = pa.concat_tables([table, pa.table({
-            "listing_id": [None] * m, "title": [None] * m, "predicted_category": [None] * m,
-            "probability": [None] * m, "top_k_categories": [None] * m, "top_k_probabilities": [None] * m,
-            "model_name": [name] * m, "model_version": [version] * m, "scored_at": [scored_at] * m,
-            "status": ["unscorable"] * m, "reason": [b[1] for b in bad], "source_file": [src] * m,
-            "source_row": [b[0] for b in bad]}, schema=SCORED_SCHEMA)])
+        table = pa.concat_tables(
+            [
+                table,
+                pa.table(
+                    {
+                        "listing_id": [None] * m,
+                        "title": [None] * m,
+                        "predicted_category": [None] * m,
+                        "probability": [None] * m,
+                        "top_k_categories": [None] * m,
+                        "top_k_probabilities": [None] * m,
+                        "model_name": [name] * m,
+                        "model_version": [version] * m,
+                        "scored_at": [scored_at] * m,
+                        "status": ["unscorable"] * m,
+                        "reason": [b[1] for b in bad],
+                        "source_file": [src] * m,
+                        "source_row": [b[0] for b in bad],
+                    },
+                    schema=SCORED_SCHEMA,
+                ),
+            ]
+        )
         reasons = reasons + [b[1] for b in bad]
     stats["rows"] += table.num_rows
     stats["scored"] += len(ok)

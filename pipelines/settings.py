@@ -43,15 +43,9 @@ class Thresholds:
     min_rows: int = field(default_factory=lambda: _int("MELI_VALIDATE_MIN_ROWS", 50))
     min_title_len: int = field(default_factory=lambda: _int("MELI_VALIDATE_MIN_TITLE_LEN", 2))
     max_title_len: int = field(default_factory=lambda: _int("MELI_VALIDATE_MAX_TITLE_LEN", 300))
-    max_quarantine_ratio: float = field(
-        default_factory=lambda: _float("MELI_VALIDATE_MAX_QUARANTINE_RATIO", 0.2)
-    )
-    min_volume_ratio: float = field(
-        default_factory=lambda: _float("MELI_VALIDATE_MIN_VOLUME_RATIO", 0.2)
-    )
-    max_volume_ratio: float = field(
-        default_factory=lambda: _float("MELI_VALIDATE_MAX_VOLUME_RATIO", 5.0)
-    )
+    max_quarantine_ratio: float = field(default_factory=lambda: _float("MELI_VALIDATE_MAX_QUARANTINE_RATIO", 0.2))
+    min_volume_ratio: float = field(default_factory=lambda: _float("MELI_VALIDATE_MIN_VOLUME_RATIO", 0.2))
+    max_volume_ratio: float = field(default_factory=lambda: _float("MELI_VALIDATE_MAX_VOLUME_RATIO", 5.0))
     max_unseen_category_share: float = field(
         default_factory=lambda: _float("MELI_VALIDATE_MAX_UNSEEN_CATEGORY_SHARE", 0.2)
     )
@@ -80,9 +74,7 @@ class GateRules:
 class Settings:
     """Resolved configuration. Construct with ``Settings()``; it reads the environment."""
 
-    home: Path = field(
-        default_factory=lambda: Path(_env("MELI_HOME", str(REPO_ROOT / ".meli"))).resolve()
-    )
+    home: Path = field(default_factory=lambda: Path(_env("MELI_HOME", str(REPO_ROOT / ".meli"))).resolve())
     tracking_uri: str = field(default_factory=lambda: _env("MLFLOW_TRACKING_URI", ""))
     registry_uri: str = field(default_factory=lambda: _env("MLFLOW_REGISTRY_URI", ""))
     lake_uri: str = field(default_factory=lambda: _env("MELI_LAKE_URI", ""))
@@ -141,7 +133,7 @@ class Settings:
     def run_dir(self, run_date: str) -> Path:
         return self.work_dir / run_date
 
-    def ensure(self) -> "Settings":
+    def ensure(self) -> Settings:
         for p in (self.home, self.lake, self.work_dir, self.history_path.parent):
             p.mkdir(parents=True, exist_ok=True)
         if self.tracking_uri.startswith("sqlite:///"):

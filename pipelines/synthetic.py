@@ -31,12 +31,53 @@ CATEGORIES: dict[str, tuple[list[str], list[str]]] = {
     "SUNGLASSES": (["anteojos de sol", "lentes de sol", "gafas sol"], ["oculos de sol", "oculos escuros"]),
     "VIDEO_GAME_CONSOLES": (["consola", "consola videojuegos"], ["console", "videogame"]),
 }
-BRANDS = ["samsung", "xiaomi", "apple", "lg", "sony", "philips", "bosch", "nike", "adidas", "generico",
-          "motorola", "lenovo", "tramontina", "yamaha", "fender", "nintendo"]
-ATTRS_ES = ["nuevo", "original", "negro", "blanco", "oferta", "envio gratis", "garantia", "usado",
-            "importado", "liquidacion", "pack x2", "modelo 2019", "full"]
-ATTRS_PT = ["novo", "original", "preto", "branco", "promocao", "frete gratis", "garantia", "usado",
-            "importado", "kit 2", "lancamento", "modelo 2019"]
+BRANDS = [
+    "samsung",
+    "xiaomi",
+    "apple",
+    "lg",
+    "sony",
+    "philips",
+    "bosch",
+    "nike",
+    "adidas",
+    "generico",
+    "motorola",
+    "lenovo",
+    "tramontina",
+    "yamaha",
+    "fender",
+    "nintendo",
+]
+ATTRS_ES = [
+    "nuevo",
+    "original",
+    "negro",
+    "blanco",
+    "oferta",
+    "envio gratis",
+    "garantia",
+    "usado",
+    "importado",
+    "liquidacion",
+    "pack x2",
+    "modelo 2019",
+    "full",
+]
+ATTRS_PT = [
+    "novo",
+    "original",
+    "preto",
+    "branco",
+    "promocao",
+    "frete gratis",
+    "garantia",
+    "usado",
+    "importado",
+    "kit 2",
+    "lancamento",
+    "modelo 2019",
+]
 
 
 def _typo(rng: random.Random, word: str) -> str:

@@ -47,7 +47,7 @@ class TextConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "TextConfig":
+    def from_dict(cls, d: dict | None) -> TextConfig:
         return cls(**(d or {}))
 
 

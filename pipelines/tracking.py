@@ -21,8 +21,16 @@ def configure(settings: Settings) -> str:
     import mlflow
 
     settings.ensure()
+    # mlflow.set_*_uri also export MLFLOW_*_URI; Settings reads those variables, so restore them:
+    # otherwise the first configure() in a process would pin every later Settings to its store.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.registry_uri or settings.tracking_uri)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(settings.experiment)
     if exp is None:

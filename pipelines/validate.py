@@ -198,8 +198,9 @@ def validate_table(settings: Settings, run_date: str, table, metrics: dict, sour
         log.info(line)
     if critical:
         names = ", ".join(f"{c.expectation}[{c.column}]" if c.column else c.expectation for c in critical)
-        raise ValidationFailed(f"critical expectations failed for {run_date}: {names}. "
-                               f"Data Docs: {report['data_docs_index']}", report)
+        raise ValidationFailed(
+            f"critical expectations failed for {run_date}: {names}. Data Docs: {report['data_docs_index']}", report
+        )
     return report
 
 
@@ -237,9 +238,25 @@ def _run_key(dag_id: str, run_id: str) -> str:
 def link_run(settings: Settings, dag_id: str, run_id: str, report: dict) -> Path:
     """Remember which Data Docs page belongs to an Airflow DAG run (read by the UI plugin)."""
     path = settings.home / "validation" / "by_run" / f"{_run_key(dag_id, run_id)}.json"
-    atomic_write_json(path, {"dag_id": dag_id, "run_id": run_id, **{k: report.get(k) for k in (
-        "run_date", "success", "data_docs_index", "data_docs_pages", "data_docs_dir", "critical_failures",
-        "warnings")}})
+    atomic_write_json(
+        path,
+        {
+            "dag_id": dag_id,
+            "run_id": run_id,
+            **{
+                k: report.get(k)
+                for k in (
+                    "run_date",
+                    "success",
+                    "data_docs_index",
+                    "data_docs_pages",
+                    "data_docs_dir",
+                    "critical_failures",
+                    "warnings",
+                )
+            },
+        },
+    )
     log.info("Data Docs for this run: %s", report.get("data_docs_pages") or report.get("data_docs_index"))
     return path
 

@@ -83,19 +83,24 @@ def migrate(home: Path) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-def dag_test(home: Path, dag_id: str, conf: dict | None = None, timeout: int = 600,
-             asset_triggered: bool = False) -> dict:
+def dag_test(
+    home: Path, dag_id: str, conf: dict | None = None, timeout: int = 600, asset_triggered: bool = False
+) -> dict:
     """dag.test() in a subprocess; with asset_triggered, the run consumes the queued asset events."""
     r = subprocess.run(
         [PY, "-c", _RUNNER, dag_id, json.dumps(conf or {}), str(REPO / "dags"), json.dumps(asset_triggered)],
-        env=airflow_env(home), capture_output=True, text=True, timeout=timeout,
+        env=airflow_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     log = home / f"dag_test_{dag_id}.log"
     log.write_text(r.stdout + "\n" + r.stderr)
     for line in r.stdout.splitlines():
         if line.startswith("@@RESULT@@"):
-            out = json.loads(line[len("@@RESULT@@"):])
+            out = json.loads(line[len("@@RESULT@@") :])
             out["log"] = str(log)
             return out
-    raise AssertionError(f"dag.test({dag_id}) produced no result (rc={r.returncode}); log: {log}\n"
-                         + (r.stdout + r.stderr)[-4000:])
+    raise AssertionError(
+        f"dag.test({dag_id}) produced no result (rc={r.returncode}); log: {log}\n" + (r.stdout + r.stderr)[-4000:]
+    )

@@ -27,8 +27,9 @@ def test_dags_import_cleanly_without_heavy_modules(tmp_path):
         " 'max_active_runs': bag.dags['meli_retrain'].max_active_runs,"
         " 'params': sorted(bag.dags['meli_retrain'].params.keys())}))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], env=airflow_env(tmp_path / "home"), capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=airflow_env(tmp_path / "home"), capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["errors"] == {}
@@ -49,8 +50,10 @@ def airflow_home(tmp_path_factory):
 def _champion(home):
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-                                 registry_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    client = mlflow.MlflowClient(
+        tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        registry_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+    )
     try:
         return str(client.get_model_version_by_alias("meli-title-classifier", "champion").version)
     except Exception:
@@ -64,8 +67,18 @@ def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monk
     res = dag_test(airflow_home, "meli_retrain", {"sources": [str(src)], "models": ["mlp", "cnn"], **FAST})
     assert res["state"].endswith("success"), res
     tasks = res["tasks"]
-    for t in ("ingest", "validate", "prepare", "embedding", "train[0]", "train[1]", "register", "evaluate",
-              "gate", "announce_champion"):
+    for t in (
+        "ingest",
+        "validate",
+        "prepare",
+        "embedding",
+        "train[0]",
+        "train[1]",
+        "register",
+        "evaluate",
+        "gate",
+        "announce_champion",
+    ):
         assert tasks[t] == "success", (t, tasks)
     assert _champion(airflow_home) == "1"
     # the validation report is linked to the run for the UI plugin
@@ -95,8 +108,17 @@ def test_broken_batch_fails_validation_and_keeps_champion(airflow_home, tmp_path
     before = _champion(airflow_home)
     if before is None:
         pytest.skip("needs the champion from the previous test")
-    rows = [json.dumps({"title": f"producto roto {i}", "category": "not a category!", "language": "spanish",
-                        "label_quality": "reliable"}) for i in range(300)]
+    rows = [
+        json.dumps(
+            {
+                "title": f"producto roto {i}",
+                "category": "not a category!",
+                "language": "spanish",
+                "label_quality": "reliable",
+            }
+        )
+        for i in range(300)
+    ]
     src = tmp_path / "broken.jsonl"
     src.write_text("\n".join(rows) + "\n")
     res = dag_test(airflow_home, "meli_retrain", {"sources": [str(src)], "run_date": "2030-01-02", **FAST})

@@ -15,8 +15,16 @@ from pipelines.validate import ValidationFailed, validate_table
 from tests.unit.test_validate import METRICS, RUN_DATE, _table, _with
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium() -> str:
@@ -29,8 +37,12 @@ def chromium() -> str:
 def render(exe: str, url: str, profile: Path, screenshot: Path | None = None, raw: bool = False) -> str:
     args = [exe, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=3000"]
     if screenshot:
-        subprocess.run([*args, f"--screenshot={screenshot}", "--window-size=1400,2200", url],
-                       capture_output=True, timeout=120, check=False)
+        subprocess.run(
+            [*args, f"--screenshot={screenshot}", "--window-size=1400,2200", url],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
     r = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     if raw:
@@ -49,12 +61,18 @@ def test_failing_expectation_is_visible_in_data_docs(settings, tmp_path):
     # offline), so read the rows GX embeds in the page and follow the failed run's link like a user.
     index = Path(report["data_docs_index"])
     dom = render(exe, index.as_uri(), tmp_path / "profile", raw=True)
-    rows = re.findall(r"'run_name': '([^']+)'.*?'_table_row_link_path': '([^']+)', "
-                      r"'_validation_success_text': '(\w+)'", dom, flags=re.S)
+    rows = re.findall(
+        r"'run_name': '([^']+)'.*?'_table_row_link_path': '([^']+)', "
+        r"'_validation_success_text': '(\w+)'",
+        dom,
+        flags=re.S,
+    )
     failed = [link for run, link, status in rows if run == f"meli_retrain__{RUN_DATE}" and status == "Failed"]
     assert failed, rows
-    assert any((index.parent / link).resolve() == Path(report["data_docs_pages"]["listings_partition"]).resolve()
-               for link in failed)
+    assert any(
+        (index.parent / link).resolve() == Path(report["data_docs_pages"]["listings_partition"]).resolve()
+        for link in failed
+    )
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "data_docs_failed_validation.png"

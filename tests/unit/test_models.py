@@ -13,8 +13,14 @@ from pipelines.models import ModelConfig, build_model
 from pipelines.pyfunc import OUTPUT_COLUMNS, collate, pick_device
 from pipelines.text import TextConfig, tokenize
 
-TITLES = ["Zapatillas Nike Air Max negras", "Celular Samsung Galaxy S10 128gb", "Funda silicona iPhone 11",
-          "Tenis Adidas corrida", "Smartphone Xiaomi Redmi Note", "Capinha celular Motorola"]
+TITLES = [
+    "Zapatillas Nike Air Max negras",
+    "Celular Samsung Galaxy S10 128gb",
+    "Funda silicona iPhone 11",
+    "Tenis Adidas corrida",
+    "Smartphone Xiaomi Redmi Note",
+    "Capinha celular Motorola",
+]
 EMB = EmbeddingConfig(dim=16, epochs=2, bucket=2000, workers=1)
 
 
@@ -46,8 +52,9 @@ def test_encoder_gives_oov_words_subword_ids_and_roundtrips(tmp_path):
 def test_forward_and_one_training_step(kind):
     torch.manual_seed(0)
     enc, ft = encoder_and_ft()
-    cfg = ModelConfig(kind=kind, num_embeddings=enc.num_embeddings, dim=EMB.dim, num_classes=3, hidden=32,
-                      filters=8, lstm_hidden=8)
+    cfg = ModelConfig(
+        kind=kind, num_embeddings=enc.num_embeddings, dim=EMB.dim, num_classes=3, hidden=32, filters=8, lstm_hidden=8
+    )
     model = build_model(cfg)
     with torch.no_grad():
         model.embed.emb.weight.copy_(torch.from_numpy(embedding_matrix(enc, ft)))

@@ -51,15 +51,25 @@ def make_version(settings, df, recall_by_class: dict[str, float] | float) -> str
     with mlflow.start_run() as run:
         info = mlflow.pyfunc.log_model(name="model", python_model=LookupModel(table), pip_requirements=["mlflow"])
     out = registry.register_challenger(
-        settings, {"model_uri": info.model_uri, "run_id": run.info.run_id, "model_type": "lookup",
-                   "val_macro_recall": 0.0}, RUN_DATE)
+        settings,
+        {"model_uri": info.model_uri, "run_id": run.info.run_id, "model_type": "lookup", "val_macro_recall": 0.0},
+        RUN_DATE,
+    )
     return out["version"]
 
 
 def run_gate(settings, version, **kw):
     registry.evaluate(settings, RUN_DATE, version)
-    rules = kw.pop("rules", GateRules(min_improvement=0.002, min_macro_recall=0.3, max_class_drop=0.2,
-                                      max_share_classes_dropped=0.1, bootstrap_samples=100))
+    rules = kw.pop(
+        "rules",
+        GateRules(
+            min_improvement=0.002,
+            min_macro_recall=0.3,
+            max_class_drop=0.2,
+            max_share_classes_dropped=0.1,
+            bootstrap_samples=100,
+        ),
+    )
     return registry.gate(settings, RUN_DATE, version, rules, **kw)
 
 
@@ -156,7 +166,7 @@ def test_unreachable_registry_fails_and_leaves_alias(settings, test_rows, monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     from pipelines.settings import get_settings
 
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="127.0.0.1:9|Connection|connect|API request"):  # noqa: B017
         registry.gate(get_settings(), RUN_DATE, v2)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert champion(get_settings()) == (v1, None)

@@ -43,14 +43,16 @@ def s(trained_home, monkeypatch):
 
 
 def _input(tmp_path):
-    lines = [json.dumps({"title": "Zapatillas Nike Air Max", "category": "SNEAKERS", "language": "spanish"}),
-             json.dumps({"title": "Celular Samsung Galaxy S10", "language": "spanish"}),
-             json.dumps({"id": "MLA123", "title": "Capinha celular Motorola", "language": "portuguese"}),
-             json.dumps({"title": "   "}),
-             json.dumps({"title": "x" * 5000}),
-             json.dumps({"title": "de la y"}),
-             '{"title": "broken',
-             json.dumps({"title": None})]
+    lines = [
+        json.dumps({"title": "Zapatillas Nike Air Max", "category": "SNEAKERS", "language": "spanish"}),
+        json.dumps({"title": "Celular Samsung Galaxy S10", "language": "spanish"}),
+        json.dumps({"id": "MLA123", "title": "Capinha celular Motorola", "language": "portuguese"}),
+        json.dumps({"title": "   "}),
+        json.dumps({"title": "x" * 5000}),
+        json.dumps({"title": "de la y"}),
+        '{"title": "broken',
+        json.dumps({"title": None}),
+    ]
     p = tmp_path / "new.jsonl"
     p.write_text("\n".join(lines) + "\n")
     return p, lines
@@ -68,7 +70,12 @@ def test_output_schema_rows_and_reasons(s, tmp_path):
     assert 0 < rows[1]["probability"] <= 1 and len(rows[1]["top_k_categories"]) == 3
     assert rows[3]["listing_id"] == "MLA123"
     assert {r: rows[r]["reason"] for r in (4, 5, 6, 7, 8)} == {
-        4: "empty_title", 5: "title_too_long", 6: "no_usable_tokens", 7: "bad_json", 8: "missing_title"}
+        4: "empty_title",
+        5: "title_too_long",
+        6: "no_usable_tokens",
+        7: "bad_json",
+        8: "missing_title",
+    }
     assert all(rows[r]["predicted_category"] is None for r in (4, 5, 6, 7, 8))
     assert res.scored == 3 and res.unscorable == 5
     assert set(t.column("model_version").to_pylist()) == {res.model_version} == {"1"}

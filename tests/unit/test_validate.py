@@ -34,12 +34,20 @@ def _table(n=200):
     return pa.table(rows, schema=LISTING_SCHEMA)
 
 
-METRICS = {"rows": 200, "quarantine_ratio": 0.01, "volume_ratio": None, "unseen_category_share": None,
-           "max_category_share_shift": None, "schema_version": 1}
+METRICS = {
+    "rows": 200,
+    "quarantine_ratio": 0.01,
+    "volume_ratio": None,
+    "unseen_category_share": None,
+    "max_category_share_shift": None,
+    "schema_version": 1,
+}
 
 
 def _with(table, column, values):
-    return table.set_column(table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type))
+    return table.set_column(
+        table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type)
+    )
 
 
 def test_clean_partition_passes_and_builds_data_docs(settings, clean):
