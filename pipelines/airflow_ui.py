@@ -38,7 +38,8 @@ def app():
             rel = Path(target).resolve().relative_to(docs_dir.resolve())
         except (TypeError, ValueError):
             raise HTTPException(404, f"report {target} is outside the Data Docs site") from None
-        return RedirectResponse(url=f"../../../docs/{rel.as_posix()}")
+        # relative to /meli/runs/{dag_id}/{run_id}: two levels up is /meli/
+        return RedirectResponse(url=f"../../docs/{rel.as_posix()}")
 
     api.mount("/docs", StaticFiles(directory=str(docs_dir), html=True), name="data_docs")
     return api
