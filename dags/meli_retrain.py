@@ -72,7 +72,8 @@ def _train_cfg(params) -> TrainConfig:
             type="array",
             items={"type": "string"},
             title="Input files",
-            description="Files or glob patterns to ingest; empty = $MELI_HOME/landing/*",
+            description="Files or glob patterns to ingest; empty = the files in $MELI_HOME/landing/ "
+            "(moved to landing/processed/<run date>/ once ingested)",
         ),
         "input_format": Param(
             "auto",
@@ -139,8 +140,7 @@ def meli_retrain():
 
         settings = _settings()
         run_date = run_date_from_context({**context, "params": params})
-        sources = list(params["sources"]) or [str(settings.home / "landing" / "*")]
-        result = step_ingest(settings, sources, run_date, params["input_format"])
+        result = step_ingest(settings, list(params["sources"]), run_date, params["input_format"])
         outlet_events[LISTINGS].extra = {"partition": result["partition"], "run_date": run_date}
         return result
 

@@ -13,10 +13,43 @@ log = logging.getLogger(__name__)
 
 
 def step_ingest(settings: Settings, sources: list[str], run_date: str, fmt: str = "auto") -> dict:
+    """Ingest ``sources``; with none, the landing folder's files (see ``landing_sources``)."""
     from pipelines.ingest import ingest
 
-    paths = expand_sources(sources)
-    return ingest(paths, run_date, settings, fmt=fmt).to_dict()
+    if sources:
+        return ingest(expand_sources(sources), run_date, settings, fmt=fmt).to_dict()
+    paths = landing_sources(settings, run_date)
+    result = ingest(paths, run_date, settings, fmt=fmt).to_dict()
+    claim_landing(settings, run_date, paths)
+    return result
+
+
+def landing_sources(settings: Settings, run_date: str) -> list[str]:
+    """Files of ``$MELI_HOME/landing/`` plus those already claimed for this run date.
+
+    After a successful ingest the files move to ``landing/processed/<run date>/``, so a later
+    night does not ingest them again, while a rerun of the same date reads the same files (a file
+    re-delivered under the same name replaces the claimed one)."""
+    landing = settings.home / "landing"
+    claimed = landing / "processed" / run_date
+    files = {p.name: p for p in sorted(claimed.glob("*")) if p.is_file()}
+    files.update({p.name: p for p in sorted(landing.glob("*")) if p.is_file() and not p.name.startswith(".")})
+    if not files:
+        raise FileNotFoundError(
+            f"nothing to ingest for {run_date}: {landing} is empty (and nothing was claimed for "
+            "that date); drop files there or pass sources"
+        )
+    return [str(p) for _, p in sorted(files.items())]
+
+
+def claim_landing(settings: Settings, run_date: str, paths: list[str]) -> None:
+    import os
+
+    claimed = settings.home / "landing" / "processed" / run_date
+    claimed.mkdir(parents=True, exist_ok=True)
+    for p in map(Path, paths):
+        if p.parent != claimed:
+            os.replace(p, claimed / p.name)
 
 
 def expand_sources(sources: list[str]) -> list[str]:
