@@ -3,23 +3,30 @@
 Every row read ends either in ``lake/listings/ingest_date=D/`` or in ``lake/quarantine/ingest_date=D/``
 with a reason code; the manifest records the counts and the conservation check
 (rows read = rows written + rows quarantined). Files are streamed in chunks, so memory is bounded.
+
+Speed: files are read in multi-MiB blocks (gzip inflated on a helper thread), JSON chunks are parsed
+by pyarrow in C++ (falling back to per-line parsing only for the part of a chunk holding a bad
+line), and the row checks, content ids and splits run column-wise on Arrow arrays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import gzip
 import hashlib
 import io
 import json
 import logging
+import queue
+import re
 import sys
+import threading
 import time
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -43,22 +50,48 @@ FORMATS = ("auto", "jsonl", "challenge_csv", "csv", "parquet")
 MAX_TITLE_CHARS = 1000  # hard ingest limit; GX applies the (softer) configured bounds
 CHUNK_ROWS = 65536
 LANGUAGES = {
-    "spanish": "spanish", "es": "spanish", "es-ar": "spanish", "es_ar": "spanish", "espanol": "spanish",
-    "español": "spanish", "portuguese": "portuguese", "pt": "portuguese", "pt-br": "portuguese",
-    "pt_br": "portuguese", "portugues": "portuguese", "português": "portuguese",
+    "spanish": "spanish",
+    "es": "spanish",
+    "es-ar": "spanish",
+    "es_ar": "spanish",
+    "espanol": "spanish",
+    "español": "spanish",
+    "portuguese": "portuguese",
+    "pt": "portuguese",
+    "pt-br": "portuguese",
+    "pt_br": "portuguese",
+    "portugues": "portuguese",
+    "português": "portuguese",
 }
 ID_FIELDS = ("listing_id", "id", "item_id")
 FIELDS = ("title", "language", "label_quality", "category", "id")
 SPLITS = (("test", 15), ("validation", 10))  # percent of hash space; the rest is train
 
 # JSON fast path: parse a whole chunk in C++, ignoring the fields we do not use.
-_JSON_SCHEMA = pa.schema([(f, pa.string()) for f in ("title", "language", "label_quality", "category")])
+_JSON_SCHEMA = pa.schema([(f, pa.string()) for f in ("title", "language", "label_quality", "category") + ID_FIELDS])
 _JSON_PARSE = pajson.ParseOptions(explicit_schema=_JSON_SCHEMA, unexpected_field_behavior="ignore")
+_JSON_BLOCK = 1 << 20  # pyarrow parses a chunk in blocks of this size, in parallel
+_FAST_MIN_LINES = 256  # a failing fast-path range is bisected down to this many lines, then parsed per line
+BLOCK_BYTES = 8 << 20  # bytes read (inflated) at a time; a JSON chunk never spans two blocks
+_BOM = b"\xef\xbb\xbf"
+# header names that mark a CSV's first row as a header rather than a listing
+_HEADER_NAMES = {"title", "label_quality", "category"}
 
 QUARANTINE_REASONS = (
-    "bad_json", "not_an_object", "bad_encoding", "bad_csv_row", "bad_field_type", "blank_line",
-    "missing_title", "empty_title", "title_too_long", "bad_characters", "unknown_language",
-    "missing_category", "duplicate", "truncated_input",
+    "bad_json",
+    "not_an_object",
+    "bad_encoding",
+    "bad_csv_row",
+    "bad_field_type",
+    "blank_line",
+    "missing_title",
+    "empty_title",
+    "title_too_long",
+    "bad_characters",
+    "unknown_language",
+    "missing_category",
+    "duplicate",
+    "truncated_input",
 )
 
 
@@ -68,7 +101,11 @@ class IngestError(ValueError):
 
 @dataclass
 class Chunk:
-    """Up to CHUNK_ROWS parsed records of one source, plus the rows rejected while parsing."""
+    """Up to CHUNK_ROWS parsed records of one source, plus the rows rejected while parsing.
+
+    ``read_source`` (and read_jsonl/read_csv/read_parquet) yield plain lists in ``columns``;
+    ingest's internal readers may hold pyarrow string arrays there instead (check_chunk takes both).
+    """
 
     columns: dict[str, list]  # FIELDS -> values (str | None)
     rows: list[int]  # 1-based record numbers in the source
@@ -76,35 +113,191 @@ class Chunk:
     rejected: list[tuple[int, str, str, str]] = field(default_factory=list)  # row, reason, detail, raw
 
 
-# ------------------------------------------------------------------------------------------
-# Source opening and format detection
-# ------------------------------------------------------------------------------------------
-def _open_binary(path: Path) -> io.BufferedIOBase:
-    fh = open(path, "rb")
-    magic = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
-    if magic == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
-    return fh
+def _as_lists(chunk: Chunk) -> Chunk:
+    for f, v in chunk.columns.items():
+        if not isinstance(v, list):
+            chunk.columns[f] = v.to_pylist()
+    return chunk
 
 
+# ------------------------------------------------------------------------------------------
+# Bytes: plain or gzip, in blocks; a truncated or corrupt gzip ends early with a recorded error
+# ------------------------------------------------------------------------------------------
+class _Bytes:
+    """The (inflated) bytes of a file, in blocks of about ``block`` bytes.
+
+    Gzip is recognised by its magic bytes (not the file name); multi-member files and zero padding
+    are read like gzip.open does. A truncated or corrupt gzip does not raise: the blocks end with
+    every byte that could be inflated, and ``error`` says why. ``tail`` is set by line readers to
+    the partial last line of such an input.
+    """
+
+    def __init__(self, path: Path, block: int = BLOCK_BYTES):
+        self.path = Path(path)
+        self.block = block
+        self.error: str | None = None
+        self.tail = b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as fh:
+            magic = fh.read(2)
+            fh.seek(0)
+            if magic != b"\x1f\x8b":
+                while data := fh.read(self.block):
+                    yield data
+                return
+            yield from self._gunzip(fh)
+
+    def _gunzip(self, fh) -> Iterator[bytes]:
+        size = self.block
+        d = zlib.decompressobj(wbits=31)
+        started = False  # inside a member
+        buf = b""
+        while True:
+            if not buf:
+                buf = fh.read(size)
+                if not buf:
+                    if started:
+                        while out := d.decompress(b"", size):  # what zlib still holds
+                            yield out
+                        if not d.eof:
+                            self.error = "compressed input ends before its end-of-stream marker"
+                    return
+            if not started:
+                buf = buf.lstrip(b"\x00")  # zero padding after a member
+                if not buf:
+                    continue
+                started = True
+            saved = d.copy()
+            try:
+                out = d.decompress(buf, size)
+            except zlib.error as exc:
+                # corrupt data: replay this block in small steps to keep what precedes the damage
+                yield from self._salvage(saved, buf)
+                self.error = f"corrupt compressed data ({exc})"
+                return
+            buf = d.unconsumed_tail
+            if out:
+                yield out
+            if d.eof:
+                buf = d.unused_data
+                d = zlib.decompressobj(wbits=31)
+                started = False
+
+    @classmethod
+    def _salvage(cls, d, buf: bytes, step: int = 4096) -> Iterator[bytes]:
+        """Inflate ``buf`` in ever smaller steps, yielding everything before the first bad byte."""
+        for i in range(0, len(buf), step):
+            saved = d.copy()
+            try:
+                out = d.decompress(buf[i : i + step])
+            except zlib.error:
+                if step > 1:
+                    yield from cls._salvage(saved, buf[i : i + step], max(1, step // 64))
+                return
+            if out:
+                yield out
+            if d.eof:
+                return
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class _Prefetch:
+    """Run an iterator on a helper thread, ``depth`` items ahead: inflating (blocks) and JSON parsing
+    (chunks) release the GIL, so they overlap with the row checks of the chunk before."""
+
+    _END = object()
+
+    def __init__(self, items: Iterable, depth: int = 2, name: str = "ingest-read"):
+        self._items = items
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._name = name
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items: Iterable) -> None:
+        it = iter(items)
+        try:
+            for item in it:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the consumer
+            self._put(_Failed(exc))
+        finally:
+            close = getattr(it, "close", None)
+            if close:
+                close()
+
+    def __iter__(self) -> Iterator:
+        # the thread starts with the iteration, so an iterator that is never used leaks nothing
+        thread = threading.Thread(target=self._run, args=(self._items,), daemon=True, name=self._name)
+        thread.start()
+        try:
+            while True:
+                item = self._q.get()
+                if item is self._END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.exc
+                yield item
+        finally:
+            self._stop.set()
+            thread.join()
+
+
+def _head(path: Path, size: int = 4096) -> tuple[bytes, str | None]:
+    src = _Bytes(path, block=1 << 16)
+    head = b""
+    gen = iter(src)
+    try:
+        for block in gen:
+            head += block
+            if len(head) >= size:
+                break
+    finally:
+        gen.close()  # type: ignore[attr-defined]
+    return head[:size], src.error
+
+
+# ------------------------------------------------------------------------------------------
+# Format detection
+# ------------------------------------------------------------------------------------------
 def detect_format(path: Path) -> str:
     """Format from content (not the file name): parquet, jsonl, challenge_csv (header) or csv."""
     with open(path, "rb") as fh:
         if fh.read(4) == b"PAR1":
             return "parquet"
     try:
-        with _open_binary(path) as fh:
-            head = fh.read(4096)
-    except (OSError, EOFError, zlib.error) as exc:
+        head, error = _head(Path(path))
+    except OSError as exc:
         raise IngestError(f"{path}: cannot read the start of the file ({exc})") from exc
+    if not head and error:
+        raise IngestError(f"{path}: cannot read the start of the file ({error})")
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not text:
         return "jsonl"  # empty file: zero rows in any format
     if text[:1] in (b"{", b"["):
         return "jsonl"
+    lines = [ln.strip() for ln in text.split(b"\n")[:50] if ln.strip()]
+    if sum(ln[:1] == b"{" for ln in lines) * 2 > len(lines):  # JSON objects after a bad first line
+        return "jsonl"
     first = text.split(b"\n", 1)[0].decode("utf-8", "replace").lower()
-    cols = [c.strip().strip('"') for c in next(csv.reader([first]), [])]
-    return "challenge_csv" if "title" in cols else "csv"
+    cols = {c.strip().strip('"') for c in next(csv.reader([first]), [])}
+    # a header names the columns; a header without `title` is still a header (and an error later)
+    return "challenge_csv" if cols & _HEADER_NAMES else "csv"
 
 
 def _sha256(path: Path) -> str:
@@ -115,19 +308,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _iter_lines(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
-    """(line number, bytes, error). A truncated or corrupt gzip ends with one error record."""
-    n = 0
-    try:
-        with _open_binary(path) as fh:
-            for n, line in enumerate(fh, start=1):
-                yield n, line.rstrip(b"\r\n"), None
-    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
-        yield n + 1, None, f"input ends early or is corrupt after record {n}: {exc}"
-
-
 # ------------------------------------------------------------------------------------------
-# Readers: each yields Chunks with the canonical FIELDS
+# JSONL
 # ------------------------------------------------------------------------------------------
 def _empty_columns() -> dict[str, list]:
     return {f: [] for f in FIELDS}
@@ -141,6 +323,15 @@ def _as_str(value) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise TypeError(type(value).__name__)
+
+
+def _utf8_ok(text: str) -> bool:
+    """False for strings holding lone surrogates (JSON escapes like \\ud800 that are not text)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _parse_json_line(n: int, line: bytes, chunk: Chunk) -> None:
@@ -166,92 +357,263 @@ def _parse_json_line(n: int, line: bytes, chunk: Chunk) -> None:
     except TypeError as exc:
         chunk.rejected.append((n, "bad_field_type", f"a field holds a JSON {exc}, expected a string", text))
         return
+    if not all(v is None or _utf8_ok(v) for v in values.values()):
+        chunk.rejected.append((n, "bad_encoding", "a field holds a lone UTF-16 surrogate escape", text))
+        return
     for f in FIELDS:
         chunk.columns[f].append(values[f])
     chunk.rows.append(n)
     chunk.raw.append(text)
 
 
-def _json_chunk(lines: list[tuple[int, bytes]]) -> Chunk:
-    """Fast path: pyarrow parses the chunk; any problem falls back to per-line parsing."""
-    chunk = Chunk(_empty_columns(), [], [])
-    blob = b"\n".join(line for _, line in lines)
-    if b'"id"' not in blob and b'"listing_id"' not in blob and b'"item_id"' not in blob:
-        try:
-            table = pajson.read_json(
-                io.BytesIO(blob),
-                read_options=pajson.ReadOptions(block_size=max(1 << 20, len(blob) + 1)),
-                parse_options=_JSON_PARSE,
-            )
-            if table.num_rows == len(lines):
-                for f in ("title", "language", "label_quality", "category"):
-                    chunk.columns[f] = table.column(f).to_pylist()
-                chunk.columns["id"] = [None] * len(lines)
-                chunk.rows = [n for n, _ in lines]
-                chunk.raw = _LazyRaw(lines)  # type: ignore[assignment]
-                return chunk
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            pass
-    for n, line in lines:
-        _parse_json_line(n, line, chunk)
-    return chunk
+def _line_blobs(src: _Bytes, chunk_rows: int) -> Iterator[tuple[bytes, int, int, int]]:
+    """(data, a, b, n): data[a:b] holds n complete lines, each ending in b"\\n", n <= chunk_rows.
+
+    Regions never span two blocks (no copying of whole chunks); a line that does is carried into
+    the next block. A leading BOM is dropped. The partial last line of a truncated input is not
+    yielded; it is left in ``src.tail``."""
+    carry = b""
+    bom = True
+    blocks = iter(_Prefetch(src))
+    block = next(blocks, None)
+    while block is not None:
+        following = next(blocks, None)  # look ahead: the last block takes the last line along
+        end = following is None
+        data = carry + block if carry else block
+        block = following
+        if bom:
+            if len(data) < len(_BOM) and not end:
+                carry = data
+                continue
+            if data.startswith(_BOM):
+                data = data[len(_BOM) :]
+            bom = False
+        if end and data and src.error is None and not data.endswith(b"\n"):
+            data += b"\n"  # the last line needs no newline
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if cut == 0:
+            continue
+        n = data.count(b"\n", 0, cut)
+        if n <= chunk_rows:
+            yield data, 0, cut, n
+            continue
+        nl = _newlines(np.frombuffer(data, np.uint8, count=cut))
+        for i in range(0, n, chunk_rows):
+            j = min(i + chunk_rows, n)
+            yield data, (int(nl[i - 1]) + 1 if i else 0), int(nl[j - 1]) + 1, j - i
+    src.tail = carry
 
 
-class _LazyRaw(list):
-    """Raw text decoded only for the few rows that end in quarantine."""
+def _newlines(view: np.ndarray, step: int = 1 << 20) -> np.ndarray:
+    """Positions of b"\\n" in a uint8 array, scanned in cache-sized slices."""
+    if len(view) <= step:
+        return np.flatnonzero(view == 10)
+    parts = [np.flatnonzero(view[a : a + step] == 10) + a for a in range(0, len(view), step)]
+    return np.concatenate(parts)
 
-    def __init__(self, lines: list[tuple[int, bytes]]):
+
+class _Lines:
+    """The n lines of data[a:b]: line i is data[starts[i]:ends[i]] (ends point at the b"\\n")."""
+
+    def __init__(self, data: bytes, a: int, b: int, n: int):
+        self.blob = data
+        self.bytes = np.frombuffer(data, np.uint8)
+        self.ends = _newlines(self.bytes[a:b]) + a
+        if len(self.ends) != n:  # pragma: no cover - _line_blobs guarantees it
+            raise AssertionError(f"{len(self.ends)} lines in a region of {n}")
+        self.starts = np.empty(n, dtype=np.int64)
+        if n:
+            self.starts[0] = a
+            self.starts[1:] = self.ends[:-1] + 1
+
+    def line(self, i: int) -> bytes:
+        return self.blob[self.starts[i] : self.ends[i]].rstrip(b"\r")
+
+
+class _LineRaw(list):
+    """Raw text of parsed rows, decoded only for the few rows that end in quarantine."""
+
+    def __init__(self, lines: _Lines, row_line: np.ndarray):
         super().__init__()
         self._lines = lines
+        self._row_line = row_line
 
     def __getitem__(self, i):  # type: ignore[override]
-        return self._lines[i][1].decode("utf-8", "backslashreplace")
+        return self._lines.line(int(self._row_line[i])).decode("utf-8", "backslashreplace")
 
-    def __len__(self):
-        return len(self._lines)
+    def __len__(self) -> int:
+        return len(self._row_line)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def _utf8_valid(blob: bytes, a: int, b: int) -> bool:
+    """Whether blob[a:b] is valid UTF-8, checked by Arrow without copying."""
+    offsets = pa.py_buffer(np.array([a, b], dtype=np.int64))
+    arr = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(blob)])
+    try:
+        arr.validate(full=True)
+        return True
+    except pa.ArrowInvalid:
+        return False
+
+
+def _fast_range(lines: _Lines, i: int, j: int, ascii_blob: bool) -> list[pa.Array] | None:
+    """Parse lines [i, j) with pyarrow, or None when any of them needs the per-line path.
+
+    Only ranges where every line starts with '{' qualify: together with the row count check this
+    means one JSON object per line (blank lines, `null` lines and several values on one line all
+    go the per-line way; pyarrow also crashes on a leading `null`). Invalid UTF-8 anywhere in a
+    line, and values that are not strings (pyarrow rejects them against the string schema), also
+    go the per-line way, so both paths give the same result. Returns title, language,
+    label_quality, category and id (the first of listing_id, id, item_id that is not null).
+    """
+    if not (lines.bytes[lines.starts[i:j]] == 0x7B).all():
+        return None
+    blob = lines.blob
+    a, b = int(lines.starts[i]), int(lines.ends[j - 1]) + 1
+    if not ascii_blob and not _utf8_valid(blob, a, b):
+        return None
+    buf = pa.py_buffer(blob)[a:b]
+    block = _JSON_BLOCK
+    while True:
+        try:
+            table = pajson.read_json(
+                pa.BufferReader(buf),
+                read_options=pajson.ReadOptions(block_size=block),
+                parse_options=_JSON_PARSE,
+            )
+            break
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            if "straddl" in str(exc) and block < b - a:  # a line longer than a block: one block
+                block = b - a + 1
+                continue
+            return None
+    if table.num_rows != j - i:
+        return None
+    cols = [table.column(f).combine_chunks() for f in ("title", "language", "label_quality", "category")]
+    ids = [table.column(k).combine_chunks() for k in ID_FIELDS]
+    given = [x for x in ids if x.null_count < len(x)]
+    cols.append(pc.coalesce(*ids) if len(given) > 1 else given[0] if given else pa.nulls(j - i, pa.string()))
+    return cols
+
+
+def _parse_range(lines: _Lines, i: int, j: int, first: int, ascii_blob: bool, out: list) -> None:
+    arrays = _fast_range(lines, i, j, ascii_blob)
+    if arrays is not None:
+        out.append((i, j, arrays, None))
+        return
+    if j - i > _FAST_MIN_LINES:  # isolate the bad lines, keep the C++ path for the rest
+        mid = (i + j) // 2
+        _parse_range(lines, i, mid, first, ascii_blob, out)
+        _parse_range(lines, mid, j, first, ascii_blob, out)
+        return
+    slow = Chunk(_empty_columns(), [], [])
+    for k in range(i, j):
+        _parse_json_line(first + k, lines.line(k), slow)
+    out.append((i, j, None, slow))
+
+
+def _json_chunk(data: bytes, a: int, b: int, n: int, first: int, ascii_data: bool | None = None) -> Chunk:
+    """Parse the n lines of data[a:b] (line numbers first..first+n-1) into a Chunk with Arrow columns."""
+    lines = _Lines(data, a, b, n)
+    pieces: list = []
+    _parse_range(lines, 0, n, first, data.isascii() if ascii_data is None else ascii_data, pieces)
+    if len(pieces) == 1 and pieces[0][2] is not None:
+        columns = dict(zip(FIELDS, pieces[0][2], strict=True))
+        return Chunk(columns, list(range(first, first + n)), _LineRaw(lines, np.arange(n)))  # type: ignore[arg-type]
+    cols: dict[str, list] = {f: [] for f in FIELDS}
+    row_line: list[np.ndarray] = []
+    rejected: list[tuple[int, str, str, str]] = []
+    for i, j, arrays, slow in pieces:
+        if arrays is not None:
+            for f, arr in zip(FIELDS, arrays, strict=True):
+                cols[f].append(arr)
+            row_line.append(np.arange(i, j))
+        else:
+            for f in FIELDS:
+                cols[f].append(pa.array(slow.columns[f], pa.string()))
+            row_line.append(np.asarray(slow.rows, dtype=np.int64) - first)
+            rejected += slow.rejected
+    lines_of_rows = np.concatenate(row_line) if row_line else np.empty(0, np.int64)
+    columns = {f: pa.concat_arrays(v) for f, v in cols.items()}
+    rows = (lines_of_rows + first).tolist()
+    return Chunk(columns, rows, _LineRaw(lines, lines_of_rows), rejected)  # type: ignore[arg-type]
+
+
+def _truncated(n: int, error: str, tail: bytes) -> Chunk:
+    detail = f"input ends early or is corrupt after record {n - 1}: {error}"
+    return Chunk(_empty_columns(), [], [], [(n, "truncated_input", detail, tail.decode("utf-8", "backslashreplace"))])
+
+
+def _read_jsonl(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    src = _Bytes(path)
+    first = 1
+    seen, ascii_data = None, False
+    for data, a, b, n in _line_blobs(src, chunk_rows):
+        if data is not seen:  # one check per block
+            seen, ascii_data = data, data.isascii()
+        yield _json_chunk(data, a, b, n, first, ascii_data)
+        first += n
+    if src.error is not None:
+        yield _truncated(first, src.error, src.tail)
 
 
 def read_jsonl(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
-    buf: list[tuple[int, bytes]] = []
-    for n, line, error in _iter_lines(path):
-        if error is not None:
-            if buf:
-                yield _json_chunk(buf)
-                buf = []
-            yield Chunk(_empty_columns(), [], [], [(n, "truncated_input", error, "")])
-            return
-        buf.append((n, line))  # type: ignore[arg-type]
-        if len(buf) >= chunk_rows:
-            yield _json_chunk(buf)
-            buf = []
-    if buf:
-        yield _json_chunk(buf)
+    for chunk in _read_jsonl(path, chunk_rows):
+        yield _as_lists(chunk)
 
 
+# ------------------------------------------------------------------------------------------
+# CSV
+# ------------------------------------------------------------------------------------------
 class _TextStream(io.RawIOBase):
-    """Bytes of a (maybe gzipped) file as a readable stream that turns a truncated gzip into a
-    recorded error instead of an exception in the middle of csv parsing."""
+    """The bytes of a (maybe gzipped) file as a readable stream. After a truncated or corrupt gzip,
+    the bytes after the last newline are held back (``src.tail``): no partial record is parsed."""
 
     def __init__(self, path: Path):
-        self._fh = _open_binary(path)
-        self.error: str | None = None
+        self.src = _Bytes(path)
+        self._blocks = iter(_Prefetch(self.src))
+        self._hold = b""  # bytes after the last newline seen so far
+        self._buf = memoryview(b"")
+        self._done = False
 
     def readable(self) -> bool:
         return True
 
+    def _fill(self) -> None:
+        while not self._buf and not self._done:
+            block = next(self._blocks, None)
+            if block is None:
+                self._done = True
+                if self.src.error is None:
+                    self._buf, self._hold = memoryview(self._hold), b""
+                else:
+                    self.src.tail, self._hold = self._hold, b""
+                return
+            data = self._hold + block if self._hold else block
+            cut = data.rfind(b"\n") + 1
+            self._buf, self._hold = memoryview(data)[:cut], data[cut:]
+
     def readinto(self, b) -> int:
-        if self.error:
-            return 0
-        try:
-            data = self._fh.read(len(b))
-        except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
-            self.error = f"input ends early or is corrupt: {exc}"
-            return 0
-        b[: len(data)] = data
-        return len(data)
+        self._fill()
+        k = min(len(b), len(self._buf))
+        b[:k] = self._buf[:k]
+        self._buf = self._buf[k:]
+        return k
+
+    @property
+    def error(self) -> str | None:
+        return self.src.error
 
     def close(self) -> None:
-        self._fh.close()
+        if not self._done:
+            self._done = True
+            close = getattr(self._blocks, "close", None)
+            if close:
+                close()
         super().close()
 
 
@@ -259,7 +621,9 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
     """Challenge CSV (header with at least ``title``) or headerless ``title,category``/``title``."""
     csv.field_size_limit(sys.maxsize)
     raw_stream = _TextStream(path)
-    text = io.TextIOWrapper(io.BufferedReader(raw_stream), encoding="utf-8", errors="surrogateescape", newline="")
+    text = io.TextIOWrapper(
+        io.BufferedReader(raw_stream, 1 << 20), encoding="utf-8", errors="surrogateescape", newline=""
+    )
     reader = csv.reader(text)
     names: list[str]
     try:
@@ -284,7 +648,7 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
                 continue
             n += 1
             raw = ",".join(row)
-            if any("\udc80" <= ch <= "\udcff" for field_ in row for ch in field_ if ch >= "\ud800"):
+            if not _utf8_ok(raw):  # undecodable bytes became lone surrogates (surrogateescape)
                 raw_b = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
                 chunk.rejected.append((n, "bad_encoding", "invalid UTF-8 bytes", raw_b))
             elif not any(c.strip() for c in row):
@@ -310,59 +674,95 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
                 yield chunk
                 chunk = Chunk(_empty_columns(), [], [])
         if raw_stream.error:
-            chunk.rejected.append((n + 1, "truncated_input", raw_stream.error, ""))
+            tail = raw_stream.src.tail.decode("utf-8", "backslashreplace")
+            chunk.rejected.append(
+                (n + 1, "truncated_input", f"input ends early or is corrupt after record {n}: {raw_stream.error}", tail)
+            )
         if chunk.rows or chunk.rejected:
             yield chunk
     finally:
         text.close()
 
 
-def read_parquet(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
-    pf = pq.ParquetFile(path)
+# ------------------------------------------------------------------------------------------
+# Parquet
+# ------------------------------------------------------------------------------------------
+def _read_parquet(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise IngestError(f"{path}: cannot read the file as Parquet ({exc})") from exc
     names = set(pf.schema_arrow.names)
     if "title" not in names:
         raise IngestError(f"{path}: Parquet file has no 'title' column (columns: {sorted(names)})")
     id_col = next((k for k in ID_FIELDS if k in names), None)
     cols = [c for c in ("title", "language", "label_quality", "category") if c in names]
     start = 0
-    for batch in pf.iter_batches(batch_size=chunk_rows, columns=cols + ([id_col] if id_col else [])):
-        chunk = Chunk(_empty_columns(), [], [])
-        n = batch.num_rows
-        for f in ("title", "language", "label_quality", "category"):
-            chunk.columns[f] = (
-                pc.cast(batch.column(f), pa.string()).to_pylist() if f in cols else [None] * n
-            )
-        chunk.columns["id"] = pc.cast(batch.column(id_col), pa.string()).to_pylist() if id_col else [None] * n
-        chunk.rows = list(range(start + 1, start + n + 1))
-        chunk.raw = _ParquetRaw(chunk.columns)  # type: ignore[assignment]
+    batches = pf.iter_batches(batch_size=chunk_rows, columns=cols + ([id_col] if id_col else []))
+    while True:
+        try:
+            batch = next(batches, None)
+            if batch is None:
+                return
+            n = batch.num_rows
+            columns: dict = {}
+            for f in ("title", "language", "label_quality", "category"):
+                columns[f] = pc.cast(batch.column(f), pa.string()) if f in cols else pa.nulls(n, pa.string())
+            columns["id"] = pc.cast(batch.column(id_col), pa.string()) if id_col else pa.nulls(n, pa.string())
+        except (pa.ArrowException, OSError) as exc:
+            raise IngestError(f"{path}: cannot read rows {start + 1}.. as text ({exc})") from exc
+        chunk = Chunk(columns, list(range(start + 1, start + n + 1)), _ParquetRaw(columns))  # type: ignore[arg-type]
         start += n
         yield chunk
 
 
+def read_parquet(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    for chunk in _read_parquet(path, chunk_rows):
+        yield _as_lists(chunk)
+
+
 class _ParquetRaw(list):
-    def __init__(self, columns: dict[str, list]):
+    def __init__(self, columns: dict):
         super().__init__()
         self._c = columns
 
     def __getitem__(self, i):  # type: ignore[override]
-        return json.dumps({k: v[i] for k, v in self._c.items()}, ensure_ascii=False)
+        return json.dumps(
+            {k: v[i] if isinstance(v, list) else v[i].as_py() for k, v in self._c.items()}, ensure_ascii=False
+        )
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._c["title"])
 
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
-def read_source(path: str | Path, fmt: str = "auto", chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
-    path = Path(path)
+
+# ------------------------------------------------------------------------------------------
+# Dispatch
+# ------------------------------------------------------------------------------------------
+def _check_source(path: Path, fmt: str) -> str:
     if not path.is_file():
         raise IngestError(f"{path}: no such file")
     if fmt not in FORMATS:
         raise IngestError(f"unknown format {fmt!r}; choose one of {FORMATS}")
-    fmt = detect_format(path) if fmt == "auto" else fmt
+    return detect_format(path) if fmt == "auto" else fmt
+
+
+def _read(path: Path, fmt: str, chunk_rows: int) -> Iterator[Chunk]:
+    """Chunks with Arrow columns where the reader has them (ingest's path)."""
+    fmt = _check_source(path, fmt)
     if fmt == "jsonl":
-        return read_jsonl(path, chunk_rows)
+        return iter(_Prefetch(_read_jsonl(path, chunk_rows), depth=1, name="ingest-parse"))
     if fmt == "parquet":
-        return read_parquet(path, chunk_rows)
+        return _read_parquet(path, chunk_rows)
     return read_csv(path, header=(fmt == "challenge_csv"), chunk_rows=chunk_rows)
+
+
+def read_source(path: str | Path, fmt: str = "auto", chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    """Chunks of a source with plain-list columns (errors about the source itself raise here)."""
+    chunks = _read(Path(path), fmt, chunk_rows)
+    return (_as_lists(c) for c in chunks)
 
 
 # ------------------------------------------------------------------------------------------
@@ -385,17 +785,132 @@ def content_ids(titles: list[str], categories: list[str | None]) -> list[str]:
     return [format(int(h), "016x") for h in hash64(keys)]
 
 
+_SPLIT_NAMES = pa.array(["train"] + [name for name, _ in SPLITS], pa.string())
+
+
+def _split_codes(h: np.ndarray) -> np.ndarray:
+    """Index into _SPLIT_NAMES for each id hash (0 = train)."""
+    buckets = h % np.uint64(100)
+    out = np.zeros(len(h), dtype=np.int8)
+    lo = 0
+    for k, (_, pct) in enumerate(SPLITS, start=1):
+        out[(buckets >= lo) & (buckets < lo + pct)] = k
+        lo += pct
+    return out
+
+
 def assign_split(listing_ids: list[str]) -> list[str]:
     """Deterministic split from the id's hash: a listing keeps its split forever, so test rows
     never leak into training when new data arrives. Uniform, so every category with a few dozen
     rows lands in each split (checked by tests)."""
-    buckets = hash64(listing_ids) % np.uint64(100)
-    out = np.full(len(listing_ids), "train", dtype=object)
-    lo = 0
-    for name, pct in SPLITS:
-        out[(buckets >= lo) & (buckets < lo + pct)] = name
-        lo += pct
-    return out.tolist()
+    names = _SPLIT_NAMES.to_pylist()
+    return [names[k] for k in _split_codes(hash64(listing_ids))]
+
+
+_HEX = np.array([ord(f"{i:02x}"[0]) | ord(f"{i:02x}"[1]) << 8 for i in range(256)], dtype="<u2")
+
+
+def _hex16(h: np.ndarray) -> np.ndarray:
+    """uint64 -> 16 lowercase hex digits (numpy S16), as format(h, "016x")."""
+    return _HEX[h.astype(">u8").view(np.uint8).reshape(-1, 8)].view("S16").ravel()
+
+
+def _fixed_strings(values: np.ndarray) -> pa.Array:
+    """A numpy S<k> array as an Arrow string array, without per-item Python objects."""
+    k = values.dtype.itemsize
+    offsets = np.arange(0, k * (len(values) + 1), k, dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(values).tobytes())]
+    )
+
+
+def _string_offsets(arr: pa.Array) -> np.ndarray:
+    return np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+
+
+def _string_bytes(arr: pa.Array) -> np.ndarray:
+    """The UTF-8 bytes of all values of a string array (no copy)."""
+    if len(arr) == 0 or arr.buffers()[2] is None:
+        return np.empty(0, dtype=np.uint8)
+    offsets = _string_offsets(arr)
+    return np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+
+
+def _space_runs(arr: pa.Array, has_ctl_bytes: bool) -> np.ndarray:
+    """Rows holding two spaces in a row or one of \\t\\n\\f\\r: the only rows that the \\s+ -> " "
+    regex can change (RE2's \\s is [\\t\\n\\f\\r ])."""
+    rows = np.zeros(len(arr), dtype=bool)
+    b = _string_bytes(arr)
+    if len(b) == 0:
+        return rows
+    offs = _string_offsets(arr) - _string_offsets(arr)[0]
+    sp = b == 32
+    pos = np.flatnonzero(sp[:-1] & sp[1:])
+    if len(pos):
+        r = np.searchsorted(offs, pos, side="right") - 1
+        rows[r[pos + 1 < offs[r + 1]]] = True  # both spaces inside the same value
+    if has_ctl_bytes:
+        pos = np.flatnonzero((b == 9) | (b == 10) | (b == 12) | (b == 13))
+        rows[np.searchsorted(offs, pos, side="right") - 1] = True
+    return rows
+
+
+_SPACE_RUN = re.compile(rb" {2,}")
+
+
+def _content_hashes(trimmed: pa.Array, categories: pa.Array, has_ctl_bytes: bool) -> np.ndarray:
+    """hash64 of content_ids' keys, for titles already trimmed; column-wise, same result.
+
+    The \\s+ -> " " regex only runs on the titles it can change; keys are hashed as UTF-8 bytes
+    (pandas hashes a str as its UTF-8 bytes, so the hash is the same and much faster).
+    """
+    if len(trimmed) == 0:
+        return np.empty(0, dtype=np.uint64)
+    mask = _space_runs(trimmed, has_ctl_bytes)
+    x = trimmed
+    if has_ctl_bytes and mask.any():
+        m = pa.array(mask)
+        x = pc.replace_with_mask(x, m, pc.replace_substring_regex(x.filter(m), r"\s+", " "))
+    keys = pc.binary_join_element_wise(pc.utf8_lower(x), pc.fill_null(categories, ""), "\x1f")
+    keys = keys.view(pa.binary()).to_pylist()
+    if not has_ctl_bytes:  # only runs of spaces to fold: do it on the few keys that have them
+        for i in np.flatnonzero(mask).tolist():
+            title, sep, cat = keys[i].partition(b"\x1f")  # titles here hold no control bytes
+            keys[i] = _SPACE_RUN.sub(b" ", title) + sep + cat
+    return hash64(keys)
+
+
+def _np_mask(arr) -> np.ndarray:
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _map_unique(arr: pa.Array, fn) -> tuple[pa.Array, np.ndarray, list]:
+    """fn applied once per distinct value: (mapped array, per-row dictionary index, mapped dict)."""
+    enc = pc.dictionary_encode(arr)
+    mapped = [fn(v) for v in enc.dictionary.to_pylist()]
+    idx = pc.fill_null(enc.indices, len(mapped)).to_numpy(zero_copy_only=False)
+    out = pa.array(mapped + [None], pa.string()).take(pa.array(idx))
+    return out, idx, mapped
+
+
+def _strip_or_none(v: str | None) -> str | None:
+    return None if v is None or not v.strip() else v.strip()
+
+
+def _lower_or_none(v: str | None) -> str | None:
+    return None if v is None or not v.strip() else v.strip().lower()
+
+
+def _language(v: str | None) -> str | None:
+    return None if v is None or not v.strip() else LANGUAGES.get(v.strip().lower(), "?" + v)
+
+
+def _to_arrow(values) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values if values.type == pa.string() else values.cast(pa.string())
+    return pa.array(values, pa.string())
 
 
 @dataclass
@@ -405,88 +920,138 @@ class _Checked:
 
 
 class _Dedup:
-    """Seen-id set as a sorted uint64 array: 8 bytes an id, merged in linear time per chunk."""
+    """Seen-id set as sorted uint64 arrays: 8 bytes an id. New ids are merged (in linear time) into
+    an open sorted run; a run that reaches RUN ids is frozen, so no step copies the whole set."""
+
+    RUN = 1 << 20
 
     def __init__(self) -> None:
-        self.seen = np.empty(0, dtype=np.uint64)
+        self.runs: list[np.ndarray] = []  # frozen sorted runs
+        self.seen = np.empty(0, dtype=np.uint64)  # the open sorted run
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.runs) + len(self.seen)
 
     def mark(self, ids: list[str]) -> np.ndarray:
         """Boolean mask of ids already seen (in earlier chunks or earlier in this one)."""
-        h = hash64(ids)
-        dup = np.zeros(len(h), dtype=bool)
-        if len(self.seen):
-            pos = np.searchsorted(self.seen, h)
-            pos[pos >= len(self.seen)] = 0
-            dup |= self.seen[pos] == h
-        _, first = np.unique(h, return_index=True)
-        within = np.ones(len(h), dtype=bool)
-        within[first] = False
-        dup |= within
-        self.seen = np.sort(np.concatenate([self.seen, np.unique(h[~dup])]), kind="stable")
+        return self.mark_hashes(hash64(ids))
+
+    @staticmethod
+    def _lookup(run: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.searchsorted(run, keys)  # sorted keys: each search starts near the last one
+        if not len(run):
+            return np.zeros(len(keys), dtype=bool), pos
+        return run[np.minimum(pos, len(run) - 1)] == keys, pos
+
+    def mark_hashes(self, h: np.ndarray) -> np.ndarray:
+        """mark() for ids already hashed with hash64."""
+        if not len(h):
+            return np.zeros(0, dtype=bool)
+        uniq, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+        dup = np.ones(len(h), dtype=bool)
+        dup[first] = False  # later copies within the chunk
+        known, pos = self._lookup(self.seen, uniq)
+        for run in self.runs:
+            known |= self._lookup(run, uniq)[0]
+        dup |= known[inverse.ravel()]
+        self.seen = np.insert(self.seen, pos[~known], uniq[~known])
+        if len(self.seen) >= self.RUN:
+            self.runs.append(self.seen)
+            self.seen = np.empty(0, dtype=np.uint64)
         return dup
 
 
+_CHECKS = (
+    None,
+    ("missing_title", "no title field"),
+    ("empty_title", "title is empty or whitespace"),
+    ("title_too_long", f"title longer than {MAX_TITLE_CHARS} characters"),
+    ("bad_characters", "NUL or control characters in title"),
+    ("unknown_language", "language not es/pt"),
+    ("missing_category", "labelled input without a category"),
+    ("duplicate", "listing_id already ingested in this run"),
+)
+_CTRL_RE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+
+
 def check_chunk(chunk: Chunk, *, require_label: bool, dedup: _Dedup | None, source: str, run_date: str) -> _Checked:
-    c = chunk.columns
+    """Row checks, ids, dedupe and split for one chunk: (good rows as a LISTING_SCHEMA table,
+    quarantined rows as (row, reason, detail, raw)). The first failing check names the reason."""
     n = len(chunk.rows)
-    reasons = np.full(n, None, dtype=object)
-    details = np.full(n, "", dtype=object)
+    c = {f: _to_arrow(chunk.columns[f]) for f in FIELDS}
+    code = np.zeros(n, dtype=np.int8)
 
-    def flag(mask, reason: str, detail: str) -> None:
-        m = np.asarray(mask, dtype=bool) & (reasons == None)  # noqa: E711
-        reasons[m] = reason
-        details[m] = detail
+    def flag(mask: np.ndarray, k: int) -> None:
+        code[(code == 0) & mask] = k
 
-    titles = pa.array(c["title"], pa.string())
-    flag(pc.is_null(titles).to_numpy(zero_copy_only=False), "missing_title", "no title field")
+    titles = c["title"]
+    flag(_np_mask(titles.is_null()), 1)
     trimmed = pc.utf8_trim_whitespace(titles)
-    lengths = pc.fill_null(pc.utf8_length(trimmed), 0).to_numpy()
-    flag(lengths == 0, "empty_title", "title is empty or whitespace")
-    flag(lengths > MAX_TITLE_CHARS, "title_too_long", f"title longer than {MAX_TITLE_CHARS} characters")
-    ctrl = pc.fill_null(pc.match_substring_regex(titles, r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"), False)
-    flag(ctrl.to_numpy(zero_copy_only=False), "bad_characters", "NUL or control characters in title")
+    lengths = pc.fill_null(pc.utf8_length(trimmed), 0).to_numpy(zero_copy_only=False)
+    flag(lengths == 0, 2)
+    flag(lengths > MAX_TITLE_CHARS, 3)
+    tb = _string_bytes(titles)
+    has_ctl_bytes = bool((tb < 0x20).any() or (tb == 0x7F).any())
+    if has_ctl_bytes:  # exact check only when some title holds a control byte at all
+        flag(_np_mask(pc.match_substring_regex(titles, _CTRL_RE)), 4)
 
-    langs_raw = c["language"]
-    langs = [None if v is None or not v.strip() else LANGUAGES.get(v.strip().lower(), "?" + v) for v in langs_raw]
-    flag([lang is not None and lang.startswith("?") for lang in langs], "unknown_language", "language not es/pt")
-    cats = [None if v is None or not v.strip() else v.strip() for v in c["category"]]
+    langs, lang_idx, lang_map = _map_unique(c["language"], _language)
+    unknown = np.array([v is not None and v.startswith("?") for v in lang_map] + [False], dtype=bool)
+    flag(unknown[lang_idx], 5)
+    cats = _map_unique(c["category"], _strip_or_none)[0]
     if require_label:
-        flag([v is None for v in cats], "missing_category", "labelled input without a category")
-    lq = [None if v is None or not v.strip() else v.strip().lower() for v in c["label_quality"]]
+        flag(_np_mask(cats.is_null()), 6)
+    lq = _map_unique(c["label_quality"], _lower_or_none)[0]
 
-    title_list = trimmed.to_pylist()
-    ids = [given if given else None for given in c["id"]]
-    need = [i for i, v in enumerate(ids) if v is None and title_list[i] is not None]
-    if need:
-        gen = content_ids([title_list[i] for i in need], [cats[i] for i in need])
-        for i, g in zip(need, gen):
-            ids[i] = g
-    ids = [v if v is not None else f"row-{source}-{chunk.rows[i]}" for i, v in enumerate(ids)]
+    # ids of the rows still good: the given id when there is one, else the content id
+    ok_idx = np.flatnonzero(code == 0)
+    given = c["id"]
+    has_given = _np_mask(pc.greater(pc.binary_length(given), 0)) if given.null_count < n else np.zeros(n, bool)
+    if len(ok_idx) == n and not has_given.any():
+        hexes = _hex16(_content_hashes(trimmed, cats, has_ctl_bytes))
+        ids_arr = _fixed_strings(hexes)
+        id_objs = hexes.astype(object)  # bytes hash like the equal str
+    else:
+        need = ~has_given[ok_idx]
+        need_take = pa.array(ok_idx[need], pa.int64())
+        hexes = _hex16(_content_hashes(trimmed.take(need_take), cats.take(need_take), has_ctl_bytes))
+        id_objs = np.empty(len(ok_idx), dtype=object)
+        id_objs[need] = [x.decode() for x in hexes]
+        id_objs[~need] = given.take(pa.array(ok_idx[~need], pa.int64())).to_pylist()
+        ids_arr = pa.array(id_objs.tolist(), pa.string())
+    h2 = hash64(id_objs) if len(id_objs) else np.empty(0, dtype=np.uint64)  # hash64(listing_id)
+    keep = np.ones(len(ok_idx), dtype=bool)
     if dedup is not None:
-        ok = reasons == None  # noqa: E711
-        ok_idx = np.flatnonzero(ok)
-        dup = dedup.mark([ids[i] for i in ok_idx])
-        m = np.zeros(n, dtype=bool)
-        m[ok_idx[dup]] = True
-        flag(m, "duplicate", "listing_id already ingested in this run")
+        dup = dedup.mark_hashes(h2)
+        flag_mask = np.zeros(n, dtype=bool)
+        flag_mask[ok_idx[dup]] = True
+        flag(flag_mask, 7)
+        keep = ~dup
 
-    good_idx = np.flatnonzero(reasons == None)  # noqa: E711
+    good_idx = ok_idx[keep]
     bad = list(chunk.rejected)
-    for i in np.flatnonzero(reasons != None):  # noqa: E711
-        bad.append((chunk.rows[i], reasons[i], details[i], chunk.raw[i]))
-    gi = good_idx.tolist()
-    good_ids = [ids[i] for i in gi]
+    for i in np.flatnonzero(code != 0):
+        reason, detail = _CHECKS[code[i]]
+        bad.append((chunk.rows[i], reason, detail, chunk.raw[i]))
+    m = len(good_idx)
+    if m == n:
+        pick = lambda a: a  # noqa: E731
+    else:
+        take = pa.array(good_idx, pa.int64())
+        pick = lambda a: a.take(take)  # noqa: E731
+    kept = (lambda a: a) if keep.all() else (lambda a: a.filter(pa.array(keep)))
+    rows = np.asarray(chunk.rows, dtype=np.int64)
     good = pa.table(
         {
-            "listing_id": pa.array(good_ids, pa.string()),
-            "title": pa.array([c["title"][i] for i in gi], pa.string()),
-            "language": pa.array([langs[i] for i in gi], pa.string()),
-            "label_quality": pa.array([lq[i] for i in gi], pa.string()),
-            "category": pa.array([cats[i] for i in gi], pa.string()),
-            "split": pa.array(assign_split(good_ids) if gi else [], pa.string()),
-            "source_file": pa.array([source] * len(gi), pa.string()),
-            "source_row": pa.array([chunk.rows[i] for i in gi], pa.int64()),
-            "ingest_date": pa.array([run_date] * len(gi), pa.string()),
+            "listing_id": kept(ids_arr),
+            "title": pick(titles),
+            "language": pick(langs),
+            "label_quality": pick(lq),
+            "category": pick(cats),
+            "split": _SPLIT_NAMES.take(pa.array(_split_codes(h2[keep]))),
+            "source_file": pa.repeat(pa.scalar(source, pa.string()), m),
+            "source_row": pa.array(rows[good_idx] if m != n else rows, pa.int64()),
+            "ingest_date": pa.repeat(pa.scalar(run_date, pa.string()), m),
         },
         schema=LISTING_SCHEMA,
     )
@@ -525,6 +1090,49 @@ class IngestResult:
         return dict(self.__dict__)
 
 
+class _Writer:
+    """A ParquetWriter fed by a helper thread (encoding and zstd release the GIL), one table ahead.
+
+    A write error is raised by the next write_table() or by close()."""
+
+    _DICTIONARY = ["language", "label_quality", "category", "split", "source_file", "ingest_date", "reason"]
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        dictionary = [c for c in self._DICTIONARY if c in schema.names]
+        self._writer = pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary)
+        self._q: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="ingest-write")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (table := self._q.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_table(table)
+                except BaseException as exc:  # raised in the caller's thread
+                    self._error = exc
+
+    def write_table(self, table: pa.Table) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(table)
+
+    def close(self, discard: bool = False) -> None:
+        """Finish the file; with discard=True (the run failed anyway) never raise."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+        try:
+            self._writer.close()
+        except BaseException:
+            if not discard:
+                raise
+        error, self._error = self._error, None
+        if error is not None and not discard:
+            raise error
+
+
 def ingest(
     sources: Iterable[str | Path],
     run_date: str,
@@ -549,27 +1157,33 @@ def ingest(
     listing_final = partition_dir(settings.listings_dir, run_date)
     quarantine_final = partition_dir(settings.quarantine_dir, run_date)
     with atomic_dir(listing_final) as ltmp, atomic_dir(quarantine_final) as qtmp:
-        lw = pq.ParquetWriter(ltmp / "part-00000.parquet", LISTING_SCHEMA, compression="zstd")
-        qw = pq.ParquetWriter(qtmp / "part-00000.parquet", QUARANTINE_SCHEMA, compression="zstd")
+        lw = _Writer(ltmp / "part-00000.parquet", LISTING_SCHEMA)
+        qw = _Writer(qtmp / "part-00000.parquet", QUARANTINE_SCHEMA)
         try:
             for src in sources:
                 source_fmt = detect_format(src) if fmt == "auto" else fmt
                 stats = {"read": 0, "written": 0, "quarantined": 0, "reasons": {}}
-                for chunk in read_source(src, source_fmt, chunk_rows):
-                    checked = check_chunk(
-                        chunk, require_label=require_label, dedup=dedup, source=str(src), run_date=run_date
-                    )
-                    if checked.good.num_rows:
-                        lw.write_table(checked.good)
-                    if checked.bad:
-                        qw.write_table(quarantine_table(checked.bad, str(src), run_date))
-                    stats["read"] += len(chunk.rows) + len(chunk.rejected)
-                    stats["written"] += checked.good.num_rows
-                    stats["quarantined"] += len(checked.bad)
-                    for b in checked.bad:
-                        stats["reasons"][b[1]] = stats["reasons"].get(b[1], 0) + 1
-                    log.info("ingest %s: %d rows read, %d written, %d quarantined",
-                             src.name, stats["read"], stats["written"], stats["quarantined"])
+                with contextlib.closing(_read(src, source_fmt, chunk_rows)) as chunks:
+                    for chunk in chunks:
+                        checked = check_chunk(
+                            chunk, require_label=require_label, dedup=dedup, source=str(src), run_date=run_date
+                        )
+                        if checked.good.num_rows:
+                            lw.write_table(checked.good)
+                        if checked.bad:
+                            qw.write_table(quarantine_table(checked.bad, str(src), run_date))
+                        stats["read"] += len(chunk.rows) + len(chunk.rejected)
+                        stats["written"] += checked.good.num_rows
+                        stats["quarantined"] += len(checked.bad)
+                        for b in checked.bad:
+                            stats["reasons"][b[1]] = stats["reasons"].get(b[1], 0) + 1
+                        log.info(
+                            "ingest %s: %d rows read, %d written, %d quarantined",
+                            src.name,
+                            stats["read"],
+                            stats["written"],
+                            stats["quarantined"],
+                        )
                 if stats["read"] != stats["written"] + stats["quarantined"]:
                     raise AssertionError(f"conservation broken for {src}: {stats}")
                 per_source.append(
@@ -589,13 +1203,18 @@ def ingest(
                 totals["rows_quarantined"] += stats["quarantined"]
                 for k, v in stats["reasons"].items():
                     reasons_total[k] = reasons_total.get(k, 0) + v
+        except BaseException:
+            qw.close(discard=True)
+            lw.close(discard=True)
+            raise
+        try:
+            qw.close()
         finally:
             lw.close()
-            qw.close()
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "ingest_date": run_date,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             "sources": per_source,
             "totals": totals,
             "reasons": reasons_total,

@@ -109,8 +109,14 @@ def challenge_rows(n: int, start: int = 0) -> list[list[str]]:
     return [[r["title"], r["label_quality"], r["language"], r["category"]] for r in good_rows(n, start)]
 
 
-def write_challenge_csv(path: Path, rows: list[list[str]] | None = None, n: int = 6,
-                        header: list[str] | None = None, gz: bool | None = None, extra: bytes = b"") -> Path:
+def write_challenge_csv(
+    path: Path,
+    rows: list[list[str]] | None = None,
+    n: int = 6,
+    header: list[str] | None = None,
+    gz: bool | None = None,
+    extra: bytes = b"",
+) -> Path:
     """The challenge's train.csv layout (header title,label_quality,language,category)."""
     rows = challenge_rows(n) if rows is None else rows
     data = csv_text(rows, header or CHALLENGE_HEADER).encode("utf-8") + extra
@@ -149,5 +155,6 @@ def incompressible_rows(n: int, start: int = 0) -> list[dict]:
 
     rng = random.Random(start)
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    return [good_row(i, title="Item " + "".join(rng.choice(alphabet) for _ in range(60)))
-            for i in range(start, start + n)]
+    return [
+        good_row(i, title="Item " + "".join(rng.choice(alphabet) for _ in range(60))) for i in range(start, start + n)
+    ]

@@ -75,13 +75,17 @@ def check_conservation(r: Run) -> None:
     assert res.rows_written == r.listings.num_rows
     assert res.rows_quarantined == r.quarantine.num_rows
     assert m["conservation_ok"] is True
-    assert m["totals"] == {"rows_read": res.rows_read, "rows_written": res.rows_written,
-                           "rows_quarantined": res.rows_quarantined}
+    assert m["totals"] == {
+        "rows_read": res.rows_read,
+        "rows_written": res.rows_written,
+        "rows_quarantined": res.rows_quarantined,
+    }
     assert m["reasons"] == dict(r.reasons()) == res.reasons
     assert m["schema_version"] == SCHEMA_VERSION
     assert r.q_manifest == m
     for s in m["sources"]:
         assert s["rows_read"] == s["rows_written"] + s["rows_quarantined"]
+        assert sum(s["reasons"].values()) == s["rows_quarantined"]
         assert s["sha256"] == hashlib.sha256(Path(s["path"]).read_bytes()).hexdigest()
         assert s["bytes"] == Path(s["path"]).stat().st_size
     assert sum(s["rows_read"] for s in m["sources"]) == res.rows_read
@@ -106,7 +110,7 @@ def only_bad(r: Run, reason: str) -> dict:
     (bad,) = r.bad
     assert bad["reason"] == reason, bad
     assert bad["detail"], bad
-    assert bad["ingest_date"] == DAY
+    assert bad["ingest_date"] == r.result.run_date
     return bad
 
 
@@ -177,7 +181,11 @@ def test_headerless_title_category_csv(settings, tmp_path, gz):
         "Placa De Sonido - Behringer Umc22",
     ]
     assert r.listings.column("category").to_pylist() == [
-        "ELECTRIC_PRESSURE_WASHERS", "CELLPHONE_COVERS", "USB_CABLES", "SOUND_CARDS"]
+        "ELECTRIC_PRESSURE_WASHERS",
+        "CELLPHONE_COVERS",
+        "USB_CABLES",
+        "SOUND_CARDS",
+    ]
     assert r.listings.column("source_row").to_pylist() == [1, 2, 3, 4]
     bad = only_bad(r, "missing_category")
     assert bad["source_row"] == 5 and bad["raw"] == "Titulo sin categoria"
@@ -185,13 +193,16 @@ def test_headerless_title_category_csv(settings, tmp_path, gz):
 
 
 def test_parquet_source(settings, tmp_path):
-    src = D.write_parquet(tmp_path / "in.parquet", {
-        "item_id": [101, 102, 103, 104],
-        "title": ["Guitarra electrica", None, "Alimento perro 15kg", "Reloj pulsera"],
-        "category": ["GUITARS", "GUITARS", "DOG_FOOD", "WRISTWATCHES"],
-        "language": ["spanish", "spanish", "es", "pt"],
-        "price": [1.0, 2.0, 3.0, 4.0],  # ignored
-    })
+    src = D.write_parquet(
+        tmp_path / "in.parquet",
+        {
+            "item_id": [101, 102, 103, 104],
+            "title": ["Guitarra electrica", None, "Alimento perro 15kg", "Reloj pulsera"],
+            "category": ["GUITARS", "GUITARS", "DOG_FOOD", "WRISTWATCHES"],
+            "language": ["spanish", "spanish", "es", "pt"],
+            "price": [1.0, 2.0, 3.0, 4.0],  # ignored
+        },
+    )
     assert detect_format(src) == "parquet"
     r = run(settings, src)
     assert r.listings.column("listing_id").to_pylist() == ["101", "103", "104"]
@@ -208,7 +219,8 @@ def test_parquet_without_id_gets_content_ids_and_reads_in_chunks(settings, tmp_p
     src = D.write_parquet(tmp_path / "in.parquet", {k: [x[k] for x in rows] for k in ("title", "category")})
     r = run(settings, src, chunk_rows=4)
     assert r.listings.column("listing_id").to_pylist() == content_ids(
-        [x["title"] for x in rows], [x["category"] for x in rows])
+        [x["title"] for x in rows], [x["category"] for x in rows]
+    )
     assert r.listings.column("source_row").to_pylist() == list(range(1, 26))
 
 
@@ -270,12 +282,20 @@ def _jsonl_bytes(n: int = 5) -> bytes:
         ("jsonl_named.csv", lambda p: D.write_bytes(p, _jsonl_bytes()), "jsonl"),  # .csv that is jsonl
         ("bom.jsonl", lambda p: D.write_bytes(p, b"\xef\xbb\xbf" + _jsonl_bytes()), "jsonl"),
         ("crlf.jsonl", lambda p: D.write_bytes(p, _jsonl_bytes().replace(b"\n", b"\r\n")), "jsonl"),
-        ("parquet_named.jsonl", lambda p: D.write_parquet(
-            p, {k: [x[k] for x in D.good_rows(5)] for k in ("title", "category")}), "parquet"),
+        (
+            "parquet_named.jsonl",
+            lambda p: D.write_parquet(p, {k: [x[k] for x in D.good_rows(5)] for k in ("title", "category")}),
+            "parquet",
+        ),
         ("challenge.txt", lambda p: D.write_challenge_csv(p, n=5), "challenge_csv"),
         ("challenge_gz.data", lambda p: D.write_challenge_csv(p, n=5, gz=True), "challenge_csv"),
-        ("headerless.json", lambda p: D.write_headerless_csv(
-            p, [f"{x['title']},{x['category']}".encode() for x in D.good_rows(5)], gz=True), "csv"),
+        (
+            "headerless.json",
+            lambda p: D.write_headerless_csv(
+                p, [f"{x['title']},{x['category']}".encode() for x in D.good_rows(5)], gz=True
+            ),
+            "csv",
+        ),
     ],
 )
 def test_format_detected_from_content(settings, tmp_path, name, make, fmt):
@@ -375,8 +395,9 @@ def test_bad_field_type(settings, tmp_path, line):
 
 
 def test_numbers_are_accepted_as_text(settings, tmp_path):
-    src = D.write_jsonl(tmp_path / "nums.jsonl", [{"title": 12345, "category": "BOOKS"},
-                                                    {"title": "Libro", "category": 7, "id": 99}])
+    src = D.write_jsonl(
+        tmp_path / "nums.jsonl", [{"title": 12345, "category": "BOOKS"}, {"title": "Libro", "category": 7, "id": 99}]
+    )
     r = run(settings, src)
     assert r.titles() == ["12345", "Libro"]
     assert r.listings.column("category").to_pylist() == ["BOOKS", "7"]
@@ -403,18 +424,26 @@ def test_missing_and_empty_title(settings, tmp_path):
     ]
     r = run(settings, D.write_jsonl(tmp_path / "t.jsonl", lines))
     assert [(b["source_row"], b["reason"]) for b in r.bad] == [
-        (3, "missing_title"), (4, "missing_title"), (5, "empty_title"), (6, "empty_title")]
-    csv_src = D.write_challenge_csv(tmp_path / "t.csv", [["", "reliable", "spanish", "GUITARS"],
-                                                           ["Tenis", "reliable", "spanish", "SNEAKERS"]])
+        (3, "missing_title"),
+        (4, "missing_title"),
+        (5, "empty_title"),
+        (6, "empty_title"),
+    ]
+    csv_src = D.write_challenge_csv(
+        tmp_path / "t.csv", [["", "reliable", "spanish", "GUITARS"], ["Tenis", "reliable", "spanish", "SNEAKERS"]]
+    )
     bad = only_bad(run(settings, csv_src, date="2024-03-02"), "empty_title")
     assert bad["source_row"] == 1
 
 
 def test_title_too_long_10mb(settings, tmp_path):
     huge = "Zapatilla " * 1_000_000  # 10 MB
-    lines = D.good_rows(3) + [{"title": huge, "category": "SNEAKERS"}, {"title": "x" * 1000, "category": "BOOKS"},
-                              {"title": "  " + "y" * 1000 + "  ", "category": "BOOKS"},
-                              {"title": "z" * 1001, "category": "BOOKS"}]
+    lines = D.good_rows(3) + [
+        {"title": huge, "category": "SNEAKERS"},
+        {"title": "x" * 1000, "category": "BOOKS"},
+        {"title": "  " + "y" * 1000 + "  ", "category": "BOOKS"},
+        {"title": "z" * 1001, "category": "BOOKS"},
+    ]
     src = D.write_jsonl(tmp_path / "long.jsonl.gz", lines)
     r = run(settings, src)
     assert [(b["source_row"], b["reason"]) for b in r.bad] == [(4, "title_too_long"), (7, "title_too_long")]
@@ -433,9 +462,12 @@ def test_bad_characters(settings, tmp_path):
         b'{"title": "raw NUL \x00 byte", "category": "GUITARS"}',  # raw control bytes are not JSON
     ]
     r = run(settings, D.write_jsonl(tmp_path / "ctl.jsonl", lines))
-    assert [(b["source_row"], b["reason"]) for b in r.bad] == [
-        (3, "bad_characters"), (4, "bad_characters"), (6, "bad_json")]
-    assert "raw NUL \x00 byte" in r.bad[2]["raw"]
+    assert sorted((b["source_row"], b["reason"]) for b in r.bad) == [
+        (3, "bad_characters"),
+        (4, "bad_characters"),
+        (6, "bad_json"),
+    ]
+    assert "raw NUL \x00 byte" in next(b["raw"] for b in r.bad if b["reason"] == "bad_json")
     assert "Tab\tseparado" in r.titles()
     # a NUL byte inside a CSV field reaches the title check
     csv_src = D.write_bytes(tmp_path / "ctl.csv", b"Guitarra\x00criolla,GUITARS\nTenis,SNEAKERS\n")
@@ -448,20 +480,34 @@ def test_languages(settings, tmp_path):
     lines = [D.good_row(i, language=lang) for i, lang in enumerate(langs)]
     r = run(settings, D.write_jsonl(tmp_path / "lang.jsonl", lines))
     assert r.listings.column("language").to_pylist() == [
-        "spanish", "spanish", "portuguese", "spanish", "portuguese", "portuguese", None, None]
+        "spanish",
+        "spanish",
+        "portuguese",
+        "spanish",
+        "portuguese",
+        "portuguese",
+        None,
+        None,
+    ]
     assert [(b["source_row"], b["reason"]) for b in r.bad] == [(9, "unknown_language"), (10, "unknown_language")]
 
 
 def test_missing_category(settings, tmp_path):
-    lines = D.good_rows(2) + [D.good_row(10, category=D.DROP), D.good_row(11, category=""),
-                              D.good_row(12, category="   "), D.good_row(13, category=None)]
+    lines = D.good_rows(2) + [
+        D.good_row(10, category=D.DROP),
+        D.good_row(11, category=""),
+        D.good_row(12, category="   "),
+        D.good_row(13, category=None),
+    ]
     r = run(settings, D.write_jsonl(tmp_path / "cat.jsonl", lines))
     assert r.reasons() == Counter({"missing_category": 4})
     assert [b["source_row"] for b in r.bad] == [3, 4, 5, 6]
     # categories and label quality are trimmed (and label quality lower-cased)
-    r2 = run(settings, D.write_jsonl(tmp_path / "cat2.jsonl", [D.good_row(1, category=" GUITARS ",
-                                                                          label_quality=" Reliable")]),
-             date="2024-03-02")
+    r2 = run(
+        settings,
+        D.write_jsonl(tmp_path / "cat2.jsonl", [D.good_row(1, category=" GUITARS ", label_quality=" Reliable")]),
+        date="2024-03-02",
+    )
     assert r2.rows[0]["category"] == "GUITARS" and r2.rows[0]["label_quality"] == "reliable"
 
 
@@ -469,18 +515,28 @@ def test_duplicates_within_a_file_and_across_files(settings, tmp_path):
     rows = D.good_rows(6)
     twin = dict(rows[1], title="  " + rows[1]["title"].upper().replace(" ", "   ") + " ")  # same content
     a = D.write_jsonl(tmp_path / "a.jsonl", rows + [rows[0], twin])
-    b = D.write_challenge_csv(tmp_path / "b.csv", [[rows[2]["title"], "reliable", "spanish", rows[2]["category"]],
-                                                   ["Algo nuevo", "reliable", "spanish", "BOOKS"]])
+    b = D.write_challenge_csv(
+        tmp_path / "b.csv",
+        [
+            [rows[2]["title"], "reliable", "spanish", rows[2]["category"]],
+            ["Algo nuevo", "reliable", "spanish", "BOOKS"],
+        ],
+    )
     r = run(settings, [a, b], chunk_rows=3)
     assert [(Path(x["source_file"]).name, x["source_row"], x["reason"]) for x in r.bad] == [
-        ("a.jsonl", 7, "duplicate"), ("a.jsonl", 8, "duplicate"), ("b.csv", 1, "duplicate")]
+        ("a.jsonl", 7, "duplicate"),
+        ("a.jsonl", 8, "duplicate"),
+        ("b.csv", 1, "duplicate"),
+    ]
     assert r.result.rows_written == 7
     per_source = {Path(s["path"]).name: s for s in r.manifest["sources"]}
     assert per_source["a.jsonl"]["reasons"] == {"duplicate": 2} and per_source["a.jsonl"]["rows_read"] == 8
     assert per_source["b.csv"]["reasons"] == {"duplicate": 1} and per_source["b.csv"]["rows_written"] == 1
     # given ids dedupe on the id even when the content differs
-    c = D.write_jsonl(tmp_path / "c.jsonl", [{"id": "MLA1", "title": "Uno", "category": "X1"},
-                                             {"id": "MLA1", "title": "Otro", "category": "X2"}])
+    c = D.write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"id": "MLA1", "title": "Uno", "category": "X1"}, {"id": "MLA1", "title": "Otro", "category": "X2"}],
+    )
     bad = only_bad(run(settings, c, date="2024-03-02"), "duplicate")
     assert bad["source_row"] == 2
 
@@ -497,6 +553,7 @@ def test_truncated_gzip_keeps_rows_before_the_cut(settings, tmp_path, gz_rows):
     assert r.titles() == [x["title"] for x in rows[:complete]]
     bad = only_bad(r, "truncated_input")
     assert bad["source_row"] == complete + 1
+    assert bad["raw"] == survived[survived.rfind(b"\n") + 1 :].decode("utf-8", "replace")  # the partial line
 
 
 def test_truncated_gzip_csv(settings, tmp_path):
@@ -504,27 +561,46 @@ def test_truncated_gzip_csv(settings, tmp_path):
     data = D.csv_text(rows, D.CHALLENGE_HEADER).encode()
     src, survived = D.truncated_gzip(tmp_path / "cut.csv.gz", data, keep=0.5)
     complete = survived.count(b"\n") - 1  # minus the header
+    partial = survived[survived.rfind(b"\n") + 1 :].decode("utf-8", "replace")
     r = run(settings, src)
-    assert r.reasons()["truncated_input"] == 1
-    # every complete row before the cut is kept; the partial last one is quarantined, not lost
-    assert r.titles()[:complete] == [x[0] for x in rows[:complete]]
-    assert r.result.rows_written >= complete
-    assert r.result.rows_read == r.result.rows_written + r.result.rows_quarantined
+    # every complete row before the cut is kept; the partial one is never written half
+    assert r.titles() == [x[0] for x in rows[:complete]]
+    bad = only_bad(r, "truncated_input")
+    assert bad["source_row"] == complete + 1 and bad["raw"] == partial and partial
 
 
 def test_corrupt_gzip_is_truncated_input(settings, tmp_path):
-    data = gzip.compress(_jsonl_bytes(50), mtime=0)
-    src = D.write_bytes(tmp_path / "corrupt.jsonl.gz", data[:40] + bytes(b ^ 0x5A for b in data[40:80]) + data[80:])
+    rows = D.incompressible_rows(400)
+    data = gzip.compress(b"\n".join(D.jsonl_line(x) for x in rows) + b"\n", mtime=0)
+    mid = len(data) // 2
+    src = D.write_bytes(
+        tmp_path / "corrupt.jsonl.gz", data[:mid] + bytes(b ^ 0x5A for b in data[mid : mid + 64]) + data[mid + 64 :]
+    )
     r = run(settings, src)
     assert r.reasons()["truncated_input"] == 1
+    k = r.result.rows_written
+    assert 100 < k < 400 and r.titles() == [x["title"] for x in rows[:k]]  # everything before the damage
+    # a damaged checksum at the very end: every row is kept, the damage is still recorded
+    src = D.write_bytes(tmp_path / "crc.jsonl.gz", data[:-8] + bytes(b ^ 0xFF for b in data[-8:-4]) + data[-4:])
+    r = run(settings, src, date="2024-03-02")
+    assert r.result.rows_written == 400 and r.reasons() == Counter({"truncated_input": 1})
+    assert "corrupt" in r.bad[0]["detail"]
+    # nothing readable at all: a clear error, not an empty partition
+    src = D.write_bytes(tmp_path / "garbage.jsonl.gz", b"\x1f\x8b" + bytes(range(256)) * 4)
+    with pytest.raises(IngestError, match="cannot read the start"):
+        ingest([src], "2024-03-03", settings)
+    no_leftovers(settings)
 
 
 def test_bad_csv_row(settings, tmp_path):
     extra = b'Solo dos,campos\nMuchos,campos,de,mas,aqui\n"Comilla sin cerrar,reliable,spanish,BOOKS\n'
     src = D.write_challenge_csv(tmp_path / "rows.csv", n=3, extra=extra)
     r = run(settings, src)
-    assert [(b["source_row"], b["reason"]) for b in r.bad] == [(4, "bad_csv_row"), (5, "bad_csv_row"),
-                                                                 (6, "bad_csv_row")]
+    assert [(b["source_row"], b["reason"]) for b in r.bad] == [
+        (4, "bad_csv_row"),
+        (5, "bad_csv_row"),
+        (6, "bad_csv_row"),
+    ]
     assert r.bad[0]["raw"] == "Solo dos,campos"
     assert "Muchos" in r.bad[1]["raw"] and "Comilla sin cerrar" in r.bad[2]["raw"]
     assert r.result.rows_written == 3
@@ -533,12 +609,15 @@ def test_bad_csv_row(settings, tmp_path):
 @pytest.mark.parametrize(
     "make,match",
     [
-        (lambda p: D.write_challenge_csv(p / "nohdr.csv", header=["name", "label_quality", "language", "category"]),
-         "no 'title' column"),
+        (
+            lambda p: D.write_challenge_csv(p / "nohdr.csv", header=["name", "label_quality", "language", "category"]),
+            "no 'title' column",
+        ),
         (lambda p: D.write_parquet(p / "notitle.parquet", {"name": ["a"], "category": ["B"]}), "no 'title' column"),
         (lambda p: D.write_bytes(p / "broken.parquet", b"PAR1" + b"\x00" * 64), "Parquet"),
+        (lambda p: D.write_parquet(p / "listtitle.parquet", {"title": [["a", "b"]], "category": ["B"]}), "as text"),
     ],
-    ids=["csv_without_title", "parquet_without_title", "corrupt_parquet"],
+    ids=["csv_without_title", "parquet_without_title", "corrupt_parquet", "parquet_title_not_text"],
 )
 def test_unreadable_sources_give_a_clear_error(settings, tmp_path, make, match):
     good = D.write_jsonl(tmp_path / "good.jsonl", D.good_rows(3))
@@ -597,6 +676,91 @@ def test_chunk_size_and_fast_path_do_not_change_the_result(settings, tmp_path):
             assert r.reasons() == Counter({"bad_json": 1, "not_an_object": 2, "blank_line": 1})
 
 
+def test_json_null_and_two_values_on_a_line(settings, tmp_path):
+    """`null` lines (pyarrow's JSON reader crashes on a leading one) and lines with two objects
+    (which pyarrow would count as two rows) are caught line by line."""
+    for k, lines in enumerate(
+        [
+            [b"null"] + D.good_rows(3),
+            D.good_rows(3) + [b" null "],
+            D.good_rows(2) + [b'{"title": "a", "category": "B"} {"title": "c"}', b""] + D.good_rows(2, 5),
+        ]
+    ):
+        for chunk_rows in (1, 4, ingest_mod.CHUNK_ROWS):
+            r = run(
+                settings,
+                D.write_jsonl(tmp_path / f"n{k}.jsonl", lines),
+                date=f"2024-02-{k * 3 + chunk_rows % 7 + 1:02d}",
+                chunk_rows=chunk_rows,
+            )
+            expected = {0: {"not_an_object": 1}, 1: {"not_an_object": 1}, 2: {"bad_json": 1, "blank_line": 1}}[k]
+            assert r.reasons() == Counter(expected), (k, chunk_rows)
+
+
+def test_content_ids_fold_whitespace_like_content_ids(settings, tmp_path):
+    titles = [
+        "Funda  silicona   iPhone",
+        "Funda silicona iPhone",
+        "Tab\tseparado",
+        "Tab separado",
+        "Sin\u00a0romper",
+        "Mayúsculas  ÑANDÚ",
+        "mayúsculas ñandú",
+        "  bordes  ",
+        "dos  \n  lineas",
+    ]
+    rows = [{"title": t, "category": "X  Y", "language": "es"} for t in titles]
+    r = run(settings, D.write_jsonl(tmp_path / "ws.jsonl", rows))
+    ids = content_ids([t.strip() for t in titles], ["X  Y"] * len(titles))
+    got = {row["source_row"]: row["listing_id"] for row in r.rows}
+    assert got == {i + 1: ids[i] for i in range(len(titles)) if i + 1 in got}
+    assert r.reasons() == Counter({"duplicate": 3})  # folded: rows 2, 4 and 7 repeat rows 1, 3 and 6
+    assert sorted(b["source_row"] for b in r.bad) == [2, 4, 7]
+    # the same titles in a chunk where some title holds a control byte take the regex path
+    rows.append({"title": "ctl\u0001", "category": "X  Y"})
+    r = run(settings, D.write_jsonl(tmp_path / "ws2.jsonl", rows), date="2024-03-02")
+    assert {row["source_row"]: row["listing_id"] for row in r.rows} == got
+
+
+def test_given_ids_on_the_fast_path(settings, tmp_path):
+    rows = [dict(D.good_row(i), **{("id", "listing_id", "item_id")[i % 3]: f"M{i}"}) for i in range(30)]
+    rows[4]["listing_id"] = "L4"  # listing_id wins over id
+    src = D.write_jsonl(tmp_path / "ids.jsonl", rows)
+    for chunk_rows in (7, ingest_mod.CHUNK_ROWS):
+        got = run(settings, src, date=f"2024-03-0{chunk_rows % 9 + 1}", chunk_rows=chunk_rows).listings
+        expected = [f"M{i}" for i in range(30)]
+        expected[4] = "L4"
+        assert got.column("listing_id").to_pylist() == expected
+
+
+def test_dedupe_set_across_frozen_runs(monkeypatch):
+    monkeypatch.setattr(ingest_mod._Dedup, "RUN", 8)
+    d = ingest_mod._Dedup()
+    for k in range(4):
+        batch = [f"id{i}" for i in range(5 * k, 5 * k + 5)]
+        assert d.mark(batch + batch[:1]).tolist() == [False] * 5 + [True]
+    assert len(d.runs) == 2 and len(d) == 20
+    again = d.mark(["id0", "id9", "id19", "new", "new"])
+    assert again.tolist() == [True, True, True, False, True]
+    assert len(d) == 21
+    for run_ in d.runs + [d.seen]:
+        assert (run_[:-1] < run_[1:]).all()  # each run stays sorted
+
+
+def test_readers_stop_cleanly_when_abandoned(tmp_path):
+    import threading
+
+    def ingest_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("ingest-")]
+
+    src = D.write_jsonl(tmp_path / "big.jsonl.gz", D.good_rows(3000))
+    chunks = read_source(src, chunk_rows=100)
+    next(chunks)
+    chunks.close()  # a consumer that stops early leaves no reader thread behind
+    never_started = read_source(src)  # noqa: F841 - an unused reader starts no thread
+    assert ingest_threads() == []
+
+
 def test_read_source_yields_plain_lists(tmp_path):
     """read_source is also used by scoring: its chunks hold plain Python lists."""
     src = D.write_jsonl(tmp_path / "in.jsonl", D.good_rows(5) + [b"{oops"])
@@ -633,8 +797,7 @@ def test_reingesting_a_date_replaces_the_partition(settings, tmp_path):
 def test_failure_mid_ingest_keeps_the_previous_partition(settings, tmp_path, monkeypatch):
     a = D.write_jsonl(tmp_path / "a.jsonl", D.good_rows(20) + [b"{bad"])
     before = run(settings, a)
-    files = {p: p.read_bytes() for root in (before.partition, Path(before.result.quarantine))
-             for p in root.iterdir()}
+    files = {p: p.read_bytes() for root in (before.partition, Path(before.result.quarantine)) for p in root.iterdir()}
 
     real_writer = pq.ParquetWriter
 
@@ -654,8 +817,9 @@ def test_failure_mid_ingest_keeps_the_previous_partition(settings, tmp_path, mon
     assert FailingWriter.calls == 3
     monkeypatch.undo()
     assert {p: p.read_bytes() for p in files} == files
-    assert sorted(files) == sorted(p for root in (before.partition, Path(before.result.quarantine))
-                                   for p in root.iterdir())
+    assert sorted(files) == sorted(
+        p for root in (before.partition, Path(before.result.quarantine)) for p in root.iterdir()
+    )
     no_leftovers(settings)
     # an unreadable second source fails the run the same way
     bad = D.write_challenge_csv(tmp_path / "bad.csv", header=["name", "category"], rows=[["x", "Y"]])
@@ -669,8 +833,10 @@ def test_failure_mid_ingest_keeps_the_previous_partition(settings, tmp_path, mon
 # ids and splits
 # ------------------------------------------------------------------------------------------
 def test_content_ids_are_stable_and_normalised():
-    ids = content_ids(["Celular Samsung Galaxy A10", "  celular   SAMSUNG galaxy a10 ", "Celular Samsung Galaxy A10"],
-                      ["CELLPHONES", "CELLPHONES", None])
+    ids = content_ids(
+        ["Celular Samsung Galaxy A10", "  celular   SAMSUNG galaxy a10 ", "Celular Samsung Galaxy A10"],
+        ["CELLPHONES", "CELLPHONES", None],
+    )
     # pinned: changing the hash or the normalisation re-keys every listing in the lake
     assert ids == ["334d9a58606bf356", "334d9a58606bf356", "15fb4280f054e43f"]
     assert content_ids(["Celular Samsung Galaxy A10"], ["NOTEBOOKS"]) != ids[:1]
@@ -679,15 +845,26 @@ def test_content_ids_are_stable_and_normalised():
 def test_listing_id_is_stable_across_runs_formats_and_redeliveries(settings, tmp_path):
     rows = D.good_rows(10)
     j = D.write_jsonl(tmp_path / "a.jsonl.gz", rows)
-    c = D.write_challenge_csv(tmp_path / "b.csv", [[x["title"].upper() + "  ", x["label_quality"], x["language"],
-                                                    x["category"]] for x in reversed(rows)])
+    c = D.write_challenge_csv(
+        tmp_path / "b.csv",
+        [[x["title"].upper() + "  ", x["label_quality"], x["language"], x["category"]] for x in reversed(rows)],
+    )
     p = D.write_parquet(tmp_path / "c.parquet", {k: [x[k] for x in rows] for k in ("title", "category")})
-    ids = [run(settings, src, date=f"2024-04-0{k + 1}").listings.column("listing_id").to_pylist()
-           for k, src in enumerate([j, c, p, j])]
+    ids = [
+        run(settings, src, date=f"2024-04-0{k + 1}").listings.column("listing_id").to_pylist()
+        for k, src in enumerate([j, c, p, j])
+    ]
     assert ids[0] == ids[2] == ids[3] == list(reversed(ids[1]))
     # a given id wins over the content id, whatever it is called
-    given = D.write_jsonl(tmp_path / "given.jsonl", [dict(rows[0], id="MLA9"), dict(rows[1], item_id="MLB7"),
-                                                     dict(rows[2], listing_id="MLU3"), dict(rows[3], id="")])
+    given = D.write_jsonl(
+        tmp_path / "given.jsonl",
+        [
+            dict(rows[0], id="MLA9"),
+            dict(rows[1], item_id="MLB7"),
+            dict(rows[2], listing_id="MLU3"),
+            dict(rows[3], id=""),
+        ],
+    )
     got = run(settings, given, date="2024-04-09").listings.column("listing_id").to_pylist()
     assert got == ["MLA9", "MLB7", "MLU3", ids[0][3]]
 
@@ -724,12 +901,22 @@ def test_every_category_with_40_rows_is_in_every_split(settings, synthetic_jsonl
 
 
 def test_load_listings_dedupes_redeliveries_keeping_the_newest(settings, tmp_path):
-    day1 = D.write_jsonl(tmp_path / "d1.jsonl", [{"id": "MLA1", "title": "Guitarra vieja", "category": "GUITARS"},
-                                                 {"id": "MLA2", "title": "Tenis", "category": "SNEAKERS"}] +
-                         D.good_rows(3))
-    day2 = D.write_jsonl(tmp_path / "d2.jsonl", [{"id": "MLA1", "title": "Guitarra nueva", "category": "GUITARS"},
-                                                 {"id": "MLA3", "title": "Reloj", "category": "WRISTWATCHES"}] +
-                         [dict(x, label_quality="unreliable") for x in D.good_rows(3)])
+    day1 = D.write_jsonl(
+        tmp_path / "d1.jsonl",
+        [
+            {"id": "MLA1", "title": "Guitarra vieja", "category": "GUITARS"},
+            {"id": "MLA2", "title": "Tenis", "category": "SNEAKERS"},
+        ]
+        + D.good_rows(3),
+    )
+    day2 = D.write_jsonl(
+        tmp_path / "d2.jsonl",
+        [
+            {"id": "MLA1", "title": "Guitarra nueva", "category": "GUITARS"},
+            {"id": "MLA3", "title": "Reloj", "category": "WRISTWATCHES"},
+        ]
+        + [dict(x, label_quality="unreliable") for x in D.good_rows(3)],
+    )
     run(settings, day1, date="2024-06-01")
     run(settings, day2, date="2024-06-02")
     lake = load_listings(settings.listings_dir)
