@@ -1,0 +1,316 @@
+"""Quality benchmark (issue 5): test macro-recall of each model type on the real MeLi sample, side by
+side with a TF-IDF word+char LinearSVC baseline trained on the same split, in the same run.
+
+    PYTHONPATH=. .venv/bin/python -m benchmarks.quality [--models mlp,cnn,bilstm] [--epochs N] [--data PATH]
+
+Everything goes through the project's own code, in a temporary MELI_HOME: ``ingest`` (the lake's
+deterministic hash split, train/validation/test = 75/10/15 by listing id), ``prepare_dataset``,
+``train_embedding``, then ``train_classifier`` per model type (real MLflow, SQLite in the temp home;
+early stopping on validation macro-recall as in production). Each logged model is downloaded from
+MLflow and loaded as the serving ``Bundle``; the TEST split is scored with ``Bundle.predict`` (batch
+inference, tokenization included). The baseline is fitted on the same train split (raw lowercased
+titles) and scored on the same test rows. Nothing here is tuned on the test split.
+
+The device follows TrainConfig.device (``--device``, default auto: CUDA when available). On CUDA the
+run also trains each model one epoch on the CPU and scores the test split with the same bundle on
+the CPU, to report training samples/s and scoring titles/s GPU vs CPU. Writes
+benchmarks/results/quality-<device>.md (cpu or cuda).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+REAL = (
+    Path(os.environ.get("MELI_SHARED_DATA", REPO.parent / "shared" / "data" / "meli2019")) / "spanish.sample.jsonl.gz"
+)
+RUN_DATE = "2019-06-30"  # any fixed date: the lake partition and run directory of this benchmark
+
+log = logging.getLogger("benchmarks.quality")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", default="mlp,cnn,bilstm", help="comma-separated: mlp,cnn,bilstm")
+    ap.add_argument("--epochs", type=int, default=None, help="max epochs (default: TrainConfig's)")
+    ap.add_argument("--embedding-epochs", type=int, default=None, help="default: TrainConfig's")
+    ap.add_argument("--data", default=str(REAL), help="labelled listings (any format ingest reads)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the LinearSVC baseline")
+    ap.add_argument("--keep", default=None, help="use (and keep) this MELI_HOME instead of a temp dir")
+    ap.add_argument("--out", default=str(RESULTS), help="directory of the markdown result")
+    return ap.parse_args(argv)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{platform.node()} ({cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text + ")"
+
+
+def load_served_bundle(model_uri: str, device: str, dest: Path):
+    """The logged pyfunc's bundle, downloaded from MLflow (what serving loads)."""
+    import mlflow
+
+    from pipelines.pyfunc import Bundle
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    bundle_dir = next(p for p in (local / "artifacts" / "bundle", local / "bundle") if p.is_dir())
+    return Bundle(bundle_dir, device=device)
+
+
+def score_test(bundle, titles: list[str], y_true: list[str]) -> dict:
+    from pipelines.evaluate import accuracy, macro_recall
+
+    bundle.predict(titles[:256])  # warm-up (lazy init, CUDA context)
+    t0 = time.perf_counter()
+    pred = bundle.predict(titles)["predicted_category"].tolist()
+    seconds = time.perf_counter() - t0
+    return {
+        "macro_recall": macro_recall(y_true, pred),
+        "accuracy": accuracy(y_true, pred),
+        "titles_per_s": len(titles) / seconds,
+    }
+
+
+def run_baseline(train, test) -> dict:
+    """TF-IDF word (1,2) + char_wb (2,5) n-grams, sublinear tf, LinearSVC (sklearn defaults)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+    from sklearn.svm import LinearSVC
+
+    from pipelines.evaluate import accuracy, macro_recall
+
+    feats = FeatureUnion(
+        [
+            ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, lowercase=True)),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, lowercase=True)),
+        ]
+    )
+    clf = make_pipeline(feats, LinearSVC())
+    lower = lambda titles: [str(t).lower() for t in titles]  # noqa: E731
+    t0 = time.perf_counter()
+    clf.fit(lower(train["title"]), train["category"])
+    fit_s = time.perf_counter() - t0
+    titles = lower(test["title"])
+    t0 = time.perf_counter()
+    pred = clf.predict(titles)
+    pred_s = time.perf_counter() - t0
+    y = test["category"].tolist()
+    return {
+        "model": "TF-IDF word+char LinearSVC (baseline)",
+        "device": "cpu",
+        "test_macro_recall": macro_recall(y, list(pred)),
+        "test_accuracy": accuracy(y, list(pred)),
+        "train_s": fit_s,
+        "titles_per_s": len(titles) / pred_s,
+    }
+
+
+def _metric(run_id: str, key: str):
+    import mlflow
+
+    return mlflow.get_run(run_id).data.metrics.get(key)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("mlflow", "alembic", "gensim", "urllib3", "great_expectations"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    data = Path(args.data).resolve()
+    if not data.is_file():
+        print(f"error: no data file at {data} (pass --data)", file=sys.stderr)
+        return 2
+    home = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="meli-quality-"))
+    os.environ["MELI_HOME"] = str(home)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MELI_LAKE_URI"):
+        os.environ.pop(var, None)  # never log the benchmark into a real tracking server
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from pipelines.config import TrainConfig
+    from pipelines.features import prepare_dataset, read_split, train_embedding
+    from pipelines.ingest import ingest
+    from pipelines.pyfunc import pick_device
+    from pipelines.settings import get_settings
+    from pipelines.text import TextConfig
+    from pipelines.train import embedding_config, train_classifier
+
+    overrides = {"models": args.models, "device": args.device}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    if args.embedding_epochs:
+        overrides["embedding_epochs"] = args.embedding_epochs
+    cfg = TrainConfig(**overrides)
+    device = pick_device(cfg.device)
+    t_start = time.perf_counter()
+    try:
+        settings = get_settings().ensure()
+        ing = ingest([data], RUN_DATE, settings)
+        ds = prepare_dataset(settings, RUN_DATE)
+        train_df, test_df = read_split(ds["dir"], "train"), read_split(ds["dir"], "test")
+        t0 = time.perf_counter()
+        emb = train_embedding(ds["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
+        emb_s = time.perf_counter() - t0
+        titles, y_test = test_df["title"].tolist(), test_df["category"].tolist()
+
+        rows, compare = [], []
+        for kind in cfg.models:
+            t0 = time.perf_counter()
+            res = train_classifier(settings, ds["dir"], emb["dir"], kind, cfg, run_date=RUN_DATE)
+            train_s = time.perf_counter() - t0
+            bundle = load_served_bundle(res["model_uri"], str(device), home / "served" / kind)
+            scored = score_test(bundle, titles, y_test)
+            hist = __import__("mlflow").MlflowClient().get_metric_history(res["run_id"], "val_macro_recall")
+            row = {
+                "model": kind,
+                "device": res["device"],
+                "val_macro_recall": res["val_macro_recall"],
+                "test_macro_recall": scored["macro_recall"],
+                "test_accuracy": scored["accuracy"],
+                "epochs": f"{res['best_epoch']}/{len(hist)}",
+                "train_s": train_s,
+                "train_samples_per_s": _metric(res["run_id"], "train_samples_per_s"),
+                "titles_per_s": scored["titles_per_s"],
+            }
+            rows.append(row)
+            log.info("%s: %s", kind, row)
+            if device.type == "cuda":  # the same work on the CPU, for the GPU vs CPU comparison
+                cpu_cfg = TrainConfig(**{**cfg.to_dict(), "device": "cpu", "epochs": 1, "patience": 1})
+                cpu_res = train_classifier(settings, ds["dir"], emb["dir"], kind, cpu_cfg, run_date=RUN_DATE + "-cpu")
+                cpu_bundle = load_served_bundle(res["model_uri"], "cpu", home / "served-cpu" / kind)
+                compare.append(
+                    {
+                        "model": kind,
+                        "gpu_train": row["train_samples_per_s"],
+                        "cpu_train": _metric(cpu_res["run_id"], "train_samples_per_s"),
+                        "gpu_score": row["titles_per_s"],
+                        "cpu_score": score_test(cpu_bundle, titles, y_test)["titles_per_s"],
+                    }
+                )
+            del bundle
+        if not args.no_baseline:
+            rows.append(run_baseline(train_df, test_df))
+        total_s = time.perf_counter() - t_start
+
+        table = render_table(rows)
+        print(table)
+        out = Path(args.out) / f"quality-{device.type}.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report(args, argv, data, ing, ds, emb, emb_s, cfg, table, compare, total_s))
+        print(f"\nwrote {out} (total {total_s / 60:.1f} min)", file=sys.stderr)
+    finally:
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+def render_table(rows: list[dict]) -> str:
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    lines = [
+        "| model | device | test macro-recall | test accuracy | val macro-recall | best/run epochs "
+        "| train s | train samples/s | score titles/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['device']} | {r['test_macro_recall']:.4f} | {r['test_accuracy']:.4f} "
+            f"| {f(r.get('val_macro_recall'), '.4f')} | {r.get('epochs', '-')} | {r['train_s']:.0f} "
+            f"| {f(r.get('train_samples_per_s'), ',.0f')} | {r['titles_per_s']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def report(args, argv, data, ing, ds, emb, emb_s, cfg, table, compare, total_s) -> str:
+    command = "PYTHONPATH=. .venv/bin/python -m benchmarks.quality " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    c = ds["counts"]
+    parts = [
+        f"# Quality benchmark ({'GPU' if compare else 'CPU'})",
+        "",
+        f"{date.today().isoformat()} on {machine()}",
+        "",
+        f"Command: `{command.strip()}`",
+        "",
+        f"Data: `{data.name}` (sha256 {_sha256(data)[:16]}), {ing.rows_read:,} rows read, "
+        f"{ing.rows_written:,} kept ({ing.rows_quarantined} quarantined: {ing.reasons}), "
+        f"{ds['num_categories']} categories. Split (the lake's hash of listing_id): "
+        f"train {c['train']:,} / validation {c['validation']:,} / test {c['test']:,}.",
+        "",
+        f"Embedding: gensim FastText on the train split, {emb['vocab_size']:,} words, {emb_s:.0f} s. "
+        f"Training config: {', '.join(f'{k}={v}' for k, v in cfg.to_dict().items() if k != 'models')}.",
+        "",
+        "Test metrics are on the test split only, from the model downloaded from MLflow and loaded as the "
+        "serving Bundle (`Bundle.predict`, tokenization included, batch inference). Early stopping and every "
+        "setting were chosen on validation macro-recall. `train s` is the wall time of `train_classifier` "
+        "(encoding, epochs, per-epoch validation, MLflow logging); `train samples/s` counts training epochs "
+        "only. The baseline is fitted on the same train split (raw lowercased titles) and predicts the same "
+        "test rows (its titles/s excludes nothing: vectorizing + predict).",
+        "",
+        table,
+        "",
+    ]
+    if compare:
+        parts += [
+            "## GPU vs CPU",
+            "",
+            "Training samples/s: the GPU run vs one CPU epoch of the same model and config. Scoring "
+            "titles/s: the same bundle on the test split, on the GPU and on the CPU.",
+            "",
+            "| model | train samples/s GPU | train samples/s CPU | speed-up | score titles/s GPU "
+            "| score titles/s CPU | speed-up |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in compare:
+            parts.append(
+                f"| {r['model']} | {r['gpu_train']:,.0f} | {r['cpu_train']:,.0f} | "
+                f"{r['gpu_train'] / r['cpu_train']:.1f}x | {r['gpu_score']:,.0f} | {r['cpu_score']:,.0f} | "
+                f"{r['gpu_score'] / r['cpu_score']:.1f}x |"
+            )
+        parts.append("")
+    parts.append(f"Total benchmark wall time: {total_s / 60:.1f} min (ingest, embedding, all models, baseline).")
+    return "\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
