@@ -76,7 +76,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    text = f"{platform.node()} ({cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    text = f"{platform.node()} ({cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    text += f"{torch.get_num_threads()} threads"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text + ")"
