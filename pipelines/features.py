@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -86,7 +86,7 @@ class TitleEncoder:
         )
 
     @classmethod
-    def load(cls, path: Path) -> "TitleEncoder":
+    def load(cls, path: Path) -> TitleEncoder:
         d = json.loads(Path(path).read_text())
         return cls(d["vocab"], TextConfig.from_dict(d["text"]), EmbeddingConfig(**d["embedding"]))
 
@@ -105,8 +105,15 @@ def train_fasttext(token_lists: Sequence[Sequence[str]], cfg: EmbeddingConfig, s
     if not sentences:
         raise ValueError("no tokens to train the FastText embedding on")
     model = FastText(
-        vector_size=cfg.dim, window=cfg.window, min_count=cfg.min_count, min_n=cfg.min_n,
-        max_n=cfg.max_n, bucket=cfg.bucket, seed=seed, workers=cfg.workers, sg=1,
+        vector_size=cfg.dim,
+        window=cfg.window,
+        min_count=cfg.min_count,
+        min_n=cfg.min_n,
+        max_n=cfg.max_n,
+        bucket=cfg.bucket,
+        seed=seed,
+        workers=cfg.workers,
+        sg=1,
     )
     model.build_vocab(corpus_iterable=sentences)
     model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=cfg.epochs)
@@ -118,7 +125,7 @@ def embedding_matrix(encoder: TitleEncoder, ft_model) -> np.ndarray:
     dim = encoder.emb.dim
     words = np.zeros((len(encoder.itos), dim), dtype=np.float32)
     wv = ft_model.wv
-    for i, w in enumerate(encoder.itos[len(SPECIALS):], start=len(SPECIALS)):
+    for i, w in enumerate(encoder.itos[len(SPECIALS) :], start=len(SPECIALS)):
         if w in wv.key_to_index:
             words[i] = wv.vectors_vocab[wv.key_to_index[w]]
         else:

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from pipelines.config import MODEL_TYPES
 
 
-
 @dataclass
 class ModelConfig:
     kind: str = "mlp"
@@ -52,8 +51,10 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return x.masked_fill(~mask.unsqueeze(-1), torch.finfo(x.dtype).min).amax(1).masked_fill(
-        ~mask.any(1, keepdim=True), 0.0
+    return (
+        x.masked_fill(~mask.unsqueeze(-1), torch.finfo(x.dtype).min)
+        .amax(1)
+        .masked_fill(~mask.any(1, keepdim=True), 0.0)
     )
 
 
@@ -81,9 +82,7 @@ class CNNClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed = TokenEmbedding(cfg)
-        self.convs = nn.ModuleList(
-            nn.Conv1d(cfg.dim, cfg.filters, k, padding=k // 2) for k in cfg.filter_sizes
-        )
+        self.convs = nn.ModuleList(nn.Conv1d(cfg.dim, cfg.filters, k, padding=k // 2) for k in cfg.filter_sizes)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.filters * len(cfg.filter_sizes) + cfg.dim, cfg.num_classes)
 

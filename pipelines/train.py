@@ -22,9 +22,9 @@ from pipelines.config import TrainConfig
 from pipelines.features import EmbeddingConfig, TitleEncoder, read_split
 from pipelines.pyfunc import Bundle
 from pipelines.settings import REPO_ROOT, Settings
-from pipelines.text import TextConfig
 
 log = logging.getLogger(__name__)
+
 
 def embedding_config(cfg: TrainConfig) -> EmbeddingConfig:
     return EmbeddingConfig(dim=cfg.embedding_dim, epochs=cfg.embedding_epochs, bucket=cfg.bucket)
@@ -38,8 +38,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
-                            sampler_weights: np.ndarray | None = None) -> list[np.ndarray]:
+def length_bucketed_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, sampler_weights: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Shuffle, sort within pools of 50 batches by length, cut into batches, shuffle batches."""
     n = len(lengths)
     if sampler_weights is not None:
@@ -141,8 +142,13 @@ def train_classifier(
     lengths = np.array([len(x) for x in x_train])
 
     mcfg = ModelConfig(
-        kind=kind, num_embeddings=encoder.num_embeddings, dim=encoder.emb.dim, num_classes=len(labels),
-        hidden=cfg.hidden, dropout=cfg.dropout, freeze_embedding=cfg.freeze_embedding,
+        kind=kind,
+        num_embeddings=encoder.num_embeddings,
+        dim=encoder.emb.dim,
+        num_classes=len(labels),
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        freeze_embedding=cfg.freeze_embedding,
     )
     model = build_model(mcfg)
     ft = FastText.load(str(embedding_dir / "fasttext.model"))
@@ -194,14 +200,25 @@ def train_classifier(
     if parent_run_id:
         run_kwargs.update(parent_run_id=parent_run_id, nested=True)
     with mlflow.start_run(**run_kwargs) as run:
-        mlflow.set_tags({"meli.model_type": kind, "meli.run_date": run_date, "meli.device": str(device),
-                         **_lineage(dataset_dir)})
-        mlflow.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "models"}, "model_type": kind,
-                           "num_classes": len(labels), "vocab_size": len(encoder.itos), "device": str(device)})
+        mlflow.set_tags(
+            {"meli.model_type": kind, "meli.run_date": run_date, "meli.device": str(device), **_lineage(dataset_dir)}
+        )
+        mlflow.log_params(
+            {
+                **{k: v for k, v in cfg.to_dict().items() if k != "models"},
+                "model_type": kind,
+                "num_classes": len(labels),
+                "vocab_size": len(encoder.itos),
+                "device": str(device),
+            }
+        )
         try:
-            mlflow.log_input(mlflow.data.from_pandas(train_df, source=str(dataset_dir / "train.parquet"),
-                                                     name=f"train-{run_date}", targets="category"),
-                             context="training")
+            mlflow.log_input(
+                mlflow.data.from_pandas(
+                    train_df, source=str(dataset_dir / "train.parquet"), name=f"train-{run_date}", targets="category"
+                ),
+                context="training",
+            )
         except Exception as exc:  # lineage tags above still hold the manifest data
             log.warning("mlflow.log_input failed: %s", exc)
         best = (-1.0, 0, None)
@@ -234,11 +251,25 @@ def train_classifier(
             epoch_s = time.perf_counter() - t0
             train_seconds += epoch_s
             val_mr, val_loss, _ = evaluate_split(x_val, val_df["category"].tolist())
-            mlflow.log_metrics({"train_loss": total_loss / max(nb, 1), "val_loss": val_loss,
-                                "val_macro_recall": val_mr, "epoch_samples_per_s": len(y_train) / epoch_s},
-                               step=epoch)
-            log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_macro_recall %.4f (%.1fs)",
-                     kind, epoch, cfg.epochs, total_loss / max(nb, 1), val_loss, val_mr, epoch_s)
+            mlflow.log_metrics(
+                {
+                    "train_loss": total_loss / max(nb, 1),
+                    "val_loss": val_loss,
+                    "val_macro_recall": val_mr,
+                    "epoch_samples_per_s": len(y_train) / epoch_s,
+                },
+                step=epoch,
+            )
+            log.info(
+                "%s epoch %d/%d: train_loss %.4f val_loss %.4f val_macro_recall %.4f (%.1fs)",
+                kind,
+                epoch,
+                cfg.epochs,
+                total_loss / max(nb, 1),
+                val_loss,
+                val_mr,
+                epoch_s,
+            )
             if val_mr > best[0]:
                 best = (val_mr, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
                 bad_epochs = 0
@@ -248,8 +279,14 @@ def train_classifier(
                     log.info("%s: early stop after epoch %d (best epoch %d)", kind, epoch, best[1])
                     break
         model.load_state_dict(best[2])
-        mlflow.log_metrics({"best_val_macro_recall": best[0], "best_epoch": best[1],
-                            "train_seconds": train_seconds, "train_samples_per_s": seen / max(train_seconds, 1e-9)})
+        mlflow.log_metrics(
+            {
+                "best_val_macro_recall": best[0],
+                "best_epoch": best[1],
+                "train_seconds": train_seconds,
+                "train_samples_per_s": seen / max(train_seconds, 1e-9),
+            }
+        )
 
         bundle_dir = Path(settings.run_dir(run_date or "adhoc")) / "models" / kind / "bundle"
         if bundle_dir.exists():
@@ -264,10 +301,15 @@ def train_classifier(
         served = Bundle(bundle_dir, device=str(device))
         val_pred = served.predict(val_df["title"].tolist())["predicted_category"].tolist()
         rec = per_class_recall(val_df["category"].tolist(), val_pred)
-        mlflow.log_text("category,recall\n" + "\n".join(f"{c},{r:.4f}" for c, r in sorted(rec.items(), key=lambda x: x[1])),
-                        "diagnostics/val_per_class_recall.csv")
-        mlflow.log_dict({"top_confusions": confusion_summary(val_df["category"].tolist(), val_pred)},
-                        "diagnostics/val_confusions.json")
+        worst_first = sorted(rec.items(), key=lambda x: x[1])
+        mlflow.log_text(
+            "category,recall\n" + "\n".join(f"{c},{r:.4f}" for c, r in worst_first),
+            "diagnostics/val_per_class_recall.csv",
+        )
+        mlflow.log_dict(
+            {"top_confusions": confusion_summary(val_df["category"].tolist(), val_pred)},
+            "diagnostics/val_confusions.json",
+        )
         signature = ModelSignature(inputs=Schema([ColSpec("string", "title")]))
         info = mlflow.pyfunc.log_model(
             name="model",
