@@ -64,19 +64,23 @@ class Bundle:
         self.model.load_state_dict(state)
         self.model.to(self.device).eval()
 
-    def predict_proba_encoded(self, encoded: list[list[np.ndarray]], batch_size: int = 1024) -> np.ndarray:
-        """Class probabilities [N, C] for encoded titles, in input order (length-sorted inside)."""
+    def _probabilities(self, encoded: list[list[np.ndarray]], batch_size: int):
+        """Yield (row indices, class probabilities) batch by batch; batches are length-sorted."""
         import torch
 
-        n = len(encoded)
-        out = np.zeros((n, len(self.labels)), dtype=np.float32)
         order = np.argsort([len(e) for e in encoded], kind="stable")
         with torch.inference_mode():
-            for s in range(0, n, batch_size):
+            for s in range(0, len(encoded), batch_size):
                 idx = order[s : s + batch_size]
                 ids, lengths = collate([encoded[i] for i in idx], self.encoder.width)
                 logits = self.model(ids.to(self.device, non_blocking=True), lengths)
-                out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+                yield idx, torch.softmax(logits.float(), dim=-1)
+
+    def predict_proba_encoded(self, encoded: list[list[np.ndarray]], batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities [N, C] for encoded titles, in input order."""
+        out = np.zeros((len(encoded), len(self.labels)), dtype=np.float32)
+        for idx, probs in self._probabilities(encoded, batch_size):
+            out[idx] = probs.cpu().numpy()
         return out
 
     def predict_topk_encoded(
@@ -84,21 +88,13 @@ class Bundle:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k class indices and probabilities [N, k], computed batch by batch (never the full
         N x classes matrix), in input order."""
-        import torch
-
-        n = len(encoded)
         k = min(k, len(self.labels))
-        top_i = np.zeros((n, k), dtype=np.int64)
-        top_p = np.zeros((n, k), dtype=np.float64)
-        order = np.argsort([len(e) for e in encoded], kind="stable")
-        with torch.inference_mode():
-            for s in range(0, n, batch_size):
-                idx = order[s : s + batch_size]
-                ids, lengths = collate([encoded[i] for i in idx], self.encoder.width)
-                logits = self.model(ids.to(self.device, non_blocking=True), lengths)
-                p, i = torch.softmax(logits.float(), dim=-1).topk(k, dim=-1)
-                top_i[idx] = i.cpu().numpy()
-                top_p[idx] = p.cpu().numpy()
+        top_i = np.zeros((len(encoded), k), dtype=np.int64)
+        top_p = np.zeros((len(encoded), k), dtype=np.float64)
+        for idx, probs in self._probabilities(encoded, batch_size):
+            p, i = probs.topk(k, dim=-1)
+            top_i[idx] = i.cpu().numpy()
+            top_p[idx] = p.cpu().numpy()
         return top_i, top_p
 
     def predict(self, titles, k: int = TOP_K):
