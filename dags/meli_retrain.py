@@ -93,6 +93,15 @@ def _train_cfg(params) -> TrainConfig:
         "lr": Param(_T.lr, type="number", exclusiveMinimum=0, title="Learning rate (dense layers)"),
         "embedding_lr": Param(_T.embedding_lr, type="number", exclusiveMinimum=0, title="Learning rate (embedding)"),
         "hidden": Param(_T.hidden, type="integer", minimum=8, title="Hidden units (MLP)"),
+        "wide_dim": Param(
+            _T.wide_dim,
+            type="integer",
+            minimum=0,
+            title="Wide branch units (0 = off)",
+            description="An MLP over the idf-weighted bag of word, char n-gram and word-bigram ids, trained "
+            "beside each model and averaged with it.",
+        ),
+        "wide_bigrams": Param(_T.wide_bigrams, type="integer", minimum=0, title="Wide branch: word-bigram buckets"),
         "dropout": Param(_T.dropout, type="number", minimum=0, maximum=0.9, title="Dropout"),
         "balance": Param(
             _T.balance,

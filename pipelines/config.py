@@ -18,19 +18,23 @@ class TrainConfig:
     models: list[str] = field(default_factory=lambda: ["mlp"])
     epochs: int = 15
     batch_size: int = 64
-    lr: float = 2e-3  # dense layers (AdamW)
-    embedding_lr: float = 5e-3  # embedding rows (SparseAdam)
+    lr: float = 3e-3  # dense layers (AdamW)
+    embedding_lr: float = 1e-2  # embedding rows (SparseAdam)
     weight_decay: float = 1e-4
     dropout: float = 0.3
     hidden: int = 768
+    # the "wide" branch: an MLP over an idf-weighted bag of word, char n-gram and hashed word-bigram
+    # ids, trained beside the deep model (each with its own loss) and averaged with it. 0 = off.
+    wide_dim: int = 128
+    wide_bigrams: int = 100_000  # hash buckets for word bigrams (0 = no bigrams)
     balance: str = "weighted"
     label_smoothing: float = 0.1
-    patience: int = 3
+    patience: int = 5
     freeze_embedding: bool = False
     device: str = "auto"
     seed: int = 13
     embedding_dim: int = 100
-    embedding_epochs: int = 10
+    embedding_epochs: int = 20
     bucket: int = 100_000
 
     def __post_init__(self) -> None:
@@ -46,6 +50,8 @@ class TrainConfig:
             raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.embedding_epochs < 1:
             raise ValueError("epochs, embedding_epochs and batch_size must be >= 1")
+        if self.wide_dim < 0 or self.wide_bigrams < 0:
+            raise ValueError("wide_dim and wide_bigrams must be >= 0")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
 

@@ -1,8 +1,19 @@
 """PyTorch title classifiers. Input: ids [B, T, K] (K = word id + its n-gram ids, 0 = padding),
-lengths [B]. Each token vector is the mean of its K embeddings (FastText composition)."""
+lengths [B]. Each token vector is the mean of its K embeddings (FastText composition).
+
+Every model is two stages, and both training and serving go through them:
+
+- ``token_features(ids [N, K]) -> [N, F]``: what a model needs of one token, a pure function of
+  the token (its subword rows); in eval mode it does not depend on the title around it.
+- ``classify(feats [B, T, F], mask [B, T], lengths [B], words [B, T]) -> logits [B, C]``.
+
+``forward(ids, lengths)`` chains them. The serving bundle caches ``token_features`` per distinct
+word, so scoring does one [T, F] gather per title instead of a [T, K, D] one (pipelines/pyfunc.py).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -24,25 +35,27 @@ class ModelConfig:
     filters: int = 256
     lstm_hidden: int = 192
     freeze_embedding: bool = False
+    # Options added later default to "off", so bundles written before them still load.
+    vocab_size: int = 0  # ids in [2, vocab_size) are in-vocabulary word ids (for word bigrams)
+    # "Wide" branch: an idf-weighted, L2-normalised bag of all the title's ids (words, char n-grams
+    # and hashed word bigrams) through its own table -> its own classifier head. 0 = off.
+    wide_dim: int = 0
+    wide_bigrams: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class TokenEmbedding(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        # sparse gradients: only the rows a batch touches are updated (fast on CPU and GPU)
-        self.emb = nn.Embedding(cfg.num_embeddings, cfg.dim, padding_idx=0, sparse=True)
-        self.emb.weight.requires_grad_(not cfg.freeze_embedding)
+BIGRAM_PRIME = 1_000_003
 
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids [B,T,K] -> token vectors [B,T,D] and token mask [B,T]."""
-        sub_mask = (ids != 0).unsqueeze(-1).to(self.emb.weight.dtype)
-        vecs = (self.emb(ids) * sub_mask).sum(2)
-        count = sub_mask.sum(2)
-        token_mask = count.squeeze(-1) > 0
-        return vecs / count.clamp(min=1.0), token_mask
+
+def bigram_ids(words: torch.Tensor, vocab_size: int, buckets: int) -> torch.Tensor:
+    """Word ids [B, T] -> hashed bigram buckets [B, T-1] in 1..buckets (0 where either token is not
+    an in-vocabulary word). [B, 0] for one-token batches."""
+    valid = (words >= 2) & (words < vocab_size)
+    both = valid[:, :-1] & valid[:, 1:]
+    h = (words[:, :-1] * BIGRAM_PRIME + words[:, 1:]) % buckets + 1
+    return torch.where(both, h, torch.zeros_like(h))
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -51,43 +64,133 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (
-        x.masked_fill(~mask.unsqueeze(-1), torch.finfo(x.dtype).min)
-        .amax(1)
-        .masked_fill(~mask.any(1, keepdim=True), 0.0)
-    )
+    filled = x.masked_fill(~mask.unsqueeze(-1), torch.finfo(x.dtype).min).amax(1)
+    return filled.masked_fill(~mask.any(1, keepdim=True), 0.0)
 
 
-class MLPClassifier(nn.Module):
-    """Mean- and max-pooled token vectors -> hidden layer -> classes."""
+class WideBag(nn.Module):
+    """A TF-IDF-like view of the title: the idf-weighted, L2-normalised bag of all its ids (word
+    ids, char n-grams, hashed word bigrams) times a table -> ReLU -> classes, i.e. an MLP over
+    TF-IDF features. ``idf`` is a buffer set from the training split, so it ships in weights.pt.
+
+    Per token it needs only ``sum_k idf_k * table_k`` and ``sum_k idf_k^2`` (token_parts), which is
+    what makes the bag cacheable per word; bigrams are added per title."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed = TokenEmbedding(cfg)
+        self.cfg = cfg
+        rows = cfg.num_embeddings + cfg.wide_bigrams
+        self.table = nn.Embedding(rows, cfg.wide_dim, padding_idx=0, sparse=True)
+        nn.init.normal_(self.table.weight, std=0.05)
+        with torch.no_grad():
+            self.table.weight[0].zero_()
+        self.register_buffer("idf", torch.ones(rows))
+        self.bias = nn.Parameter(torch.zeros(cfg.wide_dim))
+        self.drop = nn.Dropout(max(cfg.dropout, 0.5))
+        self.out = nn.Linear(cfg.wide_dim, cfg.num_classes)
+
+    def token_parts(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [..., K] -> [..., wide_dim + 1]: idf-weighted sum of the rows, sum of squared idf."""
+        w = self.idf[ids] * (ids != 0).to(self.idf.dtype)
+        s = (self.table(ids) * w.unsqueeze(-1).to(self.table.weight.dtype)).sum(-2)
+        return torch.cat([s, (w * w).sum(-1, keepdim=True).to(s.dtype)], dim=-1)
+
+    def bigram_rows(self, words: torch.Tensor) -> torch.Tensor:
+        b = bigram_ids(words, self.cfg.vocab_size, self.cfg.wide_bigrams)
+        return torch.where(b > 0, b - 1 + self.cfg.num_embeddings, b)
+
+    def forward(self, parts: torch.Tensor, mask: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(parts.dtype)
+        total = (parts * m).sum(1)  # [B, wide_dim + 1]
+        if self.cfg.wide_bigrams > 0 and words.shape[1] > 1:
+            total = total + self.token_parts(self.bigram_rows(words))
+        h = total[:, :-1] / total[:, -1:].clamp(min=1e-12).sqrt() + self.bias
+        return self.out(self.drop(F.relu(h)))
+
+
+class TitleClassifier(nn.Module):
+    """Shared plumbing: the token embedding (mean of a token's K rows), the optional wide branch,
+    the two-stage forward. Subclasses implement ``deep(x [B,T,D], mask, lengths) -> logits``.
+
+    With a wide branch the model is a two-member ensemble trained in one pass: each branch gets
+    its own loss (``forward_branches``) so they stay diverse; the prediction is their mean
+    probability, returned as log-probabilities (softmax gives the probabilities back)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        # sparse gradients: only the rows a batch touches are updated (fast on CPU and GPU)
+        self.emb = nn.Embedding(cfg.num_embeddings, cfg.dim, padding_idx=0, sparse=True)
+        self.emb.weight.requires_grad_(not cfg.freeze_embedding)
+        self.wide = WideBag(cfg) if cfg.wide_dim > 0 else None
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.dim + (self.cfg.wide_dim + 1 if self.wide is not None else 0)
+
+    def token_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [..., K] -> [..., F]: the token vector (mean of its rows), then the wide parts."""
+        sub = (ids != 0).unsqueeze(-1).to(self.emb.weight.dtype)
+        vec = (self.emb(ids) * sub).sum(-2) / sub.sum(-2).clamp(min=1.0)
+        if self.wide is None:
+            return vec
+        return torch.cat([vec, self.wide.token_parts(ids).to(vec.dtype)], dim=-1)
+
+    def deep(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def branches(self, feats, mask, lengths, words) -> list[torch.Tensor]:
+        out = [self.deep(feats[..., : self.cfg.dim], mask, lengths)]
+        if self.wide is not None:
+            out.append(self.wide(feats[..., self.cfg.dim :], mask, words))
+        return out
+
+    def classify(self, feats, mask, lengths, words) -> torch.Tensor:
+        return self.combine(self.branches(feats, mask, lengths, words))
+
+    @staticmethod
+    def combine(branches: list[torch.Tensor]) -> torch.Tensor:
+        if len(branches) == 1:
+            return branches[0]
+        logp = torch.stack([F.log_softmax(b.float(), dim=-1) for b in branches])
+        return torch.logsumexp(logp, dim=0) - math.log(len(branches))
+
+    def _stages(self, ids: torch.Tensor, lengths: torch.Tensor):
+        mask = (ids != 0).any(-1)
+        return self.token_features(ids), mask, lengths, ids[..., 0]
+
+    def forward_branches(self, ids: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        return self.branches(*self._stages(ids, lengths))
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.classify(*self._stages(ids, lengths))
+
+
+class MLPClassifier(TitleClassifier):
+    """Mean- and max-pooled token vectors -> hidden layer -> classes."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.fc1 = nn.Linear(2 * cfg.dim, cfg.hidden)
         self.norm = nn.LayerNorm(cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.num_classes)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x, mask = self.embed(ids)
+    def deep(self, x, mask, lengths):
         pooled = torch.cat([masked_mean(x, mask), masked_max(x, mask)], dim=-1)
-        h = self.drop(F.gelu(self.norm(self.fc1(self.drop(pooled)))))
-        return self.out(h)
+        return self.out(self.drop(F.gelu(self.norm(self.fc1(self.drop(pooled))))))
 
 
-class CNNClassifier(nn.Module):
+class CNNClassifier(TitleClassifier):
     """1-D convolutions of several widths over the token sequence, max-pooled over time."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.embed = TokenEmbedding(cfg)
+        super().__init__(cfg)
         self.convs = nn.ModuleList(nn.Conv1d(cfg.dim, cfg.filters, k, padding=k // 2) for k in cfg.filter_sizes)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.filters * len(cfg.filter_sizes) + cfg.dim, cfg.num_classes)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x, mask = self.embed(ids)
+    def deep(self, x, mask, lengths):
         T = x.shape[1]
         xt = self.drop(x).transpose(1, 2)  # [B, D, T]
         pooled = [masked_max(F.relu(conv(xt))[:, :, :T].transpose(1, 2), mask) for conv in self.convs]
@@ -95,18 +198,16 @@ class CNNClassifier(nn.Module):
         return self.out(self.drop(torch.cat(pooled, dim=-1)))
 
 
-class BiLSTMClassifier(nn.Module):
+class BiLSTMClassifier(TitleClassifier):
     """Bidirectional LSTM over packed sequences; max- and mean-pooled outputs."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.embed = TokenEmbedding(cfg)
+        super().__init__(cfg)
         self.lstm = nn.LSTM(cfg.dim, cfg.lstm_hidden, batch_first=True, bidirectional=True)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(4 * cfg.lstm_hidden, cfg.num_classes)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x, mask = self.embed(ids)
+    def deep(self, x, mask, lengths):
         lens = lengths.clamp(min=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(self.drop(x), lens, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
@@ -115,10 +216,17 @@ class BiLSTMClassifier(nn.Module):
         return self.out(self.drop(pooled))
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
+def upgrade_state_dict(state: dict) -> dict:
+    """Weights saved before the two-stage refactor kept the token table at ``embed.emb``."""
+    return {("emb.weight" if k == "embed.emb.weight" else k): v for k, v in state.items()}
+
+
+def build_model(cfg: ModelConfig) -> TitleClassifier:
     classes = {"mlp": MLPClassifier, "cnn": CNNClassifier, "bilstm": BiLSTMClassifier}
     if cfg.kind not in classes:
         raise ValueError(f"unknown model type {cfg.kind!r}; choose from {MODEL_TYPES}")
     if cfg.num_embeddings <= 0 or cfg.num_classes <= 0:
         raise ValueError("num_embeddings and num_classes must be set")
+    if cfg.wide_dim > 0 and cfg.wide_bigrams > 0 and cfg.vocab_size <= 0:
+        raise ValueError("wide_bigrams needs vocab_size (the word vocabulary's size)")
     return classes[cfg.kind](cfg)

@@ -7,6 +7,7 @@ directory logged with the model, so scoring runs exactly the preprocessing that 
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -44,14 +45,31 @@ def collate(encoded: list[list[np.ndarray]], width: int):
     return torch.from_numpy(ids), torch.from_numpy(lengths)
 
 
-class Bundle:
-    """Encoder + model + labels, loaded from a bundle directory."""
+def pad_keys(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token keys of a batch of titles -> keys [B, T] (0 = padding) and lengths [B], vectorized."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    T = max(1, int(lengths.max(initial=0)))
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    keys = np.zeros((len(rows), T), dtype=np.int64)
+    keys[np.arange(T)[None, :] < lengths[:, None]] = flat  # row-major: each title's tokens in order
+    return keys, lengths
 
-    def __init__(self, path: str | Path, device: str = "auto"):
+
+class Bundle:
+    """Encoder + model + labels, loaded from a bundle directory.
+
+    Serving path: titles -> token keys (one per distinct word seen, ``encode_keys``) -> the model's
+    per-token features, computed once per key and cached (``TitleClassifier.token_features``) ->
+    ``classify``. The cache holds at most ``max_cached_words`` words; it is emptied (between
+    ``encode_keys`` calls, never under keys still in use) when full, so memory stays bounded however
+    many titles are scored. The ids path (``predict_*_encoded``) runs the whole model, as training does.
+    """
+
+    def __init__(self, path: str | Path, device: str = "auto", max_cached_words: int = 200_000):
         import torch
 
         from pipelines.features import TitleEncoder
-        from pipelines.models import ModelConfig, build_model
+        from pipelines.models import ModelConfig, build_model, upgrade_state_dict
 
         path = Path(path)
         cfg = json.loads((path / "config.json").read_text())
@@ -61,9 +79,74 @@ class Bundle:
         self.device = pick_device(device)
         self.model = build_model(self.model_cfg)
         state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state)
+        self.model.load_state_dict(upgrade_state_dict(state))
         self.model.to(self.device).eval()
+        self.max_cached_words = max_cached_words
+        self._reset_token_cache()
 
+    # ---- serving path: token keys and cached token features --------------------------------
+    def _reset_token_cache(self) -> None:
+        import torch
+
+        self._key: dict[str, int] = {}
+        self._pending: list[np.ndarray] = []  # subword ids of keys whose features are not computed yet
+        self._feats = torch.zeros(1, self.model.feature_dim, device=self.device)  # row 0 = padding
+        self._words = torch.zeros(1, dtype=torch.int64, device=self.device)  # word id per key
+
+    def encode_keys(self, titles) -> list[list[int]]:
+        """Token keys per title (an empty list for a title with no tokens, None or blank)."""
+        from pipelines.text import tokenize
+
+        if len(self._key) > self.max_cached_words:
+            self._reset_token_cache()
+        key, pending, text = self._key, self._pending, self.encoder.text
+        base = len(self._feats)
+        out = []
+        for title in titles:
+            row = []
+            for tok in tokenize(title, text) if title else ():
+                k = key.get(tok)
+                if k is None:
+                    k = key[tok] = base + len(pending)
+                    pending.append(self.encoder.token_ids(tok, cache=False))
+                row.append(k)
+            out.append(row)
+        return out
+
+    def _compute_pending(self) -> None:
+        import torch
+
+        if not self._pending:
+            return
+        width = self.encoder.width
+        new_feats, new_words = [], []
+        with torch.inference_mode():
+            for s in range(0, len(self._pending), 8192):
+                part = self._pending[s : s + 8192]
+                ids = np.zeros((len(part), width), dtype=np.int64)
+                for i, sub in enumerate(part):
+                    ids[i, : len(sub)] = sub[:width]
+                t = torch.from_numpy(ids).to(self.device)
+                new_feats.append(self.model.token_features(t).float())
+                new_words.append(t[:, 0])
+        self._feats = torch.cat([self._feats, *new_feats])
+        self._words = torch.cat([self._words, *new_words])
+        self._pending = []
+
+    def _probabilities_keys(self, keys: list[list[int]], batch_size: int):
+        import torch
+
+        self._compute_pending()
+        order = np.argsort(np.fromiter(map(len, keys), dtype=np.int64, count=len(keys)), kind="stable")
+        with torch.inference_mode():
+            for s in range(0, len(keys), batch_size):
+                idx = order[s : s + batch_size]
+                k, lengths = pad_keys([keys[i] for i in idx])
+                kt = torch.from_numpy(k).to(self.device, non_blocking=True)
+                logits = self.model.classify(self._feats[kt], kt != 0, torch.from_numpy(lengths), self._words[kt])
+                yield idx, torch.softmax(logits.float(), dim=-1)
+
+    # ---- ids path: the whole model, as in training -----------------------------------------
     def _probabilities(self, encoded: list[list[np.ndarray]], batch_size: int):
         """Yield (row indices, class probabilities) batch by batch; batches are length-sorted."""
         import torch
@@ -76,32 +159,43 @@ class Bundle:
                 logits = self.model(ids.to(self.device, non_blocking=True), lengths)
                 yield idx, torch.softmax(logits.float(), dim=-1)
 
-    def predict_proba_encoded(self, encoded: list[list[np.ndarray]], batch_size: int = 1024) -> np.ndarray:
-        """Class probabilities [N, C] for encoded titles, in input order."""
-        out = np.zeros((len(encoded), len(self.labels)), dtype=np.float32)
-        for idx, probs in self._probabilities(encoded, batch_size):
+    def _proba(self, batches, n: int) -> np.ndarray:
+        out = np.zeros((n, len(self.labels)), dtype=np.float32)
+        for idx, probs in batches:
             out[idx] = probs.cpu().numpy()
         return out
 
-    def predict_topk_encoded(
-        self, encoded: list[list[np.ndarray]], k: int = TOP_K, batch_size: int = 1024
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k class indices and probabilities [N, k], computed batch by batch (never the full
-        N x classes matrix), in input order."""
+    def _topk(self, batches, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k class indices and probabilities [N, k], batch by batch (never the full N x classes
+        matrix), in input order."""
         k = min(k, len(self.labels))
-        top_i = np.zeros((len(encoded), k), dtype=np.int64)
-        top_p = np.zeros((len(encoded), k), dtype=np.float64)
-        for idx, probs in self._probabilities(encoded, batch_size):
+        top_i = np.zeros((n, k), dtype=np.int64)
+        top_p = np.zeros((n, k), dtype=np.float64)
+        for idx, probs in batches:
             p, i = probs.topk(k, dim=-1)
             top_i[idx] = i.cpu().numpy()
             top_p[idx] = p.cpu().numpy()
         return top_i, top_p
 
+    def predict_proba_encoded(self, encoded: list[list[np.ndarray]], batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities [N, C] for id-encoded titles, in input order."""
+        return self._proba(self._probabilities(encoded, batch_size), len(encoded))
+
+    def predict_topk_encoded(self, encoded, k: int = TOP_K, batch_size: int = 1024):
+        return self._topk(self._probabilities(encoded, batch_size), len(encoded), k)
+
+    def predict_proba_keys(self, keys: list[list[int]], batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities [N, C] for titles encoded by ``encode_keys``, in input order."""
+        return self._proba(self._probabilities_keys(keys, batch_size), len(keys))
+
+    def predict_topk_keys(self, keys: list[list[int]], k: int = TOP_K, batch_size: int = 1024):
+        return self._topk(self._probabilities_keys(keys, batch_size), len(keys), k)
+
     def predict(self, titles, k: int = TOP_K):
         import pandas as pd
 
         titles = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in titles]
-        top, top_p = self.predict_topk_encoded(self.encoder.encode_many(titles), k)
+        top, top_p = self.predict_topk_keys(self.encode_keys(titles), k)
         labels = np.asarray(self.labels, dtype=object)
         return pd.DataFrame(
             {

@@ -222,7 +222,7 @@ def iter_chunks(input_path: str | Path, fmt: str = "auto", chunk_rows: int = CHU
 def _score_chunk(chunk, bundle, name, version, scored_at, src, stats) -> pa.Table:
     c = chunk.columns
     titles = c["title"]
-    encoded = [bundle.encoder.encode(t) if t is not None and len(t) <= MAX_TITLE_CHARS else [] for t in titles]
+    encoded = bundle.encode_keys([t if t is not None and len(t) <= MAX_TITLE_CHARS else None for t in titles])
     reasons = [_unscorable_reason(t, len(e)) for t, e in zip(titles, encoded)]
     ok = [i for i, r in enumerate(reasons) if r is None]
     n = len(titles)
@@ -231,7 +231,7 @@ def _score_chunk(chunk, bundle, name, version, scored_at, src, stats) -> pa.Tabl
     topc = [None] * n
     topp = [None] * n
     if ok:
-        top, top_p = bundle.predict_topk_encoded([encoded[i] for i in ok], k=3)
+        top, top_p = bundle.predict_topk_keys([encoded[i] for i in ok], k=3)
         labels = np.asarray(bundle.labels, dtype=object)
         for j, i in enumerate(ok):
             pred[i] = labels[top[j, 0]]

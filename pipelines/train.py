@@ -149,12 +149,17 @@ def train_classifier(
         hidden=cfg.hidden,
         dropout=cfg.dropout,
         freeze_embedding=cfg.freeze_embedding,
+        vocab_size=len(encoder.itos),
+        wide_dim=cfg.wide_dim,
+        wide_bigrams=cfg.wide_bigrams if cfg.wide_dim else 0,
     )
     model = build_model(mcfg)
     ft = FastText.load(str(embedding_dir / "fasttext.model"))
     with torch.no_grad():
-        model.embed.emb.weight.copy_(torch.from_numpy(embedding_matrix(encoder, ft)))
-        model.embed.emb.weight[0].zero_()
+        model.emb.weight.copy_(torch.from_numpy(embedding_matrix(encoder, ft)))
+        model.emb.weight[0].zero_()
+        if model.wide is not None:
+            model.wide.idf.copy_(torch.from_numpy(wide_idf(model.wide, x_train, encoder.width)))
     del ft
     model.to(device)
 
@@ -166,8 +171,12 @@ def train_classifier(
     elif cfg.balance == "sampler":
         sampler_w = 1.0 / counts[y_train]
 
-    emb_params = [model.embed.emb.weight] if not cfg.freeze_embedding else []
-    dense = [p for n, p in model.named_parameters() if not n.startswith("embed.")]
+    # sparse embedding tables (token and bigram) -> SparseAdam; everything else -> AdamW
+    emb_params = [
+        m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse and m.weight.requires_grad
+    ]
+    sparse_ids = {id(p) for p in emb_params}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
     opt = torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sparse_opt = torch.optim.SparseAdam(emb_params, lr=cfg.embedding_lr) if emb_params else None
     rng = np.random.default_rng(cfg.seed)
@@ -234,8 +243,12 @@ def train_classifier(
                 target = torch.from_numpy(y_train[b_idx]).to(device)
                 set_lr(step)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_cuda):
-                    logits = model(ids, lens)
-                loss = F.cross_entropy(logits.float(), target, weight=class_w, label_smoothing=cfg.label_smoothing)
+                    # multi-branch models: one loss per branch (an ensemble trained in one pass)
+                    branches = model.forward_branches(ids, lens)
+                loss = sum(
+                    F.cross_entropy(lg.float(), target, weight=class_w, label_smoothing=cfg.label_smoothing)
+                    for lg in branches
+                ) / len(branches)
                 opt.zero_grad(set_to_none=True)
                 if sparse_opt:
                     sparse_opt.zero_grad(set_to_none=True)
@@ -330,6 +343,22 @@ def train_classifier(
         }
         log.info("%s trained: %s", kind, result)
         return result
+
+
+def wide_idf(wide, x_train: list[list[np.ndarray]], width: int) -> np.ndarray:
+    """Smoothed idf (sklearn's formula) of every wide-bag id over the training titles."""
+    import torch
+
+    from pipelines.pyfunc import collate
+
+    df = np.zeros(wide.idf.shape[0], dtype=np.float64)
+    for s in range(0, len(x_train), 4096):
+        ids, _ = collate(x_train[s : s + 4096], width)
+        flat = torch.cat([ids.flatten(1), wide.bigram_rows(ids[..., 0])], dim=1).numpy()
+        for row in flat:
+            df[np.unique(row[row != 0])] += 1
+    n = len(x_train)
+    return (np.log((1 + n) / (1 + df)) + 1).astype(np.float32)
 
 
 class _InMemoryBundle(Bundle):

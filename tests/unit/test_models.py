@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from pipelines.config import MODEL_TYPES, TrainConfig
-from pipelines.features import EmbeddingConfig, TitleEncoder, build_vocab, embedding_matrix, train_fasttext
+from pipelines.features import (
+    EmbeddingConfig,
+    TitleEncoder,
+    build_ngram_vocab,
+    build_vocab,
+    char_ngrams,
+    embedding_matrix,
+    train_fasttext,
+)
 from pipelines.models import ModelConfig, build_model
 from pipelines.pyfunc import OUTPUT_COLUMNS, collate, pick_device
 from pipelines.text import TextConfig, tokenize
@@ -27,7 +35,29 @@ EMB = EmbeddingConfig(dim=16, epochs=2, bucket=2000, workers=1)
 def encoder_and_ft():
     toks = [tokenize(t) for t in TITLES]
     ft = train_fasttext(toks, EMB, seed=1)
-    return TitleEncoder(build_vocab(toks), TextConfig(), EMB), ft
+    vocab = build_vocab(toks)
+    return TitleEncoder(vocab, TextConfig(), EMB, build_ngram_vocab(vocab[2:], EMB)), ft
+
+
+def tiny_model(kind: str, enc: TitleEncoder, ft, wide: bool = True):
+    cfg = ModelConfig(
+        kind=kind,
+        num_embeddings=enc.num_embeddings,
+        dim=EMB.dim,
+        num_classes=3,
+        hidden=32,
+        filters=8,
+        lstm_hidden=8,
+        vocab_size=len(enc.itos),
+        wide_dim=8 if wide else 0,
+        wide_bigrams=50 if wide else 0,
+    )
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.emb.weight.copy_(torch.from_numpy(embedding_matrix(enc, ft)))
+        if model.wide is not None:
+            model.wide.idf.uniform_(1.0, 3.0)  # not all ones, so the weighting is exercised
+    return model
 
 
 def test_tokenizer_normalizes_consistently():
@@ -41,6 +71,12 @@ def test_encoder_gives_oov_words_subword_ids_and_roundtrips(tmp_path):
     known, oov = enc.token_ids("zapatillas"), enc.token_ids("zapatilla")
     assert known[0] == enc.stoi["zapatillas"] and len(known) > 1
     assert all(i >= len(enc.itos) for i in oov) and len(oov) > 0  # only n-grams, no <unk>
+    # exact n-gram vocabulary: one row per distinct n-gram, unseen n-grams left out
+    known_grams = set(enc.ngrams)
+    expected = [g for g in char_ngrams("zapatilla", EMB) if g in known_grams]
+    assert [enc.ngrams[i - len(enc.itos)] for i in oov] == expected and "lla>" not in expected
+    assert char_ngrams("sol", EMB)[:2] == ["<sol>", "<sol"]  # longest first
+    assert list(enc.token_ids("qqqq")) == [1]  # no known n-gram at all -> <unk>
     enc.save(tmp_path / "e.json")
     again = TitleEncoder.load(tmp_path / "e.json")
     assert [list(a) for a in again.encode(TITLES[0])] == [list(a) for a in enc.encode(TITLES[0])]
@@ -52,26 +88,58 @@ def test_encoder_gives_oov_words_subword_ids_and_roundtrips(tmp_path):
 def test_forward_and_one_training_step(kind):
     torch.manual_seed(0)
     enc, ft = encoder_and_ft()
-    cfg = ModelConfig(
-        kind=kind, num_embeddings=enc.num_embeddings, dim=EMB.dim, num_classes=3, hidden=32, filters=8, lstm_hidden=8
-    )
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.embed.emb.weight.copy_(torch.from_numpy(embedding_matrix(enc, ft)))
+    model = tiny_model(kind, enc, ft)
     ids, lengths = collate(enc.encode_many(TITLES + [""]), enc.width)  # includes an empty title
     logits = model(ids, lengths)
     assert logits.shape == (len(TITLES) + 1, 3) and torch.isfinite(logits).all()
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0])
-    dense = [p for n, p in model.named_parameters() if not n.startswith("embed.")]
-    opt, sparse = torch.optim.AdamW(dense, lr=1e-2), torch.optim.SparseAdam([model.embed.emb.weight], lr=1e-2)
-    before = model.embed.emb.weight.detach().clone()
-    loss = torch.nn.functional.cross_entropy(model(ids, lengths), y)
+    tables = [model.emb.weight, model.wide.table.weight]
+    dense = [p for p in model.parameters() if all(p is not t for t in tables)]
+    opt, sparse = torch.optim.AdamW(dense, lr=1e-2), torch.optim.SparseAdam(tables, lr=1e-2)
+    before = model.emb.weight.detach().clone()
+    branches = model.forward_branches(ids, lengths)
+    assert len(branches) == 2  # deep + wide, one loss each
+    loss = sum(torch.nn.functional.cross_entropy(b, y) for b in branches)
     loss.backward()
     opt.step()
     sparse.step()
     assert torch.isfinite(loss)
-    assert not torch.equal(before, model.embed.emb.weight.detach())  # fine-tuned embedding moved
-    assert torch.equal(before[0], model.embed.emb.weight.detach()[0])  # padding row untouched
+    assert not torch.equal(before, model.emb.weight.detach())  # fine-tuned embedding moved
+    assert torch.equal(before[0], model.emb.weight.detach()[0])  # padding row untouched
+
+
+@pytest.mark.parametrize("kind", MODEL_TYPES)
+@pytest.mark.parametrize("wide", [True, False])
+def test_serving_path_matches_the_training_forward(kind, wide, tmp_path):
+    """Cached per-word features + classify == the whole model on subword ids (what training ran)."""
+    import json
+
+    from pipelines.pyfunc import Bundle
+
+    torch.manual_seed(0)
+    enc, ft = encoder_and_ft()
+    model = tiny_model(kind, enc, ft, wide).eval()
+    enc.save(tmp_path / "encoder.json")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "labels.json").write_text(json.dumps(["a", "b", "c"]))
+    (tmp_path / "config.json").write_text(json.dumps({"model": model.cfg.to_dict()}))
+    bundle = Bundle(tmp_path, device="cpu", max_cached_words=5)
+    titles = TITLES + ["", "zapatilla nike nueva", "Tenis Adidas corrida Tenis Adidas"]
+    ids_path = bundle.predict_proba_encoded(enc.encode_many(titles))
+    keys_path = bundle.predict_proba_keys(bundle.encode_keys(titles))
+    np.testing.assert_allclose(keys_path, ids_path, rtol=1e-4, atol=1e-6)
+    assert len(bundle._key) > 5  # over the cap: the next call starts a fresh cache, same answers
+    np.testing.assert_allclose(bundle.predict_proba_keys(bundle.encode_keys(titles)), ids_path, rtol=1e-4, atol=1e-6)
+    assert len(bundle._key) <= len({w for t in titles for w in tokenize(t)})
+
+
+def test_weights_saved_before_the_two_stage_models_still_load():
+    from pipelines.models import upgrade_state_dict
+
+    enc, ft = encoder_and_ft()
+    model = tiny_model("mlp", enc, ft, wide=False)
+    old = {("embed.emb.weight" if k == "emb.weight" else k): v for k, v in model.state_dict().items()}
+    model.load_state_dict(upgrade_state_dict(old))
 
 
 def test_unknown_model_type_and_bad_config_are_clear():
