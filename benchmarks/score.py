@@ -1,7 +1,7 @@
 """Scoring benchmark: titles/s and peak RSS of batch scoring on 1M and 5M titles (CPU here), side
 by side with the TF-IDF word+char LinearSVC baseline's predict rate, in the same run.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.score [--sizes 1000000,5000000] [--model-type mlp]
+    PYTHONPATH=. .venv/bin/python -m benchmarks.score [--sizes 1000000,5000000] [--models mlp,cnn,bilstm]
 
 A model is trained (few epochs: throughput, not quality, is measured here) on the real sample when
 present (../shared/data/meli2019/spanish.sample.jsonl.gz), else on synthetic listings, and promoted.
@@ -46,12 +46,20 @@ def make_input(titles: list[str], n: int, path: Path) -> None:
 
 
 def child_score(path: str) -> dict:
+    import mlflow
+
     from pipelines.score import score
     from pipelines.settings import get_settings
+    from pipelines.tracking import configure
 
+    settings = get_settings()
     t0 = time.perf_counter()
-    r = score(get_settings(), path, Path(os.environ["MELI_HOME"]) / "out.parquet", progress=False)
-    return {"rows": r.rows, "seconds": time.perf_counter() - t0, "model_version": r.model_version}
+    r = score(settings, path, Path(os.environ["MELI_HOME"]) / "out.parquet", progress=False)
+    seconds = time.perf_counter() - t0
+    configure(settings)
+    mv = mlflow.MlflowClient().get_model_version(settings.model_name, r.model_version)
+    kind = mv.tags.get("meli.model_type")
+    return {"rows": r.rows, "seconds": seconds, "model_version": r.model_version, "type": kind}
 
 
 def child_baseline(train: str, path: str, limit: int) -> dict:
@@ -85,7 +93,7 @@ def child_baseline(train: str, path: str, limit: int) -> dict:
     return {"rows": rows, "seconds": time.perf_counter() - t0}
 
 
-def train_champion(env: dict, model_type: str, tmp: Path) -> tuple[list[str], str]:
+def train_champion(env: dict, models: str, tmp: Path) -> tuple[list[str], str]:
     from pipelines.synthetic import write_jsonl
 
     src = REAL if REAL.exists() else write_jsonl(tmp / "synthetic.jsonl.gz", 20000, seed=1)
@@ -98,7 +106,7 @@ def train_champion(env: dict, model_type: str, tmp: Path) -> tuple[list[str], st
         "--run-date",
         "2026-01-01",
         "--models",
-        model_type,
+        models,
         "--epochs",
         "2",
         "--embedding-epochs",
@@ -121,7 +129,12 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000000,5000000")
-    ap.add_argument("--model-type", default="mlp", choices=["mlp", "cnn", "bilstm"])
+    ap.add_argument(
+        "--models",
+        default="mlp,cnn,bilstm",
+        help="model types the retraining trains (as the nightly run); the promoted one (a single type, or "
+        "the ensemble when it is best on validation) scores",
+    )
     ap.add_argument("--baseline-rows", type=int, default=500_000, help="titles the baseline predicts")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -130,14 +143,14 @@ def main() -> None:
         tmp = Path(tmp_s)
         env = {**os.environ, "MELI_HOME": str(tmp / "home"), "PYTHONPATH": str(REPO), "MELI_DEVICE": "cpu"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        titles, train = train_champion(env, args.model_type, tmp)
+        titles, train = train_champion(env, args.models, tmp)
         for n in sizes:
             path = tmp / f"titles_{n}.jsonl.gz"
             make_input(titles, n, path)
             res, rss = _run(["--child-score", str(path)], env)
             rows_out.append(
                 (
-                    f"meli {args.model_type} (champion v{res['model_version']})",
+                    f"meli champion v{res['model_version']}: {res['type']} (trained: {args.models})",
                     n,
                     res["rows"],
                     res["rows"] / res["seconds"],
@@ -155,7 +168,7 @@ def main() -> None:
     table += "".join(f"| {a} | {b:,} | {c:,} | {d:,.0f} | {e:,.0f} |\n" for a, b, c, d, e in rows_out)
     text = (
         f"# Scoring benchmark (CPU)\n\n{date.today()} on {platform.node()} ({os.cpu_count()} cores), "
-        f"`PYTHONPATH=. .venv/bin/python -m benchmarks.score --sizes {args.sizes} --model-type {args.model_type}`\n\n"
+        f"`PYTHONPATH=. .venv/bin/python -m benchmarks.score --sizes {args.sizes} --models {args.models}`\n\n"
         "Ours: `pipelines.score.score()` end to end (read jsonl.gz, tokenize, batched inference, write Parquet "
         "with top-3). Baseline: sklearn pipeline `predict` on in-memory batches of 65,536 titles (no I/O, no "
         "output), fitted on the same training split; its RSS includes the fitted vectorizers. No GPU here.\n\n" + table

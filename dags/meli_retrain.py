@@ -9,10 +9,11 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
 3. **prepare** the frozen train/validation/test splits and the parent MLflow run
 4. **embedding**: gensim FastText on the training split
 5. **train** one classifier per selected model type (dynamic task mapping; queue `gpu`)
-6. **register** the best on validation as a new model version (the challenger)
-7. **evaluate** challenger and current champion on the same test rows
-8. **gate**: promote (alias `champion`, old one keeps `previous`) or reject, and record why
-9. **announce_champion** emits the `meli_champion` asset only when a new champion was promoted
+6. **ensemble**: the mean of the trained models as one more candidate (Param `ensemble`)
+7. **register** the best on validation as a new model version (the challenger)
+8. **evaluate** challenger and current champion on the same test rows
+9. **gate**: promote (alias `champion`, old one keeps `previous`) or reject, and record why
+10. **announce_champion** emits the `meli_champion` asset only when a new champion was promoted
 
 Operators: trigger with the form to change sources, models, hyperparameters and gate rules;
 `force_promote` and `dry_run` are there for exceptional cases. Everything lands under `$MELI_HOME`.
@@ -87,6 +88,13 @@ def _train_cfg(params) -> TrainConfig:
             items={"type": "string", "enum": list(MODEL_TYPES)},
             title="Model types",
             description="Classifiers to train; the best on validation is the challenger.",
+        ),
+        "ensemble": Param(
+            _T.ensemble,
+            type="boolean",
+            title="Ensemble candidate",
+            description="Also offer the mean of the trained models' probabilities as a challenger (chosen "
+            "only if best on validation; scoring then runs every member).",
         ),
         "epochs": Param(_T.epochs, type="integer", minimum=1, maximum=200, title="Epochs (max, early stopping)"),
         "batch_size": Param(_T.batch_size, type="integer", minimum=1, title="Batch size"),
@@ -208,6 +216,13 @@ def meli_retrain():
 
         return step_train(_settings(), dataset, emb, kind, _train_cfg(params))
 
+    @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL, retries=1, execution_timeout=timedelta(hours=1))
+    def ensemble(results: list[dict], dataset: dict, params=None) -> list[dict]:
+        """The mean of the trained models as one more candidate (when enabled, 2+ models)."""
+        from pipelines.retrain import step_ensemble
+
+        return step_ensemble(_settings(), dataset, list(results), _train_cfg(params))
+
     @task
     def register(results: list[dict], dataset: dict, dag_run=None) -> dict:
         from pipelines.retrain import step_register
@@ -248,7 +263,7 @@ def meli_retrain():
     dataset = prepare(ingested, validation)
     emb = embedding(dataset)
     results = train.partial(dataset=dataset, emb=emb).expand(kind=model_types())
-    challenger = register(results, dataset)
+    challenger = register(ensemble(results, dataset), dataset)
     evaluation = evaluate(challenger, dataset)
     announce_champion(gate(challenger, dataset, evaluation))
 

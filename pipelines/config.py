@@ -27,6 +27,7 @@ class TrainConfig:
     # ids, trained beside the deep model (each with its own loss) and averaged with it. 0 = off.
     wide_dim: int = 128
     wide_bigrams: int = 100_000  # hash buckets for word bigrams (0 = no bigrams)
+    ensemble: bool = True  # also offer the mean of the trained models as a candidate challenger
     balance: str = "weighted"
     label_smoothing: float = 0.1
     patience: int = 5

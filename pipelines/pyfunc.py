@@ -66,23 +66,33 @@ class Bundle:
     """
 
     def __init__(self, path: str | Path, device: str = "auto", max_cached_words: int = 200_000):
-        import torch
-
         from pipelines.features import TitleEncoder
-        from pipelines.models import ModelConfig, build_model, upgrade_state_dict
 
         path = Path(path)
         cfg = json.loads((path / "config.json").read_text())
         self.labels: list[str] = json.loads((path / "labels.json").read_text())
         self.encoder = TitleEncoder.load(path / "encoder.json")
-        self.model_cfg = ModelConfig(**cfg["model"])
         self.device = pick_device(device)
-        self.model = build_model(self.model_cfg)
-        state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-        self.model.load_state_dict(upgrade_state_dict(state))
-        self.model.to(self.device).eval()
+        # an ensemble bundle lists member bundles (same encoder and labels); its prediction is the
+        # mean of the members' probabilities
+        self.members: list[str] = list(cfg.get("members", []))
+        self.models = [self._load_model(path / m) for m in self.members] if self.members else [self._load_model(path)]
+        self.model, self.model_cfg = self.models[0], self.models[0].cfg
         self.max_cached_words = max_cached_words
         self._reset_token_cache()
+
+    def _load_model(self, path: Path):
+        import torch
+
+        from pipelines.models import ModelConfig, build_model, upgrade_state_dict
+
+        cfg = json.loads((path / "config.json").read_text())
+        if json.loads((path / "labels.json").read_text()) != self.labels:
+            raise ValueError(f"{path}: labels differ from the bundle's")
+        model = build_model(ModelConfig(**cfg["model"]))
+        state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(upgrade_state_dict(state))
+        return model.to(self.device).eval()
 
     # ---- serving path: token keys and cached token features --------------------------------
     def _reset_token_cache(self) -> None:
@@ -90,7 +100,7 @@ class Bundle:
 
         self._key: dict[str, int] = {}
         self._pending: list[np.ndarray] = []  # subword ids of keys whose features are not computed yet
-        self._feats = torch.zeros(1, self.model.feature_dim, device=self.device)  # row 0 = padding
+        self._feats = [torch.zeros(1, m.feature_dim, device=self.device) for m in self.models]  # row 0 = padding
         self._words = torch.zeros(1, dtype=torch.int64, device=self.device)  # word id per key
 
     def encode_keys(self, titles) -> list[list[int]]:
@@ -100,7 +110,7 @@ class Bundle:
         if len(self._key) > self.max_cached_words:
             self._reset_token_cache()
         key, pending, text = self._key, self._pending, self.encoder.text
-        base = len(self._feats)
+        base = len(self._words)
         out = []
         for title in titles:
             row = []
@@ -119,7 +129,7 @@ class Bundle:
         if not self._pending:
             return
         width = self.encoder.width
-        new_feats, new_words = [], []
+        new_feats, new_words = [[] for _ in self.models], []
         with torch.inference_mode():
             for s in range(0, len(self._pending), 8192):
                 part = self._pending[s : s + 8192]
@@ -127,9 +137,10 @@ class Bundle:
                 for i, sub in enumerate(part):
                     ids[i, : len(sub)] = sub[:width]
                 t = torch.from_numpy(ids).to(self.device)
-                new_feats.append(self.model.token_features(t).float())
+                for feats, model in zip(new_feats, self.models):
+                    feats.append(model.token_features(t).float())
                 new_words.append(t[:, 0])
-        self._feats = torch.cat([self._feats, *new_feats])
+        self._feats = [torch.cat([old, *new]) for old, new in zip(self._feats, new_feats)]
         self._words = torch.cat([self._words, *new_words])
         self._pending = []
 
@@ -143,8 +154,12 @@ class Bundle:
                 idx = order[s : s + batch_size]
                 k, lengths = pad_keys([keys[i] for i in idx])
                 kt = torch.from_numpy(k).to(self.device, non_blocking=True)
-                logits = self.model.classify(self._feats[kt], kt != 0, torch.from_numpy(lengths), self._words[kt])
-                yield idx, torch.softmax(logits.float(), dim=-1)
+                mask, lens, words = kt != 0, torch.from_numpy(lengths), self._words[kt]
+                probs = [
+                    torch.softmax(m.classify(f[kt], mask, lens, words).float(), dim=-1)
+                    for m, f in zip(self.models, self._feats)
+                ]
+                yield idx, probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
 
     # ---- ids path: the whole model, as in training -----------------------------------------
     def _probabilities(self, encoded: list[list[np.ndarray]], batch_size: int):
@@ -156,8 +171,9 @@ class Bundle:
             for s in range(0, len(encoded), batch_size):
                 idx = order[s : s + batch_size]
                 ids, lengths = collate([encoded[i] for i in idx], self.encoder.width)
-                logits = self.model(ids.to(self.device, non_blocking=True), lengths)
-                yield idx, torch.softmax(logits.float(), dim=-1)
+                ids = ids.to(self.device, non_blocking=True)
+                probs = [torch.softmax(m(ids, lengths).float(), dim=-1) for m in self.models]
+                yield idx, probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
 
     def _proba(self, batches, n: int) -> np.ndarray:
         out = np.zeros((n, len(self.labels)), dtype=np.float32)

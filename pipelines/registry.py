@@ -75,6 +75,8 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
         "meli.dag_run_id": dag_run_id,
         "meli.decision": "pending",
     }
+    if trained.get("members"):
+        tags["meli.members"] = "+".join(trained["members"])
     for k, v in tags.items():
         client.set_model_version_tag(settings.model_name, mv.version, k, v)
     log.info("registered %s version %s from %s", settings.model_name, mv.version, trained["model_uri"])

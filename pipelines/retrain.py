@@ -118,6 +118,18 @@ def step_train(settings: Settings, dataset: dict, embedding: dict, kind: str, cf
     )
 
 
+def step_ensemble(settings: Settings, dataset: dict, results: list[dict], cfg: TrainConfig) -> list[dict]:
+    """The trained models plus, when enabled and at least two trained, their mean as a candidate."""
+    from pipelines.train import train_ensemble
+
+    results = list(results)
+    if cfg.ensemble:
+        ens = train_ensemble(settings, dataset["dir"], results, dataset.get("parent_run_id"), dataset["run_date"])
+        if ens is not None:
+            results.append(ens)
+    return results
+
+
 def step_register(settings: Settings, results: list[dict], run_date: str, dag_run_id: str = "") -> dict:
     from pipelines.registry import register_challenger
     from pipelines.train import pick_challenger
@@ -179,7 +191,8 @@ def run_all(
     validation = step_validate(settings, run_date)
     dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
     emb = step_embedding(settings, dataset, cfg)
-    results = [step_train(settings, dataset, emb, kind, cfg) for kind in cfg.models]
+    trained = [step_train(settings, dataset, emb, kind, cfg) for kind in cfg.models]
+    results = step_ensemble(settings, dataset, trained, cfg)
     challenger = step_register(settings, results, run_date)
     step_evaluate(settings, run_date, challenger)
     decision = step_gate(settings, run_date, challenger, dataset["parent_run_id"], force_promote, dry_run, **rules)

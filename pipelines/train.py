@@ -20,7 +20,7 @@ import numpy as np
 
 from pipelines.config import TrainConfig
 from pipelines.features import EmbeddingConfig, TitleEncoder, read_split
-from pipelines.pyfunc import Bundle
+from pipelines.pyfunc import Bundle, pick_device
 from pipelines.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -119,13 +119,11 @@ def train_classifier(
     import torch
     import torch.nn.functional as F
     from gensim.models import FastText
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
 
-    from pipelines.evaluate import confusion_summary, macro_recall, per_class_recall
+    from pipelines.evaluate import macro_recall
     from pipelines.features import embedding_matrix
     from pipelines.models import ModelConfig, build_model
-    from pipelines.pyfunc import TitleClassifierModel, collate, pick_device
+    from pipelines.pyfunc import collate, pick_device
     from pipelines.tracking import configure
 
     dataset_dir, embedding_dir = Path(dataset_dir), Path(embedding_dir)
@@ -310,28 +308,7 @@ def train_classifier(
         (bundle_dir / "config.json").write_text(json.dumps({"model": mcfg.to_dict(), "train": cfg.to_dict()}))
         shutil.copy(embedding_dir / "encoder.json", bundle_dir / "encoder.json")
 
-        # validation diagnostics from the reloaded bundle (what will be served)
-        served = Bundle(bundle_dir, device=str(device))
-        val_pred = served.predict(val_df["title"].tolist())["predicted_category"].tolist()
-        rec = per_class_recall(val_df["category"].tolist(), val_pred)
-        worst_first = sorted(rec.items(), key=lambda x: x[1])
-        mlflow.log_text(
-            "category,recall\n" + "\n".join(f"{c},{r:.4f}" for c, r in worst_first),
-            "diagnostics/val_per_class_recall.csv",
-        )
-        mlflow.log_dict(
-            {"top_confusions": confusion_summary(val_df["category"].tolist(), val_pred)},
-            "diagnostics/val_confusions.json",
-        )
-        signature = ModelSignature(inputs=Schema([ColSpec("string", "title")]))
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=TitleClassifierModel(),
-            artifacts={"bundle": str(bundle_dir)},
-            code_paths=[str(REPO_ROOT / "pipelines")],
-            pip_requirements=_pip_requirements(),
-            signature=signature,
-        )
+        info = _log_served_model(bundle_dir, val_df, str(device))
         result = {
             "model_type": kind,
             "run_id": run.info.run_id,
@@ -361,11 +338,138 @@ def wide_idf(wide, x_train: list[list[np.ndarray]], width: int) -> np.ndarray:
     return (np.log((1 + n) / (1 + df)) + 1).astype(np.float32)
 
 
+def _log_served_model(bundle_dir: Path, val_df, device: str):
+    """In the active MLflow run: validation diagnostics of the bundle as it will be served (reloaded
+    from disk, serving path), then the bundle as a pyfunc model. Returns the ModelInfo."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from pipelines.evaluate import confusion_summary, per_class_recall
+    from pipelines.pyfunc import TitleClassifierModel
+
+    served = Bundle(bundle_dir, device=device)
+    val_pred = served.predict(val_df["title"].tolist())["predicted_category"].tolist()
+    rec = per_class_recall(val_df["category"].tolist(), val_pred)
+    worst_first = sorted(rec.items(), key=lambda x: x[1])
+    mlflow.log_text(
+        "category,recall\n" + "\n".join(f"{c},{r:.4f}" for c, r in worst_first), "diagnostics/val_per_class_recall.csv"
+    )
+    mlflow.log_dict(
+        {"top_confusions": confusion_summary(val_df["category"].tolist(), val_pred)},
+        "diagnostics/val_confusions.json",
+    )
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=TitleClassifierModel(),
+        artifacts={"bundle": str(bundle_dir)},
+        code_paths=[str(REPO_ROOT / "pipelines")],
+        pip_requirements=_pip_requirements(),
+        signature=ModelSignature(inputs=Schema([ColSpec("string", "title")])),
+    )
+
+
+def train_ensemble(
+    settings: Settings,
+    dataset_dir: str | Path,
+    results: list[dict],
+    parent_run_id: str | None = None,
+    run_date: str = "",
+) -> dict | None:
+    """An ensemble of the run's trained models as one more candidate challenger.
+
+    Members are fetched from MLflow by model URI (training tasks may have run on other workers).
+    Every subset of two or more members is scored on the validation split (mean of the members'
+    probabilities, through the serving path); the best subset (ties: fewer members, cheaper to
+    serve) becomes an ensemble bundle (members/<type>/ + the shared encoder and labels), logged as a
+    child run with model type ``ensemble`` and every subset's score. Returns a result dict like
+    train_classifier's, or None with fewer than two trained models.
+    """
+    import itertools
+
+    import mlflow
+
+    from pipelines.evaluate import macro_recall
+    from pipelines.tracking import configure
+
+    results = sorted((r for r in results if r.get("model_type") != "ensemble"), key=lambda r: r["model_type"])
+    if len(results) < 2:
+        return None
+    configure(settings)
+    val_df = read_split(dataset_dir, "validation")
+    y_val, titles = val_df["category"].tolist(), val_df["title"].tolist()
+    out = Path(settings.run_dir(run_date or "adhoc")) / "models" / "ensemble"
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    sources: dict[str, Path] = {}
+    for r in results:
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=r["model_uri"], dst_path=str(out / r["model_type"]))
+        )
+        sources[r["model_type"]] = next(p for p in (local / "artifacts" / "bundle", local / "bundle") if p.is_dir())
+    first = sources[results[0]["model_type"]]
+    for kind, src in sources.items():
+        for name in ("encoder.json", "labels.json"):
+            if (src / name).read_bytes() != (first / name).read_bytes():
+                raise ValueError(f"ensemble members disagree on {name}: {results[0]['model_type']} vs {kind}")
+
+    device = settings.device
+    probs = {}
+    for kind, src in sources.items():
+        member = Bundle(src, device=device)
+        probs[kind] = member.predict_proba_keys(member.encode_keys(titles))
+        labels = np.asarray(member.labels, dtype=object)
+    scores = {}
+    for size in range(2, len(sources) + 1):
+        for subset in itertools.combinations(sorted(sources), size):
+            mean = sum(probs[k] for k in subset) / size
+            scores["+".join(subset)] = macro_recall(y_val, list(labels[mean.argmax(1)]))
+    best = max(scores, key=lambda s: (scores[s], -s.count("+")))
+    members = best.split("+")
+    log.info("ensemble candidates on validation: %s -> %s", scores, best)
+
+    bundle_dir = out / "bundle"
+    for kind in members:
+        shutil.copytree(sources[kind], bundle_dir / "members" / kind)
+    for name in ("encoder.json", "labels.json"):
+        shutil.copy(first / name, bundle_dir / name)
+    (bundle_dir / "config.json").write_text(json.dumps({"members": [f"members/{k}" for k in members]}))
+    for kind in sources:
+        shutil.rmtree(out / kind, ignore_errors=True)
+
+    run_kwargs = {"run_name": "ensemble"}
+    if parent_run_id:
+        run_kwargs.update(parent_run_id=parent_run_id, nested=True)
+    with mlflow.start_run(**run_kwargs) as run:
+        mlflow.set_tags({"meli.model_type": "ensemble", "meli.run_date": run_date, **_lineage(Path(dataset_dir))})
+        mlflow.log_params({"model_type": "ensemble", "members": best, "candidates": ",".join(sorted(sources))})
+        mlflow.log_metrics(
+            {"val_macro_recall": scores[best], "best_val_macro_recall": scores[best]}
+            | {f"val_macro_recall_{s.replace('+', '_')}": v for s, v in scores.items()}
+            | {f"val_macro_recall_{r['model_type']}": r["val_macro_recall"] for r in results}
+        )
+        info = _log_served_model(bundle_dir, val_df, device)
+        result = {
+            "model_type": "ensemble",
+            "members": members,
+            "run_id": run.info.run_id,
+            "model_uri": info.model_uri,
+            "val_macro_recall": round(scores[best], 6),
+            "best_epoch": 0,
+            "train_seconds": round(time.perf_counter() - t0, 2),
+            "device": str(pick_device(device)),
+        }
+    log.info("ensemble of %s: %s", members, result)
+    return result
+
+
 class _InMemoryBundle(Bundle):
     """A Bundle around a model being trained (no files), for validation scoring."""
 
     def __init__(self, model, encoder, labels, device):  # noqa: D107 - no super().__init__ on purpose
         self.model, self.encoder, self.labels, self.device = model, encoder, labels, device
+        self.models = [model]
 
 
 def pick_challenger(results: list[dict]) -> dict:

@@ -74,6 +74,7 @@ def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monk
         "embedding",
         "train[0]",
         "train[1]",
+        "ensemble",
         "register",
         "evaluate",
         "gate",
@@ -126,7 +127,7 @@ def test_broken_batch_fails_validation_and_keeps_champion(airflow_home, tmp_path
     assert tasks["ingest"] == "success"
     assert tasks["validate"] == "failed"
     for t, state in tasks.items():
-        if t.startswith(("prepare", "embedding", "train", "register", "evaluate", "gate")):
+        if t.startswith(("prepare", "embedding", "train", "ensemble", "register", "evaluate", "gate")):
             assert state in ("upstream_failed", "skipped", "None", "none"), (t, state)
     assert _champion(airflow_home) == before
     log = open(res["log"]).read()

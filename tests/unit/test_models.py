@@ -183,3 +183,26 @@ def test_train_log_load_predict_roundtrip(settings, synthetic_jsonl):
     assert np.all((out["probability"] > 0) & (out["probability"] <= 1))
     assert all(len(k) == 3 for k in out["top_k_categories"])
     assert out["predicted_category"].iloc[0] == out["top_k_categories"].iloc[0][0]
+
+    # A second model type and the ensemble candidate: members fetched from MLflow, mean of their
+    # probabilities, logged as its own child run and loadable by URI like any model.
+    from pipelines.pyfunc import Bundle
+    from pipelines.train import pick_challenger, train_ensemble
+
+    cnn = train_classifier(settings, ds["dir"], emb["dir"], "cnn", cfg, parent, "2026-11-01")
+    assert train_ensemble(settings, ds["dir"], [res], parent, "2026-11-01") is None  # one model: nothing to average
+    ens = train_ensemble(settings, ds["dir"], [res, cnn], parent, "2026-11-01")
+    assert ens["model_type"] == "ensemble" and 0 <= ens["val_macro_recall"] <= 1
+    assert ens["members"] == ["cnn", "mlp"]  # the only subset of two
+    assert mlflow.get_run(ens["run_id"]).data.tags["mlflow.parentRunId"] == parent
+    assert pick_challenger([res, cnn, ens])["val_macro_recall"] == max(
+        r["val_macro_recall"] for r in (res, cnn, ens)
+    )
+    titles = ["Zapatillas Nike running", "Celular Samsung", "x"]
+    members = [mlflow.pyfunc.load_model(r["model_uri"]).unwrap_python_model().bundle for r in (res, cnn)]
+    ensemble = mlflow.pyfunc.load_model(ens["model_uri"]).unwrap_python_model().bundle
+    assert isinstance(ensemble, Bundle) and len(ensemble.models) == 2
+    mean = sum(b.predict_proba_keys(b.encode_keys(titles)) for b in members) / 2
+    np.testing.assert_allclose(ensemble.predict_proba_keys(ensemble.encode_keys(titles)), mean, rtol=1e-5, atol=1e-6)
+    out = mlflow.pyfunc.load_model(ens["model_uri"]).predict(pd.DataFrame({"title": titles}))
+    assert list(out.columns) == OUTPUT_COLUMNS and len(out) == 3
