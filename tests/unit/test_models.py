@@ -195,9 +195,7 @@ def test_train_log_load_predict_roundtrip(settings, synthetic_jsonl):
     assert ens["model_type"] == "ensemble" and 0 <= ens["val_macro_recall"] <= 1
     assert ens["members"] == ["cnn", "mlp"]  # the only subset of two
     assert mlflow.get_run(ens["run_id"]).data.tags["mlflow.parentRunId"] == parent
-    assert pick_challenger([res, cnn, ens])["val_macro_recall"] == max(
-        r["val_macro_recall"] for r in (res, cnn, ens)
-    )
+    assert pick_challenger([res, cnn, ens])["val_macro_recall"] == max(r["val_macro_recall"] for r in (res, cnn, ens))
     titles = ["Zapatillas Nike running", "Celular Samsung", "x"]
     members = [mlflow.pyfunc.load_model(r["model_uri"]).unwrap_python_model().bundle for r in (res, cnn)]
     ensemble = mlflow.pyfunc.load_model(ens["model_uri"]).unwrap_python_model().bundle
