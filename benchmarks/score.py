@@ -59,6 +59,8 @@ def child_score(path: str) -> dict:
     configure(settings)
     mv = mlflow.MlflowClient().get_model_version(settings.model_name, r.model_version)
     kind = mv.tags.get("meli.model_type")
+    if mv.tags.get("meli.members"):
+        kind += f" of {mv.tags['meli.members']}"
     return {"rows": r.rows, "seconds": seconds, "model_version": r.model_version, "type": kind}
 
 
