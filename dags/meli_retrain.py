@@ -216,9 +216,10 @@ def meli_retrain():
 
         return step_train(_settings(), dataset, emb, kind, _train_cfg(params))
 
-    @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL, retries=1, execution_timeout=timedelta(hours=1))
+    @task(execution_timeout=timedelta(hours=1))
     def ensemble(results: list[dict], dataset: dict, params=None) -> list[dict]:
-        """The mean of the trained models as one more candidate (when enabled, 2+ models)."""
+        """The best-on-validation mean of 2+ trained models as one more candidate (when enabled).
+        Default queue: it only scores the validation split (members fetched from MLflow)."""
         from pipelines.retrain import step_ensemble
 
         return step_ensemble(_settings(), dataset, list(results), _train_cfg(params))
