@@ -30,6 +30,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.common import cpu_name
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("MELI_SHARED_DATA", REPO.parent / "shared" / "data" / "meli2019"))
 REAL = SHARED / "spanish.sample.jsonl.gz"
@@ -150,14 +152,7 @@ def measure(kind: str, src: Path, tmp: Path) -> dict:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem = ""
     try:
         kib = int(Path("/proc/meminfo").read_text().split()[1])

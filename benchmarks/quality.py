@@ -20,7 +20,6 @@ benchmarks/results/quality-<device>.md (cpu or cuda).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import platform
@@ -30,6 +29,9 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from benchmarks.common import cpu_name
+from pipelines.ingest import _sha256 as sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -57,26 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{platform.node()} ({cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    text = f"{platform.node()} ({cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
     text += f"{torch.get_num_threads()} threads"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
@@ -303,7 +289,7 @@ def report(args, argv, data, ing, ds, emb, emb_s, cfg, table, compare, total_s) 
         "",
         f"Command: `{command.strip()}`",
         "",
-        f"Data: `{data.name}` (sha256 {_sha256(data)[:16]}), {ing.rows_read:,} rows read, "
+        f"Data: `{data.name}` (sha256 {sha256_file(data)[:16]}), {ing.rows_read:,} rows read, "
         f"{ing.rows_written:,} kept ({ing.rows_quarantined} quarantined: {ing.reasons}), "
         f"{ds['num_categories']} categories. Split (the lake's hash of listing_id): "
         f"train {c['train']:,} / validation {c['validation']:,} / test {c['test']:,}.",
