@@ -31,6 +31,9 @@ class TrainConfig:
     balance: str = "weighted"
     label_smoothing: float = 0.1
     patience: int = 5
+    # after early stopping on validation, retrain the served model on train + validation for the best
+    # epoch count (validation metrics and the ensemble search still come from the first pass)
+    refit: bool = True
     freeze_embedding: bool = False
     device: str = "auto"
     seed: int = 13

@@ -20,6 +20,7 @@ from pipelines.features import (
 from pipelines.models import ModelConfig, build_model
 from pipelines.pyfunc import OUTPUT_COLUMNS, collate, pick_device
 from pipelines.text import TextConfig, tokenize
+from pipelines.train import RowAdam
 
 TITLES = [
     "Zapatillas Nike Air Max negras",
@@ -95,7 +96,7 @@ def test_forward_and_one_training_step(kind):
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0])
     tables = [model.emb.weight, model.wide.table.weight]
     dense = [p for p in model.parameters() if all(p is not t for t in tables)]
-    opt, sparse = torch.optim.AdamW(dense, lr=1e-2), torch.optim.SparseAdam(tables, lr=1e-2)
+    opt, sparse = torch.optim.AdamW(dense, lr=1e-2), RowAdam(tables, lr=1e-2)
     before = model.emb.weight.detach().clone()
     branches = model.forward_branches(ids, lengths)
     assert len(branches) == 2  # deep + wide, one loss each
@@ -131,6 +132,25 @@ def test_serving_path_matches_the_training_forward(kind, wide, tmp_path):
     assert len(bundle._key) > 5  # over the cap: the next call starts a fresh cache, same answers
     np.testing.assert_allclose(bundle.predict_proba_keys(bundle.encode_keys(titles)), ids_path, rtol=1e-4, atol=1e-6)
     assert len(bundle._key) <= len({w for t in titles for w in tokenize(t)})
+
+
+def test_row_adam_is_sparse_adam():
+    """RowAdam is torch's SparseAdam update (only touched rows; repeated ids summed), just faster."""
+    torch.manual_seed(0)
+    a, b = (torch.nn.Embedding(500, 8, sparse=True) for _ in range(2))
+    b.weight.data.copy_(a.weight.data)
+    ref, ours = torch.optim.SparseAdam([a.weight], lr=1e-2), RowAdam([b.weight], lr=1e-2)
+    untouched = b.weight.detach()[400:].clone()
+    for i in range(30):
+        ids = torch.randint(0, 40 if i % 2 else 400, (16, 5))  # repeated ids within a batch
+        target = torch.randn(16, 5, 8)
+        for emb, opt in ((a, ref), (b, ours)):
+            opt.zero_grad()
+            ((emb(ids) - target) ** 2).sum().backward()
+            opt.step()
+        ours.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 1e-2 * (1 - i / 30)  # schedules apply
+    torch.testing.assert_close(b.weight, a.weight, rtol=1e-5, atol=1e-6)
+    assert torch.equal(b.weight.detach()[400:], untouched)
 
 
 def test_weights_saved_before_the_two_stage_models_still_load():
@@ -184,16 +204,44 @@ def test_train_log_load_predict_roundtrip(settings, synthetic_jsonl):
     assert all(len(k) == 3 for k in out["top_k_categories"])
     assert out["predicted_category"].iloc[0] == out["top_k_categories"].iloc[0][0]
 
+    # refit (default): the served model was retrained on train + validation for the best epoch count;
+    # the selection pass's validation probabilities are logged for diagnostics and the ensemble search
+    from pipelines.evaluate import macro_recall
+    from pipelines.features import read_split
+    from pipelines.train import member_val_probs
+
+    val = read_split(ds["dir"], "validation")
+    metrics = run.data.metrics
+    assert metrics["refit_rows"] == ds["counts"]["train"] + ds["counts"]["validation"]
+    assert metrics["refit_epochs"] == res["best_epoch"] and res["refit"] is True
+    assert len(mlflow.MlflowClient().get_metric_history(res["run_id"], "refit_train_loss")) == res["best_epoch"]
+    labels = np.asarray(model.unwrap_python_model().bundle.labels, dtype=object)
+    probs = member_val_probs(res, len(val))
+    assert probs.shape == (len(val), len(labels))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=2e-2)
+    assert macro_recall(val["category"].tolist(), list(labels[probs.argmax(1)])) == pytest.approx(
+        res["val_macro_recall"], abs=0.02
+    )
+
     # A second model type and the ensemble candidate: members fetched from MLflow, mean of their
     # probabilities, logged as its own child run and loadable by URI like any model.
     from pipelines.pyfunc import Bundle
     from pipelines.train import pick_challenger, train_ensemble
 
-    cnn = train_classifier(settings, ds["dir"], emb["dir"], "cnn", cfg, parent, "2026-11-01")
+    no_refit = TrainConfig(**{**cfg.to_dict(), "refit": False})
+    cnn = train_classifier(settings, ds["dir"], emb["dir"], "cnn", no_refit, parent, "2026-11-01", threads=1)
+    assert "refit_rows" not in mlflow.get_run(cnn["run_id"]).data.metrics
+    served = mlflow.pyfunc.load_model(cnn["model_uri"]).unwrap_python_model().bundle
+    # without refit the logged selection probabilities are the served model's own (float16)
+    served_val = served.predict_proba_keys(served.encode_keys(val["title"].tolist()))
+    np.testing.assert_allclose(member_val_probs(cnn, len(val)), served_val, atol=2e-3)
     assert train_ensemble(settings, ds["dir"], [res], parent, "2026-11-01") is None  # one model: nothing to average
     ens = train_ensemble(settings, ds["dir"], [res, cnn], parent, "2026-11-01")
     assert ens["model_type"] == "ensemble" and 0 <= ens["val_macro_recall"] <= 1
     assert ens["members"] == ["cnn", "mlp"]  # the only subset of two
+    mean = (member_val_probs(res, len(val)) + member_val_probs(cnn, len(val))) / 2  # selection passes'
+    expected = macro_recall(val["category"].tolist(), list(labels[mean.argmax(1)]))
+    assert ens["val_macro_recall"] == pytest.approx(expected, abs=1e-6)
     assert mlflow.get_run(ens["run_id"]).data.tags["mlflow.parentRunId"] == parent
     assert pick_challenger([res, cnn, ens])["val_macro_recall"] == max(r["val_macro_recall"] for r in (res, cnn, ens))
     titles = ["Zapatillas Nike running", "Celular Samsung", "x"]
