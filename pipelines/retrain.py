@@ -104,7 +104,10 @@ def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
     return emb
 
 
-def step_train(settings: Settings, dataset: dict, embedding: dict, kind: str, cfg: TrainConfig) -> dict:
+def step_train(
+    settings: Settings, dataset: dict, embedding: dict, kind: str, cfg: TrainConfig, side_by_side: int = 1
+) -> dict:
+    """Train one model type; ``side_by_side``: trainings sharing this machine's cores at once."""
     from pipelines.train import train_classifier
 
     return train_classifier(
@@ -115,6 +118,7 @@ def step_train(settings: Settings, dataset: dict, embedding: dict, kind: str, cf
         cfg,
         parent_run_id=dataset["parent_run_id"],
         run_date=dataset["run_date"],
+        threads=settings.train_threads(side_by_side),
     )
 
 

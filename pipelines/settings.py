@@ -83,6 +83,10 @@ class Settings:
     device: str = field(default_factory=lambda: _env("MELI_DEVICE", "auto"))
     seed: int = field(default_factory=lambda: _int("MELI_SEED", 13))
     batch_rows: int = field(default_factory=lambda: _int("MELI_BATCH_ROWS", 65536))
+    # training tasks run side by side (the DAG's cap on mapped train tasks) and torch CPU threads for
+    # each (0 = CPU cores // the trainings running at once: oversubscribed cores slow training 3-4x)
+    train_concurrency: int = field(default_factory=lambda: _int("MELI_TRAIN_CONCURRENCY", 2))
+    torch_threads: int = field(default_factory=lambda: _int("MELI_TORCH_THREADS", 0))
     thresholds: Thresholds = field(default_factory=Thresholds)
     gate: GateRules = field(default_factory=GateRules)
 
@@ -92,6 +96,14 @@ class Settings:
             object.__setattr__(self, "tracking_uri", f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}")
         if not self.lake_uri:
             object.__setattr__(self, "lake_uri", str(self.home / "lake"))
+        if self.train_concurrency < 1 or self.torch_threads < 0:
+            raise ValueError("MELI_TRAIN_CONCURRENCY must be >= 1 and MELI_TORCH_THREADS >= 0")
+
+    def train_threads(self, side_by_side: int) -> int:
+        """Torch CPU threads for one of ``side_by_side`` training processes."""
+        if self.torch_threads > 0:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // max(1, min(side_by_side, self.train_concurrency)))
 
     # ---- paths under MELI_HOME -------------------------------------------------------------
     @property

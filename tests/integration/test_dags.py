@@ -25,6 +25,7 @@ def test_dags_import_cleanly_without_heavy_modules(tmp_path):
         " 'heavy': [m for m in heavy if m in sys.modules],"
         " 'queues': {t.task_id: t.queue for t in bag.dags['meli_retrain'].tasks},"
         " 'max_active_runs': bag.dags['meli_retrain'].max_active_runs,"
+        " 'train_at_once': bag.dags['meli_retrain'].get_task('train').max_active_tis_per_dagrun,"
         " 'params': sorted(bag.dags['meli_retrain'].params.keys())}))\n"
     )
     r = subprocess.run(
@@ -37,7 +38,8 @@ def test_dags_import_cleanly_without_heavy_modules(tmp_path):
     assert out["heavy"] == [], f"DAG parsing imported heavy modules: {out['heavy']}"
     assert out["queues"]["train"] == "gpu" and out["queues"]["ingest"] == "default"
     assert out["max_active_runs"] == 1
-    assert {"models", "epochs", "force_promote", "dry_run", "min_improvement", "sources"} <= set(out["params"])
+    assert out["train_at_once"] == 2  # MELI_TRAIN_CONCURRENCY's default; threads per task follow it
+    assert {"models", "epochs", "refit", "force_promote", "dry_run", "min_improvement", "sources"} <= set(out["params"])
 
 
 @pytest.fixture(scope="module")
