@@ -8,7 +8,9 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
    The *Data Docs* tab of the run (and the task log / XCom) links the report.
 3. **prepare** the frozen train/validation/test splits and the parent MLflow run
 4. **embedding**: gensim FastText on the training split
-5. **train** one classifier per selected model type (dynamic task mapping; queue `gpu`)
+5. **train** one classifier per selected model type (dynamic task mapping; queue `gpu`;
+   `MELI_TRAIN_CONCURRENCY` at once): early stopping on validation, then (Param `refit`) the served
+   model is retrained on train + validation for the chosen epoch count
 6. **ensemble**: the mean of the trained models as one more candidate (Param `ensemble`)
 7. **register** the best on validation as a new model version (the challenger)
 8. **evaluate** challenger and current champion on the same test rows
