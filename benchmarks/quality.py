@@ -5,8 +5,9 @@ side with a TF-IDF word+char LinearSVC baseline trained on the same split, in th
 
 Everything goes through the project's own code, in a temporary MELI_HOME: ``ingest`` (the lake's
 deterministic hash split, train/validation/test = 75/10/15 by listing id), ``prepare_dataset``,
-``train_embedding``, then ``train_classifier`` per model type (real MLflow, SQLite in the temp home;
-early stopping on validation macro-recall as in production). Each logged model is downloaded from
+``train_embedding``, then ``train_classifier`` per model type, two side by side in worker processes
+as the DAG's mapped train tasks run (real MLflow, SQLite in the temp home; early stopping on
+validation macro-recall and the refit on train + validation, as in production). Each logged model is downloaded from
 MLflow and loaded as the serving ``Bundle``; the TEST split is scored with ``Bundle.predict`` (batch
 inference, tokenization included). The baseline is fitted on the same train split (raw lowercased
 titles) and scored on the same test rows. Nothing here is tuned on the test split.
