@@ -135,11 +135,15 @@ def run_baseline(train, test) -> dict:
     }
 
 
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("mlflow", "alembic", "gensim", "urllib3", "great_expectations"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def _train_one(dataset_dir: str, embedding_dir: str, kind: str, cfg_dict: dict, threads: int) -> tuple[dict, float]:
     """One model type in a worker process (MELI_HOME is inherited): its result and wall seconds."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("mlflow", "alembic", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     from pipelines.config import TrainConfig
     from pipelines.settings import get_settings
     from pipelines.train import train_classifier
@@ -180,9 +184,7 @@ def _metric(run_id: str, key: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("mlflow", "alembic", "gensim", "urllib3", "great_expectations"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     data = Path(args.data).resolve()
     if not data.is_file():
         print(f"error: no data file at {data} (pass --data)", file=sys.stderr)

@@ -30,13 +30,13 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
 from pipelines.config import BALANCE_MODES, DEVICES, INPUT_FORMATS, MODEL_TYPES, TrainConfig
-from pipelines.settings import GateRules
+from pipelines.settings import GateRules, Settings
 
 LISTINGS = Asset("meli_lake_listings")
 CHAMPION = Asset("meli_champion")
 TRAIN_QUEUE = os.environ.get("MELI_TRAIN_QUEUE", "gpu")
 TRAIN_POOL = os.environ.get("MELI_TRAIN_POOL", "default_pool")
-TRAIN_CONCURRENCY = int(os.environ.get("MELI_TRAIN_CONCURRENCY", "2"))  # mapped train tasks at once
+TRAIN_CONCURRENCY = Settings().train_concurrency  # mapped train tasks at once (MELI_TRAIN_CONCURRENCY)
 
 _T = TrainConfig()
 _G = GateRules()

@@ -183,13 +183,13 @@ def train_classifier(
     x_train = encoder.encode_many(train_df["title"].tolist())
     x_val = encoder.encode_many(val_df["title"].tolist())
     y_val_names = val_df["category"].tolist()
+    y_val = np.array([index.get(c, -1) for c in y_val_names], dtype=np.int64)  # -1: class absent from train
     fit = _Fit(kind, cfg, encoder, labels, device, embedding_dir)
 
     def evaluate_split(model) -> tuple[float, float, np.ndarray]:
         probs = _InMemoryBundle(model, encoder, labels, device).predict_proba_encoded(x_val)
         pred = np.asarray(labels, dtype=object)[probs.argmax(1)]
-        y_idx = np.array([index.get(c, -1) for c in y_val_names])
-        p_true = np.where(y_idx >= 0, probs[np.arange(len(y_idx)), np.maximum(y_idx, 0)], 1e-9)
+        p_true = np.where(y_val >= 0, probs[np.arange(len(y_val)), np.maximum(y_val, 0)], 1e-9)
         loss = float(-np.log(np.clip(p_true, 1e-9, 1)).mean())
         return macro_recall(y_val_names, list(pred)), loss, probs
 
@@ -258,10 +258,8 @@ def train_classifier(
         }
         if cfg.refit:  # the served model: same recipe, train + validation rows, best_epoch epochs
             del model
-            x_all = x_train + x_val
-            y_all = np.concatenate([y_train, np.array([index.get(c, -1) for c in y_val_names], dtype=np.int64)])
-            keep = np.flatnonzero(y_all >= 0)  # validation rows of a class absent from train: no label id
-            x_all, y_all = [x_all[i] for i in keep], y_all[keep]
+            keep = np.flatnonzero(y_val >= 0)  # a validation row whose class train lacks has no label id
+            x_all, y_all = x_train + [x_val[i] for i in keep], np.concatenate([y_train, y_val[keep]])
 
             def on_refit_epoch(model, epoch: int, train_loss: float, epoch_s: float) -> bool:
                 mlflow.log_metrics({"refit_train_loss": train_loss}, step=epoch)
@@ -269,7 +267,7 @@ def train_classifier(
                 return epoch < best["epoch"]
 
             model = fit.new_model(x_all)
-            refit_seen, refit_seconds = fit.run(model, x_all, y_all, cfg.epochs, on_refit_epoch)
+            _, refit_seconds = fit.run(model, x_all, y_all, cfg.epochs, on_refit_epoch)
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             metrics |= {"refit_rows": len(y_all), "refit_seconds": refit_seconds, "refit_epochs": best["epoch"]}
             train_seconds += refit_seconds
@@ -281,9 +279,7 @@ def train_classifier(
         bundle_dir.mkdir(parents=True)
         torch.save(state, bundle_dir / "weights.pt")
         (bundle_dir / "labels.json").write_text(json.dumps(labels))
-        (bundle_dir / "config.json").write_text(
-            json.dumps({"model": fit.model_cfg.to_dict(), "train": cfg.to_dict(), "refit": cfg.refit})
-        )
+        (bundle_dir / "config.json").write_text(json.dumps({"model": fit.model_cfg.to_dict(), "train": cfg.to_dict()}))
         shutil.copy(embedding_dir / "encoder.json", bundle_dir / "encoder.json")
 
         info = _log_served_model(bundle_dir, val_df, best["probs"])
@@ -310,7 +306,7 @@ class _Fit:
         from pipelines.features import embedding_matrix
         from pipelines.models import ModelConfig
 
-        self.kind, self.cfg, self.encoder, self.labels, self.device = kind, cfg, encoder, labels, device
+        self.cfg, self.encoder, self.labels, self.device = cfg, encoder, labels, device
         self.model_cfg = ModelConfig(
             kind=kind,
             num_embeddings=encoder.num_embeddings,
