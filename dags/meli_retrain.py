@@ -28,6 +28,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk.configuration import conf
 
 from pipelines.config import BALANCE_MODES, DEVICES, INPUT_FORMATS, MODEL_TYPES, TrainConfig
 from pipelines.settings import GateRules, Settings
@@ -37,6 +38,9 @@ CHAMPION = Asset("meli_champion")
 TRAIN_QUEUE = os.environ.get("MELI_TRAIN_QUEUE", "gpu")
 TRAIN_POOL = os.environ.get("MELI_TRAIN_POOL", "default_pool")
 TRAIN_CONCURRENCY = Settings().train_concurrency  # mapped train tasks at once (MELI_TRAIN_CONCURRENCY)
+# Airflow 3 caps the tasks running at once in one DAG run (core.max_active_tasks_per_dag, 2 in the
+# embedded airflow.cfg): raise the cap for this DAG so MELI_TRAIN_CONCURRENCY > 2 is not silently lost.
+MAX_ACTIVE_TASKS = max(conf.getint("core", "max_active_tasks_per_dag"), TRAIN_CONCURRENCY)
 
 _T = TrainConfig()
 _G = GateRules()
@@ -60,6 +64,7 @@ def _train_cfg(params) -> TrainConfig:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    max_active_tasks=MAX_ACTIVE_TASKS,
     tags=["meli", "training", "mlflow", "great-expectations"],
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "owner": "meli-ml"},

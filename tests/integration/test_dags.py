@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 FAST = {"epochs": 2, "embedding_epochs": 2, "patience": 2}
 
 
-def test_dags_import_cleanly_without_heavy_modules(tmp_path):
+def _parse_dags(home, **env) -> dict:
+    """Parse dags/ with a DagBag in a fresh interpreter (the Airflow env of ``home`` plus ``env``)."""
     code = (
         "import sys, json\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
@@ -26,20 +27,33 @@ def test_dags_import_cleanly_without_heavy_modules(tmp_path):
         " 'queues': {t.task_id: t.queue for t in bag.dags['meli_retrain'].tasks},"
         " 'max_active_runs': bag.dags['meli_retrain'].max_active_runs,"
         " 'train_at_once': bag.dags['meli_retrain'].get_task('train').max_active_tis_per_dagrun,"
+        " 'run_cap': bag.dags['meli_retrain'].max_active_tasks,"
         " 'params': sorted(bag.dags['meli_retrain'].params.keys())}))\n"
     )
     r = subprocess.run(
-        [sys.executable, "-c", code], env=airflow_env(tmp_path / "home"), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], env=airflow_env(home) | env, capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_dags_import_cleanly_without_heavy_modules(tmp_path):
+    out = _parse_dags(tmp_path / "home")
     assert out["errors"] == {}
     assert out["dags"] == ["meli_retrain", "meli_score"]
     assert out["heavy"] == [], f"DAG parsing imported heavy modules: {out['heavy']}"
     assert out["queues"]["train"] == "gpu" and out["queues"]["ingest"] == "default"
     assert out["max_active_runs"] == 1
     assert out["train_at_once"] == 2  # MELI_TRAIN_CONCURRENCY's default; threads per task follow it
+    assert out["run_cap"] == 2  # airflow.cfg's max_active_tasks_per_dag
     assert {"models", "epochs", "refit", "force_promote", "dry_run", "min_improvement", "sources"} <= set(out["params"])
+
+
+def test_train_concurrency_above_the_run_cap_raises_it(tmp_path):
+    """Airflow 3 caps tasks per DAG run (2 in airflow.cfg): 3 trainings at once must still fit."""
+    out = _parse_dags(tmp_path / "home", MELI_TRAIN_CONCURRENCY="3")
+    assert out["errors"] == {}
+    assert out["train_at_once"] == 3 and out["run_cap"] == 3
 
 
 @pytest.fixture(scope="module")
