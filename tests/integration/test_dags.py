@@ -16,7 +16,8 @@ FAST = {"epochs": 2, "embedding_epochs": 2, "patience": 2}
 
 
 def _parse_dags(home, **env) -> dict:
-    """Parse dags/ with a DagBag in a fresh interpreter (the Airflow env of ``home`` plus ``env``)."""
+    """Parse dags/ with a DagBag in a fresh interpreter: the Airflow env of ``home`` (training
+    concurrency at its defaults, whatever the caller's shell says) plus ``env``."""
     code = (
         "import sys, json\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
@@ -30,9 +31,8 @@ def _parse_dags(home, **env) -> dict:
         " 'run_cap': bag.dags['meli_retrain'].max_active_tasks,"
         " 'params': sorted(bag.dags['meli_retrain'].params.keys())}))\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code], env=airflow_env(home) | env, capture_output=True, text=True, timeout=120
-    )
+    base = {k: v for k, v in airflow_env(home).items() if k not in ("MELI_TRAIN_CONCURRENCY", "MELI_TORCH_THREADS")}
+    r = subprocess.run([sys.executable, "-c", code], env=base | env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
