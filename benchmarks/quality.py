@@ -155,13 +155,12 @@ def _train_one(dataset_dir: str, embedding_dir: str, kind: str, cfg_dict: dict, 
     return res, time.perf_counter() - t0
 
 
-def train_all(settings, dataset_dir, embedding_dir, cfg, side_by_side: int) -> list[tuple[dict, float]]:
+def train_all(settings, dataset_dir, embedding_dir, cfg, side_by_side: int, threads: int) -> list[tuple[dict, float]]:
     """Every model type, ``side_by_side`` at a time in worker processes (as the DAG's mapped train
-    tasks run), each with its share of the cores as torch threads; results in ``cfg.models`` order."""
+    tasks run), each with ``threads`` torch threads; results in ``cfg.models`` order."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = settings.train_threads(side_by_side)
     args = [(str(dataset_dir), str(embedding_dir), kind, cfg.to_dict(), threads) for kind in cfg.models]
     if side_by_side <= 1:
         return [_train_one(*a) for a in args]
@@ -193,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MELI_HOME"] = str(home)
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MELI_LAKE_URI"):
         os.environ.pop(var, None)  # never log the benchmark into a real tracking server
+    if args.parallel:  # one source for the trainings at once: Settings (threads per training follow it)
+        os.environ["MELI_TRAIN_CONCURRENCY"] = str(args.parallel)
 
     from pipelines.config import TrainConfig
     from pipelines.features import prepare_dataset, read_split, train_embedding
@@ -221,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         titles, y_test = test_df["title"].tolist(), test_df["category"].tolist()
 
         rows, compare = [], []
-        side_by_side = 1 if device.type == "cuda" else min(args.parallel or settings.train_concurrency, len(cfg.models))
+        side_by_side = 1 if device.type == "cuda" else min(settings.train_concurrency, len(cfg.models))
+        threads = settings.train_threads(side_by_side) if device.type == "cpu" else 0
         t0 = time.perf_counter()
-        trained = train_all(settings, ds["dir"], emb["dir"], cfg, side_by_side)
+        trained = train_all(settings, ds["dir"], emb["dir"], cfg, side_by_side, threads)
         train_wall_s = time.perf_counter() - t0
         for kind, (res, train_s) in zip(cfg.models, trained, strict=True):
             bundle = load_served_bundle(res["model_uri"], str(device), home / "served" / kind)
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         training = {
             "side_by_side": side_by_side,
-            "threads": settings.train_threads(side_by_side) if device.type == "cpu" else 0,
+            "threads": threads,
             "wall_s": train_wall_s,
         }
         out.write_text(report(args, argv, data, ing, ds, emb, emb_s, cfg, table, compare, total_s, training))
