@@ -67,7 +67,16 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
             )
         except MlflowException:
             pass  # created concurrently
-    mv = mlflow.register_model(trained["model_uri"], settings.model_name)
+    mv = _registered_from(client, settings.model_name, trained)
+    if mv is not None:  # a retried or cleared register task: the same trained model, the same version
+        log.info(
+            "%s version %s already holds %s; not registering it again",
+            settings.model_name,
+            mv.version,
+            trained["model_uri"],
+        )
+    else:
+        mv = mlflow.register_model(trained["model_uri"], settings.model_name)
     tags = {
         "meli.model_type": trained["model_type"],
         "meli.run_date": run_date,
@@ -87,6 +96,17 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
         "model_type": trained["model_type"],
         "val_macro_recall": trained["val_macro_recall"],
     }
+
+
+def _registered_from(client, name: str, trained: dict):
+    """The version already registered from this training run's model, if any."""
+    try:
+        versions = client.search_model_versions(f"name='{name}' and run_id='{trained['run_id']}'")
+    except Exception as exc:  # a registry that cannot filter: register (at worst a duplicate version)
+        log.warning("could not look for an existing version of run %s: %s", trained["run_id"], exc)
+        return None
+    same = [v for v in versions if v.source == trained["model_uri"]]
+    return min(same, key=lambda v: int(v.version)) if same else None
 
 
 def predict_titles(model_uri: str, titles: list[str]) -> list[str]:
@@ -111,6 +131,15 @@ def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict
     titles, y = test["title"].tolist(), test["category"].astype(str).tolist()
     out_dir = settings.run_dir(run_date) / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
+    prior = _read_json(out_dir / "evaluation.json")
+    if (
+        champ is not None
+        and str(champ.version) == str(challenger_version)
+        and prior is not None
+        and prior["models"]["challenger"]["version"] == str(challenger_version)
+    ):  # re-run after the promotion: keep the comparison it was promoted on (re-scoring now has no champion)
+        log.info("v%s already holds %r: keeping the evaluation it was gated on", challenger_version, CHAMPION)
+        return prior
     models = {"challenger": str(challenger_version)}
     if champ is not None and str(champ.version) != str(challenger_version):
         models["champion"] = str(champ.version)
@@ -204,6 +233,17 @@ def gate(
     per_class = json.loads((eval_dir / "per_class_recall.json").read_text())
     champ_now = _alias_version(client, name, CHAMPION)
     champ_now_v = str(champ_now.version) if champ_now else None
+    prior = _read_json(eval_dir / "decision.json")
+    if (
+        champ_now_v == str(challenger_version)
+        and prior is not None
+        and prior.get("challenger_version") == str(challenger_version)
+        and prior.get("decision") in ("promoting", "promoted")
+    ):  # a retry (or re-run) after this gate moved the alias: finish its record, decide nothing anew
+        log.info("v%s was promoted by this gate at %s; completing its record", challenger_version, prior["decided_at"])
+        decision = {**prior, "decision": "promoted"}
+        _record(settings, client, decision, eval_dir, parent_run_id or prior.get("mlflow_run_id") or None)
+        return decision
     if champ_now_v not in (evaluation.get("champion_at_evaluation"), str(challenger_version)):
         raise GateError(
             f"champion moved from {evaluation.get('champion_at_evaluation')} to {champ_now_v} since "
@@ -251,6 +291,9 @@ def gate(
         "decided_at": datetime.now(UTC).isoformat(),
     }
     if promote and not dry_run:
+        # the decision is on disk before any alias moves, so a retry after the moves completes it
+        # (above) instead of deciding again against a champion that is now the challenger itself
+        atomic_write_json(eval_dir / "decision.json", {**decision, "decision": "promoting"})
         # 'previous' first: if the champion move then fails, the champion is still the old one.
         if champ_now is not None:
             client.set_registered_model_alias(name, PREVIOUS, champ_now.version)
@@ -260,6 +303,10 @@ def gate(
         log.info("%s: %s v%s (%s)", decision["decision"], name, challenger_version, why)
     _record(settings, client, decision, eval_dir, parent_run_id)
     return decision
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _manifest_ref(settings: Settings, run_date: str) -> str:
@@ -334,8 +381,9 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
         "meli.gate_dag_run_id": d["dag_run_id"],
         "meli.data_manifest": d["data_manifest"][:4000],
     }
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, v)
+    if d["rule"] != "already_champion":  # never relabel the serving version with a no-op's "rejected"
+        for k, v in tags.items():
+            client.set_model_version_tag(name, version, k, v)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "decision.json", d)
     (out_dir / "decision.md").write_text(_markdown(d))
@@ -356,6 +404,16 @@ def _history_event(settings: Settings, d: dict, files: list[Path] = ()) -> None:
     import mlflow
 
     exp_id = _history_experiment(settings)
+    same = mlflow.search_runs(
+        [exp_id],
+        filter_string=f"tags.`meli.challenger_version` = '{d['challenger_version']}' "
+        f"and tags.`meli.decided_at` = '{d['decided_at']}'",
+        max_results=1,
+        output_format="list",
+    )
+    if same:  # a retry that completes a decision already in the history: no second event
+        log.info("history already has this decision (MLflow run %s)", same[0].info.run_id)
+        return
     with mlflow.start_run(
         experiment_id=exp_id,
         run_name=f"{d['decision']}-v{d['challenger_version']}",
@@ -425,9 +483,9 @@ def history(settings: Settings, limit: int = 50) -> list[dict]:
     exp = mlflow.get_experiment_by_name(f"{settings.experiment}-promotions")
     if exp is None:
         return []
-    runs = mlflow.search_runs(
-        [exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=limit, output_format="list"
-    )
+    runs = mlflow.search_runs(  # the latest ``limit`` events, printed oldest first
+        [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit, output_format="list"
+    )[::-1]
     keys = (
         "decided_at",
         "decision",
@@ -457,9 +515,11 @@ def rollback(settings: Settings, to_version: str | None = None, reason: str = "o
     client.get_model_version(name, str(to_version))  # fails clearly if it does not exist
     if current is not None and str(current.version) == str(to_version):
         raise GateError(f"version {to_version} is already the champion")
+    # 'champion' first: if the second move fails, serving is already right and the target is not lost
+    # (moving 'previous' first would leave both aliases on the version being rolled back from)
+    client.set_registered_model_alias(name, CHAMPION, str(to_version))
     if current is not None:
         client.set_registered_model_alias(name, PREVIOUS, current.version)
-    client.set_registered_model_alias(name, CHAMPION, str(to_version))
     d = {
         "decision": "rollback",
         "rule": "rollback",

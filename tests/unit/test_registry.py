@@ -181,3 +181,108 @@ def test_champion_moved_since_evaluation_is_refused(settings, test_rows):
     mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", v3)
     with pytest.raises(registry.GateError, match="champion moved"):
         registry.gate(settings, RUN_DATE, v2)
+
+
+def _tags(settings, version):
+    return mlflow.MlflowClient().get_model_version(settings.model_name, version).tags
+
+
+def test_gate_retried_after_the_alias_moved_completes_the_promotion(settings, test_rows, monkeypatch):
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1)
+    v2 = make_version(settings, test_rows, 0.9)
+    registry.evaluate(settings, RUN_DATE, v2)
+    real = registry._history_event
+
+    def history_down(*a, **k):
+        raise RuntimeError("artifact store down")
+
+    monkeypatch.setattr(registry, "_history_event", history_down)
+    with pytest.raises(RuntimeError, match="artifact store down"):
+        registry.gate(settings, RUN_DATE, v2)
+    assert champion(settings) == (v2, v1)  # the alias moved, the record did not finish
+    monkeypatch.setattr(registry, "_history_event", real)
+
+    d = registry.gate(settings, RUN_DATE, v2)  # Airflow's retry of the gate task
+    assert (d["decision"], d["rule"]) == ("promoted", "improved")
+    assert d["champion_version"] == v1 and d["delta"] == pytest.approx(0.2)
+    assert champion(settings) == (v2, v1)
+    assert _tags(settings, v2)["meli.decision"] == "promoted"
+    assert [(h["decision"], h["challenger_version"]) for h in registry.history(settings)] == [
+        ("promoted", v1),
+        ("promoted", v2),
+    ]
+
+
+def test_rerunning_evaluate_and_gate_after_a_promotion_changes_nothing(settings, test_rows):
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1)
+    v2 = make_version(settings, test_rows, 0.9)
+    first = run_gate(settings, v2)
+    again = run_gate(settings, v2)  # cleared evaluate + gate tasks, or `promote` run twice
+    assert again == first
+    evaluation = registry.evaluate(settings, RUN_DATE, v2)
+    assert evaluation["models"]["champion"]["version"] == v1  # the comparison it was promoted on
+    assert champion(settings) == (v2, v1)
+    assert _tags(settings, v2)["meli.rule"] == "improved"
+    assert [h["decision"] for h in registry.history(settings)] == ["promoted", "promoted"]
+
+
+def test_an_interrupted_promotion_says_so_on_disk(settings, test_rows, monkeypatch):
+    v1 = make_version(settings, test_rows, 0.9)
+    registry.evaluate(settings, RUN_DATE, v1)
+
+    def registry_down(*a, **k):
+        raise RuntimeError("registry down")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", registry_down)
+    with pytest.raises(RuntimeError, match="registry down"):
+        registry.gate(settings, RUN_DATE, v1)
+    decision = settings.run_dir(RUN_DATE) / "evaluation" / "decision.json"
+    assert __import__("json").loads(decision.read_text())["decision"] == "promoting"
+    monkeypatch.undo()
+    d = registry.gate(settings, RUN_DATE, v1)
+    assert (d["decision"], d["rule"]) == ("promoted", "first_model")
+    assert champion(settings) == (v1, None)
+
+
+def test_register_retried_reuses_the_version(settings, test_rows):
+    v1 = make_version(settings, test_rows, 0.7)
+    mv = mlflow.MlflowClient().get_model_version(settings.model_name, v1)
+    again = registry.register_challenger(
+        settings,
+        {"model_uri": mv.source, "run_id": mv.run_id, "model_type": "lookup", "val_macro_recall": 0.0},
+        RUN_DATE,
+    )
+    assert again["version"] == v1
+    assert len(mlflow.MlflowClient().search_model_versions(f"name='{settings.model_name}'")) == 1
+
+
+def test_rollback_failing_halfway_keeps_serving_the_target(settings, test_rows, monkeypatch):
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1)
+    v2 = make_version(settings, test_rows, 0.9)
+    run_gate(settings, v2)
+    real = mlflow.MlflowClient.set_registered_model_alias
+
+    def previous_down(self, name, alias, version):
+        if alias == "previous":
+            raise RuntimeError("registry down")
+        return real(self, name, alias, version)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", previous_down)
+    with pytest.raises(RuntimeError):
+        registry.rollback(settings)
+    assert champion(settings)[0] == v1
+
+
+def test_history_lists_the_latest_events(settings, test_rows):
+    versions = [make_version(settings, test_rows, r) for r in (0.5, 0.6, 0.7)]
+    for v in versions:
+        run_gate(settings, v)
+    registry.rollback(settings)
+    hist = registry.history(settings, limit=2)
+    assert [(h["decision"], h["challenger_version"]) for h in hist] == [
+        ("promoted", versions[2]),
+        ("rollback", versions[1]),
+    ]
