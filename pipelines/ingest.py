@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import queue
 import re
 import sys
@@ -121,15 +122,15 @@ def _as_lists(chunk: Chunk) -> Chunk:
 
 
 # ------------------------------------------------------------------------------------------
-# Bytes: plain or gzip, in blocks; a truncated or corrupt gzip ends early with a recorded error
+# Bytes: plain or gzip, in blocks; a truncated gzip ends early with a recorded error, a corrupt one fails
 # ------------------------------------------------------------------------------------------
 class _Bytes:
     """The (inflated) bytes of a file, in blocks of about ``block`` bytes.
 
     Gzip is recognised by its magic bytes (not the file name); multi-member files and zero padding
-    are read like gzip.open does. A truncated or corrupt gzip does not raise: the blocks end with
-    every byte that could be inflated, and ``error`` says why. ``tail`` is set by line readers to
-    the partial last line of such an input.
+    are read like gzip.open does. A truncated gzip does not raise: the blocks end with every byte
+    that could be inflated, and ``error`` says why (``tail`` is set by line readers to the partial
+    last line of such an input). Corrupt compressed data raises IngestError.
     """
 
     def __init__(self, path: Path, block: int = BLOCK_BYTES):
@@ -168,14 +169,17 @@ class _Bytes:
                 if not buf:
                     continue
                 started = True
-            saved = d.copy()
             try:
                 out = d.decompress(buf, size)
             except zlib.error as exc:
-                # corrupt data: replay this block in small steps to keep what precedes the damage
-                yield from self._salvage(saved, buf)
-                self.error = f"corrupt compressed data ({exc})"
-                return
+                # Deflate output is only checked by the member's CRC at its end, so the rows already
+                # inflated may be garbled (a flipped byte decodes to wrong text, then fails later):
+                # none of them can be trusted. A clean truncation (above) is different: every byte
+                # inflated before the end is exact.
+                raise IngestError(
+                    f"{self.path}: corrupt compressed data ({exc}); rows inflated before the damage cannot be "
+                    "trusted, so nothing from this file is written: fetch it again"
+                ) from exc
             buf = d.unconsumed_tail
             if out:
                 yield out
@@ -183,22 +187,6 @@ class _Bytes:
                 buf = d.unused_data
                 d = zlib.decompressobj(wbits=31)
                 started = False
-
-    @classmethod
-    def _salvage(cls, d, buf: bytes, step: int = 4096) -> Iterator[bytes]:
-        """Inflate ``buf`` in ever smaller steps, yielding everything before the first bad byte."""
-        for i in range(0, len(buf), step):
-            saved = d.copy()
-            try:
-                out = d.decompress(buf[i : i + step])
-            except zlib.error:
-                if step > 1:
-                    yield from cls._salvage(saved, buf[i : i + step], max(1, step // 64))
-                return
-            if out:
-                yield out
-            if d.eof:
-                return
 
 
 class _Failed:
@@ -289,15 +277,25 @@ def detect_format(path: Path) -> str:
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not text:
         return "jsonl"  # empty file: zero rows in any format
-    if text[:1] in (b"{", b"["):
+    lines = [ln.strip() for ln in text.splitlines()[:50] if ln.strip()]  # \n, \r\n or old-Mac \r
+    if _json_object(lines[0]):  # not just a leading '{' or '[': "[NUEVO] Celular,CELLPHONES" is CSV
         return "jsonl"
-    lines = [ln.strip() for ln in text.split(b"\n")[:50] if ln.strip()]
     if sum(ln[:1] == b"{" for ln in lines) * 2 > len(lines):  # JSON objects after a bad first line
         return "jsonl"
-    first = text.split(b"\n", 1)[0].decode("utf-8", "replace").lower()
-    cols = {c.strip().strip('"') for c in next(csv.reader([first]), [])}
+    first = lines[0].decode("utf-8", "replace").lower()
+    try:
+        cols = {c.strip().strip('"') for c in next(csv.reader([first]), [])}
+    except csv.Error:  # e.g. a bare carriage return in the first line: not a header
+        cols = set()
     # a header names the columns; a header without `title` is still a header (and an error later)
     return "challenge_csv" if cols & _HEADER_NAMES else "csv"
+
+
+def _json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # not JSON (or cut by the head's size: the majority rule decides)
+        return False
 
 
 def _sha256(path: Path) -> str:
@@ -320,6 +318,8 @@ def _as_str(value) -> str | None:
         return None
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON's NaN/Infinity (Python writes them): missing, not the text "nan"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise TypeError(type(value).__name__)
@@ -622,9 +622,16 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
     csv.field_size_limit(sys.maxsize)
     raw_stream = _TextStream(path)
     text = io.TextIOWrapper(
-        io.BufferedReader(raw_stream, 1 << 20), encoding="utf-8", errors="surrogateescape", newline=""
+        io.BufferedReader(raw_stream, 1 << 20), encoding="utf-8-sig", errors="surrogateescape", newline=""
     )
-    reader = csv.reader(text)
+    lines: list[str] = []  # the physical lines of the record being parsed
+
+    def physical_lines() -> Iterator[str]:
+        for line in text:
+            lines.append(line)
+            yield line
+
+    reader = csv.reader(physical_lines())
     names: list[str]
     try:
         if header:
@@ -638,13 +645,18 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
         chunk = Chunk(_empty_columns(), [], [])
         n = 0
         while True:
+            lines.clear()
             try:
                 row = next(reader)
+                error = f"one CSV record spans {len(lines)} lines (an unbalanced quote?)" if len(lines) > 1 else ""
             except StopIteration:
                 break
             except csv.Error as exc:
-                n += 1
-                chunk.rejected.append((n, "bad_csv_row", str(exc), ""))
+                error = str(exc)
+            if error:  # titles are one line: quarantine each line as it is, never a merged or split row
+                for line in lines or [""]:
+                    n += 1
+                    chunk.rejected.append((n, "bad_csv_row", error, line.rstrip("\r\n")))
                 continue
             n += 1
             raw = ",".join(row)

@@ -569,26 +569,20 @@ def test_truncated_gzip_csv(settings, tmp_path):
     assert bad["source_row"] == complete + 1 and bad["raw"] == partial and partial
 
 
-def test_corrupt_gzip_is_truncated_input(settings, tmp_path):
+def test_corrupt_gzip_fails_the_file_and_writes_nothing(settings, tmp_path):
+    # deflate output is only checked by the CRC at the member's end: what was inflated before the
+    # damage may already be garbled text with a valid-looking category, so none of it is kept
     rows = D.incompressible_rows(400)
     data = gzip.compress(b"\n".join(D.jsonl_line(x) for x in rows) + b"\n", mtime=0)
     mid = len(data) // 2
-    src = D.write_bytes(
-        tmp_path / "corrupt.jsonl.gz", data[:mid] + bytes(b ^ 0x5A for b in data[mid : mid + 64]) + data[mid + 64 :]
-    )
-    r = run(settings, src)
-    assert r.reasons()["truncated_input"] == 1
-    k = r.result.rows_written
-    assert 100 < k < 400 and r.titles() == [x["title"] for x in rows[:k]]  # everything before the damage
-    # a damaged checksum at the very end: every row is kept, the damage is still recorded
-    src = D.write_bytes(tmp_path / "crc.jsonl.gz", data[:-8] + bytes(b ^ 0xFF for b in data[-8:-4]) + data[-4:])
-    r = run(settings, src, date="2024-03-02")
-    assert r.result.rows_written == 400 and r.reasons() == Counter({"truncated_input": 1})
-    assert "corrupt" in r.bad[0]["detail"]
-    # nothing readable at all: a clear error, not an empty partition
-    src = D.write_bytes(tmp_path / "garbage.jsonl.gz", b"\x1f\x8b" + bytes(range(256)) * 4)
-    with pytest.raises(IngestError, match="cannot read the start"):
-        ingest([src], "2024-03-03", settings)
+    flipped = data[:mid] + bytes(b ^ 0x01 for b in data[mid : mid + 2]) + data[mid + 2 :]
+    crc = data[:-8] + bytes(b ^ 0xFF for b in data[-8:-4]) + data[-4:]  # only the checksum damaged
+    garbage = b"\x1f\x8b" + bytes(range(256)) * 4  # nothing readable at all
+    for i, bad in enumerate([flipped, crc, garbage]):
+        src = D.write_bytes(tmp_path / f"corrupt{i}.jsonl.gz", bad)
+        with pytest.raises(IngestError, match="corrupt compressed data"):
+            ingest([src], DAY, settings)
+        assert not (settings.listings_dir / f"ingest_date={DAY}").exists()
     no_leftovers(settings)
 
 
@@ -604,6 +598,39 @@ def test_bad_csv_row(settings, tmp_path):
     assert r.bad[0]["raw"] == "Solo dos,campos"
     assert "Muchos" in r.bad[1]["raw"] and "Comilla sin cerrar" in r.bad[2]["raw"]
     assert r.result.rows_written == 3
+
+
+def test_a_stray_quote_never_merges_rows(settings, tmp_path):
+    # the csv module would read lines 1-2 as ONE record: title "Mesa de luz,FURNITURE\nSilla gamer"
+    # roja" labelled CHAIRS (a FURNITURE listing lost, a wrong label trained on)
+    src = D.write_bytes(
+        tmp_path / "q.csv", b'title,category\n"Mesa de luz,FURNITURE\nSilla "gamer" roja,CHAIRS\nHeladera,FRIDGE\n'
+    )
+    r = run(settings, src)
+    assert r.titles() == ["Heladera"]
+    assert [(b["source_row"], b["reason"], b["raw"]) for b in r.bad] == [
+        (1, "bad_csv_row", '"Mesa de luz,FURNITURE'),
+        (2, "bad_csv_row", 'Silla "gamer" roja,CHAIRS'),
+    ]
+    assert "spans 2 lines" in r.bad[0]["detail"]
+
+
+def test_csv_edge_inputs(settings, tmp_path):
+    # a headerless CSV whose first title starts with '[' is CSV, not JSONL; a BOM is not part of the title
+    src = D.write_bytes(tmp_path / "tags.csv", "\ufeff[NUEVO] Celular Samsung,CELLPHONES\nTV Sony 40,TVS\n".encode())
+    assert detect_format(src) == "csv"
+    r = run(settings, src)
+    assert r.titles() == ["[NUEVO] Celular Samsung", "TV Sony 40"] and not r.bad
+    # old-Mac line endings: the header is still a header
+    src = D.write_bytes(tmp_path / "cr.csv", b"title,category\rA title,C1\rB title,C2\r")
+    assert detect_format(src) == "challenge_csv"
+
+
+def test_json_nan_is_missing_not_text(settings, tmp_path):
+    lines = b'{"title": "Celular Samsung", "category": NaN}\n{"title": NaN, "category": "TVS"}\n'
+    r = run(settings, D.write_bytes(tmp_path / "nan.jsonl", lines + D.jsonl_line(D.incompressible_rows(1)[0]) + b"\n"))
+    assert r.reasons() == Counter({"missing_category": 1, "missing_title": 1})
+    assert r.result.rows_written == 1
 
 
 @pytest.mark.parametrize(
