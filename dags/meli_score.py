@@ -6,7 +6,9 @@ when `meli_retrain` lands new listings in the lake (`meli_lake_listings`) and wh
 new champion (`meli_champion`). The model alias is resolved to one version at the start; that
 version scores every row. Unscorable rows are kept with a null prediction and a reason.
 
-Output: the given `.parquet` file, or `lake/scored/run_date=<date>/` (replaced atomically on rerun).
+Output: the given `.parquet` file, or `lake/scored/run_date=<date>/` (replaced atomically on rerun),
+where the date is the form's `run_date`, else the run date of the retrain run whose partition is
+scored, else the run's own date.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ CHAMPION = Asset("meli_champion")
             type="string",
             title="Run date",
             pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-            description="Partition date of the output; empty = the run's date",
+            description="Partition date of the output; empty = the triggering retrain run's date, else this run's date",
         ),
     },
 )
@@ -62,7 +64,7 @@ def meli_score():
     @task
     def score(params=None, triggering_asset_events=None, **context) -> dict:
         from pipelines.config import run_date_from_context
-        from pipelines.score import resolve_input
+        from pipelines.score import event_run_date, resolve_input
         from pipelines.score import score as run_score
         from pipelines.settings import get_settings
 
@@ -71,7 +73,9 @@ def meli_score():
         for events in (triggering_asset_events or {}).values():
             extras += [e.extra or {} for e in events]
         source = resolve_input(settings, params["input"], extras)
-        run_date = run_date_from_context({**context, "params": params})
+        # the output's date: the form's, else that of the retrain run whose partition this is
+        run_date = params["run_date"] or event_run_date(source, extras)
+        run_date = run_date or run_date_from_context({**context, "params": params})
         result = run_score(
             settings,
             source,

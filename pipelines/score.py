@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.ingest import CHUNK_ROWS, MAX_TITLE_CHARS, content_ids, read_source
+from pipelines.ingest import CHUNK_ROWS, MAX_TITLE_CHARS, _strip_or_none, content_ids, read_source
 from pipelines.lake import atomic_dir
 from pipelines.settings import Settings
 
@@ -95,7 +95,7 @@ def _unscorable_reason(title: str | None, tokens: int) -> str | None:
         return "missing_title"
     if not title.strip():
         return "empty_title"
-    if len(title) > MAX_TITLE_CHARS:
+    if len(title.strip()) > MAX_TITLE_CHARS:  # as ingest measures it: what trains is scored
         return "title_too_long"
     if tokens == 0:
         return "no_usable_tokens"
@@ -197,13 +197,20 @@ def resolve_input(settings: Settings, given: str, asset_extras: list[dict] | Non
         if not Path(given).exists():
             raise FileNotFoundError(f"scoring input {given} does not exist")
         return given
-    for extra in reversed(asset_extras or []):
-        if extra.get("partition") and Path(extra["partition"]).exists():
-            return extra["partition"]
+    named = [e for e in asset_extras or [] if e.get("partition") and Path(e["partition"]).exists()]
+    if named:  # the newest run's partition (events of several runs can trigger one scoring run)
+        return max(reversed(named), key=lambda e: str(e.get("run_date") or ""))["partition"]
     parts = list_partitions(settings.listings_dir)
     if not parts:
         raise FileNotFoundError(f"nothing to score: no input given and no partitions under {settings.listings_dir}")
     return str(parts[-1][1])
+
+
+def event_run_date(source: str, asset_extras: list[dict] | None = None) -> str | None:
+    """The run date of the asset event that named ``source`` (its scores belong to that date, not to
+    the day a backfill or a late run happens to score them); None when no event named it."""
+    dates = [e.get("run_date") for e in asset_extras or [] if e.get("partition") == source and e.get("run_date")]
+    return max(dates) if dates else None
 
 
 def iter_chunks(input_path: str | Path, fmt: str = "auto", chunk_rows: int = CHUNK_ROWS):
@@ -222,7 +229,7 @@ def iter_chunks(input_path: str | Path, fmt: str = "auto", chunk_rows: int = CHU
 def _score_chunk(chunk, bundle, name, version, scored_at, src, stats) -> pa.Table:
     c = chunk.columns
     titles = c["title"]
-    encoded = bundle.encode_keys([t if t is not None and len(t) <= MAX_TITLE_CHARS else None for t in titles])
+    encoded = bundle.encode_keys([t if t is not None and len(t.strip()) <= MAX_TITLE_CHARS else None for t in titles])
     reasons = [_unscorable_reason(t, len(e)) for t, e in zip(titles, encoded)]
     ok = [i for i, r in enumerate(reasons) if r is None]
     n = len(titles)
@@ -241,7 +248,9 @@ def _score_chunk(chunk, bundle, name, version, scored_at, src, stats) -> pa.Tabl
     ids = list(c["id"])
     need = [i for i, v in enumerate(ids) if not v and titles[i] is not None]
     if need:
-        for i, g in zip(need, content_ids([titles[i].strip() for i in need], [c["category"][i] for i in need])):
+        # the ingest's id of the same row (trimmed title and category), so scores join back to the lake
+        cats = [_strip_or_none(c["category"][i]) for i in need]
+        for i, g in zip(need, content_ids([titles[i].strip() for i in need], cats)):
             ids[i] = g
     table = pa.table(
         {
@@ -289,6 +298,7 @@ def _score_chunk(chunk, bundle, name, version, scored_at, src, stats) -> pa.Tabl
             ]
         )
         reasons = reasons + [b[1] for b in bad]
+        table = table.sort_by("source_row")  # input order, the unparsable rows in their place
     stats["rows"] += table.num_rows
     stats["scored"] += len(ok)
     stats["unscorable"] += table.num_rows - len(ok)

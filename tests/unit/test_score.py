@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import mlflow
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import TrainConfig
-from pipelines.score import SCORED_SCHEMA, resolve_input, score
+from pipelines.score import SCORED_SCHEMA, event_run_date, resolve_input, score
 from pipelines.settings import get_settings
 
 
@@ -81,6 +82,29 @@ def test_output_schema_rows_and_reasons(s, tmp_path):
     assert set(t.column("model_version").to_pylist()) == {res.model_version} == {"1"}
 
 
+def test_rows_keep_input_order_ids_and_length_rule_of_ingest(s, tmp_path, monkeypatch):
+    from pipelines.ingest import ingest
+
+    padded = "  " + "Celular " * 124 + "x" + " " * 20  # > 1000 characters only with its padding
+    lines = [
+        json.dumps({"title": "Zapatillas Nike Air Max", "category": " SNEAKERS ", "language": "spanish"}),
+        '{"title": "broken',
+        json.dumps({"title": padded, "category": "CELLPHONES", "language": "spanish"}),
+    ]
+    src = tmp_path / "order.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scored.parquet"
+    score(s, src, out, progress=False)
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["source_row"], r["status"]) for r in rows] == [(1, "scored"), (2, "unscorable"), (3, "scored")]
+    monkeypatch.setenv("MELI_LAKE_URI", str(tmp_path / "lake"))  # not the shared home's lake
+    lake = pq.read_table(Path(ingest([src], "2026-11-09", get_settings()).partition) / "part-00000.parquet")
+    lake = lake.to_pylist()
+    assert {r["source_row"]: r["listing_id"] for r in lake} == {
+        r["source_row"]: r["listing_id"] for r in rows if r["listing_id"]
+    }
+
+
 def test_version_is_fixed_at_start_even_if_alias_moves(s, tmp_path):
     src, lines = _input(tmp_path)
     client = mlflow.MlflowClient()
@@ -111,6 +135,15 @@ def test_scores_a_lake_partition_and_resolves_inputs(s, tmp_path):
     part = resolve_input(s, "", [])
     assert part.endswith("ingest_date=2026-11-02")
     assert resolve_input(s, "", [{"partition": str(s.listings_dir / "ingest_date=2026-11-01")}]).endswith("11-01")
+    # events of two retrain runs (a backfill queued behind a nightly run): the newest date's partition
+    # is scored, and its scores are filed under that run's date, not under the day they are scored
+    events = [
+        {"partition": str(s.listings_dir / "ingest_date=2026-11-02"), "run_date": "2026-11-02"},
+        {"partition": str(s.listings_dir / "ingest_date=2026-11-01"), "run_date": "2026-11-01"},
+    ]
+    assert resolve_input(s, "", events).endswith("11-02")
+    assert event_run_date(events[1]["partition"], events) == "2026-11-01"
+    assert event_run_date("/elsewhere", events) is None
     res = score(s, part, tmp_path / "p.parquet", progress=False)
     n = pq.ParquetFile(next(s.listings_dir.glob("ingest_date=2026-11-02/*.parquet"))).metadata.num_rows
     assert res.rows == n and res.unscorable == 0
