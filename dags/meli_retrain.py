@@ -5,7 +5,8 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
 
 1. **ingest** new listings files into `lake/listings/ingest_date=<run date>/` (bad rows to `lake/quarantine/`)
 2. **validate** the partition with Great Expectations; a critical failure stops the run here.
-   The *Data Docs* tab of the run (and the task log / XCom) links the report.
+   The *Data Docs* tab of the run (and the task log / XCom) links the report. A partition that
+   passes is announced as the `meli_lake_listings` asset (scheduling `meli_score`).
 3. **prepare** the frozen train/validation/test splits and the parent MLflow run
 4. **embedding**: gensim FastText on the training split
 5. **train** one classifier per selected model type (dynamic task mapping; queue `gpu`;
@@ -165,19 +166,19 @@ def _train_cfg(params) -> TrainConfig:
     },
 )
 def meli_retrain():
-    @task(outlets=[LISTINGS])
-    def ingest(params=None, outlet_events=None, **context) -> dict:
+    @task
+    def ingest(params=None, **context) -> dict:
         from pipelines.config import run_date_from_context
         from pipelines.retrain import step_ingest
 
         settings = _settings()
         run_date = run_date_from_context({**context, "params": params})
-        result = step_ingest(settings, list(params["sources"]), run_date, params["input_format"])
-        outlet_events[LISTINGS].extra = {"partition": result["partition"], "run_date": run_date}
-        return result
+        return step_ingest(settings, list(params["sources"]), run_date, params["input_format"])
 
-    @task
-    def validate(ingested: dict, dag_run=None) -> dict:
+    # the new partition is announced (scheduling meli_score) only once it passed validation: a batch
+    # that fails a critical expectation is neither trained on nor scored
+    @task(outlets=[LISTINGS])
+    def validate(ingested: dict, dag_run=None, outlet_events=None) -> dict:
         from pipelines.retrain import step_validate
         from pipelines.validate import link_run
 
@@ -189,6 +190,7 @@ def meli_retrain():
                 link_run(settings, dag_run.dag_id, dag_run.run_id, exc.report)
             raise
         link_run(settings, dag_run.dag_id, dag_run.run_id, report)
+        outlet_events[LISTINGS].extra = {"partition": ingested["partition"], "run_date": ingested["run_date"]}
         return {
             k: report[k]
             for k in (

@@ -2,8 +2,8 @@
 ### meli_score: batch-score listings with the champion into Parquet
 
 Runs on demand (form: input, output, model alias or version) and is scheduled by Airflow Assets:
-when `meli_retrain` lands new listings in the lake (`meli_lake_listings`) and when it promotes a
-new champion (`meli_champion`). The model alias is resolved to one version at the start; that
+when `meli_retrain` lands new listings in the lake that pass validation (`meli_lake_listings`) and
+when it promotes a new champion (`meli_champion`). The model alias is resolved to one version at the start; that
 version scores every row. Unscorable rows are kept with a null prediction and a reason.
 
 Output: the given `.parquet` file, or `lake/scored/run_date=<date>/` (replaced atomically on rerun),

@@ -148,3 +148,12 @@ def test_broken_batch_fails_validation_and_keeps_champion(airflow_home, tmp_path
     assert _champion(airflow_home) == before
     log = open(res["log"]).read()
     assert "expect_column_values_to_match_regex" in log
+    # the broken partition is not announced to meli_score (the earlier good run's event is)
+    import sqlite3
+
+    with sqlite3.connect(airflow_home / "airflow" / "airflow.db") as db:
+        extras = db.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = 'meli_lake_listings'"
+        ).fetchall()
+    run_dates = [json.loads(x)["run_date"] for (x,) in extras]
+    assert run_dates and "2030-01-02" not in run_dates
