@@ -54,6 +54,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _recover(final)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -64,8 +65,26 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
     if final.exists():
         os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old.exists() and not final.exists():
+            os.replace(old, final)  # put the previous version back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(final: Path) -> None:
+    """Leftovers of a writer killed mid-way: its temp dirs are removed; a previous version set aside
+    (killed between the two renames, so ``final`` is missing) is put back first, never deleted."""
+    for tmp in final.parent.glob(f".tmp-{final.name}-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in sorted(final.parent.glob(f".old-{final.name}-*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if not final.exists():
+            os.replace(old, final)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -853,6 +854,26 @@ def test_failure_mid_ingest_keeps_the_previous_partition(settings, tmp_path, mon
     with pytest.raises(IngestError):
         ingest([b, bad], DAY, settings)
     assert {p: p.read_bytes() for p in files} == files
+    no_leftovers(settings)
+
+
+def test_leftovers_of_a_killed_writer_are_recovered(settings, tmp_path):
+    a = D.write_jsonl(tmp_path / "a.jsonl", D.good_rows(20))
+    before = run(settings, a)
+    root = settings.listings_dir
+    # killed between the two renames: the previous partition is only under .old-, plus a temp dir
+    os.replace(before.partition, root / f".old-{before.partition.name}-deadbeef")
+    (root / f".tmp-{before.partition.name}-cafebabe").mkdir()
+    (root / f".tmp-{before.partition.name}-cafebabe" / "part-00000.parquet").write_bytes(b"half")
+    b = D.write_jsonl(tmp_path / "b.jsonl", D.good_rows(5, start=100))
+    with pytest.raises(IngestError):  # the next write fails: the old version is back in place
+        ingest(
+            [b, D.write_challenge_csv(tmp_path / "bad.csv", header=["name", "category"], rows=[["x", "Y"]])],
+            DAY,
+            settings,
+        )
+    assert load_listings(root).num_rows == 20
+    assert run(settings, b).titles() == [x["title"] for x in D.good_rows(5, start=100)]
     no_leftovers(settings)
 
 
