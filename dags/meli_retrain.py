@@ -254,7 +254,7 @@ def meli_retrain():
     def register(results: list[dict], dataset: dict, dag_run=None) -> dict:
         from pipelines.retrain import step_register
 
-        return step_register(_settings(), list(results), dataset["run_date"], dag_run.run_id)
+        return step_register(_settings(), list(results), dataset["run_date"], dag_run.run_id, dataset["parent_run_id"])
 
     @task
     def evaluate(challenger: dict, dataset: dict) -> dict:

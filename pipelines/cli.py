@@ -246,12 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         emb = step_embedding(settings, dataset, cfg)
         trained = [step_train(settings, dataset, emb, kind, cfg) for kind in cfg.models]
         results = step_ensemble(settings, dataset, trained, cfg)
-        challenger = step_register(settings, results, run_date)
-        from pipelines.lake import atomic_write_json
-
-        atomic_write_json(
-            settings.run_dir(run_date) / "challenger.json", {**challenger, "parent_run_id": dataset["parent_run_id"]}
-        )
+        challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
         _print({"trained": results, "challenger": challenger})
     elif args.cmd == "promote":
         from pipelines.retrain import step_evaluate, step_gate

@@ -134,7 +134,12 @@ def step_ensemble(settings: Settings, dataset: dict, results: list[dict], cfg: T
     return results
 
 
-def step_register(settings: Settings, results: list[dict], run_date: str, dag_run_id: str = "") -> dict:
+def step_register(
+    settings: Settings, results: list[dict], run_date: str, dag_run_id: str = "", parent_run_id: str | None = None
+) -> dict:
+    """Register the run's best model; ``challenger.json`` in the run dir names it for a later
+    ``python -m pipelines promote --run-date D`` (the same version the DAG or ``train`` registered)."""
+    from pipelines.lake import atomic_write_json
     from pipelines.registry import register_challenger
     from pipelines.train import pick_challenger
 
@@ -146,7 +151,9 @@ def step_register(settings: Settings, results: list[dict], run_date: str, dag_ru
         best["val_macro_recall"],
         [(r["model_type"], r["val_macro_recall"]) for r in results],
     )
-    return register_challenger(settings, best, run_date, dag_run_id)
+    challenger = register_challenger(settings, best, run_date, dag_run_id)
+    atomic_write_json(settings.run_dir(run_date) / "challenger.json", {**challenger, "parent_run_id": parent_run_id})
+    return challenger
 
 
 def step_evaluate(settings: Settings, run_date: str, challenger: dict) -> dict:
@@ -197,7 +204,7 @@ def run_all(
     emb = step_embedding(settings, dataset, cfg)
     trained = [step_train(settings, dataset, emb, kind, cfg) for kind in cfg.models]
     results = step_ensemble(settings, dataset, trained, cfg)
-    challenger = step_register(settings, results, run_date)
+    challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
     step_evaluate(settings, run_date, challenger)
     decision = step_gate(settings, run_date, challenger, dataset["parent_run_id"], force_promote, dry_run, **rules)
     return {

@@ -98,6 +98,9 @@ def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monk
     ):
         assert tasks[t] == "success", (t, tasks)
     assert _champion(airflow_home) == "1"
+    # the registered challenger is named in the run dir, for `python -m pipelines promote --run-date D`
+    (named,) = (airflow_home / "work").glob("*/challenger.json")
+    assert json.loads(named.read_text())["version"] == "1"
     # the validation report is linked to the run for the UI plugin
     monkeypatch.setenv("MELI_HOME", str(airflow_home))
     from pipelines.settings import Settings
