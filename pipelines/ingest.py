@@ -790,10 +790,11 @@ def hash64(values: list[str]) -> np.ndarray:
 
 
 def content_ids(titles: list[str], categories: list[str | None]) -> list[str]:
-    """Stable id from normalized content (case/space-folded title + category)."""
+    """Stable id from normalized content (case/space-folded title + trimmed category), whatever
+    padding the caller's values carry: ingest and scoring get the same id for the same row."""
     arr = pa.array(titles, pa.string())
     norm = pc.utf8_lower(pc.replace_substring_regex(pc.utf8_trim_whitespace(arr), r"\s+", " "))
-    keys = [f"{t}\x1f{c or ''}" for t, c in zip(norm.to_pylist(), categories)]
+    keys = [f"{t}\x1f{_strip_or_none(c) or ''}" for t, c in zip(norm.to_pylist(), categories)]
     return [format(int(h), "016x") for h in hash64(keys)]
 
 

@@ -125,10 +125,6 @@ def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict
     client = _client(settings)
     name = settings.model_name
     champ = _alias_version(client, name, CHAMPION)
-    test = read_split(settings.run_dir(run_date) / "dataset", "test")
-    if test.empty:
-        raise GateError(f"the test split of {run_date} is empty; nothing to compare on")
-    titles, y = test["title"].tolist(), test["category"].astype(str).tolist()
     out_dir = settings.run_dir(run_date) / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
     prior = _read_json(out_dir / "evaluation.json")
@@ -140,6 +136,10 @@ def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict
     ):  # re-run after the promotion: keep the comparison it was promoted on (re-scoring now has no champion)
         log.info("v%s already holds %r: keeping the evaluation it was gated on", challenger_version, CHAMPION)
         return prior
+    test = read_split(settings.run_dir(run_date) / "dataset", "test")
+    if test.empty:
+        raise GateError(f"the test split of {run_date} is empty; nothing to compare on")
+    titles, y = test["title"].tolist(), test["category"].astype(str).tolist()
     models = {"challenger": str(challenger_version)}
     if champ is not None and str(champ.version) != str(challenger_version):
         models["champion"] = str(champ.version)

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.ingest import CHUNK_ROWS, MAX_TITLE_CHARS, _strip_or_none, content_ids, read_source
+from pipelines.ingest import CHUNK_ROWS, MAX_TITLE_CHARS, content_ids, read_source
 from pipelines.lake import atomic_dir
 from pipelines.settings import Settings
 
@@ -248,9 +248,8 @@ def _score_chunk(chunk, bundle, name, version, scored_at, src, stats) -> pa.Tabl
     ids = list(c["id"])
     need = [i for i, v in enumerate(ids) if not v and titles[i] is not None]
     if need:
-        # the ingest's id of the same row (trimmed title and category), so scores join back to the lake
-        cats = [_strip_or_none(c["category"][i]) for i in need]
-        for i, g in zip(need, content_ids([titles[i].strip() for i in need], cats)):
+        # the ingest's id of the same row, so scores join back to the lake
+        for i, g in zip(need, content_ids([titles[i] for i in need], [c["category"][i] for i in need])):
             ids[i] = g
     table = pa.table(
         {
