@@ -252,3 +252,36 @@ def test_train_log_load_predict_roundtrip(settings, synthetic_jsonl):
     np.testing.assert_allclose(ensemble.predict_proba_keys(ensemble.encode_keys(titles)), mean, rtol=1e-5, atol=1e-6)
     out = mlflow.pyfunc.load_model(ens["model_uri"]).predict(pd.DataFrame({"title": titles}))
     assert list(out.columns) == OUTPUT_COLUMNS and len(out) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_cuda_training_and_serving_match_the_cpu(settings, synthetic_jsonl):
+    """The CUDA path (bf16 autocast, pinned memory, fused AdamW, sync-free loss sum): each type trains
+    on the GPU, and its logged bundle predicts the same on the GPU as on the CPU."""
+    import mlflow
+
+    from pipelines.features import prepare_dataset, train_embedding
+    from pipelines.ingest import ingest
+    from pipelines.pyfunc import Bundle
+    from pipelines.train import embedding_config, train_classifier
+
+    ingest([synthetic_jsonl(800, seed=5)], "2026-11-02", settings)
+    ds = prepare_dataset(settings, "2026-11-02")
+    cfg = TrainConfig(epochs=2, embedding_epochs=2, embedding_dim=16, bucket=5000, device="cuda")
+    emb = train_embedding(ds["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
+    titles = ["Zapatillas Nike running", "Celular Samsung Galaxy", "", "x"]
+    for kind in MODEL_TYPES:
+        res = train_classifier(settings, ds["dir"], emb["dir"], kind, cfg, run_date="2026-11-02")
+        assert res["device"].startswith("cuda") and 0 <= res["val_macro_recall"] <= 1
+        loss = mlflow.MlflowClient().get_metric_history(res["run_id"], "train_loss")
+        assert len(loss) >= 1 and all(np.isfinite(m.value) for m in loss)
+        on_gpu = mlflow.pyfunc.load_model(res["model_uri"]).unwrap_python_model().bundle
+        assert on_gpu.device.type == "cuda"
+        bundle_dir = settings.run_dir("2026-11-02") / "models" / kind / "bundle"
+        on_cpu = Bundle(bundle_dir, device="cpu")
+        p_gpu = on_gpu.predict_proba_keys(on_gpu.encode_keys(titles))
+        p_cpu = on_cpu.predict_proba_keys(on_cpu.encode_keys(titles))
+        np.testing.assert_allclose(p_gpu, p_cpu, atol=5e-3)  # cuDNN convolutions use TF32
+        out = on_cpu.predict(titles)
+        assert list(out.columns) == OUTPUT_COLUMNS and len(out) == len(titles)
