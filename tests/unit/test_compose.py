@@ -85,10 +85,12 @@ def test_workers_listen_on_their_queues(compose):
     assert _queues(services["airflow-worker-gpu"]) == ["gpu"]
     assert _queues(services["airflow-worker"]) == ["default"]
     gpu_argv = _argv(services["airflow-worker-gpu"]["command"])
-    # trainings share the worker's GPU; the pool's default slots match the worker's default concurrency
-    assert gpu_argv[gpu_argv.index("--concurrency") + 1] == "${MELI_GPU_WORKER_CONCURRENCY:-3}"
-    init = " ".join(_argv(services["airflow-init"]["command"]))
-    assert '"$${MELI_GPU_POOL_SLOTS:-3}"' in init or "${MELI_GPU_POOL_SLOTS:-3}" in init
+    # trainings share the worker's GPU: the pool `gpu` has as many slots as one gpu worker runs tasks
+    concurrency = re.fullmatch(
+        r"\$\{MELI_GPU_WORKER_CONCURRENCY:-(\d+)\}", gpu_argv[gpu_argv.index("--concurrency") + 1]
+    )
+    slots = re.search(r"pools set gpu \"\$\$\{MELI_GPU_POOL_SLOTS:-(\d+)\}\"", str(services["airflow-init"]["command"]))
+    assert concurrency and slots and concurrency[1] == slots[1] == "3", (concurrency, slots)
 
 
 def test_gpu_worker_reserves_an_nvidia_gpu_and_uses_the_cuda_image(compose):
