@@ -179,8 +179,10 @@ def meli_retrain():
     # that fails a critical expectation is neither trained on nor scored
     @task(outlets=[LISTINGS])
     def validate(ingested: dict, dag_run=None, outlet_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from pipelines.retrain import step_validate
-        from pipelines.validate import link_run
+        from pipelines.validate import ValidationFailed, link_run
 
         settings = _settings()
         try:
@@ -188,6 +190,8 @@ def meli_retrain():
         except Exception as exc:
             if getattr(exc, "report", None):
                 link_run(settings, dag_run.dag_id, dag_run.run_id, exc.report)
+            if isinstance(exc, ValidationFailed):  # the data fails, not the task: a retry would fail the same
+                raise AirflowFailException(str(exc)) from exc
             raise
         link_run(settings, dag_run.dag_id, dag_run.run_id, report)
         outlet_events[LISTINGS].extra = {"partition": ingested["partition"], "run_date": ingested["run_date"]}

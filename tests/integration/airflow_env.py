@@ -52,11 +52,13 @@ if assets:
 
     drm.get_or_create_dagrun = asset_triggered
 dr = dag.test(run_conf=conf)
-states = {}
+states, tries = {}, {}
 for ti in dr.get_task_instances():
     key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
     states[key] = str(ti.state.value if hasattr(ti.state, "value") else ti.state)
-print("@@RESULT@@" + json.dumps({"state": str(dr.state), "run_id": dr.run_id, "tasks": states, **extra}))
+    tries[key] = ti.try_number
+result = {"state": str(dr.state), "run_id": dr.run_id, "tasks": states, "tries": tries, **extra}
+print("@@RESULT@@" + json.dumps(result))
 """
 
 

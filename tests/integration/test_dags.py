@@ -145,6 +145,7 @@ def test_broken_batch_fails_validation_and_keeps_champion(airflow_home, tmp_path
     tasks = res["tasks"]
     assert tasks["ingest"] == "success"
     assert tasks["validate"] == "failed"
+    assert res["tries"]["validate"] == 1  # failed data is not retried (the task has retries=2)
     for t, state in tasks.items():
         if t.startswith(("prepare", "embedding", "train", "ensemble", "register", "evaluate", "gate")):
             assert state in ("upstream_failed", "skipped", "None", "none"), (t, state)
