@@ -625,11 +625,26 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
         io.BufferedReader(raw_stream, 1 << 20), encoding="utf-8-sig", errors="surrogateescape", newline=""
     )
     lines: list[str] = []  # the physical lines of the record being parsed
+    # newline="" ends a line at \n, \r\n or a bare \r. In a file whose lines end in \n, a bare \r
+    # is part of a record (a title pasted with one): read it as a space, so the record is neither
+    # split into two rows (a cut title, then a title-only row) nor quarantined as two lines.
+    # A file of old-Mac \r line endings has more bare \r than \n in its head (usually no \n).
+    head, _ = _head(path, 1 << 16)
+    lf = head.count(b"\n")
+    lf_lines = lf > 0 and lf >= head.count(b"\r") - head.count(b"\r\n")
 
     def physical_lines() -> Iterator[str]:
+        raw, fixed = "", ""  # a line cut by a bare \r: as read, and with the \r as a space
         for line in text:
-            lines.append(line)
-            yield line
+            if lf_lines and line.endswith("\r"):
+                raw, fixed = raw + line, fixed + line[:-1] + " "
+                continue
+            lines.append(raw + line)
+            yield fixed + line
+            raw, fixed = "", ""
+        if raw:  # the file ends in a bare \r
+            lines.append(raw)
+            yield fixed
 
     reader = csv.reader(physical_lines())
     names: list[str]

@@ -622,9 +622,25 @@ def test_csv_edge_inputs(settings, tmp_path):
     assert detect_format(src) == "csv"
     r = run(settings, src)
     assert r.titles() == ["[NUEVO] Celular Samsung", "TV Sony 40"] and not r.bad
-    # old-Mac line endings: the header is still a header
+    # old-Mac line endings: the header is still a header, and every \r ends a record
     src = D.write_bytes(tmp_path / "cr.csv", b"title,category\rA title,C1\rB title,C2\r")
     assert detect_format(src) == "challenge_csv"
+    r = run(settings, src, date="2024-05-02")
+    assert [(x["title"], x["category"]) for x in r.rows] == [("A title", "C1"), ("B title", "C2")] and not r.bad
+
+
+def test_a_bare_carriage_return_inside_a_title_keeps_its_record_whole(settings, tmp_path):
+    # the csv module alone ends a record at a bare \r: "Mesa" became a title-only row and "de luz" a
+    # FURNITURE row (a cut title); the quoted title was quarantined as a record spanning two lines
+    body = b'Mesa\rde luz,FURNITURE\n"Silla\rgamer",CHAIRS\r\nHeladera,FRIDGE\nLampara,LAMPS\r'
+    r = run(settings, D.write_bytes(tmp_path / "cr-inside.csv", body))
+    assert [(x["title"], x["category"]) for x in r.rows] == [
+        ("Mesa de luz", "FURNITURE"),
+        ("Silla gamer", "CHAIRS"),
+        ("Heladera", "FRIDGE"),
+        ("Lampara", "LAMPS"),
+    ]
+    assert not r.bad
 
 
 def test_json_nan_is_missing_not_text(settings, tmp_path):
