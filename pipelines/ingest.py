@@ -634,17 +634,17 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
     lf_lines = lf > 0 and lf >= head.count(b"\r") - head.count(b"\r\n")
 
     def physical_lines() -> Iterator[str]:
-        raw, fixed = "", ""  # a line cut by a bare \r: as read, and with the \r as a space
+        cut = ""  # the pieces of a record cut by bare \r (each piece's only \r is its last char)
         for line in text:
             if lf_lines and line.endswith("\r"):
-                raw, fixed = raw + line, fixed + line[:-1] + " "
+                cut += line
                 continue
-            lines.append(raw + line)
-            yield fixed + line
-            raw, fixed = "", ""
-        if raw:  # the file ends in a bare \r
-            lines.append(raw)
-            yield fixed
+            lines.append(cut + line)
+            yield cut.replace("\r", " ") + line
+            cut = ""
+        if cut:  # the file ends in a bare \r
+            lines.append(cut)
+            yield cut.replace("\r", " ")
 
     reader = csv.reader(physical_lines())
     names: list[str]
