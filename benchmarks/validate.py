@@ -25,7 +25,7 @@ def build_partition(settings, run_date: str, rows: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.lake import LISTING_SCHEMA, atomic_write_json, partition_dir
+    from pipelines.lake import LISTING_SCHEMA, atomic_write_json, commit_partition, partition_dir
     from pipelines.synthetic import CATEGORIES, generate_rows
 
     base = generate_rows(5000, seed=1)
@@ -45,13 +45,12 @@ def build_partition(settings, run_date: str, rows: int) -> None:
         },
         schema=LISTING_SCHEMA,
     )
-    part = partition_dir(settings.listings_dir, run_date)
-    part.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, part / "part-00000.parquet")
-    atomic_write_json(
-        part / "_manifest.json",
-        {"schema_version": 1, "totals": {"rows_read": rows, "rows_written": rows, "rows_quarantined": 0}},
-    )
+    with commit_partition(partition_dir(settings.listings_dir, run_date)) as pending:
+        pq.write_table(table, pending.dir / "part-00000.parquet")
+        atomic_write_json(
+            pending.dir / "_manifest.json",
+            {"schema_version": 1, "totals": {"rows_read": rows, "rows_written": rows, "rows_quarantined": 0}},
+        )
 
 
 def main() -> None:

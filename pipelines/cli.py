@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+")
     p.add_argument("--run-date", type=_date, default=None)
     p.add_argument("--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"])
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="commit the partition even if the input holds no rows (default: refuse, the partition stays)",
+    )
+
+    p = sub.add_parser("lake", help="what readers of the lake see: partitions, rows, versions")
+    p.add_argument("action", choices=["status"])
+    p.add_argument("--run-date", type=_date, default=None, help="only this partition (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("validate", help="run the GX suites on a partition; exit 1 on critical failure")
     p.add_argument("path", nargs="?", help="a lake partition dir (ingest_date=YYYY-MM-DD); or use --run-date")
@@ -162,11 +172,22 @@ def _history_table(rows: list[dict]) -> str:
     return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(d) for d in data])
 
 
+def _lake_table(st: dict) -> str:
+    if not st["partitions"]:
+        return f"no committed partitions under {st['root']}"
+    cols = ["ingest_date", "version", "rows", "quarantined", "committed_at"]
+    data = [[str(p.get(c) if p.get(c) is not None else "-")[:19] for c in cols] for p in st["partitions"]]
+    widths = [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
+    rows = [line(d) + (f"  ERROR: {p['error']}" if p.get("error") else "") for d, p in zip(data, st["partitions"])]
+    return "\n".join([f"lake {st['root']}", line(cols), line(["-" * w for w in widths]), *rows])
+
+
 def run_summary(settings, run_date: str) -> str:
     """The human summary `make demo` prints; raises if an expected output is missing."""
     import pyarrow.parquet as pq
 
-    from pipelines.lake import partition_dir
+    from pipelines.lake import partition_dir, resolve
 
     decision_path = settings.run_dir(run_date) / "evaluation" / "decision.json"
     if not decision_path.exists():
@@ -174,7 +195,11 @@ def run_summary(settings, run_date: str) -> str:
     d = json.loads(decision_path.read_text())
     report = json.loads((settings.home / "validation" / run_date / "report.json").read_text())
     scored = settings.scored_dir / f"run_date={run_date}"
-    scored_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(scored.glob("*.parquet")))
+    try:
+        files = sorted(resolve(scored).glob("*.parquet"))
+    except FileNotFoundError:
+        files = []
+    scored_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     if not scored_rows:
         raise FileNotFoundError(f"no scored rows under {scored}")
     champ = (
@@ -217,7 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "ingest":
         from pipelines.retrain import step_ingest
 
-        _print(step_ingest(settings, args.sources, run_date, args.format))
+        _print(step_ingest(settings, args.sources, run_date, args.format, allow_empty=args.allow_empty))
+    elif args.cmd == "lake":
+        from pipelines.lake import status
+
+        st = status(settings.listings_dir, args.run_date)
+        print(json.dumps(st, indent=2) if args.json else _lake_table(st))
+        if args.run_date and not st["partitions"]:
+            print(f"error: no committed partition ingest_date={args.run_date} under {st['root']}", file=sys.stderr)
+            return 1
     elif args.cmd == "validate":
         from pipelines.validate import ValidationFailed, summary_lines, validate_partition
 
@@ -314,10 +347,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for an operator: what failed and where (file, URI), no traceback."""
+    import errno
+
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        msg = f"{msg} (under {get_settings().home})"
+    mod = type(exc).__module__.split(".")[0]
+    if mod in ("sqlalchemy", "mlflow", "alembic", "requests", "urllib3", "sqlite3"):
+        msg = f"MLflow store {get_settings().tracking_uri}: {msg}"
+    return msg[:2000]
+
+
 def entrypoint() -> None:
     try:
         sys.exit(main())
-    except (FileNotFoundError, ValueError, LookupError, RuntimeError) as exc:
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # every failure is one line on stderr; -v adds the traceback
         logging.getLogger("pipelines").debug("failed", exc_info=True)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)

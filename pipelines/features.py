@@ -103,11 +103,10 @@ class TitleEncoder:
         return [self.encode(t) for t in titles]
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(
-            json.dumps(
-                {"vocab": self.itos, "text": self.text.to_dict(), "embedding": asdict(self.emb), "ngrams": self.ngrams}
-            )
-        )
+        from pipelines.lake import atomic_write_bytes
+
+        d = {"vocab": self.itos, "text": self.text.to_dict(), "embedding": asdict(self.emb), "ngrams": self.ngrams}
+        atomic_write_bytes(path, json.dumps(d).encode())
 
     @classmethod
     def load(cls, path: Path) -> TitleEncoder:
@@ -185,18 +184,31 @@ def prepare_dataset(settings, run_date: str) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipelines.lake import atomic_write_json, load_listings, partitions_lineage
+    from pipelines.lake import (
+        atomic_file,
+        atomic_write_json,
+        data_version,
+        load_listings,
+        partitions_lineage,
+        snapshot,
+    )
 
-    table = load_listings(settings.listings_dir, upto=run_date, columns=DATASET_COLUMNS)
+    # one snapshot of the lake (every partition's committed version), read and recorded as one
+    snap = snapshot(settings.listings_dir, upto=run_date)
+    if run_date not in snap:
+        raise FileNotFoundError(
+            f"lake partition ingest_date={run_date} is not committed under {settings.listings_dir}: "
+            "ingest it first (training without it would silently leave its rows out)"
+        )
+    table = load_listings(settings.listings_dir, upto=run_date, columns=DATASET_COLUMNS, snap=snap)
     table = table.filter(pc.is_valid(table.column("category")))
     out_dir = settings.run_dir(run_date) / "dataset"
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for split in ("train", "validation", "test"):
         part = table.filter(pc.equal(table.column("split"), split))
-        tmp = out_dir / f".{split}.parquet.tmp"
-        pq.write_table(part, tmp)
-        tmp.replace(out_dir / f"{split}.parquet")
+        with atomic_file(out_dir / f"{split}.parquet") as tmp:
+            pq.write_table(part, tmp)
         counts[split] = part.num_rows
     if counts["train"] == 0 or counts["test"] == 0:
         raise ValueError(f"not enough labelled rows to train and test: {counts}")
@@ -206,11 +218,13 @@ def prepare_dataset(settings, run_date: str) -> dict:
         "dir": str(out_dir),
         "counts": counts,
         "num_categories": len(labels),
-        "lineage": partitions_lineage(settings.listings_dir, run_date),
+        "lineage": partitions_lineage(settings.listings_dir, run_date, snap=snap),
+        "lake_versions": snap,
+        "data_version": data_version(snap),
     }
     atomic_write_json(out_dir / "dataset.json", info)
     log.info("dataset for %s: %s, %d categories", run_date, counts, len(labels))
-    return {k: info[k] for k in ("run_date", "dir", "counts", "num_categories")}
+    return {k: info[k] for k in ("run_date", "dir", "counts", "num_categories", "data_version")}
 
 
 def read_split(dataset_dir: str | Path, split: str):
@@ -229,11 +243,13 @@ def train_embedding(dataset_dir: str | Path, cfg: EmbeddingConfig, text: TextCon
     t0 = time.perf_counter()
     model = train_fasttext(tokens, cfg, seed)
     seconds = time.perf_counter() - t0
+    from pipelines.lake import atomic_tree
+
     out = dataset_dir.parent / "embedding"
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(str(out / "fasttext.model"))
     vocab = build_vocab(tokens, 1)
     encoder = TitleEncoder(vocab, text, cfg, build_ngram_vocab(vocab[len(SPECIALS) :], cfg))
-    encoder.save(out / "encoder.json")
+    with atomic_tree(out) as tmp:  # gensim writes several files: all of them or none
+        model.save(str(tmp / "fasttext.model"))
+        encoder.save(tmp / "encoder.json")
     log.info("FastText: %d words, dim %d, %.1fs", len(model.wv), cfg.dim, seconds)
     return {"dir": str(out), "vocab_size": len(encoder.itos), "seconds": round(seconds, 2)}

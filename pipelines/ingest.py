@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import math
+import os
 import queue
 import re
 import sys
@@ -39,9 +40,11 @@ from pipelines.lake import (
     LISTING_SCHEMA,
     QUARANTINE_SCHEMA,
     SCHEMA_VERSION,
-    atomic_dir,
     atomic_write_json,
+    commit_partition,
+    current_version,
     partition_dir,
+    read_manifest,
 )
 from pipelines.settings import Settings
 
@@ -282,6 +285,8 @@ def detect_format(path: Path) -> str:
         return "jsonl"
     if sum(ln[:1] == b"{" for ln in lines) * 2 > len(lines):  # JSON objects after a bad first line
         return "jsonl"
+    if _json_array(text, lines[0]):  # a JSON array file: read as lines, quarantined as not objects
+        return "jsonl"
     first = lines[0].decode("utf-8", "replace").lower()
     try:
         cols = {c.strip().strip('"') for c in next(csv.reader([first]), [])}
@@ -291,10 +296,22 @@ def detect_format(path: Path) -> str:
     return "challenge_csv" if cols & _HEADER_NAMES else "csv"
 
 
+def _json_array(text: bytes, first_line: bytes) -> bool:
+    """A JSON array (of objects or arrays), not a CSV title that starts with '[' ("[NUEVO] ...")."""
+    if text[:1] != b"[":
+        return False
+    if text[1:].lstrip()[:1] in (b"{", b"[", b"]"):
+        return True
+    try:
+        return isinstance(json.loads(first_line), list)
+    except (ValueError, RecursionError):
+        return False
+
+
 def _json_object(line: bytes) -> bool:
     try:
         return isinstance(json.loads(line), dict)
-    except ValueError:  # not JSON (or cut by the head's size: the majority rule decides)
+    except (ValueError, RecursionError):  # not JSON (or cut by the head's size: the majority rule decides)
         return False
 
 
@@ -347,6 +364,9 @@ def _parse_json_line(n: int, line: bytes, chunk: Chunk) -> None:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         chunk.rejected.append((n, "bad_json", str(exc), text))
+        return
+    except RecursionError:  # nested deeper than the parser's stack: broken like any other line
+        chunk.rejected.append((n, "bad_json", "JSON nested too deeply to parse", text))
         return
     if not isinstance(obj, dict):
         chunk.rejected.append((n, "not_an_object", f"JSON {type(obj).__name__}, expected an object", text))
@@ -769,8 +789,7 @@ class _ParquetRaw(list):
 # Dispatch
 # ------------------------------------------------------------------------------------------
 def _check_source(path: Path, fmt: str) -> str:
-    if not path.is_file():
-        raise IngestError(f"{path}: no such file")
+    check_input_file(path)
     if fmt not in FORMATS:
         raise IngestError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     return detect_format(path) if fmt == "auto" else fmt
@@ -1113,6 +1132,7 @@ class IngestResult:
     rows_written: int
     rows_quarantined: int
     reasons: dict[str, int]
+    version: int = 0  # the partition version this ingest committed
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -1168,99 +1188,143 @@ def ingest(
     fmt: str = "auto",
     require_label: bool = True,
     chunk_rows: int = CHUNK_ROWS,
+    allow_empty: bool = False,
 ) -> IngestResult:
-    """Ingest ``sources`` as the partition of ``run_date``, replacing it atomically if it exists."""
+    """Ingest ``sources`` as the partition of ``run_date``: a new version of it, committed atomically
+    (listings, quarantine and manifest together), the previous one kept for time travel.
+
+    A batch that reads no rows at all (zero-byte or header-only input) is refused unless
+    ``allow_empty``: it would replace the partition with an empty one."""
     sources = [Path(s).resolve() for s in sources]
     if not sources:
         raise IngestError("no source files given")
     for s in sources:
-        if not s.is_file():
-            raise IngestError(f"{s}: no such file")
+        check_input_file(s)
     settings.ensure()
     t0 = time.perf_counter()
+    listing_final = partition_dir(settings.listings_dir, run_date)
+    with commit_partition(listing_final, settings.lake_keep_versions, settings.lock_timeout_s) as pending:
+        try:
+            manifest = _write_version(sources, run_date, settings, fmt, require_label, chunk_rows, pending, t0)
+        except OSError as exc:
+            if exc.filename is None:  # e.g. ENOSPC from a Parquet writer: say where it was writing
+                raise OSError(exc.errno, f"{exc.strerror or exc} (writing {pending.dir})") from exc
+            raise
+        totals = manifest["totals"]
+        if totals["rows_read"] == 0 and not allow_empty:
+            prior = current_version(listing_final)
+            had = read_manifest(listing_final).get("totals", {}).get("rows_written") if prior else None
+            raise IngestError(
+                f"{', '.join(map(str, sources))}: no rows read (empty or header-only input); "
+                + (
+                    f"refusing to replace partition {run_date} ({had} rows) with an empty one"
+                    if prior
+                    else f"refusing to write an empty partition {run_date}"
+                )
+                + "; pass --allow-empty to do it anyway"
+            )
+    log.info("ingest %s done: %s (%.1fs), version %d", run_date, totals, manifest["seconds"], pending.number)
+    return IngestResult(
+        run_date=run_date,
+        partition=str(listing_final),
+        quarantine=manifest["quarantine"],
+        manifest=str(pending.dir / "_manifest.json"),
+        rows_read=totals["rows_read"],
+        rows_written=totals["rows_written"],
+        rows_quarantined=totals["rows_quarantined"],
+        reasons=manifest["reasons"],
+        version=pending.number,
+    )
+
+
+def check_input_file(path: Path) -> None:
+    """A one-line error for an input that is not a readable regular file."""
+    path = Path(path)
+    if not path.exists():
+        raise IngestError(f"{path}: no such file")
+    if path.is_dir():
+        raise IngestError(f"{path}: is a directory, not an input file")
+    if not path.is_file():
+        raise IngestError(f"{path}: not a regular file (a FIFO, socket or device); give a file")
+    if not os.access(path, os.R_OK):
+        raise IngestError(f"{path}: permission denied")
+
+
+def _write_version(sources, run_date, settings, fmt, require_label, chunk_rows, pending, t0) -> dict:
+    """Read every source into the pending version dir; return its manifest (written there too)."""
     dedup = _Dedup()
     per_source = []
     totals = {"rows_read": 0, "rows_written": 0, "rows_quarantined": 0}
     reasons_total: dict[str, int] = {}
-    listing_final = partition_dir(settings.listings_dir, run_date)
-    quarantine_final = partition_dir(settings.quarantine_dir, run_date)
-    with atomic_dir(listing_final) as ltmp, atomic_dir(quarantine_final) as qtmp:
-        lw = _Writer(ltmp / "part-00000.parquet", LISTING_SCHEMA)
-        qw = _Writer(qtmp / "part-00000.parquet", QUARANTINE_SCHEMA)
-        try:
-            for src in sources:
-                source_fmt = detect_format(src) if fmt == "auto" else fmt
-                stats = {"read": 0, "written": 0, "quarantined": 0, "reasons": {}}
-                with contextlib.closing(_read(src, source_fmt, chunk_rows)) as chunks:
-                    for chunk in chunks:
-                        checked = check_chunk(
-                            chunk, require_label=require_label, dedup=dedup, source=str(src), run_date=run_date
-                        )
-                        if checked.good.num_rows:
-                            lw.write_table(checked.good)
-                        if checked.bad:
-                            qw.write_table(quarantine_table(checked.bad, str(src), run_date))
-                        stats["read"] += len(chunk.rows) + len(chunk.rejected)
-                        stats["written"] += checked.good.num_rows
-                        stats["quarantined"] += len(checked.bad)
-                        for b in checked.bad:
-                            stats["reasons"][b[1]] = stats["reasons"].get(b[1], 0) + 1
-                        log.info(
-                            "ingest %s: %d rows read, %d written, %d quarantined",
-                            src.name,
-                            stats["read"],
-                            stats["written"],
-                            stats["quarantined"],
-                        )
-                if stats["read"] != stats["written"] + stats["quarantined"]:
-                    raise AssertionError(f"conservation broken for {src}: {stats}")
-                per_source.append(
-                    {
-                        "path": str(src),
-                        "sha256": _sha256(src),
-                        "bytes": src.stat().st_size,
-                        "format": source_fmt,
-                        "rows_read": stats["read"],
-                        "rows_written": stats["written"],
-                        "rows_quarantined": stats["quarantined"],
-                        "reasons": stats["reasons"],
-                    }
-                )
-                totals["rows_read"] += stats["read"]
-                totals["rows_written"] += stats["written"]
-                totals["rows_quarantined"] += stats["quarantined"]
-                for k, v in stats["reasons"].items():
-                    reasons_total[k] = reasons_total.get(k, 0) + v
-        except BaseException:
-            qw.close(discard=True)
-            lw.close(discard=True)
-            raise
-        try:
-            qw.close()
-        finally:
-            lw.close()
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "ingest_date": run_date,
-            "created_at": datetime.now(UTC).isoformat(),
-            "sources": per_source,
-            "totals": totals,
-            "reasons": reasons_total,
-            "conservation_ok": totals["rows_read"] == totals["rows_written"] + totals["rows_quarantined"],
-            "seconds": round(time.perf_counter() - t0, 3),
-            "partition": str(listing_final),
-            "quarantine": str(quarantine_final),
-        }
-        atomic_write_json(ltmp / "_manifest.json", manifest)
-        atomic_write_json(qtmp / "_manifest.json", manifest)
-    log.info("ingest %s done: %s (%.1fs)", run_date, totals, manifest["seconds"])
-    return IngestResult(
-        run_date=run_date,
-        partition=str(listing_final),
-        quarantine=str(quarantine_final),
-        manifest=str(listing_final / "_manifest.json"),
-        rows_read=totals["rows_read"],
-        rows_written=totals["rows_written"],
-        rows_quarantined=totals["rows_quarantined"],
-        reasons=reasons_total,
-    )
+    qdir = pending.dir / "quarantine"
+    qdir.mkdir()
+    lw = _Writer(pending.dir / "part-00000.parquet", LISTING_SCHEMA)
+    qw = _Writer(qdir / "part-00000.parquet", QUARANTINE_SCHEMA)
+    try:
+        for src in sources:
+            source_fmt = detect_format(src) if fmt == "auto" else fmt
+            stats = {"read": 0, "written": 0, "quarantined": 0, "reasons": {}}
+            with contextlib.closing(_read(src, source_fmt, chunk_rows)) as chunks:
+                for chunk in chunks:
+                    checked = check_chunk(
+                        chunk, require_label=require_label, dedup=dedup, source=str(src), run_date=run_date
+                    )
+                    if checked.good.num_rows:
+                        lw.write_table(checked.good)
+                    if checked.bad:
+                        qw.write_table(quarantine_table(checked.bad, str(src), run_date))
+                    stats["read"] += len(chunk.rows) + len(chunk.rejected)
+                    stats["written"] += checked.good.num_rows
+                    stats["quarantined"] += len(checked.bad)
+                    for b in checked.bad:
+                        stats["reasons"][b[1]] = stats["reasons"].get(b[1], 0) + 1
+                    log.info(
+                        "ingest %s: %d rows read, %d written, %d quarantined",
+                        src.name,
+                        stats["read"],
+                        stats["written"],
+                        stats["quarantined"],
+                    )
+            if stats["read"] != stats["written"] + stats["quarantined"]:
+                raise AssertionError(f"conservation broken for {src}: {stats}")
+            per_source.append(
+                {
+                    "path": str(src),
+                    "sha256": _sha256(src),
+                    "bytes": src.stat().st_size,
+                    "format": source_fmt,
+                    "rows_read": stats["read"],
+                    "rows_written": stats["written"],
+                    "rows_quarantined": stats["quarantined"],
+                    "reasons": stats["reasons"],
+                }
+            )
+            totals["rows_read"] += stats["read"]
+            totals["rows_written"] += stats["written"]
+            totals["rows_quarantined"] += stats["quarantined"]
+            for k, v in stats["reasons"].items():
+                reasons_total[k] = reasons_total.get(k, 0) + v
+    except BaseException:
+        qw.close(discard=True)
+        lw.close(discard=True)
+        raise
+    try:
+        qw.close()
+    finally:
+        lw.close()
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "ingest_date": run_date,
+        "version": pending.number,
+        "created_at": datetime.now(UTC).isoformat(),
+        "sources": per_source,
+        "totals": totals,
+        "reasons": reasons_total,
+        "conservation_ok": totals["rows_read"] == totals["rows_written"] + totals["rows_quarantined"],
+        "seconds": round(time.perf_counter() - t0, 3),
+        "partition": str(pending.partition),
+        "quarantine": str(qdir),
+    }
+    atomic_write_json(pending.dir / "_manifest.json", manifest)
+    atomic_write_json(qdir / "_manifest.json", manifest)
+    return manifest

@@ -1,18 +1,24 @@
-"""The Parquet lake: partition paths, atomic partition swaps, and reading the labelled dataset."""
+"""The Parquet lake: versioned partitions with one atomic commit point each, and reading the labelled dataset."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from pipelines import faults
+from pipelines.locks import file_lock
 
 SCHEMA_VERSION = 1
 LISTING_SCHEMA = pa.schema(
@@ -41,58 +47,210 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
-def partition_dir(root: Path, run_date: str) -> Path:
-    return Path(root) / f"ingest_date={run_date}"
+def partition_dir(root: Path, run_date: str, key: str = "ingest_date") -> Path:
+    """The logical path of a partition (``root/ingest_date=D``); its files are in a version dir."""
+    return Path(root) / f"{key}={run_date}"
+
+
+# ------------------------------------------------------------------------------------------
+# Versioned partitions: one atomic commit point per partition
+# ------------------------------------------------------------------------------------------
+# A partition directory holds immutable version directories and one pointer:
+#
+#   ingest_date=D/_CURRENT             {"version": 3, "dir": "v000003-1a2b3c4d", "history": [...]}
+#   ingest_date=D/v000003-1a2b3c4d/    part-00000.parquet, _manifest.json, quarantine/part-00000.parquet
+#
+# A writer takes the partition's lock, writes a new version dir, then replaces _CURRENT (one
+# os.replace: the commit point). Listings, quarantine and manifest of a version become visible
+# together or not at all; a writer killed before the replace leaves only an unreferenced dir, which
+# the next writer removes under the lock. The last KEEP_VERSIONS committed versions stay readable
+# (time travel: a model's dataset records the version of every partition it read).
+POINTER = "_CURRENT"
+KEEP_VERSIONS = 3
+LOCK_TIMEOUT_S = 900.0
+
+
+class LakeError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Version:
+    number: int  # 0: a partition written before versioning (files directly in the partition dir)
+    dir: Path
+    committed_at: str = ""
+
+
+def _read_pointer(partition: Path) -> dict | None:
+    path = Path(partition) / POINTER
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise LakeError(f"{path}: unreadable commit pointer ({exc})") from exc
+
+
+def _legacy(partition: Path) -> bool:
+    p = Path(partition)
+    return (p / "_manifest.json").is_file() or any(p.glob("part-*.parquet"))
+
+
+def current_version(partition: Path) -> Version | None:
+    """The committed version readers see; None when the partition was never committed."""
+    partition = Path(partition)
+    ptr = _read_pointer(partition)
+    if ptr is None:
+        return Version(0, partition) if _legacy(partition) else None
+    return Version(int(ptr["version"]), partition / ptr["dir"], ptr.get("committed_at", ""))
+
+
+def versions(partition: Path) -> list[Version]:
+    """The committed versions still readable, newest first."""
+    partition = Path(partition)
+    ptr = _read_pointer(partition)
+    if ptr is None:
+        cur = current_version(partition)
+        return [cur] if cur else []
+    entries = [ptr, *ptr.get("history", [])]
+    return [Version(int(e["version"]), partition / e["dir"], e.get("committed_at", "")) for e in entries]
+
+
+def data_dir(partition: Path, version: int | None = None) -> Path:
+    """The directory holding the files of ``partition`` at ``version`` (default: the committed one).
+
+    Raises FileNotFoundError for a partition never committed and LakeError for a committed version
+    whose files are gone (never silently an empty partition)."""
+    partition = Path(partition)
+    if version is None:
+        v = current_version(partition)
+        if v is None:
+            raise FileNotFoundError(f"{partition}: no committed version (never written, or its writer died)")
+    else:
+        v = next((x for x in versions(partition) if x.number == int(version)), None)
+        if v is None:
+            kept = [x.number for x in versions(partition)]
+            raise LakeError(f"{partition}: version {version} is not kept (readable versions: {kept})")
+    if not v.dir.is_dir():
+        raise LakeError(f"{partition}: committed version {v.number} is missing its files ({v.dir})")
+    return v.dir
+
+
+def resolve(path: Path) -> Path:
+    """A partition's committed data dir when ``path`` is a logical partition; else ``path``."""
+    path = Path(path)
+    if (path / POINTER).exists():
+        return data_dir(path)
+    return path
+
+
+def lock_path(partition: Path) -> Path:
+    partition = Path(partition)
+    return partition.parent / "_locks" / f"{partition.name}.lock"
+
+
+@dataclass
+class Pending:
+    """A version being written: fill ``dir``; it is committed when the ``with`` block ends."""
+
+    partition: Path
+    number: int
+    dir: Path
 
 
 @contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp dir beside ``final``; on success swap it into place, on error remove it.
+def commit_partition(
+    partition: Path, keep: int = KEEP_VERSIONS, lock_timeout_s: float = LOCK_TIMEOUT_S
+) -> Iterator[Pending]:
+    """Write a new version of ``partition`` and commit it atomically (see the layout above).
 
-    The swap is two renames (old aside, new in); readers never see a half-written partition,
-    only, for an instant, none. Temp dirs start with '.' so dataset readers skip them.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _recover(final)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        if old.exists() and not final.exists():
-            os.replace(old, final)  # put the previous version back
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    Writers of one partition are serialised by a lock (a second waits, then writes its own version
+    on top: never a mix of two writers' files). On error the new version is removed and the
+    committed one stays as it was."""
+    partition = Path(partition)
+    with file_lock(lock_path(partition), lock_timeout_s, f"lake partition {partition}"):
+        _recover_unversioned(partition)
+        partition.mkdir(parents=True, exist_ok=True)
+        _collect(partition)  # leftovers of a writer killed before or after its commit
+        cur = current_version(partition)
+        number = (cur.number if cur else 0) + 1
+        pending = Pending(partition, number, partition / f"v{number:06d}-{uuid.uuid4().hex[:8]}")
+        pending.dir.mkdir()
+        try:
+            yield pending
+            _fsync_tree(pending.dir)
+            faults.point("lake.staged")
+        except BaseException:
+            shutil.rmtree(pending.dir, ignore_errors=True)
+            if cur is None and not any(partition.iterdir()):
+                partition.rmdir()  # a first write that failed leaves no partition behind
+            raise
+        prev = _read_pointer(partition)
+        history = ([{k: prev[k] for k in ("version", "dir", "committed_at")}] + prev.get("history", [])) if prev else []
+        pointer = {
+            "version": number,
+            "dir": pending.dir.name,
+            "committed_at": datetime.now(UTC).isoformat(),
+            "history": history[: max(0, keep - 1)],
+        }
+        atomic_write_json(partition / POINTER, pointer)  # the commit point
+        faults.point("lake.committed")
+        _collect(partition)
 
 
-def _recover(final: Path) -> None:
-    """Leftovers of a writer killed mid-way: its temp dirs are removed; a previous version set aside
-    (killed between the two renames, so ``final`` is missing) is put back first, never deleted."""
-    for tmp in final.parent.glob(f".tmp-{final.name}-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    for old in sorted(final.parent.glob(f".old-{final.name}-*"), key=lambda p: p.stat().st_mtime, reverse=True):
-        if not final.exists():
-            os.replace(old, final)
+def _recover_unversioned(partition: Path) -> None:
+    """Leftovers of the pre-versioning writer (two renames): a partition set aside by a writer killed
+    between them is put back; its temp dirs are removed. Call under the lock."""
+    parent, name = partition.parent, partition.name
+    for old in sorted(parent.glob(f".old-{name}-*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if not partition.exists():
+            os.replace(old, partition)
         else:
             shutil.rmtree(old, ignore_errors=True)
+    for tmp in parent.glob(f".tmp-{name}-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _collect(partition: Path) -> None:
+    """Remove what no committed version needs: uncommitted or superseded version dirs, files of a
+    pre-versioning partition once a version supersedes them, temp files. Call under the lock."""
+    ptr = _read_pointer(partition)
+    keep = {ptr["dir"], *(e["dir"] for e in ptr.get("history", []))} if ptr else set()
+    if ptr is not None:  # files of a pre-versioning partition, superseded by the first commit
+        for f in [*partition.glob("part-*.parquet"), partition / "_manifest.json"]:
+            f.unlink(missing_ok=True)
+    for child in partition.iterdir():
+        if child.name in keep or child.name == POINTER:
+            continue
+        if child.is_dir() and (child.name.startswith("v") or child.name.startswith(".")):
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.name.startswith(".") and child.name.endswith(".tmp"):
+            child.unlink(missing_ok=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``path`` whole or not at all (temp file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -100,40 +258,101 @@ def atomic_write_json(path: Path, obj) -> Path:
     return atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
-def list_partitions(root: Path, upto: str | None = None) -> list[tuple[str, Path]]:
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path`` to write; renamed over ``path`` when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_tree(final: Path) -> Iterator[Path]:
+    """Yield a temp dir beside ``final`` (a work-dir output: an embedding, a model bundle); when the
+    block succeeds it replaces ``final``, so no reader sees a half-written tree. Not for the lake,
+    whose partitions are versioned (``commit_partition``)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def list_partitions(root: Path, upto: str | None = None, key: str = "ingest_date") -> list[tuple[str, Path]]:
+    """Committed partitions (date, logical path), oldest first. A partition whose committed version
+    lost its files is listed (reading it raises); one never committed is not."""
     root = Path(root)
     if not root.exists():
         return []
     out = []
     for p in sorted(root.iterdir()):
-        if p.is_dir() and p.name.startswith("ingest_date="):
+        if p.is_dir() and p.name.startswith(f"{key}="):
             d = p.name.split("=", 1)[1]
-            if upto is None or d <= upto:
+            if (upto is None or d <= upto) and current_version(p) is not None:
                 out.append((d, p))
     return out
 
 
-def read_manifest(partition: Path) -> dict:
-    path = Path(partition) / "_manifest.json"
+def snapshot(root: Path, upto: str | None = None) -> dict[str, int]:
+    """{date: committed version} of every partition up to ``upto``: what one read is pinned to."""
+    return {d: current_version(p).number for d, p in list_partitions(root, upto)}  # type: ignore[union-attr]
+
+
+def data_version(snap: dict[str, int]) -> str:
+    """A short id of a snapshot: equal ids, equal data (the versions are immutable)."""
+    return hashlib.sha256(json.dumps(sorted(snap.items())).encode()).hexdigest()[:16]
+
+
+def read_manifest(partition: Path, version: int | None = None) -> dict:
+    """The manifest of a partition's committed (or given) version; {} when never committed."""
+    try:
+        path = data_dir(partition, version) / "_manifest.json"
+    except FileNotFoundError:
+        return {}
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def read_partition(partition: Path, columns: list[str] | None = None) -> pa.Table:
-    files = sorted(Path(partition).glob("part-*.parquet"))
+def read_partition(partition: Path, columns: list[str] | None = None, version: int | None = None) -> pa.Table:
+    files = sorted(data_dir(partition, version).glob("part-*.parquet"))
     if not files:
         return LISTING_SCHEMA.empty_table().select(columns or LISTING_SCHEMA.names)
     return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
 
 
-def load_listings(root: Path, upto: str | None = None, columns: list[str] | None = None) -> pa.Table:
+def read_quarantine(partition: Path, version: int | None = None) -> pa.Table:
+    """The quarantined rows of a listings partition's committed (or given) version."""
+    files = sorted((data_dir(partition, version) / "quarantine").glob("part-*.parquet"))
+    if not files:
+        return QUARANTINE_SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(f) for f in files)
+
+
+def load_listings(
+    root: Path, upto: str | None = None, columns: list[str] | None = None, snap: dict[str, int] | None = None
+) -> pa.Table:
     """All listing partitions up to ``upto`` (inclusive), deduplicated by listing_id keeping the
-    newest ingest_date (re-delivered rows are recognised, never counted twice)."""
-    parts = list_partitions(root, upto)
-    if not parts:
+    newest ingest_date (re-delivered rows are recognised, never counted twice). ``snap`` pins the
+    version of each partition (time travel within the kept versions)."""
+    snap = snapshot(root, upto) if snap is None else snap
+    if not snap:
         raise FileNotFoundError(f"no listing partitions under {root}" + (f" up to {upto}" if upto else ""))
     need = list(dict.fromkeys((columns or LISTING_SCHEMA.names) + ["listing_id", "ingest_date"]))
-    table = pa.concat_tables(read_partition(p, need) for _, p in parts)
-    if len(parts) > 1:
+    table = pa.concat_tables(read_partition(partition_dir(root, d), need, v) for d, v in sorted(snap.items()))
+    if len(snap) > 1:
         # newest first, then keep the first occurrence of each id
         order = pc.sort_indices(table, sort_keys=[("ingest_date", "descending")])
         table = table.take(order)
@@ -144,17 +363,39 @@ def load_listings(root: Path, upto: str | None = None, columns: list[str] | None
     return table.select(columns) if columns else table
 
 
-def partitions_lineage(root: Path, upto: str | None = None) -> list[dict]:
-    """Manifest summaries of the partitions a dataset read up to ``upto`` is made of."""
+def partitions_lineage(root: Path, upto: str | None = None, snap: dict[str, int] | None = None) -> list[dict]:
+    """Manifest summaries of the partitions (at the versions of ``snap``) a dataset is made of."""
+    snap = snapshot(root, upto) if snap is None else snap
     out = []
-    for d, p in list_partitions(root, upto):
-        m = read_manifest(p)
+    for d, v in sorted(snap.items()):
+        p = partition_dir(root, d)
+        m = read_manifest(p, v)
         out.append(
             {
                 "ingest_date": d,
                 "path": str(p),
+                "version": v,
                 "rows": m.get("totals", {}).get("rows_written"),
                 "sources": [{"path": s.get("path"), "sha256": s.get("sha256")} for s in m.get("sources", [])],
             }
         )
     return out
+
+
+def status(root: Path, run_date: str | None = None) -> dict:
+    """What readers see, per listings partition: rows, quarantined rows, committed version."""
+    out = []
+    for d, p in list_partitions(root):
+        if run_date and d != run_date:
+            continue
+        v = current_version(p)
+        entry = {"ingest_date": d, "version": v.number, "committed_at": v.committed_at, "path": str(p)}
+        try:
+            m = read_manifest(p)
+            entry["rows"] = m.get("totals", {}).get("rows_written")
+            entry["quarantined"] = m.get("totals", {}).get("rows_quarantined")
+            entry["kept_versions"] = [x.number for x in versions(p)]
+        except LakeError as exc:
+            entry.update(rows=None, quarantined=None, error=str(exc))
+        out.append(entry)
+    return {"root": str(root), "partitions": out}

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.lake import atomic_write_json
+from pipelines import faults
+from pipelines.lake import atomic_file, atomic_write_bytes, atomic_write_json
+from pipelines.locks import advisory_lock, file_lock
 from pipelines.settings import GateRules, Settings
 
 log = logging.getLogger(__name__)
@@ -86,6 +90,12 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
     }
     if trained.get("members"):
         tags["meli.members"] = "+".join(trained["members"])
+    dataset_info = _read_json(settings.run_dir(run_date) / "dataset" / "dataset.json") or {}
+    if dataset_info.get("data_version"):  # the lake snapshot it trained on (readable while kept)
+        tags["meli.data_version"] = dataset_info["data_version"]
+        tags["meli.lake_versions"] = ",".join(
+            f"{d}@v{v}" for d, v in sorted(dataset_info.get("lake_versions", {}).items())
+        )[:4000]
     for k, v in tags.items():
         client.set_model_version_tag(settings.model_name, mv.version, k, v)
     log.info("registered %s version %s from %s", settings.model_name, mv.version, trained["model_uri"])
@@ -158,7 +168,8 @@ def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict
         )
     import pandas as pd
 
-    pd.DataFrame(preds).to_parquet(out_dir / "test_predictions.parquet", index=False)
+    with atomic_file(out_dir / "test_predictions.parquet") as tmp:
+        pd.DataFrame(preds).to_parquet(tmp, index=False)
     recalls = {role: per_class_recall(y, preds[role]) for role in models}
     atomic_write_json(out_dir / "per_class_recall.json", recalls)
     result["predictions"] = str(out_dir / "test_predictions.parquet")
@@ -216,13 +227,8 @@ def gate(
     parent_run_id: str | None = None,
 ) -> dict:
     """Decide and (unless dry_run) apply: move ``champion`` to the challenger or leave it."""
-    import pandas as pd
-
-    from pipelines.evaluate import paired_bootstrap
-
     rules = rules or settings.gate
     client = _client(settings)
-    name = settings.model_name
     eval_dir = settings.run_dir(run_date) / "evaluation"
     evaluation = json.loads((eval_dir / "evaluation.json").read_text())
     if evaluation["models"]["challenger"]["version"] != str(challenger_version):
@@ -231,6 +237,56 @@ def gate(
             f"not {challenger_version}; re-run evaluate"
         )
     per_class = json.loads((eval_dir / "per_class_recall.json").read_text())
+    with registry_lock(settings):  # decide and move the alias with no other gate in between
+        return _gate_locked(
+            settings,
+            client,
+            run_date,
+            challenger_version,
+            rules,
+            evaluation,
+            per_class,
+            eval_dir,
+            force_promote,
+            dry_run,
+            dag_run_id,
+            parent_run_id,
+        )
+
+
+@contextmanager
+def registry_lock(settings: Settings) -> Iterator[None]:
+    """One gate (or rollback) of this model at a time: an advisory lock in Postgres when
+    MELI_LOCK_URI names one (writers on several hosts), else a lock file beside the SQLite store
+    (or under MELI_HOME)."""
+    what = f"the registry of {settings.model_name}"
+    if settings.lock_uri.startswith("postgresql"):
+        lock = advisory_lock(settings.lock_uri, f"meli-gate:{settings.model_name}", settings.lock_timeout_s, what)
+    else:
+        lock = file_lock(settings.registry_lock_path, settings.lock_timeout_s, what)
+    with lock:
+        yield
+
+
+def _gate_locked(
+    settings: Settings,
+    client,
+    run_date: str,
+    challenger_version: str,
+    rules: GateRules,
+    evaluation: dict,
+    per_class: dict,
+    eval_dir: Path,
+    force_promote: bool,
+    dry_run: bool,
+    dag_run_id: str,
+    parent_run_id: str | None,
+) -> dict:
+    import pandas as pd
+
+    from pipelines.evaluate import paired_bootstrap
+
+    name = settings.model_name
     champ_now = _alias_version(client, name, CHAMPION)
     champ_now_v = str(champ_now.version) if champ_now else None
     prior = _read_json(eval_dir / "decision.json")
@@ -294,9 +350,17 @@ def gate(
         # the decision is on disk before any alias moves, so a retry after the moves completes it
         # (above) instead of deciding again against a champion that is now the challenger itself
         atomic_write_json(eval_dir / "decision.json", {**decision, "decision": "promoting"})
+        faults.point("gate.decided")
+        again = _alias_version(client, name, CHAMPION)  # re-checked right before the move
+        if (str(again.version) if again else None) != champ_now_v:
+            raise GateError(
+                f"champion moved from {champ_now_v} to {again.version if again else None} outside the gate "
+                "while deciding; re-run evaluate so both are compared on the same rows"
+            )
         # 'previous' first: if the champion move then fails, the champion is still the old one.
         if champ_now is not None:
             client.set_registered_model_alias(name, PREVIOUS, champ_now.version)
+            faults.point("gate.previous_moved")
         client.set_registered_model_alias(name, CHAMPION, str(challenger_version))
         log.info("promoted %s v%s to champion (previous: %s)", name, challenger_version, champ_now_v)
     else:
@@ -386,7 +450,7 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
             client.set_model_version_tag(name, version, k, v)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "decision.json", d)
-    (out_dir / "decision.md").write_text(_markdown(d))
+    atomic_write_bytes(out_dir / "decision.md", _markdown(d).encode())
     if parent_run_id:
         with mlflow.start_run(run_id=parent_run_id):
             mlflow.log_artifact(str(out_dir / "decision.json"), "gate")
@@ -504,7 +568,11 @@ def history(settings: Settings, limit: int = 50) -> list[dict]:
 
 def rollback(settings: Settings, to_version: str | None = None, reason: str = "operator rollback") -> dict:
     """Move ``champion`` back to ``previous`` (or ``to_version``); the old champion becomes ``previous``."""
-    client = _client(settings)
+    with registry_lock(settings):
+        return _rollback_locked(settings, _client(settings), to_version, reason)
+
+
+def _rollback_locked(settings: Settings, client, to_version: str | None, reason: str) -> dict:
     name = settings.model_name
     current = _alias_version(client, name, CHAMPION)
     if to_version is None:

@@ -12,14 +12,16 @@ from pipelines.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def step_ingest(settings: Settings, sources: list[str], run_date: str, fmt: str = "auto") -> dict:
+def step_ingest(
+    settings: Settings, sources: list[str], run_date: str, fmt: str = "auto", allow_empty: bool = False
+) -> dict:
     """Ingest ``sources``; with none, the landing folder's files (see ``landing_sources``)."""
     from pipelines.ingest import ingest
 
     if sources:
-        return ingest(expand_sources(sources), run_date, settings, fmt=fmt).to_dict()
+        return ingest(expand_sources(sources), run_date, settings, fmt=fmt, allow_empty=allow_empty).to_dict()
     paths = landing_sources(settings, run_date)
-    result = ingest(paths, run_date, settings, fmt=fmt).to_dict()
+    result = ingest(paths, run_date, settings, fmt=fmt, allow_empty=allow_empty).to_dict()
     claim_landing(settings, run_date, paths)
     return result
 

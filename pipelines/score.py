@@ -8,10 +8,8 @@ cannot be scored are written with a null prediction and a reason, never dropped.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.ingest import CHUNK_ROWS, MAX_TITLE_CHARS, content_ids, read_source
-from pipelines.lake import atomic_dir
+from pipelines.lake import atomic_file, commit_partition, resolve
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -158,18 +156,13 @@ def score(
     try:
         if output is not None:
             out = Path(output)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-            try:
+            with atomic_file(out) as tmp:
                 write_all(tmp)
-                os.replace(tmp, out)
-            finally:
-                tmp.unlink(missing_ok=True)
         else:
             run_date = run_date or datetime.now(UTC).date().isoformat()
             out = settings.scored_dir / f"run_date={run_date}"
-            with atomic_dir(out) as tmp_dir:
-                write_all(tmp_dir / "part-00000.parquet")
+            with commit_partition(out, settings.lake_keep_versions, settings.lock_timeout_s) as pending:
+                write_all(pending.dir / "part-00000.parquet")
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -217,6 +210,7 @@ def iter_chunks(input_path: str | Path, fmt: str = "auto", chunk_rows: int = CHU
     """Chunks of a file, or of every part file of a lake partition directory."""
     path = Path(input_path)
     if path.is_dir():
+        path = resolve(path)  # a lake partition: its committed version's files
         files = sorted(path.glob("*.parquet"))
         if not files:
             raise FileNotFoundError(f"{path} holds no .parquet files")

@@ -87,6 +87,13 @@ class Settings:
     # each (0 = CPU cores // the trainings running at once: oversubscribed cores slow training 3-4x)
     train_concurrency: int = field(default_factory=lambda: _int("MELI_TRAIN_CONCURRENCY", 2))
     torch_threads: int = field(default_factory=lambda: _int("MELI_TORCH_THREADS", 0))
+    # the lake keeps this many committed versions of each partition readable (time travel)
+    lake_keep_versions: int = field(default_factory=lambda: _int("MELI_LAKE_KEEP_VERSIONS", 3))
+    # how long a writer waits for a partition or the registry held by another writer
+    lock_timeout_s: float = field(default_factory=lambda: _float("MELI_LOCK_TIMEOUT_S", 900.0))
+    # a Postgres URL: the gate's registry lock becomes an advisory lock there (writers on several
+    # hosts); empty: a lock file beside the SQLite store or under MELI_HOME
+    lock_uri: str = field(default_factory=lambda: _env("MELI_LOCK_URI", ""))
     thresholds: Thresholds = field(default_factory=Thresholds)
     gate: GateRules = field(default_factory=GateRules)
 
@@ -98,6 +105,8 @@ class Settings:
             object.__setattr__(self, "lake_uri", str(self.home / "lake"))
         if self.train_concurrency < 1 or self.torch_threads < 0:
             raise ValueError("MELI_TRAIN_CONCURRENCY must be >= 1 and MELI_TORCH_THREADS >= 0")
+        if self.lake_keep_versions < 1:
+            raise ValueError("MELI_LAKE_KEEP_VERSIONS must be >= 1")
 
     def train_threads(self, side_by_side: int) -> int:
         """Torch CPU threads for one of ``side_by_side`` training processes."""
@@ -115,10 +124,6 @@ class Settings:
         return self.lake / "listings"
 
     @property
-    def quarantine_dir(self) -> Path:
-        return self.lake / "quarantine"
-
-    @property
     def scored_dir(self) -> Path:
         return self.lake / "scored"
 
@@ -133,6 +138,13 @@ class Settings:
     @property
     def work_dir(self) -> Path:
         return self.home / "work"
+
+    @property
+    def registry_lock_path(self) -> Path:
+        """The gate's lock file: beside the SQLite store, else under MELI_HOME."""
+        if self.tracking_uri.startswith("sqlite:///") and not self.registry_uri:
+            return Path(self.tracking_uri.removeprefix("sqlite:///") + ".gate.lock")
+        return self.home / "registry" / "gate.lock"
 
     @property
     def history_path(self) -> Path:

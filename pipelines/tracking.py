@@ -4,10 +4,39 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from pathlib import Path
 
+from pipelines.locks import file_lock
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+_READY: set[str] = set()
+PROBE_TIMEOUT_S = 5.0
+PROBE_TRIES = 3
+
+
+def check_reachable(uri: str) -> None:
+    """Fail within ~20 s, in one line, when the tracking server does not answer (MLflow's own
+    client retries for minutes first)."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    last: Exception | None = None
+    for attempt in range(PROBE_TRIES):
+        try:
+            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (auth, or no /health route): reachable
+        except (OSError, ValueError) as exc:
+            last = exc
+            if attempt < PROBE_TRIES - 1:
+                time.sleep(1.0)
+    raise ConnectionError(f"MLflow tracking server {uri} is unreachable: {getattr(last, 'reason', last)}")
 
 
 def configure(settings: Settings) -> str:
@@ -32,7 +61,17 @@ def configure(settings: Settings) -> str:
         else:
             os.environ[k] = v
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(settings.experiment)
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        check_reachable(settings.tracking_uri)
+    if settings.tracking_uri.startswith("sqlite:///") and settings.tracking_uri not in _READY:
+        # the first use of a new SQLite store creates its schema (alembic); two processes doing
+        # that at once fail ("CommandError"), so the first touch of a store is serialised
+        db = settings.tracking_uri.removeprefix("sqlite:///")
+        with file_lock(Path(db + ".init.lock"), settings.lock_timeout_s, f"MLflow store {settings.tracking_uri}"):
+            exp = client.get_experiment_by_name(settings.experiment)
+        _READY.add(settings.tracking_uri)
+    else:
+        exp = client.get_experiment_by_name(settings.experiment)
     if exp is None:
         location = None
         if not settings.tracking_uri.startswith(("http://", "https://", "databricks")):

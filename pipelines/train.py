@@ -19,6 +19,7 @@ import numpy as np
 
 from pipelines.config import TrainConfig
 from pipelines.features import EmbeddingConfig, TitleEncoder, read_split
+from pipelines.lake import atomic_tree
 from pipelines.pyfunc import Bundle, pick_device
 from pipelines.settings import REPO_ROOT, Settings
 
@@ -116,7 +117,9 @@ def start_parent_run(settings: Settings, run_date: str, dataset: dict, tags: dic
 
     configure(settings)
     with mlflow.start_run(run_name=f"retrain-{run_date}") as run:
-        mlflow.set_tags({"meli.run_date": run_date, "meli.stage": "retrain", **(tags or {})})
+        mlflow.set_tags(
+            {"meli.run_date": run_date, "meli.stage": "retrain", **_lineage(Path(dataset["dir"])), **(tags or {})}
+        )
         mlflow.log_params({f"rows_{k}": v for k, v in dataset["counts"].items()})
         mlflow.log_param("num_categories", dataset["num_categories"])
         mlflow.log_artifact(str(Path(dataset["dir"]) / "dataset.json"), artifact_path="data")
@@ -137,6 +140,8 @@ def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainC
 def _lineage(dataset_dir: Path) -> dict:
     info = json.loads((dataset_dir / "dataset.json").read_text())
     return {
+        "meli.data_version": info.get("data_version", ""),
+        "meli.lake_versions": ",".join(f"{d}@v{v}" for d, v in sorted(info.get("lake_versions", {}).items()))[:4000],
         "meli.partitions": ",".join(p["ingest_date"] for p in info["lineage"])[:4000],
         "meli.source_sha256": ",".join(
             sorted({s["sha256"][:16] for p in info["lineage"] for s in p["sources"] if s.get("sha256")})
@@ -274,13 +279,11 @@ def train_classifier(
         mlflow.log_metrics(metrics)
 
         bundle_dir = Path(settings.run_dir(run_date or "adhoc")) / "models" / kind / "bundle"
-        if bundle_dir.exists():
-            shutil.rmtree(bundle_dir)
-        bundle_dir.mkdir(parents=True)
-        torch.save(state, bundle_dir / "weights.pt")
-        (bundle_dir / "labels.json").write_text(json.dumps(labels))
-        (bundle_dir / "config.json").write_text(json.dumps({"model": fit.model_cfg.to_dict(), "train": cfg.to_dict()}))
-        shutil.copy(embedding_dir / "encoder.json", bundle_dir / "encoder.json")
+        with atomic_tree(bundle_dir) as tmp:
+            torch.save(state, tmp / "weights.pt")
+            (tmp / "labels.json").write_text(json.dumps(labels))
+            (tmp / "config.json").write_text(json.dumps({"model": fit.model_cfg.to_dict(), "train": cfg.to_dict()}))
+            shutil.copy(embedding_dir / "encoder.json", tmp / "encoder.json")
 
         info = _log_served_model(bundle_dir, val_df, best["probs"])
         result = {
@@ -535,11 +538,12 @@ def train_ensemble(
     log.info("ensemble candidates on validation: %s -> %s", scores, best)
 
     bundle_dir = out / "bundle"
-    for kind in members:
-        shutil.copytree(sources[kind], bundle_dir / "members" / kind)
-    for name in ("encoder.json", "labels.json"):
-        shutil.copy(first / name, bundle_dir / name)
-    (bundle_dir / "config.json").write_text(json.dumps({"members": [f"members/{k}" for k in members]}))
+    with atomic_tree(bundle_dir) as tmp:
+        for kind in members:
+            shutil.copytree(sources[kind], tmp / "members" / kind)
+        for name in ("encoder.json", "labels.json"):
+            shutil.copy(first / name, tmp / name)
+        (tmp / "config.json").write_text(json.dumps({"members": [f"members/{k}" for k in members]}))
     for kind in sources:
         shutil.rmtree(out / kind, ignore_errors=True)
 

@@ -9,6 +9,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.lake import read_partition, resolve
 from tests.integration.airflow_env import REPO, airflow_env, dag_test, migrate
 
 pytestmark = pytest.mark.slow
@@ -114,10 +115,10 @@ def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monk
     assert score["state"].endswith("success"), score
     assert score["queued_assets"] == ["meli_champion", "meli_lake_listings"]
     partition = next(e["partition"] for e in score["consumed_events"] if "partition" in e)
-    scored = list((airflow_home / "lake" / "scored").glob("run_date=*/*.parquet"))
+    scored = [resolve(p) / "part-00000.parquet" for p in (airflow_home / "lake" / "scored").glob("run_date=*")]
     assert scored
     table = pq.read_table(scored[0])
-    ingested = pq.read_table(partition)
+    ingested = read_partition(partition)
     assert table.num_rows == ingested.num_rows
     assert set(table.column("source_file").to_pylist()) == {partition}
     assert set(table.column("model_version").to_pylist()) == {"1"}

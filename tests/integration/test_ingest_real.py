@@ -6,17 +6,15 @@ import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from pipelines.ingest import detect_format, ingest
-from pipelines.lake import SCHEMA_VERSION, load_listings, read_manifest
+from pipelines.lake import SCHEMA_VERSION, load_listings, read_manifest, read_partition, read_quarantine, versions
 
 DAY = "2019-06-01"
 
 
 def _read(result) -> tuple:
-    listings = pq.read_table(Path(result.partition) / "part-00000.parquet")
-    quarantine = pq.read_table(Path(result.quarantine) / "part-00000.parquet")
+    listings = read_partition(Path(result.partition))
+    quarantine = read_quarantine(Path(result.partition))
     return listings, quarantine, read_manifest(Path(result.partition))
 
 
@@ -45,10 +43,11 @@ def test_real_jsonl_twice_gives_identical_partitions(settings, real_jsonl):
     _conserved(second, l2, q2, m2, real_jsonl)
     assert l2.equals(l1)  # same rows, ids, splits and content, in the same order
     assert q2.equals(q1)
-    strip = lambda m: {k: v for k, v in m.items() if k not in ("created_at", "seconds")}  # noqa: E731
-    assert strip(m2) == strip(m1)
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("created_at", "seconds", "version", "quarantine")}  # noqa: E731
+    assert strip(m2) == strip(m1) and (m1["version"], m2["version"]) == (1, 2)
     parent = Path(second.partition).parent
-    assert sorted(p.name for p in parent.iterdir()) == [f"ingest_date={DAY}"]  # no .tmp-/.old- left
+    assert sorted(p.name for p in parent.iterdir()) == ["_locks", f"ingest_date={DAY}"]  # no .tmp-/.old- left
+    assert [v.number for v in versions(Path(second.partition))] == [2, 1]
     assert load_listings(settings.listings_dir).num_rows == l1.num_rows
 
     # the split is per listing and every one of the 632 categories (37-94 rows) is in each split

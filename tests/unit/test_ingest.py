@@ -27,7 +27,17 @@ from pipelines.ingest import (
     ingest,
     read_source,
 )
-from pipelines.lake import LISTING_SCHEMA, QUARANTINE_SCHEMA, SCHEMA_VERSION, load_listings, read_manifest
+from pipelines.lake import (
+    LISTING_SCHEMA,
+    QUARANTINE_SCHEMA,
+    SCHEMA_VERSION,
+    data_dir,
+    load_listings,
+    read_manifest,
+    read_partition,
+    read_quarantine,
+    versions,
+)
 from tests.data import ingest_inputs as D
 
 DAY = "2024-03-01"
@@ -42,10 +52,10 @@ class Run:
     def __init__(self, result, settings):
         self.result = result
         self.partition = Path(result.partition)
-        self.listings = pq.read_table(self.partition / "part-00000.parquet")
-        self.quarantine = pq.read_table(Path(result.quarantine) / "part-00000.parquet")
+        self.listings = read_partition(self.partition)
+        self.quarantine = read_quarantine(self.partition)
         self.manifest = read_manifest(self.partition)
-        self.q_manifest = read_manifest(Path(result.quarantine))
+        self.q_manifest = json.loads((Path(result.quarantine) / "_manifest.json").read_text())
         self.settings = settings
 
     @property
@@ -100,10 +110,15 @@ def check_conservation(r: Run) -> None:
 
 
 def no_leftovers(settings) -> None:
-    for root in (settings.listings_dir, settings.quarantine_dir):
-        if root.exists():
-            stray = [p.name for p in root.iterdir() if p.name.startswith((".tmp-", ".old-"))]
-            assert stray == [], stray
+    """No temp dirs, and each partition holds only its pointer and the versions it keeps."""
+    root = settings.listings_dir
+    if root.exists():
+        stray = [p.name for p in root.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+        assert stray == [], stray
+        for part in root.glob("ingest_date=*"):
+            kept = {v.dir.name for v in versions(part)}
+            extra = [p.name for p in part.iterdir() if p.name != "_CURRENT" and p.name not in kept]
+            assert extra == [], extra
 
 
 def only_bad(r: Run, reason: str) -> dict:
@@ -311,8 +326,30 @@ def test_format_detected_from_content(settings, tmp_path, name, make, fmt):
 def test_empty_files(settings, tmp_path):
     empty = D.write_bytes(tmp_path / "empty.jsonl", b"")
     empty_gz = D.write_bytes(tmp_path / "empty.jsonl.gz", b"", gz=True)
-    r = run(settings, [empty, empty_gz])
+    r = run(settings, [empty, empty_gz], allow_empty=True)
     assert r.result.rows_read == 0 and r.listings.num_rows == 0 and r.quarantine.num_rows == 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: D.write_bytes(p / "zero.jsonl", b""),
+        lambda p: D.write_bytes(p / "header.csv", b"title,category\n"),
+    ],
+    ids=["zero_bytes", "header_only"],
+)
+def test_an_empty_batch_never_replaces_a_partition_silently(settings, tmp_path, make):
+    before = run(settings, D.write_jsonl(tmp_path / "a.jsonl", D.good_rows(20)))
+    empty = make(tmp_path)
+    with pytest.raises(IngestError, match=r"no rows read.*refusing to replace partition 2024-03-01 \(20 rows\)"):
+        ingest([empty], DAY, settings)
+    assert read_partition(before.partition).num_rows == 20  # untouched
+    with pytest.raises(IngestError, match="refusing to write an empty partition 2024-03-02.*--allow-empty"):
+        ingest([empty], "2024-03-02", settings)
+    assert not (settings.listings_dir / "ingest_date=2024-03-02").exists()
+    r = run(settings, empty, allow_empty=True)  # said explicitly: the partition becomes empty
+    assert r.listings.num_rows == 0 and r.result.version == before.result.version + 1
+    no_leftovers(settings)
 
 
 # ------------------------------------------------------------------------------------------
@@ -670,7 +707,6 @@ def test_unreadable_sources_give_a_clear_error(settings, tmp_path, make, match):
         ingest([good, src], DAY, settings)
     assert str(src.name) in str(err.value)
     assert not (settings.listings_dir / f"ingest_date={DAY}").exists()
-    assert not (settings.quarantine_dir / f"ingest_date={DAY}").exists()
     no_leftovers(settings)
 
 
@@ -698,7 +734,8 @@ def test_manifest(settings, tmp_path):
     assert m["sources"][0]["sha256"] == hashlib.sha256(a.read_bytes()).hexdigest()
     assert m["sources"][1]["sha256"] == hashlib.sha256(b.read_bytes()).hexdigest()
     assert m["partition"] == r.result.partition and m["quarantine"] == r.result.quarantine
-    assert Path(r.result.manifest) == r.partition / "_manifest.json"
+    assert Path(r.result.manifest) == data_dir(r.partition) / "_manifest.json"
+    assert m["version"] == r.result.version == 1
     assert r.result.to_dict()["rows_read"] == 10
 
 
@@ -826,7 +863,25 @@ def test_reingesting_a_date_replaces_the_partition(settings, tmp_path):
     second = run(settings, a)
     assert second.listings.equals(first.listings)
     assert second.quarantine.equals(first.quarantine)
-    assert sorted(p.name for p in second.partition.iterdir()) == ["_manifest.json", "part-00000.parquet"]
+    assert sorted(
+        p.relative_to(second.partition.parent).as_posix() for p in second.partition.rglob("*") if p.is_file()
+    ) == [
+        f"{second.partition.name}/{x}"
+        for x in (
+            "_CURRENT",
+            *(
+                f"{d}/{f}"
+                for d in sorted(v.dir.name for v in versions(second.partition))
+                for f in (
+                    "_manifest.json",
+                    "part-00000.parquet",
+                    "quarantine/_manifest.json",
+                    "quarantine/part-00000.parquet",
+                )
+            ),
+        )
+    ]
+    assert [v.number for v in versions(second.partition)] == [2, 1]  # the previous version kept
     lake = load_listings(settings.listings_dir)
     assert lake.num_rows == 20 and len(set(lake.column("listing_id").to_pylist())) == 20
     # a different delivery for the same date replaces, never appends
@@ -841,7 +896,7 @@ def test_reingesting_a_date_replaces_the_partition(settings, tmp_path):
 def test_failure_mid_ingest_keeps_the_previous_partition(settings, tmp_path, monkeypatch):
     a = D.write_jsonl(tmp_path / "a.jsonl", D.good_rows(20) + [b"{bad"])
     before = run(settings, a)
-    files = {p: p.read_bytes() for root in (before.partition, Path(before.result.quarantine)) for p in root.iterdir()}
+    files = {p: p.read_bytes() for p in before.partition.rglob("*") if p.is_file()}
 
     real_writer = pq.ParquetWriter
 
@@ -861,9 +916,7 @@ def test_failure_mid_ingest_keeps_the_previous_partition(settings, tmp_path, mon
     assert FailingWriter.calls == 3
     monkeypatch.undo()
     assert {p: p.read_bytes() for p in files} == files
-    assert sorted(files) == sorted(
-        p for root in (before.partition, Path(before.result.quarantine)) for p in root.iterdir()
-    )
+    assert sorted(files) == sorted(p for p in before.partition.rglob("*") if p.is_file())
     no_leftovers(settings)
     # an unreadable second source fails the run the same way
     bad = D.write_challenge_csv(tmp_path / "bad.csv", header=["name", "category"], rows=[["x", "Y"]])

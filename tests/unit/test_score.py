@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import TrainConfig
+from pipelines.lake import read_partition, resolve, versions
 from pipelines.score import SCORED_SCHEMA, event_run_date, resolve_input, score
 from pipelines.settings import get_settings
 
@@ -98,7 +99,7 @@ def test_rows_keep_input_order_ids_and_length_rule_of_ingest(s, tmp_path, monkey
     rows = pq.read_table(out).to_pylist()
     assert [(r["source_row"], r["status"]) for r in rows] == [(1, "scored"), (2, "unscorable"), (3, "scored")]
     monkeypatch.setenv("MELI_LAKE_URI", str(tmp_path / "lake"))  # not the shared home's lake
-    lake = pq.read_table(Path(ingest([src], "2026-11-09", get_settings()).partition) / "part-00000.parquet")
+    lake = read_partition(Path(ingest([src], "2026-11-09", get_settings()).partition))
     lake = lake.to_pylist()
     assert {r["source_row"]: r["listing_id"] for r in lake} == {
         r["source_row"]: r["listing_id"] for r in rows if r["listing_id"]
@@ -125,8 +126,10 @@ def test_lake_partition_output_is_replaced_on_rerun(s, tmp_path):
     src, lines = _input(tmp_path)
     for _ in range(2):
         res = score(s, src, None, model="2", run_date="2026-11-05", progress=False)
-    files = list((s.scored_dir / "run_date=2026-11-05").glob("*.parquet"))
+    part = s.scored_dir / "run_date=2026-11-05"
+    files = list(resolve(part).glob("*.parquet"))
     assert len(files) == 1 and pq.read_table(files[0]).num_rows == len(lines)
+    assert [v.number for v in versions(part)] == [2, 1]  # the previous scores kept as a version
     assert res.model_version == "2"
     assert not [p for p in s.scored_dir.iterdir() if p.name.startswith(".")]
 
@@ -145,7 +148,7 @@ def test_scores_a_lake_partition_and_resolves_inputs(s, tmp_path):
     assert event_run_date(events[1]["partition"], events) == "2026-11-01"
     assert event_run_date("/elsewhere", events) is None
     res = score(s, part, tmp_path / "p.parquet", progress=False)
-    n = pq.ParquetFile(next(s.listings_dir.glob("ingest_date=2026-11-02/*.parquet"))).metadata.num_rows
+    n = read_partition(Path(part)).num_rows
     assert res.rows == n and res.unscorable == 0
     with pytest.raises(FileNotFoundError):
         resolve_input(s, "/nope.jsonl", [])
