@@ -1208,7 +1208,7 @@ def ingest(
             manifest = _write_version(sources, run_date, settings, fmt, require_label, chunk_rows, pending, t0)
         except OSError as exc:
             if exc.filename is None:  # e.g. ENOSPC from a Parquet writer: say where it was writing
-                raise OSError(exc.errno, f"{exc.strerror or exc} (writing {pending.dir})") from exc
+                raise OSError(exc.errno, exc.strerror or str(exc), str(pending.dir)) from exc
             raise
         totals = manifest["totals"]
         if totals["rows_read"] == 0 and not allow_empty:

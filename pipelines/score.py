@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.ingest import CHUNK_ROWS, MAX_TITLE_CHARS, content_ids, read_source
+from pipelines.ingest import CHUNK_ROWS, MAX_TITLE_CHARS, check_input_file, content_ids, read_source
 from pipelines.lake import atomic_file, commit_partition, resolve
 from pipelines.settings import Settings
 
@@ -135,6 +135,8 @@ def score(
 ) -> ScoreResult:
     """Score ``input_path`` into ``output`` (a .parquet file) or, without it, into the lake's
     ``scored/run_date=D`` partition (replaced atomically on rerun)."""
+    if not Path(input_path).is_dir():  # a bad input fails before the model is loaded
+        check_input_file(Path(input_path))
     name, version = resolve_model(settings, model)
     if on_resolved:
         on_resolved(name, version)  # hook for tests: e.g. move the alias mid-run

@@ -60,17 +60,20 @@ def configure(settings: Settings) -> str:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    client = mlflow.MlflowClient()
     if settings.tracking_uri.startswith(("http://", "https://")):
         check_reachable(settings.tracking_uri)
     if settings.tracking_uri.startswith("sqlite:///") and settings.tracking_uri not in _READY:
         # the first use of a new SQLite store creates its schema (alembic); two processes doing
-        # that at once fail ("CommandError"), so the first touch of a store is serialised
+        # that at once fail ("CommandError", "table _alembic_tmp_... already exists"), so each
+        # process's first touch of a store is serialised
         db = settings.tracking_uri.removeprefix("sqlite:///")
         with file_lock(Path(db + ".init.lock"), settings.lock_timeout_s, f"MLflow store {settings.tracking_uri}"):
+            client = mlflow.MlflowClient()
             exp = client.get_experiment_by_name(settings.experiment)
+            client.search_registered_models(max_results=1)  # the registry store, same database
         _READY.add(settings.tracking_uri)
     else:
+        client = mlflow.MlflowClient()
         exp = client.get_experiment_by_name(settings.experiment)
     if exp is None:
         location = None

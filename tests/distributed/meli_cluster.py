@@ -295,6 +295,7 @@ class Cluster:
                 "MELI_TRAIN_QUEUE": "gpu",
                 "MELI_TRAIN_POOL": "gpu",
                 "MLFLOW_TRACKING_URI": self.mlflow_url,
+                "MELI_LOCK_URI": self._pg_url(self.airflow_db),  # the gate's lock: a Postgres advisory lock
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
                 "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",

@@ -323,6 +323,44 @@ def test_format_detected_from_content(settings, tmp_path, name, make, fmt):
     assert r.manifest["sources"][0]["format"] == fmt
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" + ",".join(json.dumps(x) for x in D.good_rows(3)) + "]",  # one line
+        "[\n" + ",\n".join("  " + json.dumps(x) for x in D.good_rows(3)) + "\n]\n",  # pretty-printed
+        "[" + ",".join(json.dumps({**x, "title": x["title"] * 40}) for x in D.good_rows(200)) + "]",  # > the head
+    ],
+    ids=["one_line", "pretty", "longer_than_the_head"],
+)
+def test_a_json_array_file_is_json_not_a_csv_title(settings, tmp_path, text):
+    src = D.write_bytes(tmp_path / "array.json", text.encode())
+    assert detect_format(src) == "jsonl"
+    r = run(settings, src, allow_empty=True)
+    if text.count("\n") <= 1:  # the array itself: one line, not an object
+        assert r.result.rows_written == 0 and r.reasons() == {"not_an_object": 1}
+    else:  # read as JSON Lines: '[', ']' and 'obj,' lines quarantined; a bare object line is a row
+        assert r.result.rows_written == 1 and r.reasons() == {"bad_json": 4}
+    assert all(len(t) < 1000 for t in r.titles())  # never a 'title' made of the whole file
+
+
+def test_a_csv_title_starting_with_a_bracket_is_still_csv(tmp_path):
+    src = D.write_bytes(tmp_path / "t.csv", b"[NUEVO] Celular Samsung,CELLPHONES\n[OFERTA] Zapatillas,SNEAKERS\n")
+    assert detect_format(src) == "csv"
+
+
+def test_deeply_nested_json_is_quarantined_not_fatal(settings, tmp_path):
+    deep = '{"title": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + ', "category": "X"}'
+    lines = [D.jsonl_line(D.good_row(0)), deep.encode(), D.jsonl_line(D.good_row(1))]
+    src = D.write_bytes(tmp_path / "deep.jsonl", b"\n".join(lines) + b"\n")
+    r = run(settings, src)
+    assert r.result.rows_written == 2 and r.reasons() == {"bad_json": 1}
+    assert r.bad[0]["raw"] == deep and r.bad[0]["source_row"] == 2  # kept whole, with its line
+    # scoring reads inputs with the same reader: the line is an unscorable row, the others score
+    chunks = list(read_source(src))
+    assert sum(len(c.rows) for c in chunks) == 2
+    assert [(x[0], x[1]) for c in chunks for x in c.rejected] == [(2, "bad_json")]
+
+
 def test_empty_files(settings, tmp_path):
     empty = D.write_bytes(tmp_path / "empty.jsonl", b"")
     empty_gz = D.write_bytes(tmp_path / "empty.jsonl.gz", b"", gz=True)

@@ -6,6 +6,8 @@ the gate itself is model-agnostic (it only calls pyfunc predict on the test titl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 import pytest
@@ -286,3 +288,59 @@ def test_history_lists_the_latest_events(settings, test_rows):
         ("promoted", versions[2]),
         ("rollback", versions[1]),
     ]
+
+
+def test_evaluation_files_are_replaced_whole_or_not_at_all(settings, test_rows, monkeypatch):
+    """A writer that dies mid-file (disk full, killed) never leaves a truncated test_predictions.parquet."""
+    v1 = make_version(settings, test_rows, 0.8)
+    registry.evaluate(settings, RUN_DATE, v1)
+    path = settings.run_dir(RUN_DATE) / "evaluation" / "test_predictions.parquet"
+    before = path.read_bytes()
+
+    def half_then_fail(self, target, *a, **kw):
+        Path(target).write_bytes(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        registry.evaluate(settings, RUN_DATE, v1)
+    assert path.read_bytes() == before
+    assert not [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_the_gate_lock_is_an_advisory_lock_in_postgres_mode(settings, monkeypatch):
+    """MELI_LOCK_URI names Postgres: two holders of the registry lock exclude each other."""
+    import threading
+
+    psycopg2 = pytest.importorskip("psycopg2")
+    uri = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+    try:
+        psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=3).close()
+    except psycopg2.Error:
+        pytest.skip("no Postgres on 127.0.0.1:5432")
+    from pipelines.locks import LockTimeout
+    from pipelines.settings import get_settings
+
+    monkeypatch.setenv("MELI_LOCK_URI", uri)
+    monkeypatch.setenv("MELI_LOCK_TIMEOUT_S", "0.5")
+    s = get_settings()
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():
+        with registry.registry_lock(s):
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert inside.wait(10)
+    try:
+        with pytest.raises(LockTimeout, match="advisory lock 'meli-gate:"):
+            with registry.registry_lock(s):
+                pass
+    finally:
+        release.set()
+        t.join()
+    with registry.registry_lock(s):  # released with its holder
+        pass
+    assert not s.registry_lock_path.exists()  # no lock file in this mode

@@ -173,3 +173,22 @@ def test_cli_score_diplodatos_keeps_titles(s, tmp_path, capsys):
     titles = [json.loads(line)["title"] for line in gzip.open(src, "rt")]
     assert t.column("title").to_pylist() == titles
     assert t.column("predicted_category").null_count == 0
+
+
+def test_two_scoring_runs_of_one_date_both_commit(s, tmp_path):
+    """Two `score` commands for the same run date at once: serialised by the partition lock, each
+    commits a whole version (before: '[Errno 2] ... .tmp-run_date=...')."""
+    import subprocess
+    import sys
+
+    src, lines = _input(tmp_path)
+    env = {**os.environ, "MELI_HOME": str(s.home), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "pipelines", "score", str(src), "--run-date", "2026-11-07", "--no-progress"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    part = s.scored_dir / "run_date=2026-11-07"
+    assert [v.number for v in versions(part)] == [2, 1]
+    for v in versions(part):
+        assert pq.read_table(v.dir / "part-00000.parquet").num_rows == len(lines)
