@@ -26,15 +26,23 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
+# each finished task of the DAG runs is printed as it ends (full logs in $(MELI_HOME)/demo-*.log)
+TASK_PROGRESS := { grep --line-buffered -oE '\[DAG TEST\] end task task_id=[a-z_]+( map_index=[0-9]+)?' \
+  | sed -u -E 's/.*task_id=([a-z_]+)( map_index=([0-9]+))?/      done: \1 \3/' || true; }
+
 demo: venv
 	@mkdir -p $(MELI_HOME)/landing
-	$(PY) -m pipelines demo-data $(MELI_HOME)/landing/demo-listings.jsonl.gz --rows $(DEMO_ROWS) --seed 7 --dirty 4
-	$(VENV)/bin/airflow db migrate > $(MELI_HOME)/airflow-db-migrate.log 2>&1 || (cat $(MELI_HOME)/airflow-db-migrate.log; exit 1)
-	$(VENV)/bin/airflow dags test meli_retrain --conf '$(DEMO_CONF)' > $(MELI_HOME)/demo-retrain.log 2>&1 \
+	@echo "[1/4] writing $(DEMO_ROWS) SYNTHETIC listings to $(MELI_HOME)/landing/"
+	@$(PY) -m pipelines demo-data $(MELI_HOME)/landing/demo-listings.jsonl.gz --rows $(DEMO_ROWS) --seed 7 --dirty 4
+	@echo "[2/4] preparing the Airflow database (SQLite under $(AIRFLOW_HOME))"
+	@$(VENV)/bin/airflow db migrate > $(MELI_HOME)/airflow-db-migrate.log 2>&1 || (cat $(MELI_HOME)/airflow-db-migrate.log; exit 1)
+	@echo "[3/4] meli_retrain: ingest, validate (GX), FastText, 3 classifiers + ensemble, register, gate (~1 min on 2 cores)"
+	@$(VENV)/bin/airflow dags test meli_retrain --conf '$(DEMO_CONF)' 2>&1 | tee $(MELI_HOME)/demo-retrain.log | $(TASK_PROGRESS) \
 	  || (tail -n 80 $(MELI_HOME)/demo-retrain.log; echo "meli_retrain failed; full log: $(MELI_HOME)/demo-retrain.log"; exit 1)
-	$(VENV)/bin/airflow dags test meli_score > $(MELI_HOME)/demo-score.log 2>&1 \
+	@echo "[4/4] meli_score: batch-score the new partition with the champion"
+	@$(VENV)/bin/airflow dags test meli_score 2>&1 | tee $(MELI_HOME)/demo-score.log | $(TASK_PROGRESS) \
 	  || (tail -n 80 $(MELI_HOME)/demo-score.log; echo "meli_score failed; full log: $(MELI_HOME)/demo-score.log"; exit 1)
-	$(PY) -m pipelines summary
+	@$(PY) -m pipelines summary
 
 # Debian's chromium for the Data Docs browser test (never a browser download); the test skips
 # with a message where it cannot be installed.
@@ -57,12 +65,23 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The UIs on 127.0.0.1; ports: make airflow-ui AIRFLOW_PORT=8081, make mlflow-ui MLFLOW_PORT=5001.
+# `airflow standalone` starts its components as `airflow ...` subprocesses: the venv's bin goes first
+# on PATH, so no activated virtualenv is needed; the tasks' execution API follows the chosen port.
+AIRFLOW_PORT ?= 8080
+MLFLOW_PORT ?= 5000
 airflow-ui: venv
-	$(VENV)/bin/airflow db migrate > /dev/null
-	$(VENV)/bin/airflow standalone
+	@mkdir -p $(AIRFLOW_HOME)
+	$(VENV)/bin/airflow db migrate > $(MELI_HOME)/airflow-db-migrate.log 2>&1 || (cat $(MELI_HOME)/airflow-db-migrate.log; exit 1)
+	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT) (user admin, password in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated); DAGs start paused"
+	PATH="$(VENV)/bin:$$PATH" AIRFLOW__API__PORT=$(AIRFLOW_PORT) AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \
+	  AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
+	  $(VENV)/bin/airflow standalone
 
 mlflow-ui: venv
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MELI_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+	@mkdir -p $(MELI_HOME)/mlflow
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)"
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MELI_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # Real distributed run on 127.0.0.1 (~3 min): needs Postgres :5432 (user postgres) and Redis :6379; skips otherwise
 distributed-test: venv

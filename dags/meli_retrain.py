@@ -3,7 +3,8 @@
 
 Wires the stages of `pipelines/` (all logic lives there; this file only connects calls):
 
-1. **ingest** new listings files into `lake/listings/ingest_date=<run date>/` (bad rows to `lake/quarantine/`)
+1. **ingest** new listings files as a new version of `lake/listings/ingest_date=<run date>/` (listings,
+   quarantined rows and manifest committed together)
 2. **validate** the partition with Great Expectations; a critical failure stops the run here.
    The *Data Docs* tab of the run (and the task log / XCom) links the report. A partition that
    passes is announced as the `meli_lake_listings` asset (scheduling `meli_score`).
@@ -15,7 +16,9 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
 6. **ensemble**: the mean of the trained models as one more candidate (Param `ensemble`)
 7. **register** the best on validation as a new model version (the challenger)
 8. **evaluate** challenger and current champion on the same test rows
-9. **gate**: promote (alias `champion`, old one keeps `previous`) or reject, and record why
+9. **gate**: promote (alias `champion`, old one keeps `previous`) or reject, and record why: the
+   decision (rule, both macro-recalls, CI) becomes the run's note, and the run's *Gate decision* tab
+   shows its full report
 10. **announce_champion** emits the `meli_champion` asset only when a new champion was promoted
 
 Operators: trigger with the form to change sources, models, hyperparameters and gate rules;
@@ -70,16 +73,17 @@ def _train_cfg(params) -> TrainConfig:
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "owner": "meli-ml"},
     params={
+        # optional fields are typed ["null", ...]: the trigger form treats a typed field as required
         "run_date": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Run date",
             description="YYYY-MM-DD partition to (re)build; empty = the run's logical date or today.",
             pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
         ),
         "sources": Param(
-            [],
-            type="array",
+            None,
+            type=["null", "array"],
             items={"type": "string"},
             title="Input files",
             description="Files or glob patterns to ingest; empty = the files in $MELI_HOME/landing/ "
@@ -90,6 +94,13 @@ def _train_cfg(params) -> TrainConfig:
             enum=list(INPUT_FORMATS),
             title="Input format",
             description="auto detects DiploDatos jsonl(.gz), challenge CSV, title,category CSV, Parquet",
+        ),
+        "allow_empty": Param(
+            False,
+            type="boolean",
+            title="Allow an empty batch",
+            description="Commit the partition even if the input holds no rows (default: the run fails and the "
+            "partition stays as it was).",
         ),
         "models": Param(
             list(MODEL_TYPES),
@@ -173,7 +184,9 @@ def meli_retrain():
 
         settings = _settings()
         run_date = run_date_from_context({**context, "params": params})
-        return step_ingest(settings, list(params["sources"]), run_date, params["input_format"])
+        return step_ingest(
+            settings, list(params["sources"] or []), run_date, params["input_format"], bool(params["allow_empty"])
+        )
 
     # the new partition is announced (scheduling meli_score) only once it passed validation: a batch
     # that fails a critical expectation is neither trained on nor scored
@@ -252,7 +265,9 @@ def meli_retrain():
         Default queue: it only scores the validation split (members fetched from MLflow)."""
         from pipelines.retrain import step_ensemble
 
-        return step_ensemble(_settings(), dataset, list(results), _train_cfg(params))
+        # by index: iterating the mapped results reads one past the end (an 'XCom not found' ERROR line)
+        trained = [results[i] for i in range(len(results))]
+        return step_ensemble(_settings(), dataset, trained, _train_cfg(params))
 
     @task
     def register(results: list[dict], dataset: dict, dag_run=None) -> dict:
@@ -273,7 +288,10 @@ def meli_retrain():
         rules = {
             k: params[k] for k in ("min_improvement", "min_macro_recall", "max_class_drop", "max_share_classes_dropped")
         }
-        return step_gate(
+        from pipelines.airflow_ui import post_run_note
+        from pipelines.registry import decision_note
+
+        decision = step_gate(
             _settings(),
             dataset["run_date"],
             challenger,
@@ -283,6 +301,12 @@ def meli_retrain():
             dag_run.run_id,
             **rules,
         )
+        print(decision_note(decision))  # in the task log; the run's note and "Gate decision" tab too
+        base_url = conf.get("api", "base_url", fallback="") or "http://{}:{}".format(
+            conf.get("api", "host", fallback="127.0.0.1"), conf.get("api", "port", fallback="8080")
+        )
+        post_run_note(base_url, dag_run.dag_id, dag_run.run_id)
+        return decision
 
     @task.short_circuit(outlets=[CHAMPION])
     def announce_champion(decision: dict) -> bool:

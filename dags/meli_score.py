@@ -34,15 +34,19 @@ CHAMPION = Asset("meli_champion")
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "owner": "meli-ml"},
     params={
+        # optional fields are typed ["null", ...]: the trigger form treats a typed field as required
         "input": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Input",
             description="File (jsonl[.gz], CSV, Parquet) or lake partition dir; empty = the partition "
             "named by the triggering asset event, else the newest listings partition.",
         ),
         "output": Param(
-            "", type="string", title="Output .parquet", description="Empty = lake/scored/run_date=<run date>/"
+            None,
+            type=["null", "string"],
+            title="Output .parquet",
+            description="Empty = lake/scored/run_date=<run date>/",
         ),
         "model": Param(
             "champion",
@@ -52,8 +56,8 @@ CHAMPION = Asset("meli_champion")
         ),
         "input_format": Param("auto", enum=list(INPUT_FORMATS), title="Input format"),
         "run_date": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Run date",
             pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
             description="Partition date of the output; empty = the triggering retrain run's date, else this run's date",
@@ -72,7 +76,7 @@ def meli_score():
         extras = []
         for events in (triggering_asset_events or {}).values():
             extras += [e.extra or {} for e in events]
-        source = resolve_input(settings, params["input"], extras)
+        source = resolve_input(settings, params["input"] or "", extras)
         # the output's date: the form's, else that of the retrain run whose partition this is
         run_date = params["run_date"] or event_run_date(source, extras)
         run_date = run_date or run_date_from_context({**context, "params": params})

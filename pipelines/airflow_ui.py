@@ -2,12 +2,22 @@
 
 * ``/meli/runs/{dag_id}/{run_id}`` redirects to the Data Docs page of that run's validation
   (or says clearly that the run has no validation report yet);
+* ``/meli/runs/{dag_id}/{run_id}/decision`` shows that run's gate decision (rule, both
+  macro-recalls, the CI) rendered from its ``decision.md``;
+* ``POST /meli/runs/{dag_id}/{run_id}/note`` (called by the gate task) copies that decision into
+  the DAG run's note, so the run page says what happened. It takes no input: the note is always the
+  decision on disk for that run;
 * ``/meli/docs/...`` serves the static GX Data Docs site from $MELI_HOME.
 """
 
 from __future__ import annotations
 
+import logging
+import urllib.parse
+import urllib.request
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def app():
@@ -41,5 +51,67 @@ def app():
         # relative to /meli/runs/{dag_id}/{run_id}: two levels up is /meli/
         return RedirectResponse(url=f"../../docs/{rel.as_posix()}")
 
+    @api.get("/runs/{dag_id}/{run_id}/decision")
+    def run_decision(dag_id: str, run_id: str):
+        from markdown_it import MarkdownIt
+
+        from pipelines.registry import decision_for_run
+
+        d = decision_for_run(settings, run_id)
+        if d is None:
+            return HTMLResponse(
+                f"<p>No gate decision for <b>{dag_id}</b> run <b>{run_id}</b> "
+                "(the gate has not run yet, or this DAG does not gate).</p>",
+                status_code=404,
+            )
+        body = MarkdownIt("commonmark").enable("table").render(d["markdown"])
+        return HTMLResponse(
+            "<!doctype html><meta charset='utf-8'><title>Gate decision</title>"
+            "<style>body{font-family:sans-serif;margin:2em;max-width:60em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}</style>" + body
+        )
+
+    @api.post("/runs/{dag_id}/{run_id}/note")
+    def run_note(dag_id: str, run_id: str):
+        from pipelines.registry import decision_for_run, decision_note
+
+        d = decision_for_run(settings, run_id)
+        if d is None:
+            raise HTTPException(404, f"no gate decision recorded for run {run_id}")
+        note = decision_note(d["decision"])
+        set_run_note(dag_id, run_id, note)
+        return {"dag_id": dag_id, "run_id": run_id, "note": note}
+
     api.mount("/docs", StaticFiles(directory=str(docs_dir), html=True), name="data_docs")
     return api
+
+
+def set_run_note(dag_id: str, run_id: str, note: str) -> None:
+    """Set a DAG run's note in the metadata DB (the api-server has DB access; tasks do not)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        dr = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        if dr is None:
+            from fastapi import HTTPException
+
+            raise HTTPException(404, f"no run {run_id} of {dag_id}")
+        dr.note = note
+
+
+def post_run_note(base_url: str, dag_id: str, run_id: str, timeout_s: float = 10.0) -> bool:
+    """Ask the api-server (this plugin's note endpoint) to copy the run's gate decision into the DAG
+    run's note. Best effort: without a reachable api-server (``dag.test()``, the CLI) it logs and
+    returns False; the decision is in the task log, the "Gate decision" tab and MLflow anyway."""
+    q = urllib.parse.quote
+    url = f"{base_url.rstrip('/')}/meli/runs/{q(dag_id, safe='')}/{q(run_id, safe='')}/note"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=timeout_s) as r:
+            ok = r.status == 200
+    except OSError as exc:
+        log.warning("could not set the run note through %s: %s", url, exc)
+        return False
+    log.info("run note set: %s", url)
+    return ok

@@ -32,19 +32,35 @@ def _print(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (options left unset show the default they resolve to)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if "default" in h or d is None or d is False or d is argparse.SUPPRESS or not action.option_strings:
+            return h
+        return f"{h} (default: %(default)s)".strip()
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     from pipelines.config import TrainConfig
 
     g = p.add_argument_group("training hyperparameters (defaults from TrainConfig)")
+    defaults = TrainConfig()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        value = getattr(defaults, f.name)
+        shown = ",".join(value) if isinstance(value, (list, tuple)) else value
         if f.type in ("bool", bool):
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            g.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=f"(default: {shown})"
+            )
         elif f.name == "models":
-            g.add_argument(flag, dest=f.name, default=None, help="comma-separated: mlp,cnn,bilstm")
+            g.add_argument(flag, dest=f.name, default=None, help=f"comma-separated: mlp,cnn,bilstm (default: {shown})")
         else:
             typ = {"int": int, "float": float}.get(str(f.type), str)
-            g.add_argument(flag, dest=f.name, type=typ, default=None)
+            g.add_argument(flag, dest=f.name, type=typ, default=None, help=f"(default: {shown})")
 
 
 def _train_cfg(args):
@@ -54,12 +70,19 @@ def _train_cfg(args):
 
 
 def _add_gate_flags(p: argparse.ArgumentParser) -> None:
+    from pipelines.settings import GateRules
+
+    rules = GateRules()  # MELI_GATE_* resolved
     p.add_argument("--force-promote", action="store_true", help="promote whatever the rules say")
     p.add_argument("--dry-run", action="store_true", help="decide and record, but move no alias")
-    p.add_argument("--min-improvement", type=float, default=None)
-    p.add_argument("--min-macro-recall", type=float, default=None)
-    p.add_argument("--max-class-drop", type=float, default=None)
-    p.add_argument("--max-share-classes-dropped", type=float, default=None)
+    for name, what in (
+        ("min_improvement", "minimum macro-recall gain over the champion"),
+        ("min_macro_recall", "absolute macro-recall floor"),
+        ("max_class_drop", "a category 'collapses' if its recall drops more than this"),
+        ("max_share_classes_dropped", "reject if more than this share of categories collapse"),
+    ):
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, type=float, default=None, help=f"{what} (default: {getattr(rules, name)})")
 
 
 def _gate_rules(args) -> dict:
@@ -69,25 +92,34 @@ def _gate_rules(args) -> dict:
     }
 
 
+def _parser_class():
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *a, **kw):
+            kw.setdefault("formatter_class", _Help)
+            super().__init__(*a, **kw)
+
+    return Parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m pipelines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__, formatter_class=_Help)
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_parser_class())
 
     sub.add_parser("settings", help="print the resolved settings")
 
     p = sub.add_parser("demo-data", help="write SYNTHETIC MeLi-like listings (DiploDatos jsonl[.gz])")
-    p.add_argument("out")
-    p.add_argument("--rows", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", help="output path (.jsonl or .jsonl.gz)")
+    p.add_argument("--rows", type=int, default=2000, help="listings to write")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
     p.add_argument("--dirty", type=int, default=0, help="broken lines to mix in (shows quarantine)")
 
     p = sub.add_parser("ingest", help="ingest files into the lake partition of a run date")
-    p.add_argument("sources", nargs="+")
-    p.add_argument("--run-date", type=_date, default=None)
-    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"])
+    p.add_argument("sources", nargs="+", help="input files or glob patterns")
+    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
+    p.add_argument(
+        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
+    )
     p.add_argument(
         "--allow-empty",
         action="store_true",
@@ -99,41 +131,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-date", type=_date, default=None, help="only this partition (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("validate", help="run the GX suites on a partition; exit 1 on critical failure")
-    p.add_argument("path", nargs="?", help="a lake partition dir (ingest_date=YYYY-MM-DD); or use --run-date")
-    p.add_argument("--run-date", type=_date, default=None)
+    p = sub.add_parser(
+        "validate",
+        help="run the GX suites on a partition, or preflight a raw input file; exit 1 on critical failure",
+    )
+    p.add_argument(
+        "path",
+        nargs="?",
+        help="a lake partition dir (ingest_date=YYYY-MM-DD), or a raw input file to check before it lands "
+        "(ingested into a scratch lake; nothing is written to the real lake); default: --run-date's partition",
+    )
+    p.add_argument("--run-date", type=_date, default=None, help="the partition's date (default: today, UTC)")
+    p.add_argument(
+        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
+    )
 
     p = sub.add_parser("train", help="prepare the dataset, train the embedding and classifiers, register the best")
-    p.add_argument("--run-date", type=_date, default=None)
+    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
     _add_train_flags(p)
 
     p = sub.add_parser("promote", help="evaluate the challenger vs the champion and apply the gate")
-    p.add_argument("--run-date", type=_date, default=None)
+    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--version", default=None, help="challenger version (default: the one `train` registered)")
     _add_gate_flags(p)
 
     p = sub.add_parser("retrain", help="ingest SOURCES, validate, train, evaluate and gate in one process")
-    p.add_argument("sources", nargs="+")
-    p.add_argument("--run-date", type=_date, default=None)
-    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"])
+    p.add_argument("sources", nargs="+", help="input files or glob patterns")
+    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
+    p.add_argument(
+        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
+    )
     _add_train_flags(p)
     _add_gate_flags(p)
 
     p = sub.add_parser("score", help="score listings with a registered model into Parquet")
-    p.add_argument("input")
-    p.add_argument("--output", default=None, help="output .parquet (default: lake/scored/run_date=D/)")
+    p.add_argument("input", help="a file (jsonl[.gz], CSV, Parquet) or a lake partition dir")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="output .parquet (default: $MELI_HOME/adhoc/scored/<input>-<UTC time>.parquet; "
+        "with --run-date: the lake partition lake/scored/run_date=D/)",
+    )
     p.add_argument("--model", default="champion", help="alias or version number")
-    p.add_argument("--run-date", type=_date, default=None)
-    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"])
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--run-date", type=_date, default=None, help="write the lake's scored partition of this date, as the DAG does (default: none, see --output)"
+    )
+    p.add_argument(
+        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
 
     p = sub.add_parser("summary", help="what a run produced: decision, partition, Data Docs, MLflow run, scores")
-    p.add_argument("--run-date", type=_date, default=None)
+    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
 
     p = sub.add_parser("registry", help="champion status, promotion history, rollback")
     p.add_argument("action", choices=["status", "history", "rollback"])
     p.add_argument("--to-version", default=None, help="rollback target (default: alias 'previous')")
-    p.add_argument("--reason", default="operator rollback")
+    p.add_argument("--reason", default="operator rollback", help="recorded with the rollback")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return ap
 
@@ -193,6 +247,11 @@ def run_summary(settings, run_date: str) -> str:
     if not decision_path.exists():
         raise FileNotFoundError(f"no gate decision for {run_date} at {decision_path}")
     d = json.loads(decision_path.read_text())
+    chall_path = settings.run_dir(run_date) / "challenger.json"
+    chall = json.loads(chall_path.read_text()) if chall_path.exists() else {}
+    kind = chall.get("model_type", "?") if str(chall.get("version")) == str(d["challenger_version"]) else "?"
+    if kind == "ensemble" and chall.get("members"):
+        kind = "ensemble of " + "+".join(chall["members"])
     report = json.loads((settings.home / "validation" / run_date / "report.json").read_text())
     scored = settings.scored_dir / f"run_date={run_date}"
     try:
@@ -210,7 +269,8 @@ def run_summary(settings, run_date: str) -> str:
     lines = [
         f"== meli-retrain summary for {run_date} (MELI_HOME={settings.home}) ==",
         f"decision:            {d['decision'].upper()} by rule '{d['rule']}': {d['reason']}",
-        f"challenger:          v{d['challenger_version']} macro-recall {d['challenger_macro_recall']:.4f}",
+        f"challenger:          v{d['challenger_version']} ({kind}) "
+        f"test macro-recall {d['challenger_macro_recall']:.4f}",
         f"champion:            {champ}",
         f"lake partition:      {partition_dir(settings.listings_dir, run_date)}",
         f"validation:          {report['passed']}/{report['evaluated']} expectations passed, "
@@ -252,16 +312,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no committed partition ingest_date={args.run_date} under {st['root']}", file=sys.stderr)
             return 1
     elif args.cmd == "validate":
-        from pipelines.validate import ValidationFailed, summary_lines, validate_partition
+        from pipelines.validate import ValidationFailed, summary_lines, validate_file, validate_partition
 
+        raw = None
         if args.path:
-            name = Path(args.path).name
-            if not name.startswith("ingest_date="):
-                print(f"error: {args.path} is not a lake partition (ingest_date=YYYY-MM-DD)", file=sys.stderr)
+            path = Path(args.path)
+            if not path.exists():
+                print(f"error: {args.path}: no such file or lake partition", file=sys.stderr)
                 return 2
-            run_date = name.split("=", 1)[1]
+            if path.is_dir() and path.name.startswith("ingest_date="):
+                run_date = _date(path.name.split("=", 1)[1])
+            elif path.is_dir():
+                print(
+                    f"error: {args.path} is a directory but not a lake partition (ingest_date=YYYY-MM-DD)",
+                    file=sys.stderr,
+                )
+                return 2
+            else:
+                raw = path
         try:
-            report = validate_partition(settings, run_date)
+            if raw is not None:
+                report = validate_file(settings, raw, run_date, args.format)
+            else:
+                report = validate_partition(settings, run_date)
         except ValidationFailed as exc:
             print("\n".join(summary_lines(exc.report)))
             return 1
@@ -330,7 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "score":
         from pipelines.score import score
 
-        r = score(settings, args.input, args.output, args.model, args.format, run_date, progress=not args.no_progress)
+        output = args.output
+        if output is None and args.run_date is None:  # ad hoc: never replaces the nightly partition
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            stem = Path(args.input.rstrip("/")).name.split(".")[0] or "input"
+            output = settings.home / "adhoc" / "scored" / f"{stem}-{stamp}.parquet"
+        r = score(settings, args.input, output, args.model, args.format, run_date, progress=not args.no_progress)
         _print(r.to_dict())
     elif args.cmd == "summary":
         print(run_summary(settings, run_date))

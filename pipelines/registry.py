@@ -104,6 +104,7 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
         "version": str(mv.version),
         "run_id": trained["run_id"],
         "model_type": trained["model_type"],
+        "members": list(trained.get("members") or []),
         "val_macro_recall": trained["val_macro_recall"],
     }
 
@@ -369,6 +370,40 @@ def _gate_locked(
     return decision
 
 
+def _run_link_path(settings: Settings, run_id: str) -> Path:
+    import re
+
+    return settings.home / "registry" / "by_run" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id) + ".json")
+
+
+def decision_for_run(settings: Settings, run_id: str) -> dict | None:
+    """{"decision": ..., "markdown": ..., "path": ...} of the gate decision a DAG run recorded."""
+    link = _read_json(_run_link_path(settings, run_id))
+    if not link or not Path(link["decision_json"]).exists():
+        return None
+    d = json.loads(Path(link["decision_json"]).read_text())
+    if d.get("dag_run_id") != run_id:  # the date was gated again by another run since
+        return None
+    md = Path(link["decision_md"])
+    return {"decision": d, "markdown": md.read_text() if md.exists() else _markdown(d), "path": str(md)}
+
+
+def decision_note(d: dict) -> str:
+    """The DAG run's note: the decision in a few Markdown lines (rule, both macro-recalls, the CI)."""
+
+    def f4(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    b = d.get("bootstrap") or {}
+    ci = f"[{f4(b.get('ci_low'))}, {f4(b.get('ci_high'))}]" if b else "n/a"
+    return (
+        f"**{d['decision'].upper()}** v{d['challenger_version']} by rule `{d['rule']}`: {d['reason']}\n\n"
+        f"challenger macro-recall {f4(d['challenger_macro_recall'])}, champion "
+        f"{f4(d['champion_macro_recall'])} (v{d['champion_version'] or '-'}), delta {f4(d['delta'])}, "
+        f"95% CI {ci}; {d['test_rows']} test rows"
+    )[:1000]
+
+
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -451,6 +486,11 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "decision.json", d)
     atomic_write_bytes(out_dir / "decision.md", _markdown(d).encode())
+    if d.get("dag_run_id"):  # the run page's "Gate decision" tab and note find it from the run id
+        atomic_write_json(
+            _run_link_path(settings, d["dag_run_id"]),
+            {"decision_json": str(out_dir / "decision.json"), "decision_md": str(out_dir / "decision.md")},
+        )
     if parent_run_id:
         with mlflow.start_run(run_id=parent_run_id):
             mlflow.log_artifact(str(out_dir / "decision.json"), "gate")

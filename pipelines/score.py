@@ -44,6 +44,10 @@ SCORED_SCHEMA = pa.schema(
 )
 
 
+class NothingScorable(ValueError):
+    """Not one row of the input could be scored (wrong file, wrong format, all titles empty)."""
+
+
 @dataclass
 class ScoreResult:
     output: str
@@ -134,7 +138,8 @@ def score(
     on_resolved: Callable[[str, str], None] | None = None,
 ) -> ScoreResult:
     """Score ``input_path`` into ``output`` (a .parquet file) or, without it, into the lake's
-    ``scored/run_date=D`` partition (replaced atomically on rerun)."""
+    ``scored/run_date=D`` partition (a new version, committed atomically). An input with no
+    scorable row raises ``NothingScorable`` and writes nothing."""
     if not Path(input_path).is_dir():  # a bad input fails before the model is loaded
         check_input_file(Path(input_path))
     name, version = resolve_model(settings, model)
@@ -154,6 +159,11 @@ def score(
                 table = _score_chunk(chunk, bundle, name, version, scored_at, src, stats)
                 writer.write_table(table)
                 bar.update(table.num_rows, stats["rows"], t0)
+        if stats["scored"] == 0:  # raised before the output is committed: earlier scores stay
+            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(stats["reasons"].items())) or "no rows"
+            raise NothingScorable(
+                f"{input_path}: nothing scorable in {stats['rows']} rows ({reasons}); nothing written"
+            )
 
     try:
         if output is not None:

@@ -101,6 +101,8 @@ class Settings:
         # Derived defaults that depend on home are filled here so that one env var moves everything.
         if not self.tracking_uri:
             object.__setattr__(self, "tracking_uri", f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}")
+        if not self.registry_uri:  # MLflow's default: the registry lives in the tracking store
+            object.__setattr__(self, "registry_uri", self.tracking_uri)
         if not self.lake_uri:
             object.__setattr__(self, "lake_uri", str(self.home / "lake"))
         if self.train_concurrency < 1 or self.torch_threads < 0:
@@ -142,7 +144,7 @@ class Settings:
     @property
     def registry_lock_path(self) -> Path:
         """The gate's lock file: beside the SQLite store, else under MELI_HOME."""
-        if self.tracking_uri.startswith("sqlite:///") and not self.registry_uri:
+        if self.tracking_uri.startswith("sqlite:///") and self.registry_uri == self.tracking_uri:
             return Path(self.tracking_uri.removeprefix("sqlite:///") + ".gate.lock")
         return self.home / "registry" / "gate.lock"
 

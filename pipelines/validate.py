@@ -20,6 +20,9 @@ from pipelines.lake import SCHEMA_VERSION, atomic_write_json, list_partitions, p
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
+# GX logs hundreds of INFO lines per run ("Skipping registering function ...", config loading) when
+# imported; the validation summary is what a reader of the task log needs
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 CHECKPOINTS = ("listings_partition", "listings_partition_metrics")
 DATASOURCE = "meli_lake"
@@ -72,14 +75,16 @@ def gx_context(settings: Settings):
     return gx.get_context(mode="file", project_root_dir=str(settings.gx_root))
 
 
-def partition_metrics(settings: Settings, run_date: str, table) -> dict:
+def partition_metrics(settings: Settings, run_date: str, table, manifest: dict | None = None) -> dict:
     """Batch-level numbers the metrics suite checks: quarantine ratio, volume vs the previous
-    partition, and the category distribution vs all earlier partitions (the training reference)."""
+    partition, and the category distribution vs all earlier partitions (the training reference).
+    ``manifest``: the batch's own (default: that of the lake partition of ``run_date``)."""
     import pyarrow.compute as pc
 
     from pipelines.lake import read_partition
 
-    manifest = read_manifest(partition_dir(settings.listings_dir, run_date))
+    if manifest is None:
+        manifest = read_manifest(partition_dir(settings.listings_dir, run_date))
     totals = manifest.get("totals", {})
     read = totals.get("rows_read") or 0
     quarantine_ratio = (totals.get("rows_quarantined", 0) / read) if read else 0.0
@@ -153,7 +158,39 @@ def validate_partition(settings: Settings, run_date: str) -> dict:
     return validate_table(settings, run_date, table, partition_metrics(settings, run_date, table), str(part))
 
 
-def validate_table(settings: Settings, run_date: str, table, metrics: dict, source: str) -> dict:
+def validate_file(settings: Settings, path: str | Path, run_date: str, fmt: str = "auto") -> dict:
+    """Preflight a raw input file: ingest it into a scratch lake, validate it against the real lake's
+    earlier partitions, and write nothing to the real lake (the report lands under
+    ``validation/preflight/``; GX runs are named ``meli_preflight__<date>``)."""
+    import dataclasses
+    import tempfile
+    from datetime import UTC, datetime
+
+    from pipelines.ingest import ingest
+    from pipelines.lake import read_manifest, read_partition
+
+    with tempfile.TemporaryDirectory(prefix="meli-preflight-") as scratch:
+        scratch_settings = dataclasses.replace(settings, lake_uri=str(Path(scratch) / "lake"))
+        result = ingest([path], run_date, scratch_settings, fmt=fmt, allow_empty=True)
+        table = read_partition(Path(result.partition))
+        manifest = read_manifest(Path(result.partition))
+    metrics = partition_metrics(settings, run_date, table, manifest)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    report_dir = settings.home / "validation" / "preflight" / f"{Path(path).name}-{stamp}"
+    return validate_table(
+        settings, run_date, table, metrics, f"{path} (preflight: not ingested)", "meli_preflight", report_dir
+    )
+
+
+def validate_table(
+    settings: Settings,
+    run_date: str,
+    table,
+    metrics: dict,
+    source: str,
+    run_name: str = "meli_retrain",
+    report_dir: Path | None = None,
+) -> dict:
     """Run both checkpoints (rows, batch metrics) on an Arrow table; see validate_partition."""
     import pandas as pd
     from great_expectations.core.run_identifier import RunIdentifier
@@ -163,7 +200,7 @@ def validate_table(settings: Settings, run_date: str, table, metrics: dict, sour
     for col in ("volume_ratio", "unseen_category_share", "max_category_share_shift", "quarantine_ratio"):
         metrics_df[col] = metrics_df[col].astype("float64")
     batches = {"listings_partition": table.to_pandas(), "listings_partition_metrics": metrics_df}
-    run_id = RunIdentifier(run_name=f"meli_retrain__{run_date}")
+    run_id = RunIdentifier(run_name=f"{run_name}__{run_date}")
     checks: list[Check] = []
     pages: dict[str, str] = {}
     for name, frame in batches.items():
@@ -191,7 +228,7 @@ def validate_table(settings: Settings, run_date: str, table, metrics: dict, sour
         "data_docs_pages": pages,
         "data_docs_dir": str(Path(index).parent),
     }
-    out_dir = settings.home / "validation" / run_date
+    out_dir = report_dir or settings.home / "validation" / run_date
     atomic_write_json(out_dir / "report.json", {**report, "checks": [asdict(c) for c in checks]})
     report["report_json"] = str(out_dir / "report.json")
     for line in summary_lines(report):

@@ -1,4 +1,5 @@
-"""Airflow UI plugin: a "Data Docs" tab on every DAG run page, serving that run's GX report.
+"""Airflow UI plugin: "Data Docs" and "Gate decision" tabs on every DAG run page (that run's GX report
+and promotion decision).
 
 Thin wiring; the app lives in pipelines.airflow_ui.
 """
@@ -21,6 +22,12 @@ class MeliUIPlugin(AirflowPlugin):
             "href": "meli/runs/{DAG_ID}/{RUN_ID}",
             "destination": "dag_run",
             "url_route": "meli_data_docs",
+        },
+        {
+            "name": "Gate decision",
+            "href": "meli/runs/{DAG_ID}/{RUN_ID}/decision",
+            "destination": "dag_run",
+            "url_route": "meli_gate_decision",
         },
         {"name": "Data Docs (all runs)", "href": "meli/docs/index.html", "destination": "nav", "category": "browse"},
     ]

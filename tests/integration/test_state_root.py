@@ -46,4 +46,4 @@ def test_cli_retrain_and_score_write_only_under_meli_home(tmp_path):
     assert not userhome.exists() or not any(userhome.rglob("*")), list(userhome.rglob("*"))
     assert repo_files() == before, repo_files() ^ before
     assert (home / "lake" / "listings").is_dir() and (home / "mlflow" / "mlflow.db").is_file()
-    assert any((home / "lake" / "scored").glob("run_date=*/v*/part-*.parquet"))
+    assert any((home / "adhoc" / "scored").glob("in-*.parquet"))  # ad hoc scores: a named file, not the lake

@@ -192,3 +192,47 @@ def test_two_scoring_runs_of_one_date_both_commit(s, tmp_path):
     assert [v.number for v in versions(part)] == [2, 1]
     for v in versions(part):
         assert pq.read_table(v.dir / "part-00000.parquet").num_rows == len(lines)
+
+
+def test_cli_score_without_output_never_replaces_the_nightly_partition(s, tmp_path, capsys):
+    from pipelines.cli import main
+
+    nightly = s.scored_dir / "run_date=2026-11-08"
+    src, lines = _input(tmp_path)
+    assert main(["score", str(src), "--run-date", "2026-11-08", "--no-progress"]) == 0  # as the DAG does
+    capsys.readouterr()
+    before = resolve(nightly)
+    assert main(["score", str(src), "--no-progress"]) == 0  # ad hoc: a named file of its own
+    out = json.loads(capsys.readouterr().out)["output"]
+    assert Path(out).parent == s.home / "adhoc" / "scored" and Path(out).name.startswith("new-")
+    assert pq.read_table(out).num_rows == len(lines)
+    assert resolve(nightly) == before and [v.number for v in versions(nightly)] == [1]
+
+
+def test_nothing_scorable_exits_non_zero_and_writes_nothing(s, tmp_path, capsys):
+    import random
+
+    from pipelines.score import NothingScorable
+
+    junk = tmp_path / "random.bin"
+    junk.write_bytes(random.Random(0).randbytes(3000).replace(b"\n", b"\x00") + b"\n" + b"\xff" * 100)
+    part = s.scored_dir / "run_date=2026-11-10"
+    score(s, src := _input(tmp_path)[0], None, run_date="2026-11-10", progress=False)
+    with pytest.raises(NothingScorable, match=r"random.bin: nothing scorable in \d+ rows \(.*\); nothing written"):
+        score(s, junk, None, run_date="2026-11-10", progress=False)
+    assert [v.number for v in versions(part)] == [1]  # the partition kept its scores
+    out = tmp_path / "x.parquet"
+    with pytest.raises(NothingScorable):
+        score(s, junk, out, progress=False)
+    assert not out.exists() and src.exists()
+
+
+def test_a_missing_input_fails_before_the_model_is_loaded(tmp_path, monkeypatch):
+    """On a home with no model at all the error is about the input, not the missing champion."""
+    from pipelines.ingest import IngestError
+    from pipelines.settings import get_settings
+
+    monkeypatch.setenv("MELI_HOME", str(tmp_path / "empty-home"))
+    with pytest.raises(IngestError, match="no such file"):
+        score(get_settings(), tmp_path / "nope.jsonl", tmp_path / "o.parquet", progress=False)
+    assert not (tmp_path / "empty-home" / "mlflow").exists()

@@ -3,6 +3,8 @@ message naming it; warnings are reported and do not stop the run."""
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pytest
 
@@ -124,3 +126,23 @@ def test_cli_validate_exit_codes(settings, clean, capsys):
     assert main(["validate", "--run-date", RUN_DATE]) == 0
     assert "PASSED" in capsys.readouterr().out
     assert main(["validate", "/not/a/partition"]) == 2
+
+
+def test_cli_validate_preflights_a_raw_file_without_touching_the_lake(settings, tmp_path, capsys):
+    """`validate FILE`: an operator checks a feed before it lands; nothing is written to the lake."""
+    from pipelines.cli import main
+    from pipelines.lake import snapshot
+    from pipelines.synthetic import write_jsonl
+
+    good = write_jsonl(tmp_path / "feed.jsonl.gz", 400, seed=3)
+    assert main(["validate", str(good), "--run-date", "2026-11-30"]) == 0
+    out = capsys.readouterr().out
+    assert "validation 2026-11-30: PASSED" in out
+    assert snapshot(settings.listings_dir) == {}  # the real lake holds nothing
+    (report,) = (settings.home / "validation" / "preflight").glob("feed.jsonl.gz-*/report.json")
+    assert "preflight" in json.loads(report.read_text())["source"]
+    assert not (settings.home / "validation" / "2026-11-30").exists()  # no run's report replaced
+    tiny = write_jsonl(tmp_path / "tiny.jsonl", 10, seed=3)  # under MELI_VALIDATE_MIN_ROWS: critical
+    assert main(["validate", str(tiny), "--run-date", "2026-11-30"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    assert snapshot(settings.listings_dir) == {}
