@@ -174,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="champion", help="alias or version number")
     p.add_argument(
-        "--run-date", type=_date, default=None, help="write the lake's scored partition of this date, as the DAG does (default: none, see --output)"
+        "--run-date",
+        type=_date,
+        default=None,
+        help="write the lake's scored partition of this date, as the DAG does (default: none, see --output)",
     )
     p.add_argument(
         "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
