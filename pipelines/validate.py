@@ -213,6 +213,9 @@ def validate_table(
             if page:
                 pages[name] = page
     index = ctx.get_docs_sites_urls()[0]["site_url"].removeprefix("file://")
+    from pipelines.data_docs import localize_site
+
+    localize_site(Path(index).parent)  # offline: assets served from the site, not from CDNs
     critical = [c for c in checks if not c.success and c.severity == "critical"]
     warnings = [c for c in checks if not c.success and c.severity != "critical"]
     report = {
