@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -61,6 +62,12 @@ def test_train_concurrency_above_the_run_cap_raises_it(tmp_path):
 def airflow_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("af") / "meli"
     migrate(home)
+    # DAGs start paused (airflow.cfg); the asset-scheduled meli_score queues runs only when unpaused,
+    # as an operator leaves it in a deployment
+    airflow = str(Path(sys.executable).parent / "airflow")
+    for cmd in (["dags", "reserialize"], ["dags", "unpause", "meli_score"]):
+        r = subprocess.run([airflow, *cmd], env=airflow_env(home), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return home
 
 
@@ -75,6 +82,39 @@ def _champion(home):
         return str(client.get_model_version_by_alias("meli-title-classifier", "champion").version)
     except Exception:
         return None
+
+
+_NOTE = r"""
+import json, sys
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pipelines.airflow_ui import app
+from airflow.models.dagrun import DagRun
+from airflow.utils.session import create_session
+from sqlalchemy import select
+run_id = sys.argv[1]
+root = FastAPI()
+root.mount("/meli", app())
+client = TestClient(root)
+q = lambda x: __import__("urllib.parse").parse.quote(x, safe="")
+tab = client.get(f"/meli/runs/meli_retrain/{q(run_id)}/decision")
+posted = client.post(f"/meli/runs/meli_retrain/{q(run_id)}/note")
+assert posted.status_code == 200, posted.text
+with create_session() as s:
+    note = s.scalar(select(DagRun).where(DagRun.run_id == run_id)).note
+print("@@NOTE@@" + json.dumps({"tab_status": tab.status_code, "tab": tab.text, "note": note}))
+"""
+
+
+def _note_through_plugin(home, run_id: str) -> dict:
+    import subprocess
+
+    from tests.integration.airflow_env import PY, airflow_env
+
+    r = subprocess.run([PY, "-c", _NOTE, run_id], env=airflow_env(home), capture_output=True, text=True, timeout=300)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("@@NOTE@@")), None)
+    assert line, r.stdout[-2000:] + r.stderr[-3000:]
+    return json.loads(line[len("@@NOTE@@") :])
 
 
 def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monkeypatch):
@@ -110,6 +150,15 @@ def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monk
     link = run_link(Settings(), "meli_retrain", res["run_id"])
     assert link and link["success"] and link["data_docs_pages"]
 
+    # The run page: the "Gate decision" tab renders this run's decision, and the plugin's note
+    # endpoint (which the gate task calls on a real api-server) puts it into the run's note.
+    note = _note_through_plugin(airflow_home, res["run_id"])
+    assert note["tab_status"] == 200 and "PROMOTED" in note["tab"] and "first_model" in note["tab"]
+    assert note["note"].startswith("**PROMOTED** v1 by rule `first_model`") and "macro-recall" in note["note"]
+    log = Path(res["log"]).read_text()
+    assert "XCom not found" not in log  # the ensemble reads the mapped results without over-reading
+    assert "Skipping registering function" not in log  # GX's import-time INFO flood is quieted
+
     # The retrain run emitted both assets; meli_score is queued by them and consumes the events.
     score = dag_test(airflow_home, "meli_score", {}, asset_triggered=True)
     assert score["state"].endswith("success"), score
@@ -122,6 +171,13 @@ def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monk
     assert table.num_rows == ingested.num_rows
     assert set(table.column("source_file").to_pylist()) == {partition}
     assert set(table.column("model_version").to_pylist()) == {"1"}
+
+    # make demo's summary names the winning model type
+    from pipelines.cli import run_summary
+
+    kind = json.loads(named.read_text())["model_type"]
+    lines = {ln.split(":", 1)[0]: ln for ln in run_summary(Settings(), named.parent.name).splitlines()}
+    assert f"v1 ({kind}" in lines["challenger"], lines
 
 
 def test_broken_batch_fails_validation_and_keeps_champion(airflow_home, tmp_path):
