@@ -5,33 +5,16 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from pipelines.validate import ValidationFailed, validate_table
+from tests.integration.cdp import FLAGS, chromium
 from tests.unit.test_validate import METRICS, RUN_DATE, _table, _with
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not exe:
-        pytest.skip("Debian's chromium is not installed (make test installs it when it can)")
-    return exe
 
 
 def render(exe: str, url: str, profile: Path, screenshot: Path | None = None, raw: bool = False) -> str:
