@@ -18,6 +18,9 @@ class TrainConfig:
     models: list[str] = field(default_factory=lambda: ["mlp"])
     epochs: int = 15
     batch_size: int = 64
+    # on a CUDA device: this batch size, both learning rates scaled by sqrt(gpu_batch_size / batch_size)
+    # (0 = use batch_size and the learning rates as given)
+    gpu_batch_size: int = 1024
     lr: float = 3e-3  # dense layers (AdamW)
     embedding_lr: float = 1e-2  # embedding rows (SparseAdam)
     weight_decay: float = 1e-4
@@ -54,6 +57,8 @@ class TrainConfig:
             raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.embedding_epochs < 1:
             raise ValueError("epochs, embedding_epochs and batch_size must be >= 1")
+        if self.gpu_batch_size < 0:
+            raise ValueError(f"gpu_batch_size must be >= 0; got {self.gpu_batch_size}")
         if self.wide_dim < 0 or self.wide_bigrams < 0:
             raise ValueError("wide_dim and wide_bigrams must be >= 0")
         if not 0 <= self.dropout < 1:

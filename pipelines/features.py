@@ -227,10 +227,10 @@ def prepare_dataset(settings, run_date: str) -> dict:
     return {k: info[k] for k in ("run_date", "dir", "counts", "num_categories", "data_version")}
 
 
-def read_split(dataset_dir: str | Path, split: str):
+def read_split(dataset_dir: str | Path, split: str, columns: list[str] | None = None):
     import pyarrow.parquet as pq
 
-    return pq.read_table(Path(dataset_dir) / f"{split}.parquet").to_pandas()
+    return pq.read_table(Path(dataset_dir) / f"{split}.parquet", columns=columns).to_pandas()
 
 
 def train_embedding(dataset_dir: str | Path, cfg: EmbeddingConfig, text: TextConfig, seed: int) -> dict:

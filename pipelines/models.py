@@ -89,23 +89,41 @@ class WideBag(nn.Module):
         self.drop = nn.Dropout(max(cfg.dropout, 0.5))
         self.out = nn.Linear(cfg.wide_dim, cfg.num_classes)
 
-    def token_parts(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [..., K] -> [..., wide_dim + 1]: idf-weighted sum of the rows, sum of squared idf."""
+    def token_parts(self, ids: torch.Tensor, local: torch.Tensor | None = None, table=None) -> torch.Tensor:
+        """ids [..., K] -> [..., wide_dim + 1]: idf-weighted sum of the rows, sum of squared idf.
+        ``local``/``table``: the same ids as rows of a gathered slice of the table (training)."""
         w = self.idf[ids] * (ids != 0).to(self.idf.dtype)
-        s = (self.table(ids) * w.unsqueeze(-1).to(self.table.weight.dtype)).sum(-2)
+        table = self.table.weight if table is None else table
+        s = bag_sum(ids if local is None else local, table, w.to(table.dtype))
         return torch.cat([s, (w * w).sum(-1, keepdim=True).to(s.dtype)], dim=-1)
 
     def bigram_rows(self, words: torch.Tensor) -> torch.Tensor:
         b = bigram_ids(words, self.cfg.vocab_size, self.cfg.wide_bigrams)
         return torch.where(b > 0, b - 1 + self.cfg.num_embeddings, b)
 
-    def forward(self, parts: torch.Tensor, mask: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    def bigram_parts(self, words: torch.Tensor) -> torch.Tensor | None:
+        """The bag of a title's hashed word bigrams [B, wide_dim + 1] (None: no bigrams)."""
+        if self.cfg.wide_bigrams <= 0 or words.shape[1] <= 1:
+            return None
+        return self.token_parts(self.bigram_rows(words))
+
+    def forward(self, parts: torch.Tensor, mask: torch.Tensor, bigrams: torch.Tensor | None) -> torch.Tensor:
         m = mask.unsqueeze(-1).to(parts.dtype)
         total = (parts * m).sum(1)  # [B, wide_dim + 1]
-        if self.cfg.wide_bigrams > 0 and words.shape[1] > 1:
-            total = total + self.token_parts(self.bigram_rows(words))
+        if bigrams is not None:
+            total = total + bigrams.to(total.dtype)
         h = total[:, :-1] / total[:, -1:].clamp(min=1e-12).sqrt() + self.bias
         return self.out(self.drop(F.relu(h)))
+
+
+def bag_sum(ids: torch.Tensor, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[..., k] * table[ids[..., k]] -> [..., D], one fused ``embedding_bag``."""
+    lead, k = ids.shape[:-1], ids.shape[-1]
+    flat = ids.reshape(-1, k)
+    if flat.shape[0] == 0 or k == 0:
+        return table.new_zeros(*lead, table.shape[1])
+    out = F.embedding_bag(flat, table, mode="sum", per_sample_weights=weights.reshape(-1, k))
+    return out.reshape(*lead, table.shape[1])
 
 
 class TitleClassifier(nn.Module):
@@ -128,21 +146,28 @@ class TitleClassifier(nn.Module):
     def feature_dim(self) -> int:
         return self.cfg.dim + (self.cfg.wide_dim + 1 if self.wide is not None else 0)
 
-    def token_features(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [..., K] -> [..., F]: the token vector (mean of its rows), then the wide parts."""
-        sub = (ids != 0).unsqueeze(-1).to(self.emb.weight.dtype)
-        vec = (self.emb(ids) * sub).sum(-2) / sub.sum(-2).clamp(min=1.0)
+    def token_features(self, ids: torch.Tensor, local=None, emb=None, wide=None) -> torch.Tensor:
+        """ids [..., K] -> [..., F]: the token vector (mean of its rows), then the wide parts.
+
+        Training passes ``local``: the same ids as rows of ``emb`` / ``wide``, the slices of the two
+        tables a batch touches (gathered once per step, so their gradients are dense and small)."""
+        emb = self.emb.weight if emb is None else emb
+        sub = (ids != 0).to(emb.dtype)
+        vec = bag_sum(ids if local is None else local, emb, sub / sub.sum(-1, keepdim=True).clamp(min=1.0))
         if self.wide is None:
             return vec
-        return torch.cat([vec, self.wide.token_parts(ids).to(vec.dtype)], dim=-1)
+        return torch.cat([vec, self.wide.token_parts(ids, local, wide).to(vec.dtype)], dim=-1)
 
     def deep(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def branches(self, feats, mask, lengths, words) -> list[torch.Tensor]:
+    def branches(self, feats, mask, lengths, words, bigrams=None) -> list[torch.Tensor]:
+        """``bigrams``: the wide bag of the titles' word bigrams, if the caller computed it."""
         out = [self.deep(feats[..., : self.cfg.dim], mask, lengths)]
         if self.wide is not None:
-            out.append(self.wide(feats[..., self.cfg.dim :], mask, words))
+            if bigrams is None:
+                bigrams = self.wide.bigram_parts(words)
+            out.append(self.wide(feats[..., self.cfg.dim :], mask, bigrams))
         return out
 
     def classify(self, feats, mask, lengths, words) -> torch.Tensor:

@@ -97,11 +97,14 @@ def step_prepare(settings: Settings, run_date: str, validation: dict | None, tag
 
 
 def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
+    """FastText on the training split, then the splits encoded once as arrays for the trainings."""
+    from pipelines.encoded import encode_dataset
     from pipelines.features import train_embedding
     from pipelines.text import TextConfig
     from pipelines.train import embedding_config, log_embedding
 
     emb = train_embedding(dataset["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
+    emb["encoded"] = encode_dataset(dataset["dir"], emb["dir"])  # every split as arrays, once
     log_embedding(settings, dataset["parent_run_id"], emb, cfg)
     return emb
 

@@ -1,0 +1,213 @@
+"""Encoded splits: every title of a run's dataset as compact int32 arrays, encoded once right after
+the embedding and memory-mapped by each training task, the ensemble search and evaluation.
+
+A title is a run of *token keys*; a key is a row of one ``tokens`` table that holds each distinct
+token's ids (word id + char n-gram ids, what ``TitleEncoder.token_ids`` gives, padded with 0 to the
+encoder's width). Distinct tokens are encoded once: the table is small next to the rows.
+
+``work/<run date>/encoded/``::
+
+    tokens.npy            int32 [V, K]   row 0 = padding (all zeros)
+    <split>.keys.npy      int32 [tokens] every title's keys, titles back to back
+    <split>.offsets.npy   int64 [n + 1]  title i is keys[offsets[i]:offsets[i + 1]]
+    <split>.labels.npy    int32 [n]      index into labels.json; -1: a class the train split lacks
+    labels.json, meta.json
+
+A batch is an index array: ``EncodedSplit.batch(idx)`` pads its keys in numpy (no per-title Python)
+and ``tokens[keys]`` gives the ids the model reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+CHUNK = 200_000  # titles tokenized per chunk (bounds the Python lists alive at once)
+
+
+@dataclass
+class EncodedSplit:
+    keys: np.ndarray  # int32 [total tokens]
+    offsets: np.ndarray  # int64 [n + 1]
+    labels: np.ndarray  # int32 [n]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keys [B, T] (0 = padding, T >= 1) and lengths [B] of the titles ``idx``."""
+        return gather_keys(self.keys, self.offsets, idx)
+
+    def take(self, idx: np.ndarray) -> EncodedSplit:
+        """The titles ``idx`` as a new (in-memory) split."""
+        keys, lengths = self.batch(idx)
+        mask = np.arange(keys.shape[1])[None, :] < lengths[:, None]
+        return EncodedSplit(keys[mask].astype(np.int32), _offsets(lengths), self.labels[idx])
+
+    @staticmethod
+    def concat(parts: list[EncodedSplit]) -> EncodedSplit:
+        lengths = np.concatenate([p.lengths for p in parts])
+        return EncodedSplit(
+            np.concatenate([p.keys for p in parts]), _offsets(lengths), np.concatenate([p.labels for p in parts])
+        )
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def gather_keys(keys: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    start = offsets[idx]
+    lengths = offsets[np.asarray(idx) + 1] - start
+    T = max(1, int(lengths.max(initial=0)))
+    pos = start[:, None] + np.arange(T)[None, :]
+    mask = np.arange(T)[None, :] < lengths[:, None]
+    out = np.where(mask, keys[np.minimum(pos, max(len(keys) - 1, 0))] if len(keys) else 0, 0)
+    return out.astype(np.int64, copy=False), lengths
+
+
+@dataclass
+class EncodedDataset:
+    dir: Path
+    tokens: np.ndarray  # int32 [V, K]
+    labels: list[str]
+    meta: dict
+
+    @classmethod
+    def load(cls, path: str | Path, mmap: bool = True) -> EncodedDataset:
+        path = Path(path)
+        meta = json.loads((path / "meta.json").read_text())
+        tokens = np.load(path / "tokens.npy", mmap_mode="r" if mmap else None)
+        return cls(path, tokens, json.loads((path / "labels.json").read_text()), meta)
+
+    def split(self, name: str, mmap: bool = True) -> EncodedSplit:
+        mode = "r" if mmap else None
+        return EncodedSplit(
+            *(np.load(self.dir / f"{name}.{part}.npy", mmap_mode=mode) for part in ("keys", "offsets", "labels"))
+        )
+
+
+class _KeyTable:
+    """Token string -> key, each distinct token encoded once (row 0 = padding)."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self.key: dict[str, int] = {}
+        self.rows: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+
+    def keys_of(self, tokens: list[str]) -> list[int]:
+        key, rows = self.key, self.rows
+        out = []
+        for tok in tokens:
+            k = key.get(tok)
+            if k is None:
+                k = key[tok] = len(rows)
+                rows.append(self.encoder.token_ids(tok, cache=False))
+            out.append(k)
+        return out
+
+    def table(self) -> np.ndarray:
+        width = self.encoder.width
+        out = np.zeros((len(self.rows), width), dtype=np.int32)
+        for i, ids in enumerate(self.rows):
+            out[i, : len(ids)] = ids[:width]
+        return out
+
+
+def encode_titles(encoder, titles, table: _KeyTable | None = None) -> tuple[EncodedSplit, _KeyTable]:
+    """Titles -> an EncodedSplit (labels -1) over ``table`` (a new one if None)."""
+    import itertools
+
+    from pipelines.text import tokenize
+
+    table = table or _KeyTable(encoder)
+    text = encoder.text
+    key_parts, lengths = [], []
+    titles = list(titles)
+    for s in range(0, len(titles), CHUNK):
+        rows = [table.keys_of(tokenize(t, text) if t else []) for t in titles[s : s + CHUNK]]
+        ln = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        key_parts.append(np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(ln.sum())))
+        lengths.append(ln)
+    ln = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    keys = np.concatenate(key_parts) if key_parts else np.zeros(0, dtype=np.int32)
+    return EncodedSplit(keys, _offsets(ln), np.full(len(ln), -1, dtype=np.int32)), table
+
+
+def encode_dataset(dataset_dir: str | Path, embedding_dir: str | Path) -> dict:
+    """Encode the train/validation/test splits of a run once (``<run dir>/encoded/``)."""
+    import pyarrow.parquet as pq
+
+    from pipelines.features import TitleEncoder
+    from pipelines.lake import atomic_tree
+
+    dataset_dir, embedding_dir = Path(dataset_dir), Path(embedding_dir)
+    t0 = time.perf_counter()
+    encoder = TitleEncoder.load(embedding_dir / "encoder.json")
+    table = _KeyTable(encoder)
+    cats = {s: pq.read_table(dataset_dir / f"{s}.parquet", columns=["category"]).column(0) for s in SPLITS}
+    labels = sorted(set(cats["train"].unique().to_pylist()))
+    index = {c: i for i, c in enumerate(labels)}
+    out = dataset_dir.parent / "encoded"
+    counts = {}
+    with atomic_tree(out) as tmp:
+        for split in SPLITS:
+            titles = pq.read_table(dataset_dir / f"{split}.parquet", columns=["title"]).column(0).to_pylist()
+            enc, table = encode_titles(encoder, titles, table)
+            del titles
+            y = np.fromiter((index.get(c, -1) for c in cats[split].to_pylist()), dtype=np.int32, count=len(enc))
+            np.save(tmp / f"{split}.keys.npy", enc.keys)
+            np.save(tmp / f"{split}.offsets.npy", enc.offsets)
+            np.save(tmp / f"{split}.labels.npy", y)
+            counts[split] = {"rows": len(enc), "tokens": int(len(enc.keys))}
+        np.save(tmp / "tokens.npy", table.table())
+        (tmp / "labels.json").write_text(json.dumps(labels))
+        meta = {
+            "width": encoder.width,
+            "distinct_tokens": len(table.rows) - 1,
+            "counts": counts,
+            "encoder_sha256": _sha256(embedding_dir / "encoder.json"),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    log.info("encoded %s: %d distinct tokens, %.1fs", counts, meta["distinct_tokens"], meta["seconds"])
+    return {"dir": str(out), "distinct_tokens": meta["distinct_tokens"], "seconds": meta["seconds"]}
+
+
+def load_encoded(dataset_dir: str | Path, embedding_dir: str | Path) -> EncodedDataset:
+    """The run's encoded splits; encoded now if missing or made with another encoder."""
+    out = Path(dataset_dir).parent / "encoded"
+    sha = _sha256(Path(embedding_dir) / "encoder.json")
+    try:
+        enc = EncodedDataset.load(out)
+        if enc.meta.get("encoder_sha256") == sha:
+            return enc
+        log.warning("%s was encoded with another encoder: encoding again", out)
+    except FileNotFoundError:
+        log.info("%s missing: encoding the splits now", out)
+    encode_dataset(dataset_dir, embedding_dir)
+    return EncodedDataset.load(out)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
