@@ -9,6 +9,7 @@ MODEL_TYPES = ("mlp", "cnn", "bilstm")
 BALANCE_MODES = ("weighted", "sampler", "none")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_FORMATS = ("auto", "jsonl", "challenge_csv", "csv", "parquet")
+TRAIN_MODES = ("auto", "full", "warm")
 
 
 @dataclass
@@ -16,6 +17,12 @@ class TrainConfig:
     """Training hyperparameters. Every field is a CLI flag and an Airflow trigger-form Param."""
 
     models: list[str] = field(default_factory=lambda: ["mlp"])
+    # full: today's recipe on every row; warm: each type starts from the champion's (else the latest
+    # registered) weights, vocabulary extended, trained on the partitions new since that model plus a
+    # replay sample of older rows; auto: warm unless a rule asks for full (pipelines/warm.py)
+    mode: str = "auto"
+    replay_rows: int = 200_000  # warm: older training rows replayed beside the new ones
+    warm_epochs: int = 3  # warm: epochs (max, early stopping) of the selection pass
     epochs: int = 15
     batch_size: int = 64
     # on a CUDA device: this batch size, both learning rates scaled by sqrt(gpu_batch_size / batch_size)
@@ -53,6 +60,10 @@ class TrainConfig:
             raise ValueError(f"models must be a non-empty subset of {MODEL_TYPES}; got {self.models}")
         if self.balance not in BALANCE_MODES:
             raise ValueError(f"balance must be one of {BALANCE_MODES}; got {self.balance!r}")
+        if self.mode not in TRAIN_MODES:
+            raise ValueError(f"mode must be one of {TRAIN_MODES}; got {self.mode!r}")
+        if self.replay_rows < 0 or self.warm_epochs < 1:
+            raise ValueError("replay_rows must be >= 0 and warm_epochs >= 1")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.embedding_epochs < 1:

@@ -90,6 +90,9 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
     }
     if trained.get("members"):
         tags["meli.members"] = "+".join(trained["members"])
+    for key in ("mode", "parent_version", "full_run_date"):  # warm-start lineage (pipelines/warm.py)
+        if trained.get(key):
+            tags[f"meli.{key}"] = str(trained[key])
     dataset_info = _read_json(settings.run_dir(run_date) / "dataset" / "dataset.json") or {}
     if dataset_info.get("data_version"):  # the lake snapshot it trained on (readable while kept)
         tags["meli.data_version"] = dataset_info["data_version"]

@@ -97,13 +97,20 @@ def step_prepare(settings: Settings, run_date: str, validation: dict | None, tag
 
 
 def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
-    """FastText on the training split, then the splits encoded once as arrays for the trainings."""
+    """The run's mode (full or warm, pipelines/warm.py), FastText on the training split (warm: the
+    base's, continued on the new rows), then the splits encoded once as arrays for the trainings."""
     from pipelines.encoded import encode_dataset
     from pipelines.features import train_embedding
     from pipelines.text import TextConfig
     from pipelines.train import embedding_config, log_embedding
+    from pipelines.warm import plan_run, warm_embedding
 
-    emb = train_embedding(dataset["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
+    plan = plan_run(settings, dataset, cfg, dataset["run_date"])
+    if plan["mode"] == "warm":
+        emb = warm_embedding(dataset["dir"], plan, cfg.seed)
+    else:
+        emb = train_embedding(dataset["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
+    emb["plan"] = plan
     emb["encoded"] = encode_dataset(dataset["dir"], emb["dir"])  # every split as arrays, once
     log_embedding(settings, dataset["parent_run_id"], emb, cfg)
     return emb
@@ -124,6 +131,7 @@ def step_train(
         parent_run_id=dataset["parent_run_id"],
         run_date=dataset["run_date"],
         threads=settings.train_threads(side_by_side),
+        plan=embedding.get("plan"),
     )
 
 

@@ -94,6 +94,10 @@ class Settings:
     # a Postgres URL: the gate's registry lock becomes an advisory lock there (writers on several
     # hosts); empty: a lock file beside the SQLite store or under MELI_HOME
     lock_uri: str = field(default_factory=lambda: _env("MELI_LOCK_URI", ""))
+    # mode=auto trains full (not warm) when the champion's last full retrain is older than this many
+    # days, or when the training split has more than this share of words its vocabulary lacks
+    warm_max_age_days: float = field(default_factory=lambda: _float("MELI_WARM_MAX_AGE_DAYS", 7.0))
+    warm_max_vocab_growth: float = field(default_factory=lambda: _float("MELI_WARM_MAX_VOCAB_GROWTH", 0.10))
     thresholds: Thresholds = field(default_factory=Thresholds)
     gate: GateRules = field(default_factory=GateRules)
 

@@ -164,6 +164,14 @@ def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainC
         encoded = emb.get("encoded")
         if encoded:
             mlflow.log_metrics({"encode_seconds": encoded["seconds"], "encoded_tokens": encoded["distinct_tokens"]})
+        plan = emb.get("plan")
+        if plan:
+            mlflow.set_tags({"meli.mode": plan["mode"], "meli.mode_reason": plan["reason"][:4000]})
+            if plan["mode"] == "warm":
+                mlflow.set_tag("meli.base_version", plan["base"]["version"])
+                mlflow.log_metrics(
+                    {"vocab_growth": plan["vocab_growth"], "new_partitions": len(plan["new_partitions"])}
+                )
 
 
 def _lineage(dataset_dir: Path) -> dict:
@@ -187,6 +195,7 @@ def train_classifier(
     parent_run_id: str | None = None,
     run_date: str = "",
     threads: int | None = None,
+    plan: dict | None = None,
 ) -> dict:
     """Train one model type and log it to MLflow. Returns a small dict for XCom. ``threads``: torch
     CPU threads for this process (default: torch's, all cores); set it when trainings run side by side.
@@ -197,6 +206,10 @@ def train_classifier(
     ~14% more labelled rows, which the selection pass showed are worth ~0.3 points of macro-recall.
     Validation metrics, diagnostics and the ensemble search always come from the selection pass
     (``diagnostics/val_probs.npy``); the refit model is judged on the frozen test split by the gate.
+
+    ``plan`` (pipelines/warm.py; None = full): in a warm plan this type starts from its parent's
+    weights and both passes train on the new partitions' rows plus a replay sample, for at most
+    ``cfg.warm_epochs`` epochs.
     """
     import mlflow
     import torch
@@ -219,6 +232,38 @@ def train_classifier(
     y_val = np.asarray(val_data.labels, dtype=np.int64)  # -1: class absent from train
     fit = _Fit(kind, cfg, encoder, labels, device, embedding_dir)
     fit.set_tokens(encoded.tokens)
+    keep = np.flatnonzero(y_val >= 0)  # a validation row whose class train lacks has no label id
+    idf_data = EncodedSplit.concat([train_data, val_data.take(keep)])  # refit's idf: every labelled row
+    fit_rows, refit_rows = train_data, idf_data
+    parent = (plan or {}).get("parents", {}).get(kind) if (plan or {}).get("mode") == "warm" else None
+    mode, epochs, lineage = "full", cfg.epochs, {"meli.mode": "full"}
+    if parent is not None:
+        from pipelines.warm import parent_bundle, parent_state, warm_rows
+
+        mode, epochs = "warm", cfg.warm_epochs
+        bundle = parent_bundle(settings, parent, kind, Path(settings.run_dir(run_date or "adhoc")) / "parents" / kind)
+        fit.parent = (bundle, lambda fresh: parent_state(fresh, fit.model_cfg, encoder, labels, bundle))
+        t_idx, n_new, n_replay = warm_rows(
+            train_df["ingest_date"].to_numpy(), parent["new_partitions"], cfg.replay_rows, cfg.seed
+        )
+        val_dates = read_split(dataset_dir, "validation", columns=["ingest_date"])["ingest_date"].to_numpy()[keep]
+        share = cfg.replay_rows / max(1, len(train_data))
+        v_idx, _, _ = warm_rows(val_dates, parent["new_partitions"], int(round(share * len(keep))), cfg.seed)
+        fit_rows = train_data.take(t_idx)
+        refit_rows = EncodedSplit.concat([fit_rows, val_data.take(keep[v_idx])])
+        lineage = {
+            "meli.mode": "warm",
+            "meli.parent_version": parent["version"],
+            "meli.parent_model_type": parent["model_type"],
+            "meli.full_run_date": parent["full_run_date"],
+        }
+        log.info(
+            "%s warm from version %s: %d new + %d replayed training rows (of %d), partitions %s",
+            kind, parent["version"], n_new, n_replay, len(train_data), parent["new_partitions"],
+        )  # fmt: skip
+    else:
+        lineage["meli.full_run_date"] = run_date
+        n_new, n_replay = len(train_data), 0
 
     def evaluate_split(model) -> tuple[float, float, np.ndarray]:
         probs, p_true = predict_split(model, fit.tokens_t, val_data, device)
@@ -233,7 +278,13 @@ def train_classifier(
         run_kwargs.update(parent_run_id=parent_run_id, nested=True)
     with mlflow.start_run(**run_kwargs) as run:
         mlflow.set_tags(
-            {"meli.model_type": kind, "meli.run_date": run_date, "meli.device": str(device), **_lineage(dataset_dir)}
+            {
+                "meli.model_type": kind,
+                "meli.run_date": run_date,
+                "meli.device": str(device),
+                **_lineage(dataset_dir),
+                **lineage,
+            }
         )
         mlflow.log_params(
             {
@@ -243,6 +294,10 @@ def train_classifier(
                 "vocab_size": len(encoder.itos),
                 "device": str(device),
                 "torch_threads": torch.get_num_threads(),
+                "effective_batch_size": fit.batch_size,
+                "effective_lr": fit.lr,
+                "effective_embedding_lr": fit.embedding_lr,
+                "mode": mode,
             }
         )
         try:
@@ -265,7 +320,7 @@ def train_classifier(
                     "train_loss": train_loss,
                     "val_loss": val_loss,
                     "val_macro_recall": val_mr,
-                    "epoch_samples_per_s": len(train_data) / epoch_s,
+                    "epoch_samples_per_s": len(fit_rows) / epoch_s,
                 },
                 step=epoch,
             )
@@ -282,29 +337,29 @@ def train_classifier(
             return True
 
         model = fit.new_model(train_data)
-        seen, train_seconds = fit.run(model, train_data, cfg.epochs, on_epoch)
+        seen, train_seconds = fit.run(model, fit_rows, epochs, on_epoch)
         state = best["state"]
         metrics = {
             "best_val_macro_recall": best["val"],
             "best_epoch": best["epoch"],
             "train_seconds": train_seconds,
             "train_samples_per_s": seen / max(train_seconds, 1e-9),
-            "train_rows": len(train_data),
+            "train_rows": len(fit_rows),
+            "train_rows_new": n_new,
+            "train_rows_replayed": n_replay,
         }
         if cfg.refit:  # the served model: same recipe, train + validation rows, best_epoch epochs
             del model
-            keep = np.flatnonzero(y_val >= 0)  # a validation row whose class train lacks has no label id
-            all_data = EncodedSplit.concat([train_data, val_data.take(keep)])
 
             def on_refit_epoch(model, epoch: int, train_loss: float, epoch_s: float) -> bool:
                 mlflow.log_metrics({"refit_train_loss": train_loss}, step=epoch)
                 log.info("%s refit epoch %d/%d: loss %.4f (%.1fs)", kind, epoch, best["epoch"], train_loss, epoch_s)
                 return epoch < best["epoch"]
 
-            model = fit.new_model(all_data)
-            _, refit_seconds = fit.run(model, all_data, cfg.epochs, on_refit_epoch)
+            model = fit.new_model(idf_data)
+            _, refit_seconds = fit.run(model, refit_rows, epochs, on_refit_epoch)
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            metrics |= {"refit_rows": len(all_data), "refit_seconds": refit_seconds, "refit_epochs": best["epoch"]}
+            metrics |= {"refit_rows": len(refit_rows), "refit_seconds": refit_seconds, "refit_epochs": best["epoch"]}
             train_seconds += refit_seconds
         mlflow.log_metrics(metrics)
 
@@ -316,6 +371,7 @@ def train_classifier(
             shutil.copy(embedding_dir / "encoder.json", tmp / "encoder.json")
 
         info = _log_served_model(bundle_dir, val_df, best["probs"])
+        mlflow.set_tag("meli.model_uri", info.model_uri)  # a later warm run may start from it
         result = {
             "model_type": kind,
             "run_id": run.info.run_id,
@@ -325,6 +381,10 @@ def train_classifier(
             "train_seconds": round(train_seconds, 2),
             "device": str(device),
             "refit": cfg.refit,
+            "mode": mode,
+            "parent_version": parent["version"] if parent else "",
+            "full_run_date": lineage["meli.full_run_date"],
+            "train_rows": len(fit_rows),
         }
         log.info("%s trained: %s", kind, result)
         return result
@@ -363,7 +423,7 @@ class _Fit:
         ft = FastText.load(str(Path(embedding_dir) / "fasttext.model"))
         self.init_vectors = embedding_matrix(encoder, ft)
         self.init_vectors[0] = 0.0
-        self.init_state: dict | None = None  # warm start: a parent's weights mapped onto this vocabulary
+        self.parent = None  # warm start: (bundle dir, fresh state -> the parent's state on this vocabulary)
         self.batch_size, self.lr, self.embedding_lr = effective_recipe(cfg, device)
         self.on_device = device.type == "cuda"
         self.tokens_t = None  # the run's token table on the device (set_tokens)
@@ -374,7 +434,8 @@ class _Fit:
         self.tokens_t = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(self.device)
 
     def new_model(self, data: EncodedSplit):
-        """A freshly initialised model (seeded: the same weights every call); idf from ``data``."""
+        """A freshly initialised model (seeded: the same weights every call; warm: the parent's
+        weights on this vocabulary, new rows from FastText); the wide idf from ``data``."""
         import torch
 
         from pipelines.models import build_model
@@ -383,8 +444,8 @@ class _Fit:
         model = build_model(self.model_cfg)
         with torch.no_grad():
             model.emb.weight.copy_(torch.from_numpy(self.init_vectors))
-            if self.init_state is not None:
-                model.load_state_dict(self.init_state)
+            if self.parent is not None:
+                model.load_state_dict(self.parent[1](model.state_dict()))
             if model.wide is not None:
                 model.wide.idf.copy_(torch.from_numpy(wide_idf(model.wide, data, self.tokens_t.cpu().numpy())))
         return model.to(self.device)
@@ -727,9 +788,21 @@ def train_ensemble(
             "best_epoch": 0,
             "train_seconds": round(time.perf_counter() - t0, 2),
             "device": str(pick_device(settings.device)),
+            **_ensemble_lineage([r for r in results if r["model_type"] in members]),
         }
     log.info("ensemble of %s: %s", members, result)
     return result
+
+
+def _ensemble_lineage(members: list[dict]) -> dict:
+    """An ensemble is warm if a member is; its last full retrain is its members' oldest."""
+    dates = [m.get("full_run_date") for m in members if m.get("full_run_date")]
+    warm = [m for m in members if m.get("mode") == "warm"]
+    return {
+        "mode": "warm" if warm else "full",
+        "parent_version": ",".join(sorted({m["parent_version"] for m in warm if m.get("parent_version")})),
+        "full_run_date": min(dates) if dates else "",
+    }
 
 
 def member_val_probs(result: dict, n_rows: int) -> np.ndarray:

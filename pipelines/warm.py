@@ -1,0 +1,360 @@
+"""Warm start: make the nightly run proportional to what is new.
+
+``plan_run`` decides, once per run (in the embedding step), whether the run trains ``full`` (today's
+recipe on every row) or ``warm``:
+
+- the *base* is the champion (else the latest registered version): its run's FastText model and
+  encoder are extended (``warm_embedding``: gensim ``build_vocab(update=True)`` then continued
+  training on the new rows; new words and n-grams appended, so every old word keeps its id);
+- each model type starts from the champion's weights when the champion is (or holds) that type,
+  else from the latest registered version of that type (``parent_state``: rows mapped by word,
+  n-gram and label, old rows copied bit-identical, new rows from the extended FastText); a type
+  with no parent trains full inside the warm run;
+- a warm type trains on the training rows of partitions its parent did not see (a partition new
+  or re-ingested since that model's lake snapshot) plus ``replay_rows`` older rows, for
+  ``warm_epochs`` epochs, early stopping and refit as in full mode.
+
+``auto`` (the default) is warm except when: no registered model exists, the base's embedding is
+gone from its run directory, the embedding/tokenizer settings changed, the champion's last full
+retrain is older than ``MELI_WARM_MAX_AGE_DAYS`` (7), or the new words exceed
+``MELI_WARM_MAX_VOCAB_GROWTH`` (10%) of its vocabulary. The gate judges a warm challenger like any
+other, on the frozen test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "warm.json"  # in the run's embedding dir
+
+
+class WarmStartError(ValueError):
+    """mode=warm was asked for and cannot be honoured (one line, for the CLI and the task log)."""
+
+
+def parse_lake_versions(tag: str) -> dict[str, int]:
+    out = {}
+    for part in filter(None, (tag or "").split(",")):
+        d, _, v = part.partition("@v")
+        if v.isdigit():
+            out[d] = int(v)
+    return out
+
+
+def _version_info(settings, mv) -> dict:
+    tags = mv.tags or {}
+    run_date = tags.get("meli.run_date", "")
+    return {
+        "version": str(mv.version),
+        "model_type": tags.get("meli.model_type", ""),
+        "members": [m for m in tags.get("meli.members", "").split("+") if m],
+        "run_date": run_date,
+        "full_run_date": tags.get("meli.full_run_date") or run_date,
+        "lake_versions": parse_lake_versions(tags.get("meli.lake_versions", "")),
+        "model_uri": f"models:/{settings.model_name}/{mv.version}",
+        "embedding_dir": str(settings.run_dir(run_date) / "embedding") if run_date else "",
+    }
+
+
+def _holds(info: dict, kind: str) -> bool:
+    return info["model_type"] == kind or kind in info["members"]
+
+
+def find_parents(settings, kinds: list[str]) -> tuple[dict | None, dict[str, dict | None]]:
+    """(base, parent per model type): the champion, else the latest registered version."""
+    from pipelines.registry import _alias_version, _client
+
+    client = _client(settings)
+    try:
+        versions = client.search_model_versions(f"name='{settings.model_name}'")
+    except Exception as exc:  # no registered model yet
+        log.info("no registered versions of %s (%s)", settings.model_name, exc)
+        versions = []
+    infos = sorted((_version_info(settings, v) for v in versions), key=lambda i: -int(i["version"]))
+    champ = _alias_version(client, settings.model_name, "champion") if infos else None
+    champion = next((i for i in infos if champ is not None and i["version"] == str(champ.version)), None)
+    base = champion or (infos[0] if infos else None)
+    parents = {}
+    for kind in kinds:
+        if champion is not None and _holds(champion, kind):
+            parents[kind] = champion
+        else:
+            parents[kind] = next((i for i in infos if _holds(i, kind)), None)
+    missing = [k for k, v in parents.items() if v is None]
+    if base is not None and missing:  # the base's own run trained (not registered) those types
+        parents |= _sibling_models(settings, client, base, missing)
+    return base, parents
+
+
+def _sibling_models(settings, client, base: dict, kinds: list[str]) -> dict[str, dict]:
+    """Models of ``kinds`` trained in the same retraining run as ``base`` (same encoder and data)."""
+    try:
+        mv = client.get_model_version(settings.model_name, base["version"])
+        parent_run = client.get_run(mv.run_id).data.tags.get("mlflow.parentRunId")
+        if not parent_run:
+            return {}
+        runs = client.search_runs(
+            [client.get_run(mv.run_id).info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run}'",
+            max_results=100,
+        )
+    except Exception as exc:  # lineage lookups are best effort: the type then trains full
+        log.warning("could not look up the models trained beside version %s: %s", base["version"], exc)
+        return {}
+    out = {}
+    for run in runs:
+        tags = run.data.tags
+        kind = tags.get("meli.model_type")
+        if kind in kinds and kind not in out and tags.get("meli.model_uri"):
+            out[kind] = {
+                **base,
+                "version": f"{base['version']}/{kind}",
+                "model_type": kind,
+                "members": [],
+                "model_uri": tags["meli.model_uri"],
+                "lake_versions": parse_lake_versions(tags.get("meli.lake_versions", "")) or base["lake_versions"],
+                "full_run_date": tags.get("meli.full_run_date") or base["full_run_date"],
+            }
+    return out
+
+
+def new_partitions(dataset_snap: dict[str, int], parent_snap: dict[str, int]) -> list[str]:
+    """Partitions of this run's snapshot that the parent did not train on (new or re-ingested)."""
+    return sorted(d for d, v in dataset_snap.items() if parent_snap.get(d) != v)
+
+
+def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
+    """Full or warm for this run, and why; for warm the base and each type's parent."""
+    from pipelines.features import TitleEncoder
+    from pipelines.text import TextConfig
+    from pipelines.train import embedding_config
+
+    info = json.loads((Path(dataset["dir"]) / "dataset.json").read_text())
+    snap = {d: int(v) for d, v in info.get("lake_versions", {}).items()}
+
+    def full(reason: str) -> dict:
+        if cfg.mode == "warm":
+            raise WarmStartError(f"mode=warm: {reason} (use mode=auto or mode=full)")
+        log.info("training mode full: %s", reason)
+        return {"mode": "full", "reason": reason, "types": {k: "full" for k in cfg.models}, "parents": {}}
+
+    if cfg.mode == "full":
+        return full("mode=full requested")
+    base, parents = find_parents(settings, cfg.models)
+    if base is None:
+        return full("no registered model to start from")
+    emb_dir = Path(base["embedding_dir"])
+    if not (emb_dir / "fasttext.model").exists() or not (emb_dir / "encoder.json").exists():
+        return full(f"the embedding of version {base['version']} is gone ({emb_dir})")
+    old = TitleEncoder.load(emb_dir / "encoder.json")
+    want = embedding_config(cfg)
+    if old.ngrams is None or old.text != TextConfig() or (old.emb.dim, old.emb.bucket) != (want.dim, want.bucket):
+        return full(f"version {base['version']} was trained with other embedding or tokenizer settings")
+    age = (date.fromisoformat(run_date) - date.fromisoformat(base["full_run_date"])).days
+    fresh = new_partitions(snap, base["lake_versions"])
+    growth = vocab_growth(Path(dataset["dir"]), old, fresh)
+    if cfg.mode == "auto":
+        if age > settings.warm_max_age_days:
+            return full(
+                f"the last full retrain ({base['full_run_date']}) is {age} days old "
+                f"(max {settings.warm_max_age_days:g})"
+            )
+        if growth > settings.warm_max_vocab_growth:
+            return full(f"the vocabulary grew by {growth:.1%} (max {settings.warm_max_vocab_growth:.0%})")
+    types, plan_parents = {}, {}
+    for kind, parent in parents.items():
+        types[kind] = "warm" if parent is not None else "full"
+        if parent is not None:
+            plan_parents[kind] = {**parent, "new_partitions": new_partitions(snap, parent["lake_versions"])}
+    reason = (
+        f"warm from version {base['version']} ({base['model_type']}, last full retrain {base['full_run_date']}): "
+        f"{len(fresh)} new partition(s), vocabulary +{growth:.1%}"
+    )
+    if any(t == "full" for t in types.values()):
+        reason += f"; no parent for {[k for k, t in types.items() if t == 'full']}: trained full"
+    log.info("training mode warm: %s", reason)
+    return {
+        "mode": "warm",
+        "reason": reason,
+        "base": base,
+        "new_partitions": fresh,
+        "vocab_growth": round(growth, 4),
+        "full_run_date": base["full_run_date"],
+        "types": types,
+        "parents": plan_parents,
+    }
+
+
+def _train_titles(dataset_dir: Path, partitions: list[str]) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(dataset_dir / "train.parquet", columns=["title", "ingest_date"])
+    dates = pc.cast(t.column("ingest_date"), pa.string())
+    return t.filter(pc.is_in(dates, value_set=pa.array(partitions, pa.string()))).column(0).to_pylist()
+
+
+def vocab_growth(dataset_dir: Path, encoder, partitions: list[str]) -> float:
+    """Distinct words of the new partitions' training titles the encoder lacks, over its vocabulary."""
+    from pipelines.text import tokenize
+
+    if not partitions:
+        return 0.0
+    words = {w for t in _train_titles(dataset_dir, partitions) for w in tokenize(t or "", encoder.text)}
+    return len(words - encoder.stoi.keys()) / max(1, len(encoder.itos) - 2)
+
+
+def extend_encoder(old, token_lists):
+    """The old encoder plus the new words (by frequency) and their new n-grams, appended: every
+    old word and n-gram keeps its id, only the n-gram offset moves by the number of new words."""
+    from collections import Counter
+
+    from pipelines.features import TitleEncoder, char_ngrams
+
+    counts = Counter(w for toks in token_lists for w in toks if w not in old.stoi)
+    new_words = sorted(counts, key=lambda w: (-counts[w], w))
+    known = set(old.ngrams)
+    grams = sorted({g for w in new_words for g in char_ngrams(w, old.emb)} - known)
+    return TitleEncoder(old.itos + new_words, old.text, old.emb, old.ngrams + grams)
+
+
+def warm_embedding(dataset_dir: str | Path, plan: dict, seed: int) -> dict:
+    """Continue the base's FastText on the new partitions' training titles and extend its encoder;
+    saved as this run's embedding (with the plan, ``warm.json``)."""
+    import time
+
+    from gensim.models import FastText
+
+    from pipelines.features import TitleEncoder
+    from pipelines.lake import atomic_tree
+    from pipelines.text import tokenize
+
+    dataset_dir = Path(dataset_dir)
+    base_dir = Path(plan["base"]["embedding_dir"])
+    old = TitleEncoder.load(base_dir / "encoder.json")
+    tokens = [t for t in (tokenize(x or "", old.text) for x in _train_titles(dataset_dir, plan["new_partitions"])) if t]
+    t0 = time.perf_counter()
+    ft = FastText.load(str(base_dir / "fasttext.model"))
+    if tokens:
+        ft.build_vocab(corpus_iterable=tokens, update=True)
+        ft.train(corpus_iterable=tokens, total_examples=len(tokens), epochs=ft.epochs)
+    encoder = extend_encoder(old, tokens)
+    seconds = time.perf_counter() - t0
+    out = dataset_dir.parent / "embedding"
+    with atomic_tree(out) as tmp:
+        ft.save(str(tmp / "fasttext.model"))
+        encoder.save(tmp / "encoder.json")
+        (tmp / PLAN_FILE).write_text(json.dumps(plan, indent=2))
+    log.info(
+        "FastText continued on %d titles: vocabulary %d -> %d words, %.1fs",
+        len(tokens), len(old.itos), len(encoder.itos), seconds,
+    )  # fmt: skip
+    return {
+        "dir": str(out),
+        "vocab_size": len(encoder.itos),
+        "seconds": round(seconds, 2),
+        "base_vocab_size": len(old.itos),
+        "continued_on": len(tokens),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Weights: a parent's state mapped onto this run's vocabulary and labels
+# ------------------------------------------------------------------------------------------
+ARCH_FIELDS = ("kind", "dim", "hidden", "filter_sizes", "filters", "lstm_hidden", "wide_dim", "wide_bigrams")
+
+
+def _row_keys(enc) -> list[str]:
+    return [f"w:{w}" for w in enc.itos] + [f"g:{g}" for g in enc.ngrams or []]
+
+
+def row_map(old, new) -> tuple[np.ndarray, np.ndarray]:
+    """(source rows in ``old``'s table, destination rows in ``new``'s) of every word and n-gram
+    both encoders hold (padding and <unk> included)."""
+    index = {k: i for i, k in enumerate(_row_keys(new))}
+    pairs = np.array([(i, index[k]) for i, k in enumerate(_row_keys(old)) if k in index], dtype=np.int64)
+    pairs = pairs.reshape(-1, 2)
+    return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+
+def parent_state(fresh: dict, model_cfg, encoder, labels: list[str], bundle_dir: Path) -> dict:
+    """``fresh`` (a new model's state: FastText rows, seeded init) with every row the parent bundle
+    knows copied from it: embedding and wide rows by word/n-gram, the bigram block when word ids are
+    unchanged, class rows of the output layers by label, every other tensor as is."""
+    import torch
+
+    from pipelines.features import TitleEncoder
+
+    cfg = json.loads((bundle_dir / "config.json").read_text())["model"]
+    mine = model_cfg.to_dict()
+    diff = [f for f in ARCH_FIELDS if cfg.get(f) != mine.get(f)]
+    if diff:
+        raise WarmStartError(f"parent {bundle_dir} differs in {diff}: {[(cfg.get(f), mine.get(f)) for f in diff]}")
+    old_enc = TitleEncoder.load(bundle_dir / "encoder.json")
+    old_labels = json.loads((bundle_dir / "labels.json").read_text())
+    state = torch.load(bundle_dir / "weights.pt", map_location="cpu", weights_only=True)
+    src, dst = (torch.from_numpy(a) for a in row_map(old_enc, encoder))
+    lab = {c: i for i, c in enumerate(labels)}
+    lpairs = [(i, lab[c]) for i, c in enumerate(old_labels) if c in lab]
+    lsrc, ldst = (
+        (torch.tensor(x, dtype=torch.int64) for x in zip(*lpairs))
+        if lpairs
+        else (torch.zeros(0, dtype=torch.int64),) * 2
+    )
+    out = {}
+    for k, v in fresh.items():
+        old = state.get(k)
+        if old is None or k == "wide.idf":  # idf: recomputed from this run's training rows
+            out[k] = v
+        elif k in ("emb.weight", "wide.table.weight"):
+            new = v.clone()
+            new[dst] = old[src]
+            if k == "wide.table.weight" and cfg.get("wide_bigrams"):
+                n_old, n_new, b = old_enc.num_embeddings, encoder.num_embeddings, cfg["wide_bigrams"]
+                if encoder.itos[: len(old_enc.itos)] == old_enc.itos:  # same word ids: same bigram buckets
+                    new[n_new : n_new + b] = old[n_old : n_old + b]
+            out[k] = new
+        elif k.endswith("out.weight") or k.endswith("out.bias"):
+            new = v.clone()
+            new[ldst] = old[lsrc]
+            out[k] = new
+        elif old.shape == v.shape:
+            out[k] = old.to(v.dtype)
+        else:
+            raise WarmStartError(f"parent {bundle_dir}: {k} has shape {tuple(old.shape)}, this model {tuple(v.shape)}")
+    return out
+
+
+def parent_bundle(settings, parent: dict, kind: str, dst: Path) -> Path:
+    """The parent model version's bundle for ``kind`` (an ensemble's member), downloaded to ``dst``."""
+    import shutil
+
+    import mlflow
+
+    from pipelines.tracking import configure
+
+    configure(settings)
+    if dst.exists():
+        shutil.rmtree(dst)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=parent["model_uri"], dst_path=str(dst)))
+    root = next(p for p in (local / "artifacts" / "bundle", local / "bundle") if p.is_dir())
+    member = root / "members" / kind
+    return member if member.is_dir() else root
+
+
+def warm_rows(dates: np.ndarray, new: list[str], replay: int, seed: int) -> tuple[np.ndarray, int, int]:
+    """Row indices to train on: every row of the ``new`` partitions plus ``replay`` older rows (a
+    seeded sample). Returns (sorted indices, new rows, replayed rows)."""
+    is_new = np.isin(dates.astype(str), np.asarray(new, dtype=str))
+    fresh, older = np.flatnonzero(is_new), np.flatnonzero(~is_new)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(older, size=min(replay, len(older)), replace=False) if replay and len(older) else older[:0]
+    return np.sort(np.concatenate([fresh, sample])), len(fresh), len(sample)
