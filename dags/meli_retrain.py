@@ -9,7 +9,9 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
    The *Data Docs* tab of the run (and the task log / XCom) links the report. A partition that
    passes is announced as the `meli_lake_listings` asset (scheduling `meli_score`).
 3. **prepare** the frozen train/validation/test splits and the parent MLflow run
-4. **embedding**: gensim FastText on the training split
+4. **embedding**: decides the training mode (Param `mode`: auto/full/warm, `pipelines/warm.py`), trains
+   gensim FastText on the training split (warm: continues the champion's on the new rows), then encodes
+   every split once as int32 arrays the training tasks memory-map
 5. **train** one classifier per selected model type (dynamic task mapping; queue `gpu`;
    `MELI_TRAIN_CONCURRENCY` at once): early stopping on validation, then (Param `refit`) the served
    model is retrained on train + validation for the chosen epoch count
@@ -34,7 +36,7 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.configuration import conf
 
-from pipelines.config import BALANCE_MODES, DEVICES, INPUT_FORMATS, MODEL_TYPES, TrainConfig
+from pipelines.config import BALANCE_MODES, DEVICES, INPUT_FORMATS, MODEL_TYPES, TRAIN_MODES, TrainConfig
 from pipelines.settings import GateRules, Settings
 
 LISTINGS = Asset("meli_lake_listings")
@@ -116,8 +118,35 @@ def _train_cfg(params) -> TrainConfig:
             description="Also offer the mean of the trained models' probabilities as a challenger (chosen "
             "only if best on validation; scoring then runs every member).",
         ),
+        "mode": Param(
+            _T.mode,
+            enum=list(TRAIN_MODES),
+            title="Training mode",
+            description="auto: warm on ordinary nights, full when no model exists, the last full retrain is older "
+            "than MELI_WARM_MAX_AGE_DAYS or the vocabulary grew past MELI_WARM_MAX_VOCAB_GROWTH; full: every row "
+            "from scratch; warm: start each type from the champion (else latest) weights, train on what is new "
+            "since then plus a replay sample.",
+        ),
+        "replay_rows": Param(
+            _T.replay_rows,
+            type="integer",
+            minimum=0,
+            title="Warm: replayed older rows",
+            description="Older training rows sampled beside the new partitions' rows in a warm run.",
+        ),
+        "warm_epochs": Param(
+            _T.warm_epochs, type="integer", minimum=1, maximum=50, title="Warm: epochs (max, early stopping)"
+        ),
         "epochs": Param(_T.epochs, type="integer", minimum=1, maximum=200, title="Epochs (max, early stopping)"),
         "batch_size": Param(_T.batch_size, type="integer", minimum=1, title="Batch size"),
+        "gpu_batch_size": Param(
+            _T.gpu_batch_size,
+            type="integer",
+            minimum=0,
+            title="Batch size on a GPU",
+            description="On CUDA: this batch size, learning rates scaled by sqrt(gpu_batch_size / batch_size); "
+            "0 = batch_size and the learning rates as given.",
+        ),
         "lr": Param(_T.lr, type="number", exclusiveMinimum=0, title="Learning rate (dense layers)"),
         "embedding_lr": Param(_T.embedding_lr, type="number", exclusiveMinimum=0, title="Learning rate (embedding)"),
         "hidden": Param(_T.hidden, type="integer", minimum=8, title="Hidden units (MLP)"),
@@ -236,9 +265,15 @@ def meli_retrain():
 
     @task
     def embedding(dataset: dict, params=None) -> dict:
-        from pipelines.retrain import step_embedding
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return step_embedding(_settings(), dataset, _train_cfg(params))
+        from pipelines.retrain import step_embedding
+        from pipelines.warm import WarmStartError
+
+        try:
+            return step_embedding(_settings(), dataset, _train_cfg(params))
+        except WarmStartError as exc:  # mode=warm with nothing to start from: a retry would fail the same
+            raise AirflowFailException(str(exc)) from exc
 
     @task
     def model_types(params=None) -> list[str]:

@@ -218,3 +218,41 @@ def test_broken_batch_fails_validation_and_keeps_champion(airflow_home, tmp_path
         ).fetchall()
     run_dates = [json.loads(x)["run_date"] for (x,) in extras]
     assert run_dates and "2030-01-02" not in run_dates
+
+
+def test_second_night_trains_warm_from_the_champion(airflow_home, tmp_path):
+    """The first run trained full (no model existed); a later night on a new partition with
+    mode=warm starts every type from the champion's run, on the new rows plus a replay sample."""
+    import mlflow
+
+    from pipelines.synthetic import write_jsonl
+
+    first = _champion(airflow_home)
+    if first is None:
+        pytest.skip("needs the champion from the first test")
+    uri = f"sqlite:///{airflow_home / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert client.get_model_version("meli-title-classifier", first).tags["meli.mode"] == "full"
+
+    src = write_jsonl(tmp_path / "night2.jsonl.gz", 400, seed=11)
+    conf = {"sources": [str(src)], "run_date": "2029-12-31", "models": ["mlp", "cnn"], "mode": "warm", **FAST}
+    res = dag_test(airflow_home, "meli_retrain", {**conf, "replay_rows": 300, "warm_epochs": 2})
+    assert res["state"].endswith("success"), res
+    (challenger,) = [json.loads(p.read_text()) for p in (airflow_home / "work" / "2029-12-31").glob("challenger.json")]
+    tags = client.get_model_version("meli-title-classifier", challenger["version"]).tags
+    assert tags["meli.mode"] == "warm"
+    assert tags["meli.parent_version"].split(",")[0].split("/")[0] == first  # initialised from the champion
+    # each trained type: warm from the first champion's run, on the new partition + 300 replayed rows
+    runs = client.search_runs(
+        [client.get_run(challenger["run_id"]).info.experiment_id],
+        filter_string="tags.`meli.run_date` = '2029-12-31' and tags.`meli.mode` = 'warm'",
+    )
+    by_type = {r.data.tags["meli.model_type"]: r for r in runs if "meli.model_type" in r.data.tags}
+    assert {"mlp", "cnn"} <= set(by_type)
+    for kind in ("mlp", "cnn"):
+        run = by_type[kind]
+        assert run.data.tags["meli.parent_version"].split("/")[0] == first
+        assert run.data.metrics["train_rows_replayed"] == 300
+        assert 0 < run.data.metrics["train_rows_new"] < run.data.metrics["train_rows"]
+    plan = json.loads((airflow_home / "work" / "2029-12-31" / "embedding" / "warm.json").read_text())
+    assert plan["mode"] == "warm" and plan["new_partitions"] == ["2029-12-31"]
