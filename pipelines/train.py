@@ -468,14 +468,13 @@ class _Fit:
         elif cfg.balance == "sampler":
             sampler_w = 1.0 / counts[y]
 
-        tables = [model.emb.weight] if model.emb.weight.requires_grad else []
-        if model.wide is not None:
-            tables.append(model.wide.table.weight)
-        table_ids = {id(p) for p in tables}
-        dense = [p for p in model.parameters() if p.requires_grad and id(p) not in table_ids]
+        table_params = {id(model.emb.weight)} | ({id(model.wide.table.weight)} if model.wide is not None else set())
+        dense = [p for p in model.parameters() if p.requires_grad and id(p) not in table_params]
         # fused: one kernel per step on CUDA (a step is ~1 ms of GPU work behind ~300 kernel launches)
         opt = torch.optim.AdamW(dense, lr=self.lr, weight_decay=cfg.weight_decay, fused=on_device or None)
-        row_opt = RowAdam(tables, lr=self.embedding_lr)
+        # CPU: the tables' rows live in RowTables during the run; CUDA: the model's own tables
+        tables = None if on_device else RowTables(model)
+        row_opt = RowAdam(_tables(model) if on_device else tables.tensors, lr=self.embedding_lr)
         rng = np.random.default_rng(cfg.seed)
         batch_size = self.batch_size
         steps_per_epoch = math.ceil(len(y) / batch_size)
@@ -512,7 +511,7 @@ class _Fit:
                 set_lr(step)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on_device):
                     # multi-branch models: one loss per branch (an ensemble trained in one pass)
-                    branches, rows = batch_branches(model, self.tokens_t, keys, lens, gather=not on_device)
+                    branches, rows = batch_branches(model, self.tokens_t, keys, lens, not on_device, tables)
                 loss = sum(
                     F.cross_entropy(lg.float(), target, weight=class_w, label_smoothing=cfg.label_smoothing)
                     for lg in branches
@@ -522,12 +521,7 @@ class _Fit:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(dense, 5.0)
                 opt.step()
-                for param, r, leaf in rows:  # CPU: the gathered rows; CUDA: the tables' dense grads
-                    if leaf is None:
-                        row_opt.update_dense(param)
-                    elif leaf.grad is not None:
-                        keep = r != 0  # the padding row stays zero
-                        row_opt.update(param, r[keep], leaf.grad[keep])
+                apply_rows(row_opt, rows, tables)
                 total_loss += loss.detach()
                 nb += 1
                 step += 1
@@ -536,6 +530,8 @@ class _Fit:
                 torch.cuda.synchronize(device)  # the epoch's time includes its queued GPU work
             epoch_s = time.perf_counter() - t0
             seconds += epoch_s
+            if tables is not None:
+                tables.write_back(model)
             model.eval()
             if not on_epoch(model, epoch, float(total_loss) / max(nb, 1), epoch_s):
                 break
@@ -562,12 +558,49 @@ def gather_keys_t(keys, offsets, idx, lens, T: int):
     return torch.where(ar < lens.unsqueeze(1), keys[pos], torch.zeros((), dtype=keys.dtype, device=keys.device))
 
 
-def batch_branches(model, tokens, keys, lengths, gather: bool = True):
+class RowTables:
+    """The embedding rows a CPU training run updates, outside the model: every token row of the
+    token table and of the wide table side by side ([N, dim + wide_dim]: one gather and one row
+    update per step serve both), the wide table's bigram rows apart. ``write_back`` copies them
+    into the model (before it is evaluated or saved)."""
+
+    def __init__(self, model):
+        import torch
+
+        self.dim, self.n = model.emb.weight.shape[1], model.emb.weight.shape[0]
+        self.freeze = not model.emb.weight.requires_grad
+        with torch.no_grad():
+            emb = model.emb.weight.detach()
+            if model.wide is not None:
+                wide = model.wide.table.weight.detach()
+                self.tok = torch.cat([emb, wide[: self.n]], dim=1).contiguous()
+                self.bi = wide[self.n :].clone()
+            else:
+                self.tok, self.bi = emb.clone(), None
+
+    @property
+    def tensors(self) -> list:
+        return [self.tok] + ([self.bi] if self.bi is not None and len(self.bi) else [])
+
+    def write_back(self, model) -> None:
+        import torch
+
+        with torch.no_grad():
+            model.emb.weight.copy_(self.tok[:, : self.dim])
+            if model.wide is not None:
+                model.wide.table.weight[: self.n].copy_(self.tok[:, self.dim :])
+                model.wide.table.weight[self.n :].copy_(self.bi)
+
+
+def batch_branches(model, tokens, keys, lengths, gather: bool = True, tables: RowTables | None = None):
     """One batch of token keys [B, T] through ``model.branches``. Returns (branch logits, rows):
-    rows is [(table, row ids, leaf)] to update after backward. With ``gather`` (CPU) each
-    distinct token of the batch is computed once, over the slice of each table it touches (the
-    leaf, whose gradient is the rows' gradient); without (CUDA) the leaf is None and the tables'
-    own ``.grad`` is dense."""
+    rows is [(table, row ids, leaf)] to update after backward with ``leaf.grad``; row 0 (padding)
+    is never updated.
+
+    ``gather`` (CPU): each distinct token of the batch is computed once, over the rows of
+    ``tables`` (RowTables) it touches, gathered into one leaf: its gradient is the rows' gradient,
+    dense and small. Without (CUDA): the whole model on the ids, leaf None, the tables' own
+    ``.grad`` dense."""
     import torch
 
     mask = keys != 0
@@ -575,37 +608,45 @@ def batch_branches(model, tokens, keys, lengths, gather: bool = True):
         ids = tokens[keys]
         rows = [(p, None, None) for p in _tables(model)]
         return model.forward_branches(ids, lengths), rows
+    tables = tables or RowTables(model)
     # index_select, not advanced indexing: ~6x faster on CPU
     uk, inv = torch.unique(keys, return_inverse=True)
     sub = tokens.index_select(0, uk)  # [U, K] ids of the batch's distinct tokens
-    r_emb, local = torch.unique(sub, return_inverse=True)
+    r_tok, local = torch.unique(sub, return_inverse=True)
     words = sub[:, 0].index_select(0, inv.flatten()).view_as(inv)
-    rows = []
-    emb = model.emb.weight.detach().index_select(0, r_emb)
-    if model.emb.weight.requires_grad:
-        emb.requires_grad_(True)
-        rows.append((model.emb.weight, r_emb, emb))
-    wide = bigrams = None
+    leaf = tables.tok.index_select(0, r_tok).requires_grad_(True)
+    rows = [(tables.tok, r_tok, leaf)]
+    emb, wide, bigrams = leaf[:, : tables.dim], None, None
     if model.wide is not None:
         w = model.wide
-        b = w.bigram_rows(words) if w.cfg.wide_bigrams > 0 and words.shape[1] > 1 else None
-        r_bi, b_local = torch.unique(b, return_inverse=True) if b is not None else (r_emb[:0], None)
-        r_wide = torch.cat([r_emb, r_bi])
-        wide = w.table.weight.detach().index_select(0, r_wide).requires_grad_(True)
-        rows.append((w.table.weight, r_wide, wide))
-        if b is not None:
-            bigrams = w.token_parts(b, b_local + len(r_emb), wide)
+        wide = leaf[:, tables.dim :]
+        if w.cfg.wide_bigrams > 0 and words.shape[1] > 1:
+            b = w.bigram_rows(words)  # rows of the wide table: >= n, 0 = none
+            r_bi, b_local = torch.unique(b, return_inverse=True)
+            bi_leaf = tables.bi.index_select(0, (r_bi - tables.n).clamp(min=0)).requires_grad_(True)
+            rows.append((tables.bi, torch.where(r_bi > 0, r_bi - tables.n + 1, 0), bi_leaf))
+            bigrams = w.token_parts(b, b_local, bi_leaf)
     feats_u = model.token_features(sub, local, emb, wide)
     feats = feats_u.index_select(0, inv.flatten()).view(*inv.shape, feats_u.shape[-1])
-    return model.branches(feats, mask, lengths, words, bigrams), _dedupe_rows(rows)
+    return model.branches(feats, mask, lengths, words, bigrams), rows
 
 
-def _dedupe_rows(rows):
-    """The wide slice holds the padding row twice (tokens and bigrams): keep one copy's gradient."""
-    out = []
-    for p, r, leaf in rows:
-        out.append((p, r, leaf))
-    return out
+def apply_rows(opt: RowAdam, rows, tables: RowTables | None) -> None:
+    """After backward: RowAdam on the rows a batch touched (see ``batch_branches``)."""
+    for target, r, leaf in rows:
+        if leaf is None:
+            opt.update_dense(target)
+            continue
+        if leaf.grad is None:
+            continue
+        g = leaf.grad
+        if tables is not None and target is tables.tok and tables.freeze:
+            g[:, : tables.dim] = 0  # a frozen embedding: only the wide columns learn
+        keep = r != 0
+        rr = r[keep]
+        if tables is not None and target is tables.bi:
+            rr = rr - 1  # bigram rows were shifted by one so that 0 means "none"
+        opt.update(target, rr, g[keep])
 
 
 def _tables(model) -> list:

@@ -13,7 +13,7 @@ import torch
 from pipelines.config import MODEL_TYPES, TrainConfig
 from pipelines.encoded import EncodedDataset, EncodedSplit, encode_dataset, encode_titles, gather_keys
 from pipelines.text import TextConfig, tokenize
-from pipelines.train import RowAdam, batch_branches, gather_keys_t, wide_idf
+from pipelines.train import RowAdam, RowTables, apply_rows, batch_branches, gather_keys_t, wide_idf
 from tests.unit.test_models import TITLES, encoder_and_ft, tiny_model
 
 LONG = " ".join(f"palabra{i}" for i in range(80))  # longer than the tokenizer's 48-token cap
@@ -107,18 +107,15 @@ def test_one_step_of_the_new_loop_gathered_equals_dense(kind, wide):
     y = torch.arange(len(keys)) % 3
     outs = []
     for m, gather in ((model, True), (twin, False)):
-        tables = [m.emb.weight] + ([m.wide.table.weight] if m.wide is not None else [])
-        opt = RowAdam(tables, lr=0.05)
-        branches, rows = batch_branches(m, tokens, keys, lengths, gather=gather)
+        tables = RowTables(m) if gather else None
+        opt = RowAdam(tables.tensors if gather else [m.emb.weight] + ([m.wide.table.weight] if wide else []), lr=0.05)
+        branches, rows = batch_branches(m, tokens, keys, lengths, gather, tables)
         assert len(branches) == (2 if wide else 1) and all(torch.isfinite(b).all() for b in branches)
         loss = sum(torch.nn.functional.cross_entropy(b, y) for b in branches)
         loss.backward()
-        for p, r, leaf in rows:
-            if leaf is None:
-                opt.update_dense(p)
-            else:
-                keep = r != 0
-                opt.update(p, r[keep], leaf.grad[keep])
+        apply_rows(opt, rows, tables)
+        if gather:
+            tables.write_back(m)
         outs.append((torch.stack(branches).detach(), m))
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
     a, b = outs[0][1], outs[1][1]
@@ -131,11 +128,12 @@ def test_one_step_of_the_new_loop_gathered_equals_dense(kind, wide):
 def test_row_update_only_moves_touched_rows():
     model, tokens, keys, lengths = _tiny_batch("mlp")
     before = model.emb.weight.detach().clone()
-    opt = RowAdam([model.emb.weight, model.wide.table.weight], lr=0.05)
-    branches, rows = batch_branches(model, tokens, keys[:2], lengths[:2])
+    tables = RowTables(model)
+    opt = RowAdam(tables.tensors, lr=0.05)
+    branches, rows = batch_branches(model, tokens, keys[:2], lengths[:2], True, tables)
     sum(b.sum() for b in branches).backward()
-    for p, r, leaf in rows:
-        opt.update(p, r[r != 0], leaf.grad[r != 0])
+    apply_rows(opt, rows, tables)
+    tables.write_back(model)
     touched = torch.unique(tokens[keys[:2]])
     moved = (model.emb.weight.detach() != before).any(1).nonzero().flatten()
     assert set(moved.tolist()) <= set(touched.tolist()) - {0} and len(moved) > 0
