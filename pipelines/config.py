@@ -21,8 +21,8 @@ class TrainConfig:
     # registered) weights, vocabulary extended, trained on the partitions new since that model plus a
     # replay sample of older rows; auto: warm unless a rule asks for full (pipelines/warm.py)
     mode: str = "auto"
-    replay_rows: int = 200_000  # warm: older training rows replayed beside the new ones
-    warm_epochs: int = 3  # warm: epochs (max, early stopping) of the selection pass
+    replay_rows: int = 100_000  # warm: older training rows replayed beside the new ones
+    warm_epochs: int = 3  # warm: epochs (max, early stopping); the best epoch is served (no refit pass)
     epochs: int = 15
     batch_size: int = 64
     # on a CUDA device: this batch size, both learning rates scaled by sqrt(gpu_batch_size / batch_size)

@@ -246,11 +246,7 @@ def train_classifier(
         t_idx, n_new, n_replay = warm_rows(
             train_df["ingest_date"].to_numpy(), parent["new_partitions"], cfg.replay_rows, cfg.seed
         )
-        val_dates = read_split(dataset_dir, "validation", columns=["ingest_date"])["ingest_date"].to_numpy()[keep]
-        share = cfg.replay_rows / max(1, len(train_data))
-        v_idx, _, _ = warm_rows(val_dates, parent["new_partitions"], int(round(share * len(keep))), cfg.seed)
         fit_rows = train_data.take(t_idx)
-        refit_rows = EncodedSplit.concat([fit_rows, val_data.take(keep[v_idx])])
         lineage = {
             "meli.mode": "warm",
             "meli.parent_version": parent["version"],
@@ -348,7 +344,9 @@ def train_classifier(
             "train_rows_new": n_new,
             "train_rows_replayed": n_replay,
         }
-        if cfg.refit:  # the served model: same recipe, train + validation rows, best_epoch epochs
+        # the served model: same recipe, train + validation rows, best_epoch epochs. Not in warm mode:
+        # its extra rows would be the new partitions' validation rows (~10% of a night) for twice the time
+        if cfg.refit and mode == "full":
             del model
 
             def on_refit_epoch(model, epoch: int, train_loss: float, epoch_s: float) -> bool:
@@ -380,7 +378,7 @@ def train_classifier(
             "best_epoch": best["epoch"],
             "train_seconds": round(train_seconds, 2),
             "device": str(device),
-            "refit": cfg.refit,
+            "refit": cfg.refit and mode == "full",
             "mode": mode,
             "parent_version": parent["version"] if parent else "",
             "full_run_date": lineage["meli.full_run_date"],
