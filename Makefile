@@ -87,8 +87,9 @@ mlflow-ui: venv
 distributed-test: venv
 	$(PY) -m pytest -q tests/distributed
 
+BENCH ?=
 bench: venv
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(BENCH)
 
 clean:
 	rm -rf $(MELI_HOME)

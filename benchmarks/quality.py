@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         emb = train_embedding(ds["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
         emb_s = time.perf_counter() - t0
+        from pipelines.encoded import encode_dataset
+
+        encode_dataset(ds["dir"], emb["dir"])  # as the DAG's embedding task: once, before the trainings
         titles, y_test = test_df["title"].tolist(), test_df["category"].tolist()
 
         rows, compare = [], []
