@@ -128,20 +128,52 @@ class _KeyTable:
         return out
 
 
-def encode_titles(encoder, titles, table: _KeyTable | None = None) -> tuple[EncodedSplit, _KeyTable]:
-    """Titles -> an EncodedSplit (labels -1) over ``table`` (a new one if None)."""
-    import itertools
-
+def _tokenize_chunk(args) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A worker's share: titles -> (its distinct tokens, its 1-based local keys, lengths)."""
     from pipelines.text import tokenize
 
+    titles, text = args
+    local: dict[str, int] = {}
+    keys: list[int] = []
+    lengths = np.zeros(len(titles), dtype=np.int64)
+    for i, title in enumerate(titles):
+        toks = tokenize(title, text) if title else []
+        lengths[i] = len(toks)
+        for tok in toks:
+            k = local.get(tok)
+            if k is None:
+                k = local[tok] = len(local) + 1
+            keys.append(k)
+    return list(local), np.asarray(keys, dtype=np.int32), lengths
+
+
+def _chunks_in_parallel(chunks: list, workers: int):
+    """Tokenize chunks in ``workers`` processes (in order); in-process when that is not possible
+    (one worker, one chunk, or a daemonic process such as a Celery prefork child)."""
+    import multiprocessing as mp
+
+    if workers > 1 and len(chunks) > 1 and not mp.current_process().daemon:
+        try:
+            with mp.get_context("fork").Pool(min(workers, len(chunks))) as pool:
+                yield from pool.imap(_tokenize_chunk, chunks)
+            return
+        except (OSError, ValueError, AssertionError) as exc:
+            log.warning("encoding in one process (%s)", exc)
+    yield from map(_tokenize_chunk, chunks)
+
+
+def encode_titles(encoder, titles, table: _KeyTable | None = None, workers: int = 1) -> tuple[EncodedSplit, _KeyTable]:
+    """Titles -> an EncodedSplit (labels -1) over ``table`` (a new one if None). Tokenizing runs
+    in ``workers`` processes, chunk by chunk; each chunk's distinct tokens are then mapped to the
+    table's keys (new tokens encoded once), so keys come out as a single process would give them."""
     table = table or _KeyTable(encoder)
-    text = encoder.text
-    key_parts, lengths = [], []
     titles = list(titles)
-    for s in range(0, len(titles), CHUNK):
-        rows = [table.keys_of(tokenize(t, text) if t else []) for t in titles[s : s + CHUNK]]
-        ln = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        key_parts.append(np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(ln.sum())))
+    chunks = [(titles[s : s + CHUNK], encoder.text) for s in range(0, len(titles), CHUNK)]
+    key_parts, lengths = [], []
+    for distinct, local, ln in _chunks_in_parallel(chunks, workers):
+        to_global = np.zeros(len(distinct) + 1, dtype=np.int32)
+        to_global[1:] = table.keys_of(distinct)
+        key_parts.append(to_global[local])
         lengths.append(ln)
     ln = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
     keys = np.concatenate(key_parts) if key_parts else np.zeros(0, dtype=np.int32)
@@ -167,7 +199,7 @@ def encode_dataset(dataset_dir: str | Path, embedding_dir: str | Path) -> dict:
     with atomic_tree(out) as tmp:
         for split in SPLITS:
             titles = pq.read_table(dataset_dir / f"{split}.parquet", columns=["title"]).column(0).to_pylist()
-            enc, table = encode_titles(encoder, titles, table)
+            enc, table = encode_titles(encoder, titles, table, workers=_cores())
             del titles
             y = np.fromiter((index.get(c, -1) for c in cats[split].to_pylist()), dtype=np.int32, count=len(enc))
             np.save(tmp / f"{split}.keys.npy", enc.keys)
@@ -186,6 +218,12 @@ def encode_dataset(dataset_dir: str | Path, embedding_dir: str | Path) -> dict:
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     log.info("encoded %s: %d distinct tokens, %.1fs", counts, meta["distinct_tokens"], meta["seconds"])
     return {"dir": str(out), "distinct_tokens": meta["distinct_tokens"], "seconds": meta["seconds"]}
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def load_encoded(dataset_dir: str | Path, embedding_dir: str | Path) -> EncodedDataset:

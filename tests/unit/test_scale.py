@@ -367,3 +367,15 @@ def test_auto_picks_warm_or_full_by_its_rules(tmp_path, monkeypatch):
     assert p.plan()["reason"] == "no registered model to start from"
     with pytest.raises(WarmStartError, match="no registered model"):
         p.plan(mode="warm")
+
+
+def test_encoding_in_worker_processes_gives_the_same_arrays(monkeypatch):
+    import pipelines.encoded as E
+
+    enc, _ = encoder_and_ft()
+    one, t1 = encode_titles(enc, EDGE * 3)
+    monkeypatch.setattr(E, "CHUNK", 4)  # several chunks, tokenized by two processes
+    two, t2 = encode_titles(enc, EDGE * 3, workers=2)
+    np.testing.assert_array_equal(one.keys, two.keys)
+    np.testing.assert_array_equal(one.offsets, two.offsets)
+    np.testing.assert_array_equal(t1.table(), t2.table())
