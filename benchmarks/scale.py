@@ -312,7 +312,9 @@ def render(rep: dict) -> str:
         "# Scale benchmark (CPU)",
         "",
         f"{rep['started'][:10]} on {platform.node()} ({cpu_name()}, {os.cpu_count()} cores), "
-        f"`python -m benchmarks.scale --rows {rep['rows']} --new-rows {rep['new_rows']}`; {rep['origin']}; "
+        f"`python -m benchmarks.scale --rows {rep['rows']} --new-rows {rep['new_rows']}"
+        + (f" --rss-rows {rep['rss']['rows']}" if rep.get("rss") else "")
+        + f"`; {rep['origin']}; "
         f"total {rep['total_min']} min.",
         "",
         f"## Full stages at {rep['rows']:,} rows (one epoch of each type, the warm night's parent)",
