@@ -269,9 +269,12 @@ def run_summary(settings, run_date: str) -> str:
         if d["champion_macro_recall"] is None
         else (f"{d['champion_macro_recall']:.4f} (v{d['champion_version']})")
     )
+    plan_path = settings.run_dir(run_date) / "embedding" / "warm.json"
+    plan = json.loads(plan_path.read_text()) if plan_path.exists() else {"mode": "full", "reason": "no warm plan"}
     lines = [
         f"== meli-retrain summary for {run_date} (MELI_HOME={settings.home}) ==",
         f"decision:            {d['decision'].upper()} by rule '{d['rule']}': {d['reason']}",
+        f"training mode:       {plan['mode']}: {plan['reason']}",
         f"challenger:          v{d['challenger_version']} ({kind}) "
         f"test macro-recall {d['challenger_macro_recall']:.4f}",
         f"champion:            {champ}",

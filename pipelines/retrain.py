@@ -101,9 +101,10 @@ def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
     base's, continued on the new rows), then the splits encoded once as arrays for the trainings."""
     from pipelines.encoded import encode_dataset
     from pipelines.features import train_embedding
+    from pipelines.lake import atomic_write_json
     from pipelines.text import TextConfig
     from pipelines.train import embedding_config, log_embedding
-    from pipelines.warm import plan_run, warm_embedding
+    from pipelines.warm import PLAN_FILE, plan_run, warm_embedding
 
     plan = plan_run(settings, dataset, cfg, dataset["run_date"])
     if plan["mode"] == "warm":
@@ -111,6 +112,7 @@ def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
     else:
         emb = train_embedding(dataset["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
     emb["plan"] = plan
+    atomic_write_json(Path(emb["dir"]) / PLAN_FILE, plan)  # full or warm, and why: for the summary and people
     emb["encoded"] = encode_dataset(dataset["dir"], emb["dir"])  # every split as arrays, once
     log_embedding(settings, dataset["parent_run_id"], emb, cfg)
     return emb
