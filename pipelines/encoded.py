@@ -152,14 +152,17 @@ def _chunks_in_parallel(chunks: list, workers: int):
     (one worker, one chunk, or a daemonic process such as a Celery prefork child)."""
     import multiprocessing as mp
 
+    pool = None
     if workers > 1 and len(chunks) > 1 and not mp.current_process().daemon:
         try:
-            with mp.get_context("fork").Pool(min(workers, len(chunks))) as pool:
-                yield from pool.imap(_tokenize_chunk, chunks)
-            return
-        except (OSError, ValueError, AssertionError) as exc:
+            pool = mp.get_context("fork").Pool(min(workers, len(chunks)))
+        except (OSError, ValueError, AssertionError) as exc:  # no worker processes here: one process
             log.warning("encoding in one process (%s)", exc)
-    yield from map(_tokenize_chunk, chunks)
+    if pool is None:
+        yield from map(_tokenize_chunk, chunks)
+        return
+    with pool:
+        yield from pool.imap(_tokenize_chunk, chunks)
 
 
 def encode_titles(encoder, titles, table: _KeyTable | None = None, workers: int = 1) -> tuple[EncodedSplit, _KeyTable]:
