@@ -173,9 +173,8 @@ class Runner:
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         if os.waitstatus_to_exitcode(status) != 0:
-            tail = Path(proc.args[0]).name
             logs = sorted((self.home / "bench").glob("*.log"), key=lambda p: p.stat().st_mtime)[-1].read_text()[-3000:]
-            raise RuntimeError(f"stage {name} failed ({tail}):\n{logs}")
+            raise RuntimeError(f"stage {name} failed:\n{logs}")
         return {"stage": name, "wall_s": round(wall, 1), "rss_gb": round(usage.ru_maxrss / 1024**2, 2)}
 
     def run(self, stage: str, **args) -> dict:

@@ -188,6 +188,7 @@ def encode_dataset(dataset_dir: str | Path, embedding_dir: str | Path) -> dict:
     import pyarrow.parquet as pq
 
     from pipelines.features import TitleEncoder
+    from pipelines.ingest import _sha256 as sha256_file
     from pipelines.lake import atomic_tree
 
     dataset_dir, embedding_dir = Path(dataset_dir), Path(embedding_dir)
@@ -215,7 +216,7 @@ def encode_dataset(dataset_dir: str | Path, embedding_dir: str | Path) -> dict:
             "width": encoder.width,
             "distinct_tokens": len(table.rows) - 1,
             "counts": counts,
-            "encoder_sha256": _sha256(embedding_dir / "encoder.json"),
+            "encoder_sha256": sha256_file(embedding_dir / "encoder.json"),
             "seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -231,6 +232,8 @@ def _cores() -> int:
 
 def load_encoded(dataset_dir: str | Path, embedding_dir: str | Path) -> EncodedDataset:
     """The run's encoded splits; encoded now if missing or made with another encoder."""
+    from pipelines.ingest import _sha256
+
     out = Path(dataset_dir).parent / "encoded"
     sha = _sha256(Path(embedding_dir) / "encoder.json")
     try:
@@ -242,13 +245,3 @@ def load_encoded(dataset_dir: str | Path, embedding_dir: str | Path) -> EncodedD
         log.info("%s missing: encoding the splits now", out)
     encode_dataset(dataset_dir, embedding_dir)
     return EncodedDataset.load(out)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
