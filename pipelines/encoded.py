@@ -11,6 +11,9 @@ encoder's width). Distinct tokens are encoded once: the table is small next to t
     <split>.keys.npy      int32 [tokens] every title's keys, titles back to back
     <split>.offsets.npy   int64 [n + 1]  title i is keys[offsets[i]:offsets[i + 1]]
     <split>.labels.npy    int32 [n]      index into labels.json; -1: a class the train split lacks
+    words.json            [V]            the token of each key ("" for row 0)
+    sentence.npy          float16 [V, S] each token's pretrained word vector (pipelines/sentence.py;
+                                         only with a sentence encoder, row 0 = zeros)
     labels.json, meta.json
 
 A batch is an index array: ``EncodedSplit.batch(idx)`` pads its keys in numpy (no per-title Python)
@@ -86,13 +89,23 @@ class EncodedDataset:
     tokens: np.ndarray  # int32 [V, K]
     labels: list[str]
     meta: dict
+    sentence: np.ndarray | None = None  # float16 [V, S]: each token's pretrained vector (or None)
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = True) -> EncodedDataset:
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
-        tokens = np.load(path / "tokens.npy", mmap_mode="r" if mmap else None)
-        return cls(path, tokens, json.loads((path / "labels.json").read_text()), meta)
+        mode = "r" if mmap else None
+        tokens = np.load(path / "tokens.npy", mmap_mode=mode)
+        sentence = np.load(path / "sentence.npy", mmap_mode=mode) if (path / "sentence.npy").exists() else None
+        return cls(path, tokens, json.loads((path / "labels.json").read_text()), meta, sentence)
+
+    @property
+    def sentence_encoder(self) -> str:
+        return self.meta.get("sentence_encoder", "none")
+
+    def words(self) -> list[str]:
+        return json.loads((self.dir / "words.json").read_text())
 
     def split(self, name: str, mmap: bool = True) -> EncodedSplit:
         mode = "r" if mmap else None
@@ -126,6 +139,10 @@ class _KeyTable:
         for i, ids in enumerate(self.rows):
             out[i, : len(ids)] = ids[:width]
         return out
+
+    def words(self) -> list[str]:
+        """The token of every key, in key order ("" for row 0, the padding)."""
+        return ["", *self.key]
 
 
 def _tokenize_chunk(args) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -183,8 +200,12 @@ def encode_titles(encoder, titles, table: _KeyTable | None = None, workers: int 
     return EncodedSplit(keys, _offsets(ln), np.full(len(ln), -1, dtype=np.int32)), table
 
 
-def encode_dataset(dataset_dir: str | Path, embedding_dir: str | Path) -> dict:
-    """Encode the train/validation/test splits of a run once (``<run dir>/encoded/``)."""
+def encode_dataset(
+    dataset_dir: str | Path, embedding_dir: str | Path, sentence: str = "none", cache_root: Path | None = None
+) -> dict:
+    """Encode the train/validation/test splits of a run once (``<run dir>/encoded/``). With a
+    ``sentence`` encoder (pipelines/sentence.py) each distinct token also gets its pretrained
+    vector, from the cross-run cache under ``cache_root`` (encoded there when new)."""
     import pyarrow.parquet as pq
 
     from pipelines.features import TitleEncoder
@@ -211,17 +232,44 @@ def encode_dataset(dataset_dir: str | Path, embedding_dir: str | Path) -> dict:
             np.save(tmp / f"{split}.labels.npy", y)
             counts[split] = {"rows": len(enc), "tokens": int(len(enc.keys))}
         np.save(tmp / "tokens.npy", table.table())
+        words = table.words()
+        (tmp / "words.json").write_text(json.dumps(words))
+        sentence_s = 0.0
+        if sentence != "none":
+            t1 = time.perf_counter()
+            np.save(tmp / "sentence.npy", sentence_vectors(sentence, words, cache_root))
+            sentence_s = round(time.perf_counter() - t1, 2)
         (tmp / "labels.json").write_text(json.dumps(labels))
         meta = {
             "width": encoder.width,
             "distinct_tokens": len(table.rows) - 1,
             "counts": counts,
             "encoder_sha256": sha256_file(embedding_dir / "encoder.json"),
+            "sentence_encoder": sentence,
+            "sentence_seconds": sentence_s,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     log.info("encoded %s: %d distinct tokens, %.1fs", counts, meta["distinct_tokens"], meta["seconds"])
-    return {"dir": str(out), "distinct_tokens": meta["distinct_tokens"], "seconds": meta["seconds"]}
+    return {
+        "dir": str(out),
+        "distinct_tokens": meta["distinct_tokens"],
+        "seconds": meta["seconds"],
+        "sentence_encoder": sentence,
+        "sentence_s": sentence_s,
+    }
+
+
+def sentence_vectors(name: str, words: list[str], cache_root: Path | None) -> np.ndarray:
+    """float16 [len(words), S]: the pretrained vector of each word (row 0, the padding, zeros)."""
+    from pipelines.sentence import WordEncoder, WordVectorCache
+
+    encoder = WordEncoder(name, threads=_cores())
+    if cache_root is None:
+        vectors = encoder.encode_words(words[1:])
+    else:
+        vectors = WordVectorCache(cache_root, encoder).lookup(words[1:])
+    return np.concatenate([np.zeros((1, encoder.dim), dtype=np.float16), vectors])
 
 
 def _cores() -> int:
@@ -230,18 +278,21 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def load_encoded(dataset_dir: str | Path, embedding_dir: str | Path) -> EncodedDataset:
-    """The run's encoded splits; encoded now if missing or made with another encoder."""
+def load_encoded(
+    dataset_dir: str | Path, embedding_dir: str | Path, sentence: str = "none", cache_root: Path | None = None
+) -> EncodedDataset:
+    """The run's encoded splits; encoded now if missing or made with another encoder (or another
+    sentence encoder)."""
     from pipelines.ingest import _sha256
 
     out = Path(dataset_dir).parent / "encoded"
     sha = _sha256(Path(embedding_dir) / "encoder.json")
     try:
         enc = EncodedDataset.load(out)
-        if enc.meta.get("encoder_sha256") == sha:
+        if enc.meta.get("encoder_sha256") == sha and enc.sentence_encoder == sentence:
             return enc
         log.warning("%s was encoded with another encoder: encoding again", out)
     except FileNotFoundError:
         log.info("%s missing: encoding the splits now", out)
-    encode_dataset(dataset_dir, embedding_dir)
+    encode_dataset(dataset_dir, embedding_dir, sentence, cache_root)
     return EncodedDataset.load(out)

@@ -41,6 +41,11 @@ class ModelConfig:
     # and hashed word bigrams) through its own table -> its own classifier head. 0 = off.
     wide_dim: int = 0
     wide_bigrams: int = 0
+    # Pretrained word vectors (pipelines/sentence.py), frozen, read as their mean over the title
+    # (``sentence_mean``) by their own classifier head (own loss, averaged like the wide branch).
+    # 0 = off. (Chosen on validation over joining the mean to the deep model's pooled features:
+    # MLP 0.9403 vs 0.9378, none 0.9370; benchmarks/results/sentence.md.)
+    sentence_dim: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +131,27 @@ def bag_sum(ids: torch.Tensor, table: torch.Tensor, weights: torch.Tensor) -> to
     return out.reshape(*lead, table.shape[1])
 
 
+def sentence_mean(table: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The mean of the titles' pretrained word vectors: ``table`` [V, S] (float16, row 0 = padding)
+    read at ``keys`` [B, T] (0 = padding) -> [B, S] float32. Training and serving both call this,
+    on their own key numbering of the same rows, so a title gets the same bits on both paths."""
+    rows = table.index_select(0, keys.reshape(-1)).view(*keys.shape, table.shape[1]).float()
+    return masked_mean(rows, keys != 0)
+
+
+class SentenceBranch(nn.Module):
+    """The mean of the title's pretrained word vectors -> LayerNorm -> dropout -> classes."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.sentence_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.sentence_dim, cfg.num_classes)
+
+    def forward(self, mean: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(self.norm(mean)))
+
+
 class TitleClassifier(nn.Module):
     """Shared plumbing: the token embedding (mean of a token's K rows), the optional wide branch,
     the two-stage forward. Subclasses implement ``deep(x [B,T,D], mask, lengths) -> logits``.
@@ -141,6 +167,7 @@ class TitleClassifier(nn.Module):
         self.emb = nn.Embedding(cfg.num_embeddings, cfg.dim, padding_idx=0, sparse=True)
         self.emb.weight.requires_grad_(not cfg.freeze_embedding)
         self.wide = WideBag(cfg) if cfg.wide_dim > 0 else None
+        self.sentence = SentenceBranch(cfg) if cfg.sentence_dim > 0 else None
 
     @property
     def feature_dim(self) -> int:
@@ -161,17 +188,22 @@ class TitleClassifier(nn.Module):
     def deep(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def branches(self, feats, mask, lengths, words, bigrams=None) -> list[torch.Tensor]:
-        """``bigrams``: the wide bag of the titles' word bigrams, if the caller computed it."""
+    def branches(self, feats, mask, lengths, words, bigrams=None, sentence=None) -> list[torch.Tensor]:
+        """``bigrams``: the wide bag of the titles' word bigrams, if the caller computed it;
+        ``sentence`` [B, sentence_dim]: the titles' ``sentence_mean`` (models that read it)."""
+        if self.sentence is not None and sentence is None:
+            raise ValueError("this model reads pretrained word vectors: pass their title mean (sentence_mean)")
         out = [self.deep(feats[..., : self.cfg.dim], mask, lengths)]
         if self.wide is not None:
             if bigrams is None:
                 bigrams = self.wide.bigram_parts(words)
             out.append(self.wide(feats[..., self.cfg.dim :], mask, bigrams))
+        if self.sentence is not None:
+            out.append(self.sentence(sentence.float()))
         return out
 
-    def classify(self, feats, mask, lengths, words) -> torch.Tensor:
-        return self.combine(self.branches(feats, mask, lengths, words))
+    def classify(self, feats, mask, lengths, words, sentence=None) -> torch.Tensor:
+        return self.combine(self.branches(feats, mask, lengths, words, sentence=sentence))
 
     @staticmethod
     def combine(branches: list[torch.Tensor]) -> torch.Tensor:
@@ -184,11 +216,12 @@ class TitleClassifier(nn.Module):
         mask = (ids != 0).any(-1)
         return self.token_features(ids), mask, lengths, ids[..., 0]
 
-    def forward_branches(self, ids: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
-        return self.branches(*self._stages(ids, lengths))
+    def forward_branches(self, ids: torch.Tensor, lengths: torch.Tensor, sentence=None) -> list[torch.Tensor]:
+        return self.branches(*self._stages(ids, lengths), sentence=sentence)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.classify(*self._stages(ids, lengths))
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, sentence=None) -> torch.Tensor:
+        """``sentence`` [B, sentence_dim]: the titles' ``sentence_mean`` (models that read it)."""
+        return self.classify(*self._stages(ids, lengths), sentence=sentence)
 
 
 class MLPClassifier(TitleClassifier):

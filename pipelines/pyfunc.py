@@ -78,6 +78,15 @@ class Bundle:
         self.members: list[str] = list(cfg.get("members", []))
         self.models = [self._load_model(path / m) for m in self.members] if self.members else [self._load_model(path)]
         self.model, self.model_cfg = self.models[0], self.models[0].cfg
+        # pretrained word vectors (pipelines/sentence.py): the training vocabulary's rows ship in the
+        # bundle; a word they lack is encoded with the same encoder (its package must be installed)
+        self.sentence = None
+        if any(m.cfg.sentence_dim for m in self.models):
+            from pipelines.sentence import SentenceTable
+
+            if not (path / "sentence" / "meta.json").exists():
+                raise ValueError(f"{path}: the model reads pretrained word vectors but the bundle has no sentence/")
+            self.sentence = SentenceTable(path / "sentence")
         self.max_cached_words = max_cached_words
         self._reset_token_cache()
 
@@ -100,8 +109,11 @@ class Bundle:
 
         self._key: dict[str, int] = {}
         self._pending: list[np.ndarray] = []  # subword ids of keys whose features are not computed yet
+        self._pending_words: list[str] = []  # and their tokens (for the pretrained word vectors)
         self._feats = [torch.zeros(1, m.feature_dim, device=self.device) for m in self.models]  # row 0 = padding
         self._words = torch.zeros(1, dtype=torch.int64, device=self.device)  # word id per key
+        dim = self.sentence.dim if self.sentence is not None else 0
+        self._sent = torch.zeros(1, dim, dtype=torch.float16, device=self.device)  # pretrained vector per key
 
     def encode_keys(self, titles) -> list[list[int]]:
         """Token keys per title (an empty list for a title with no tokens, None or blank)."""
@@ -119,6 +131,7 @@ class Bundle:
                 if k is None:
                     k = key[tok] = base + len(pending)
                     pending.append(self.encoder.token_ids(tok, cache=False))
+                    self._pending_words.append(tok)
                 row.append(k)
             out.append(row)
         return out
@@ -129,7 +142,7 @@ class Bundle:
         if not self._pending:
             return
         width = self.encoder.width
-        new_feats, new_words = [[] for _ in self.models], []
+        new_feats, new_words, new_sent = [[] for _ in self.models], [], []
         with torch.inference_mode():
             for s in range(0, len(self._pending), 8192):
                 part = self._pending[s : s + 8192]
@@ -137,15 +150,21 @@ class Bundle:
                 for i, sub in enumerate(part):
                     ids[i, : len(sub)] = sub[:width]
                 t = torch.from_numpy(ids).to(self.device)
+                if self.sentence is not None:
+                    new_sent.append(torch.from_numpy(self.sentence.lookup(self._pending_words[s : s + 8192])))
                 for feats, model in zip(new_feats, self.models):
                     feats.append(model.token_features(t).float())
                 new_words.append(t[:, 0])
         self._feats = [torch.cat([old, *new]) for old, new in zip(self._feats, new_feats)]
         self._words = torch.cat([self._words, *new_words])
-        self._pending = []
+        if new_sent:
+            self._sent = torch.cat([self._sent, *(v.to(self.device) for v in new_sent)])
+        self._pending, self._pending_words = [], []
 
     def _probabilities_keys(self, keys: list[list[int]], batch_size: int):
         import torch
+
+        from pipelines.models import sentence_mean
 
         self._compute_pending()
         order = np.argsort(np.fromiter(map(len, keys), dtype=np.int64, count=len(keys)), kind="stable")
@@ -155,8 +174,11 @@ class Bundle:
                 k, lengths = pad_keys([keys[i] for i in idx])
                 kt = torch.from_numpy(k).to(self.device, non_blocking=True)
                 mask, lens, words = kt != 0, torch.from_numpy(lengths), self._words[kt]
+                sentence = sentence_mean(self._sent, kt) if self.sentence is not None else None
                 probs = [
-                    torch.softmax(m.classify(f[kt], mask, lens, words).float(), dim=-1)
+                    torch.softmax(
+                        m.classify(f[kt], mask, lens, words, sentence if m.cfg.sentence_dim else None).float(), dim=-1
+                    )
                     for m, f in zip(self.models, self._feats)
                 ]
                 yield idx, probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
@@ -166,6 +188,8 @@ class Bundle:
         """Yield (row indices, class probabilities) batch by batch; batches are length-sorted."""
         import torch
 
+        if self.sentence is not None:
+            raise ValueError("this model reads pretrained word vectors, which need the tokens: use predict_*_keys")
         order = np.argsort([len(e) for e in encoded], kind="stable")
         with torch.inference_mode():
             for s in range(0, len(encoded), batch_size):

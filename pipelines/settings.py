@@ -146,6 +146,11 @@ class Settings:
         return self.home / "work"
 
     @property
+    def sentence_cache_dir(self) -> Path:
+        """Pretrained word vectors kept across runs (pipelines/sentence.py): new words only."""
+        return self.home / "cache" / "sentence"
+
+    @property
     def registry_lock_path(self) -> Path:
         """The gate's lock file: beside the SQLite store, else under MELI_HOME."""
         if self.tracking_uri.startswith("sqlite:///") and self.registry_uri == self.tracking_uri:

@@ -22,6 +22,7 @@ from pipelines.encoded import EncodedSplit, load_encoded
 from pipelines.features import EmbeddingConfig, TitleEncoder, read_split
 from pipelines.lake import atomic_tree
 from pipelines.pyfunc import pick_device
+from pipelines.sentence import dim as sentence_dim
 from pipelines.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -127,11 +128,14 @@ class RowAdam:
                 self.update(p, g.indices()[0], g.values())
 
 
-def _pip_requirements() -> list[str]:
+def _pip_requirements(bundle_dir: Path | None = None) -> list[str]:
     import importlib.metadata as md
 
     pins = []
-    for pkg in ("mlflow", "torch", "gensim", "numpy", "pandas", "pyarrow"):
+    packages = ["mlflow", "torch", "gensim", "numpy", "pandas", "pyarrow"]
+    if bundle_dir is not None and (bundle_dir / "sentence" / "meta.json").exists():  # the word vectors' encoder
+        packages.append(json.loads((bundle_dir / "sentence" / "meta.json").read_text())["package"].split("==")[0])
+    for pkg in packages:
         try:
             pins.append(f"{pkg}=={md.version(pkg).split('+')[0]}")
         except md.PackageNotFoundError:
@@ -227,7 +231,7 @@ def train_classifier(
     if threads and device.type == "cpu":
         torch.set_num_threads(threads)
     encoder = TitleEncoder.load(embedding_dir / "encoder.json")
-    encoded = load_encoded(dataset_dir, embedding_dir)
+    encoded = load_encoded(dataset_dir, embedding_dir, cfg.sentence_encoder, settings.sentence_cache_dir)
     labels = encoded.labels
     train_data, val_data = encoded.split("train"), encoded.split("validation")
     train_df = read_split(dataset_dir, "train", columns=["listing_id", "category", "ingest_date"])
@@ -235,7 +239,7 @@ def train_classifier(
     y_val_names = val_df["category"].tolist()
     y_val = np.asarray(val_data.labels, dtype=np.int64)  # -1: class absent from train
     fit = _Fit(kind, cfg, encoder, labels, device, embedding_dir)
-    fit.set_tokens(encoded.tokens)
+    fit.set_tokens(encoded.tokens, encoded.sentence)
     keep = np.flatnonzero(y_val >= 0)  # a validation row whose class train lacks has no label id
     idf_data = EncodedSplit.concat([train_data, val_data.take(keep)])  # refit's idf: every labelled row
     fit_rows, refit_rows = train_data, idf_data
@@ -266,7 +270,7 @@ def train_classifier(
         n_new, n_replay = len(train_data), 0
 
     def evaluate_split(model) -> tuple[float, float, np.ndarray]:
-        probs, p_true = predict_split(model, fit.tokens_t, val_data, device)
+        probs, p_true = predict_split(model, fit.tokens_t, val_data, device, sent=fit.sent_t)
         p_true = np.where(y_val >= 0, p_true, 1e-9)
         loss = float(-np.log(np.clip(p_true, 1e-9, 1)).mean())
         pred = np.asarray(labels, dtype=object)[probs.argmax(1)]
@@ -371,6 +375,11 @@ def train_classifier(
             (tmp / "labels.json").write_text(json.dumps(labels))
             (tmp / "config.json").write_text(json.dumps({"model": fit.model_cfg.to_dict(), "train": cfg.to_dict()}))
             shutil.copy(embedding_dir / "encoder.json", tmp / "encoder.json")
+            if encoded.sentence is not None:  # what serving needs to give each word the same vector
+                from pipelines.sentence import SentenceTable, WordEncoder
+
+                words, version = encoded.words(), WordEncoder(cfg.sentence_encoder).version
+                SentenceTable.write(tmp / "sentence", cfg.sentence_encoder, words[1:], encoded.sentence[1:], version)
 
         info = _log_served_model(bundle_dir, val_df, best["probs"])
         mlflow.set_tag("meli.model_uri", info.model_uri)  # a later warm run may start from it
@@ -421,6 +430,7 @@ class _Fit:
             vocab_size=len(encoder.itos),
             wide_dim=cfg.wide_dim,
             wide_bigrams=cfg.wide_bigrams if cfg.wide_dim else 0,
+            sentence_dim=sentence_dim(cfg.sentence_encoder),
         )
         ft = FastText.load(str(Path(embedding_dir) / "fasttext.model"))
         self.init_vectors = embedding_matrix(encoder, ft)
@@ -429,11 +439,16 @@ class _Fit:
         self.batch_size, self.lr, self.embedding_lr = effective_recipe(cfg, device)
         self.on_device = device.type == "cuda"
         self.tokens_t = None  # the run's token table on the device (set_tokens)
+        self.sent_t = None  # float16 [V, S]: each token's pretrained vector (a sentence encoder), or None
 
-    def set_tokens(self, tokens: np.ndarray) -> None:
+    def set_tokens(self, tokens: np.ndarray, sentence: np.ndarray | None = None) -> None:
         import torch
 
         self.tokens_t = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(self.device)
+        if self.model_cfg.sentence_dim and sentence is None:
+            raise ValueError(f"sentence_encoder={self.cfg.sentence_encoder!r} but the encoded splits carry no vectors")
+        if sentence is not None and self.model_cfg.sentence_dim:
+            self.sent_t = torch.from_numpy(np.array(sentence, dtype=np.float16)).to(self.device)  # a copy: writable
 
     def new_model(self, data: EncodedSplit):
         """A freshly initialised model (seeded: the same weights every call; warm: the parent's
@@ -513,7 +528,9 @@ class _Fit:
                 set_lr(step)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on_device):
                     # multi-branch models: one loss per branch (an ensemble trained in one pass)
-                    branches, rows = batch_branches(model, self.tokens_t, keys, lens, not on_device, tables)
+                    branches, rows = batch_branches(
+                        model, self.tokens_t, keys, lens, not on_device, tables, self.sent_t
+                    )
                 loss = sum(
                     F.cross_entropy(lg.float(), target, weight=class_w, label_smoothing=cfg.label_smoothing)
                     for lg in branches
@@ -594,10 +611,10 @@ class RowTables:
                 model.wide.table.weight[self.n :].copy_(self.bi)
 
 
-def batch_branches(model, tokens, keys, lengths, gather: bool = True, tables: RowTables | None = None):
+def batch_branches(model, tokens, keys, lengths, gather: bool = True, tables: RowTables | None = None, sent=None):
     """One batch of token keys [B, T] through ``model.branches``. Returns (branch logits, rows):
     rows is [(table, row ids, leaf)] to update after backward with ``leaf.grad``; row 0 (padding)
-    is never updated.
+    is never updated. ``sent``: the pretrained vector of every key (models that read them).
 
     ``gather`` (CPU): each distinct token of the batch is computed once, over the rows of
     ``tables`` (RowTables) it touches, gathered into one leaf: its gradient is the rows' gradient,
@@ -609,7 +626,10 @@ def batch_branches(model, tokens, keys, lengths, gather: bool = True, tables: Ro
     if not gather:
         ids = tokens[keys]
         rows = [(p, None, None) for p in _tables(model)]
-        return model.forward_branches(ids, lengths), rows
+        from pipelines.models import sentence_mean
+
+        sentence = None if sent is None else sentence_mean(sent, keys)
+        return model.forward_branches(ids, lengths, sentence), rows
     tables = tables or RowTables(model)
     # index_select, not advanced indexing: ~6x faster on CPU
     uk, inv = torch.unique(keys, return_inverse=True)
@@ -618,7 +638,7 @@ def batch_branches(model, tokens, keys, lengths, gather: bool = True, tables: Ro
     words = sub[:, 0].index_select(0, inv.flatten()).view_as(inv)
     leaf = tables.tok.index_select(0, r_tok).requires_grad_(True)
     rows = [(tables.tok, r_tok, leaf)]
-    emb, wide, bigrams = leaf[:, : tables.dim], None, None
+    emb, wide, bigrams, sentence = leaf[:, : tables.dim], None, None, None
     if model.wide is not None:
         w = model.wide
         wide = leaf[:, tables.dim :]
@@ -630,7 +650,11 @@ def batch_branches(model, tokens, keys, lengths, gather: bool = True, tables: Ro
             bigrams = w.token_parts(b, b_local, bi_leaf)
     feats_u = model.token_features(sub, local, emb, wide)
     feats = feats_u.index_select(0, inv.flatten()).view(*inv.shape, feats_u.shape[-1])
-    return model.branches(feats, mask, lengths, words, bigrams), rows
+    if sent is not None:
+        from pipelines.models import sentence_mean
+
+        sentence = sentence_mean(sent, keys)
+    return model.branches(feats, mask, lengths, words, bigrams, sentence), rows
 
 
 def apply_rows(opt: RowAdam, rows, tables: RowTables | None) -> None:
@@ -685,11 +709,15 @@ def wide_idf(wide, data: EncodedSplit, tokens: np.ndarray) -> np.ndarray:
     return (np.log((1 + n) / (1 + df)) + 1).astype(np.float32)
 
 
-def predict_split(model, tokens, data: EncodedSplit, device, batch_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def predict_split(
+    model, tokens, data: EncodedSplit, device, batch_size: int = 2048, sent=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (float16 [n, C]) and each row's probability of its label (float32; 0
     where the label is -1) of an encoded split. Every distinct token's features are computed once,
     then titles are classified in length-sorted batches (the serving bundle's path)."""
     import torch
+
+    from pipelines.models import sentence_mean
 
     n = len(data)
     probs = np.zeros((n, model.cfg.num_classes), dtype=np.float16)
@@ -698,6 +726,9 @@ def predict_split(model, tokens, data: EncodedSplit, device, batch_size: int = 2
     with torch.inference_mode():
         tok = tokens if torch.is_tensor(tokens) else torch.from_numpy(np.asarray(tokens, dtype=np.int64))
         tok = tok.to(device)
+        if sent is not None and not torch.is_tensor(sent):
+            sent = torch.from_numpy(np.array(sent, dtype=np.float16))
+        sent = None if sent is None or not model.cfg.sentence_dim else sent.to(device)
         feats = torch.cat([model.token_features(tok[s : s + 16384]).float() for s in range(0, len(tok), 16384)])
         words = tok[:, 0]
         order = np.argsort(data.lengths, kind="stable")
@@ -705,7 +736,9 @@ def predict_split(model, tokens, data: EncodedSplit, device, batch_size: int = 2
             idx = order[s : s + batch_size]
             keys, lengths = data.batch(idx)
             kt = torch.from_numpy(keys).to(device)
-            pr = torch.softmax(model.classify(feats[kt], kt != 0, torch.from_numpy(lengths), words[kt]).float(), -1)
+            sentence = None if sent is None else sentence_mean(sent, kt)
+            logits = model.classify(feats[kt], kt != 0, torch.from_numpy(lengths), words[kt], sentence)
+            pr = torch.softmax(logits.float(), -1)
             pr = pr.cpu().numpy()
             probs[idx] = pr
             yi = y[idx]
@@ -748,7 +781,7 @@ def _log_served_model(bundle_dir: Path, val_df, val_probs: np.ndarray):
         python_model=TitleClassifierModel(),
         artifacts={"bundle": str(bundle_dir)},
         code_paths=[str(REPO_ROOT / "pipelines")],
-        pip_requirements=_pip_requirements(),
+        pip_requirements=_pip_requirements(bundle_dir),
         signature=ModelSignature(inputs=Schema([ColSpec("string", "title")])),
     )
 
@@ -794,8 +827,10 @@ def train_ensemble(
         sources[r["model_type"]] = next(p for p in (local / "artifacts" / "bundle", local / "bundle") if p.is_dir())
     first = sources[results[0]["model_type"]]
     for kind, src in sources.items():
-        for name in ("encoder.json", "labels.json"):
-            if (src / name).read_bytes() != (first / name).read_bytes():
+        for name in ("encoder.json", "labels.json", "sentence/meta.json", "sentence/words.json"):
+            if not (src / name).exists() and not (first / name).exists():
+                continue  # no sentence vectors in either
+            if not (src / name).exists() or (src / name).read_bytes() != (first / name).read_bytes():
                 raise ValueError(f"ensemble members disagree on {name}: {results[0]['model_type']} vs {kind}")
 
     probs = {r["model_type"]: member_val_probs(r, len(val_df)) for r in results}
@@ -811,10 +846,12 @@ def train_ensemble(
 
     bundle_dir = out / "bundle"
     with atomic_tree(bundle_dir) as tmp:
-        for kind in members:
-            shutil.copytree(sources[kind], tmp / "members" / kind)
+        for kind in members:  # the members share the bundle's word vectors (one copy, at its root)
+            shutil.copytree(sources[kind], tmp / "members" / kind, ignore=shutil.ignore_patterns("sentence"))
         for name in ("encoder.json", "labels.json"):
             shutil.copy(first / name, tmp / name)
+        if (first / "sentence").is_dir():
+            shutil.copytree(first / "sentence", tmp / "sentence")
         (tmp / "config.json").write_text(json.dumps({"members": [f"members/{k}" for k in members]}))
     for kind in sources:
         shutil.rmtree(out / kind, ignore_errors=True)

@@ -63,6 +63,15 @@ def _version_info(settings, mv) -> dict:
     }
 
 
+def _sentence_encoder_of(embedding_dir: Path) -> str:
+    """The sentence encoder a run's models read (its encoded splits' meta; older runs: none)."""
+    try:
+        meta = json.loads((Path(embedding_dir).parent / "encoded" / "meta.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return "unknown (its encoded splits are gone)"
+    return meta.get("sentence_encoder", "none")
+
+
 def _holds(info: dict, kind: str) -> bool:
     return info["model_type"] == kind or kind in info["members"]
 
@@ -157,6 +166,12 @@ def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
     want = embedding_config(cfg)
     if old.ngrams is None or old.text != TextConfig() or (old.emb.dim, old.emb.bucket) != (want.dim, want.bucket):
         return full(f"version {base['version']} was trained with other embedding or tokenizer settings")
+    base_sentence = _sentence_encoder_of(emb_dir)
+    if base_sentence != cfg.sentence_encoder:
+        return full(
+            f"version {base['version']} was trained with sentence_encoder={base_sentence} "
+            f"(this run: {cfg.sentence_encoder})"
+        )
     age = (date.fromisoformat(run_date) - date.fromisoformat(base["full_run_date"])).days
     fresh = new_partitions(snap, base["lake_versions"])
     growth = vocab_growth(Path(dataset["dir"]), old, fresh)
@@ -269,7 +284,10 @@ def warm_embedding(dataset_dir: str | Path, plan: dict, seed: int) -> dict:
 # ------------------------------------------------------------------------------------------
 # Weights: a parent's state mapped onto this run's vocabulary and labels
 # ------------------------------------------------------------------------------------------
-ARCH_FIELDS = ("kind", "dim", "hidden", "filter_sizes", "filters", "lstm_hidden", "wide_dim", "wide_bigrams")
+ARCH_FIELDS = (
+    "kind", "dim", "hidden", "filter_sizes", "filters", "lstm_hidden", "wide_dim", "wide_bigrams",
+    "sentence_dim",
+)  # fmt: skip
 
 
 def _row_keys(enc) -> list[str]:

@@ -84,10 +84,15 @@ def test_encode_dataset_writes_every_split_once_and_memory_maps(tmp_path):
             np.testing.assert_array_equal(loaded.tokens[keys[0, :n]], want)
 
 
-def _tiny_batch(kind: str, wide: bool = True):
+def _tiny_batch(kind: str, wide: bool = True, sentence: int = 0):
     torch.manual_seed(0)
     enc, ft = encoder_and_ft()
     model = tiny_model(kind, enc, ft, wide)
+    if sentence:  # the same model with a sentence branch (random vectors: the step does not care)
+        from pipelines.models import ModelConfig, build_model
+
+        base, model = model, build_model(ModelConfig(**{**model.cfg.to_dict(), "sentence_dim": sentence}))
+        model.load_state_dict(base.state_dict(), strict=False)
     split, table = encode_titles(enc, TITLES + ["", "zapatilla nike nueva", "Tenis Adidas corrida Tenis Adidas"])
     tokens = torch.from_numpy(table.table().astype(np.int64))
     keys, lengths = split.batch(np.arange(len(split)))
@@ -95,13 +100,17 @@ def _tiny_batch(kind: str, wide: bool = True):
 
 
 @pytest.mark.parametrize("kind", MODEL_TYPES)
-@pytest.mark.parametrize("wide", [True, False])
-def test_one_step_of_the_new_loop_gathered_equals_dense(kind, wide):
+@pytest.mark.parametrize("wide,sentence", [(True, 0), (False, 0), (True, 24)])
+def test_one_step_of_the_new_loop_gathered_equals_dense(kind, wide, sentence):
     """The CPU step (distinct tokens over gathered table slices, RowAdam.update) and the CUDA step
     (whole tables, dense gradients, RowAdam.update_dense) compute the same logits and the same update."""
     import copy
 
-    model, tokens, keys, lengths = _tiny_batch(kind, wide)
+    model, tokens, keys, lengths = _tiny_batch(kind, wide, sentence)
+    sent = None
+    if sentence:
+        sent = torch.randn(len(tokens), sentence).to(torch.float16)
+        sent[0] = 0
     model.eval()  # no dropout: both paths must agree exactly
     twin = copy.deepcopy(model)
     y = torch.arange(len(keys)) % 3
@@ -109,8 +118,8 @@ def test_one_step_of_the_new_loop_gathered_equals_dense(kind, wide):
     for m, gather in ((model, True), (twin, False)):
         tables = RowTables(m) if gather else None
         opt = RowAdam(tables.tensors if gather else [m.emb.weight] + ([m.wide.table.weight] if wide else []), lr=0.05)
-        branches, rows = batch_branches(m, tokens, keys, lengths, gather, tables)
-        assert len(branches) == (2 if wide else 1) and all(torch.isfinite(b).all() for b in branches)
+        branches, rows = batch_branches(m, tokens, keys, lengths, gather, tables, sent)
+        assert len(branches) == 1 + wide + bool(sentence) and all(torch.isfinite(b).all() for b in branches)
         loss = sum(torch.nn.functional.cross_entropy(b, y) for b in branches)
         loss.backward()
         apply_rows(opt, rows, tables)
@@ -151,8 +160,10 @@ def test_wide_idf_counts_titles_per_id():
     assert idf[enc.stoi["zapatillas"]] == pytest.approx(np.log((1 + n) / 1) + 1)  # in none
 
 
-def test_the_fit_loop_learns_tiny_data(tmp_path):
-    """_Fit.run on encoded rows: a few epochs of each type drive the training loss down."""
+@pytest.mark.parametrize("sentence", ["none", "use"])
+def test_the_fit_loop_learns_tiny_data(tmp_path, sentence):
+    """_Fit.run on encoded rows: a few epochs of each type drive the training loss down (with and
+    without a sentence branch; its vectors here are random: the loop does not care where they come from)."""
     from pipelines.features import TitleEncoder
     from pipelines.train import _Fit
 
@@ -160,10 +171,17 @@ def test_the_fit_loop_learns_tiny_data(tmp_path):
     ft.save(str(tmp_path / "fasttext.model"))
     split, table = encode_titles(enc, TITLES * 8)
     split.labels = np.tile(np.array([0, 1, 2, 0, 1, 2], dtype=np.int32), 8)
+    tokens = table.table()
+    vectors = None
+    if sentence != "none":
+        vectors = np.random.default_rng(0).normal(size=(len(tokens), 512)).astype(np.float16)
+        vectors[0] = 0
     for kind in MODEL_TYPES:
-        cfg = TrainConfig(models=[kind], batch_size=8, hidden=16, wide_dim=8, wide_bigrams=50, seed=1)
+        cfg = TrainConfig(
+            models=[kind], batch_size=8, hidden=16, wide_dim=8, wide_bigrams=50, seed=1, sentence_encoder=sentence
+        )
         fit = _Fit(kind, cfg, TitleEncoder.load(_save(enc, tmp_path)), ["a", "b", "c"], torch.device("cpu"), tmp_path)
-        fit.set_tokens(table.table())
+        fit.set_tokens(tokens, vectors)
         model = fit.new_model(split)
         losses: list[float] = []
         fit.run(model, split, 6, _recorder(losses))
@@ -309,6 +327,8 @@ class _Plan:
             self.emb / "encoder.json"
         )
         (self.emb / "fasttext.model").write_bytes(b"placeholder")
+        (self.emb.parent / "encoded").mkdir()
+        (self.emb.parent / "encoded" / "meta.json").write_text(json.dumps({"sentence_encoder": "use"}))
         self.base = {
             "version": "4",
             "model_type": "mlp",
@@ -343,6 +363,13 @@ def test_auto_picks_warm_or_full_by_its_rules(tmp_path, monkeypatch):
     assert plan["parents"]["mlp"]["new_partitions"] == ["2026-11-10"] and plan["vocab_growth"] == 0.0
 
     assert p.plan(mode="full")["mode"] == "full"
+    # the base read other pretrained word vectors (or its encoded splits are gone): its weights do not fit
+    assert "sentence_encoder=use (this run: none)" in (r := p.plan(sentence_encoder="none"))["reason"]
+    assert r["mode"] == "full"
+    meta = p.emb.parent / "encoded" / "meta.json"
+    meta.rename(meta.with_suffix(".bak"))
+    assert "encoded splits are gone" in (r := p.plan())["reason"] and r["mode"] == "full"
+    meta.with_suffix(".bak").rename(meta)
     p.settings = replace(settings, warm_max_age_days=3)  # last full retrain 2026-11-05: 5 days old
     assert "5 days old" in (r := p.plan())["reason"] and r["mode"] == "full"
     assert p.plan(mode="warm")["mode"] == "warm"  # asked for explicitly: the age rule does not apply
