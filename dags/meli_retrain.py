@@ -11,7 +11,8 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
 3. **prepare** the frozen train/validation/test splits and the parent MLflow run
 4. **embedding**: decides the training mode (Param `mode`: auto/full/warm, `pipelines/warm.py`), trains
    gensim FastText on the training split (warm: continues the champion's on the new rows), then encodes
-   every split once as int32 arrays the training tasks memory-map
+   every split once as int32 arrays the training tasks memory-map, with each distinct word's pretrained
+   multilingual vector (Param `sentence_encoder`; cached across runs, `pipelines/sentence.py`)
 5. **train** one classifier per selected model type (dynamic task mapping; queue `gpu`;
    `MELI_TRAIN_CONCURRENCY` at once): early stopping on validation, then (Param `refit`) the served
    model is retrained on train + validation for the chosen epoch count
@@ -36,7 +37,15 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.configuration import conf
 
-from pipelines.config import BALANCE_MODES, DEVICES, INPUT_FORMATS, MODEL_TYPES, TRAIN_MODES, TrainConfig
+from pipelines.config import (
+    BALANCE_MODES,
+    DEVICES,
+    INPUT_FORMATS,
+    MODEL_TYPES,
+    SENTENCE_ENCODERS,
+    TRAIN_MODES,
+    TrainConfig,
+)
 from pipelines.settings import GateRules, Settings
 
 LISTINGS = Asset("meli_lake_listings")
@@ -105,7 +114,7 @@ def _train_cfg(params) -> TrainConfig:
             "partition stays as it was).",
         ),
         "models": Param(
-            list(MODEL_TYPES),
+            list(_T.models),
             type="array",
             items={"type": "string", "enum": list(MODEL_TYPES)},
             title="Model types",
@@ -117,6 +126,15 @@ def _train_cfg(params) -> TrainConfig:
             title="Ensemble candidate",
             description="Also offer the mean of the trained models' probabilities as a challenger (chosen "
             "only if best on validation; scoring then runs every member).",
+        ),
+        "sentence_encoder": Param(
+            _T.sentence_encoder,
+            enum=list(SENTENCE_ENCODERS),
+            title="Pretrained word vectors",
+            description="use: every model also reads each word's Universal Sentence Encoder multilingual v3 "
+            "vector (es/pt and 14 more languages, computed once per distinct word and cached across runs), "
+            "through its own head averaged with the others; e5: multilingual-e5-small instead (19x slower to "
+            "encode); none: today's models without them.",
         ),
         "mode": Param(
             _T.mode,

@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("\n".join(summary_lines(report)))
     elif args.cmd == "train":
-        from pipelines.retrain import step_embedding, step_ensemble, step_prepare, step_register, step_train
+        from pipelines.retrain import step_embedding, step_ensemble, step_prepare, step_register, step_train_all
         from pipelines.validate import load_report
 
         cfg = _train_cfg(args)
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             validation = None
         dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
         emb = step_embedding(settings, dataset, cfg)
-        trained = [step_train(settings, dataset, emb, kind, cfg) for kind in cfg.models]
+        trained = step_train_all(settings, dataset, emb, cfg)
         results = step_ensemble(settings, dataset, trained, cfg)
         challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
         _print({"trained": results, "challenger": challenger})

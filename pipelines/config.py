@@ -10,13 +10,14 @@ BALANCE_MODES = ("weighted", "sampler", "none")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_FORMATS = ("auto", "jsonl", "challenge_csv", "csv", "parquet")
 TRAIN_MODES = ("auto", "full", "warm")
+SENTENCE_ENCODERS = ("use", "e5", "none")  # pipelines/sentence.py
 
 
 @dataclass
 class TrainConfig:
     """Training hyperparameters. Every field is a CLI flag and an Airflow trigger-form Param."""
 
-    models: list[str] = field(default_factory=lambda: ["mlp"])
+    models: list[str] = field(default_factory=lambda: list(MODEL_TYPES))
     # full: today's recipe on every row; warm: each type starts from the champion's (else the latest
     # registered) weights, vocabulary extended, trained on the partitions new since that model plus a
     # replay sample of older rows; auto: warm unless a rule asks for full (pipelines/warm.py)
@@ -38,6 +39,9 @@ class TrainConfig:
     wide_dim: int = 128
     wide_bigrams: int = 100_000  # hash buckets for word bigrams (0 = no bigrams)
     ensemble: bool = True  # also offer the mean of the trained models as a candidate challenger
+    # pretrained multilingual word vectors read by every model type (pipelines/sentence.py): "use"
+    # (Universal Sentence Encoder multilingual v3), "e5" (multilingual-e5-small) or "none"
+    sentence_encoder: str = "use"
     balance: str = "weighted"
     label_smoothing: float = 0.1
     patience: int = 5
@@ -60,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"models must be a non-empty subset of {MODEL_TYPES}; got {self.models}")
         if self.balance not in BALANCE_MODES:
             raise ValueError(f"balance must be one of {BALANCE_MODES}; got {self.balance!r}")
+        if self.sentence_encoder not in SENTENCE_ENCODERS:
+            raise ValueError(f"sentence_encoder must be one of {SENTENCE_ENCODERS}; got {self.sentence_encoder!r}")
         if self.mode not in TRAIN_MODES:
             raise ValueError(f"mode must be one of {TRAIN_MODES}; got {self.mode!r}")
         if self.replay_rows < 0 or self.warm_epochs < 1:

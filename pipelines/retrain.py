@@ -113,7 +113,8 @@ def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
         emb = train_embedding(dataset["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
     emb["plan"] = plan
     atomic_write_json(Path(emb["dir"]) / PLAN_FILE, plan)  # full or warm, and why: for the summary and people
-    emb["encoded"] = encode_dataset(dataset["dir"], emb["dir"])  # every split as arrays, once
+    # every split as arrays, once; each distinct word's pretrained vector (cached across runs)
+    emb["encoded"] = encode_dataset(dataset["dir"], emb["dir"], cfg.sentence_encoder, settings.sentence_cache_dir)
     log_embedding(settings, dataset["parent_run_id"], emb, cfg)
     return emb
 
@@ -135,6 +136,43 @@ def step_train(
         threads=settings.train_threads(side_by_side),
         plan=embedding.get("plan"),
     )
+
+
+def step_train_all(settings: Settings, dataset: dict, embedding: dict, cfg: TrainConfig) -> list[dict]:
+    """Every model type of ``cfg``, ``settings.train_concurrency`` side by side in worker processes
+    (as the DAG's mapped train tasks run, each with its share of the cores); results in
+    ``cfg.models`` order. One at a time where worker processes cannot start (a daemonic process,
+    such as a Celery prefork child) or only one trains."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    side_by_side = min(settings.train_concurrency, len(cfg.models))
+    if side_by_side <= 1 or mp.current_process().daemon:
+        return [step_train(settings, dataset, embedding, kind, cfg) for kind in cfg.models]
+    from pipelines.tracking import configure
+
+    configure(settings)  # the MLflow store and experiment once, before the workers race for them
+    cost = {"bilstm": 0, "cnn": 1, "mlp": 2}  # slowest first: the last to start is the quickest
+    order = sorted(cfg.models, key=lambda k: cost.get(k, 0))
+    log.info("training %s, %d side by side", order, side_by_side)
+    # spawn: no forked torch/OpenMP state in the workers
+    root = logging.getLogger()
+    fmt = next((h.formatter._fmt for h in root.handlers if h.formatter is not None), None)
+    with ProcessPoolExecutor(
+        max_workers=side_by_side,
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_logging,
+        initargs=(root.level, fmt),
+    ) as pool:
+        futures = {k: pool.submit(step_train, settings, dataset, embedding, k, cfg, side_by_side) for k in order}
+        return [futures[k].result() for k in cfg.models]
+
+
+def _worker_logging(level: int, fmt: str | None) -> None:
+    """A training worker logs (its progress, per epoch) as the process that started it."""
+    logging.basicConfig(level=level, format=fmt or logging.BASIC_FORMAT)
+    for noisy in ("mlflow", "alembic", "great_expectations", "gensim", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def step_ensemble(settings: Settings, dataset: dict, results: list[dict], cfg: TrainConfig) -> list[dict]:
@@ -217,7 +255,7 @@ def run_all(
     validation = step_validate(settings, run_date)
     dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
     emb = step_embedding(settings, dataset, cfg)
-    trained = [step_train(settings, dataset, emb, kind, cfg) for kind in cfg.models]
+    trained = step_train_all(settings, dataset, emb, cfg)
     results = step_ensemble(settings, dataset, trained, cfg)
     challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
     step_evaluate(settings, run_date, challenger)

@@ -31,7 +31,8 @@ def _parse_dags(home, **env) -> dict:
         " 'max_active_runs': bag.dags['meli_retrain'].max_active_runs,"
         " 'train_at_once': bag.dags['meli_retrain'].get_task('train').max_active_tis_per_dagrun,"
         " 'run_cap': bag.dags['meli_retrain'].max_active_tasks,"
-        " 'params': sorted(bag.dags['meli_retrain'].params.keys())}))\n"
+        " 'params': sorted(bag.dags['meli_retrain'].params.keys()),"
+        " 'defaults': {k: v for k, v in bag.dags['meli_retrain'].params.dump().items() if k != 'run_date'}}))\n"
     )
     base = {k: v for k, v in airflow_env(home).items() if k not in ("MELI_TRAIN_CONCURRENCY", "MELI_TORCH_THREADS")}
     r = subprocess.run([sys.executable, "-c", code], env=base | env, capture_output=True, text=True, timeout=120)
@@ -49,6 +50,13 @@ def test_dags_import_cleanly_without_heavy_modules(tmp_path):
     assert out["train_at_once"] == 2  # MELI_TRAIN_CONCURRENCY's default; threads per task follow it
     assert out["run_cap"] == 2  # airflow.cfg's max_active_tasks_per_dag
     assert {"models", "epochs", "refit", "force_promote", "dry_run", "min_improvement", "sources"} <= set(out["params"])
+    # one source of training defaults: the trigger form's are TrainConfig's, as the CLI's (test_cli.py)
+    from pipelines.config import TrainConfig
+
+    want = TrainConfig().to_dict()
+    form = {k: v for k, v in out["defaults"].items() if k in want}
+    assert form == {k: want[k] for k in form} and {"models", "ensemble", "sentence_encoder"} <= set(form)
+    assert form["models"] == ["mlp", "cnn", "bilstm"] and form["sentence_encoder"] == "use"
 
 
 def test_train_concurrency_above_the_run_cap_raises_it(tmp_path):

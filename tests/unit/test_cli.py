@@ -30,6 +30,21 @@ def test_help_shows_every_default():
     assert "(default: champion)" in _subparsers(build_parser())["score"].format_help()
 
 
+def test_train_and_retrain_default_to_the_dags_training_defaults():
+    """One source of defaults: with no flags the CLI trains what the DAG trains (every model type, the
+    ensemble candidate, the sentence features), i.e. TrainConfig(); the DAG's form reads the same
+    (tests/integration/test_dags.py)."""
+    from pipelines.cli import _train_cfg
+    from pipelines.config import MODEL_TYPES, TrainConfig
+
+    for argv in (["train"], ["retrain", "listings.jsonl.gz"]):
+        cfg = _train_cfg(build_parser().parse_args(argv))
+        assert cfg == TrainConfig(), argv
+        assert cfg.models == list(MODEL_TYPES) and cfg.ensemble and cfg.sentence_encoder == "use"
+    cfg = _train_cfg(build_parser().parse_args(["train", "--models", "cnn", "--sentence-encoder", "none"]))
+    assert cfg.models == ["cnn"] and cfg.sentence_encoder == "none"
+
+
 def test_readme_lists_every_command_and_its_flags():
     block = README.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     for name in _subparsers(build_parser()):
