@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="model types trained side by side on the CPU, as the DAG's mapped train tasks "
         "(default: MELI_TRAIN_CONCURRENCY, 2); each gets cores // this many torch threads",
     )
+    ap.add_argument(
+        "--sentence",
+        default=None,
+        help="comma-separated sentence_encoder variants trained side by side in this run, the first the "
+        "challenger's (default: TrainConfig's, then none: each type with and without the pretrained vectors)",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the LinearSVC baseline")
     ap.add_argument("--keep", default=None, help="use (and keep) this MELI_HOME instead of a temp dir")
     ap.add_argument("--out", default=str(RESULTS), help="directory of the markdown result")
@@ -154,7 +160,9 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _train_one(dataset_dir: str, embedding_dir: str, kind: str, cfg_dict: dict, threads: int) -> tuple[dict, float]:
+def _train_one(
+    dataset_dir: str, embedding_dir: str, kind: str, cfg_dict: dict, threads: int, run_date: str
+) -> tuple[dict, float]:
     """One model type in a worker process (MELI_HOME is inherited): its result and wall seconds."""
     setup_logging()
     from pipelines.config import TrainConfig
@@ -163,18 +171,20 @@ def _train_one(dataset_dir: str, embedding_dir: str, kind: str, cfg_dict: dict, 
 
     t0 = time.perf_counter()
     res = train_classifier(
-        get_settings(), dataset_dir, embedding_dir, kind, TrainConfig(**cfg_dict), run_date=RUN_DATE, threads=threads
+        get_settings(), dataset_dir, embedding_dir, kind, TrainConfig(**cfg_dict), run_date=run_date, threads=threads
     )
     return res, time.perf_counter() - t0
 
 
-def train_all(settings, dataset_dir, embedding_dir, cfg, side_by_side: int, threads: int) -> list[tuple[dict, float]]:
+def train_all(
+    settings, dataset_dir, embedding_dir, cfg, side_by_side: int, threads: int, run_date: str = RUN_DATE
+) -> list[tuple[dict, float]]:
     """Every model type, ``side_by_side`` at a time in worker processes (as the DAG's mapped train
     tasks run), each with ``threads`` torch threads; results in ``cfg.models`` order."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    args = [(str(dataset_dir), str(embedding_dir), kind, cfg.to_dict(), threads) for kind in cfg.models]
+    args = [(str(dataset_dir), str(embedding_dir), kind, cfg.to_dict(), threads, run_date) for kind in cfg.models]
     if side_by_side <= 1:
         return [_train_one(*a) for a in args]
     log.info("training %s, %d side by side, %d torch threads each", cfg.models, side_by_side, threads)
@@ -234,10 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         emb_s = time.perf_counter() - t0
         from pipelines.encoded import encode_dataset
 
-        encode_dataset(ds["dir"], emb["dir"])  # as the DAG's embedding task: once, before the trainings
         titles, y_test = test_df["title"].tolist(), test_df["category"].tolist()
+        variants = [v.strip() for v in (args.sentence or f"{cfg.sentence_encoder},none").split(",") if v.strip()]
+        variants = list(dict.fromkeys(variants))
 
-        rows, compare = [], []
+        rows, compare, walls, challengers = [], [], {}, {}
         # On one GPU too: a training step at batch 64 is ~1 ms of GPU work behind ~10 ms of Python and
         # kernel launches, so the types share the GPU as they share the CPU's cores.
         side_by_side = min(settings.train_concurrency, len(cfg.models))
@@ -245,77 +256,107 @@ def main(argv: list[str] | None = None) -> int:
         baseline = None
         if device.type == "cuda" and not args.no_baseline:  # the CPU's cores are idle meanwhile
             baseline = start_baseline(train_df, test_df)
-        t0 = time.perf_counter()
-        trained = train_all(settings, ds["dir"], emb["dir"], cfg, side_by_side, threads)
-        train_wall_s = time.perf_counter() - t0
-        for kind, (res, train_s) in zip(cfg.models, trained, strict=True):
-            bundle = load_served_bundle(res["model_uri"], str(device), home / "served" / kind)
-            scored = score_test(bundle, titles, y_test)
-            client = __import__("mlflow").MlflowClient()
-            hist = client.get_metric_history(res["run_id"], "val_macro_recall")
-            refit = client.get_metric_history(res["run_id"], "refit_train_loss")
-            row = {
-                "model": kind,
-                "device": res["device"],
-                "val_macro_recall": res["val_macro_recall"],
-                "test_macro_recall": scored["macro_recall"],
-                "test_accuracy": scored["accuracy"],
-                "epochs": f"{res['best_epoch']}/{len(hist)}" + (f" + {len(refit)}" if refit else ""),
-                "train_s": train_s,
-                "train_samples_per_s": _metric(res["run_id"], "train_samples_per_s"),
-                "titles_per_s": scored["titles_per_s"],
-            }
-            rows.append(row)
-            log.info("%s: %s", kind, row)
-            if device.type == "cuda":  # the same work on the CPU, for the GPU vs CPU comparison
-                # one selection epoch, no refit: train samples/s counts the selection pass only
-                cpu_cfg = TrainConfig(**{**cfg.to_dict(), "device": "cpu", "epochs": 1, "patience": 1, "refit": False})
-                cpu_res = train_classifier(settings, ds["dir"], emb["dir"], kind, cpu_cfg, run_date=RUN_DATE + "-cpu")
-                cpu_bundle = load_served_bundle(res["model_uri"], "cpu", home / "served-cpu" / kind)
-                compare.append(
-                    {
-                        "model": kind,
-                        "gpu_train": row["train_samples_per_s"],
-                        "cpu_train": _metric(cpu_res["run_id"], "train_samples_per_s"),
-                        "gpu_score": row["titles_per_s"],
-                        "cpu_score": score_test(cpu_bundle, titles, y_test)["titles_per_s"],
-                    }
-                )
-            del bundle
-        if len(trained) >= 2 and cfg.ensemble:  # the mean of the trained models: one more candidate
+        for vi, variant in enumerate(variants):
+            vcfg = TrainConfig(**{**cfg.to_dict(), "sentence_encoder": variant})
+            run_date = RUN_DATE if vi == 0 else f"{RUN_DATE}-{variant}"
+            ds_dir = Path(ds["dir"])
+            if vi:  # each variant its own run dir: its own encoded splits beside the same dataset
+                ds_dir = Path(settings.run_dir(run_date)) / "dataset"
+                shutil.copytree(ds["dir"], ds_dir, dirs_exist_ok=True)
             t0 = time.perf_counter()
-            ens = train_ensemble(settings, ds["dir"], [r for r, _ in trained], None, RUN_DATE)
-            ens_s = time.perf_counter() - t0
-            bundle = load_served_bundle(ens["model_uri"], str(device), home / "served" / "ensemble")
-            scored = score_test(bundle, titles, y_test)
-            rows.append(
-                {
-                    "model": "ensemble (" + "+".join(ens["members"]) + ")",
-                    "device": ens["device"],
-                    "val_macro_recall": ens["val_macro_recall"],
+            # as the DAG's embedding task: once, before the trainings (word vectors cached across runs)
+            enc = encode_dataset(ds_dir, emb["dir"], variant, settings.sentence_cache_dir)
+            encode_s = time.perf_counter() - t0
+            label = (lambda kind: kind) if vi == 0 else (lambda kind, v=variant: f"{kind} (sentence_encoder={v})")
+            t0 = time.perf_counter()
+            trained = train_all(settings, ds_dir, emb["dir"], vcfg, side_by_side, threads, run_date)
+            train_wall_s = time.perf_counter() - t0
+            v_rows = []
+            for kind, (res, train_s) in zip(vcfg.models, trained, strict=True):
+                bundle = load_served_bundle(res["model_uri"], str(device), home / "served" / run_date / kind)
+                scored = score_test(bundle, titles, y_test)
+                client = __import__("mlflow").MlflowClient()
+                hist = client.get_metric_history(res["run_id"], "val_macro_recall")
+                refit = client.get_metric_history(res["run_id"], "refit_train_loss")
+                row = {
+                    "model": label(kind),
+                    "device": res["device"],
+                    "val_macro_recall": res["val_macro_recall"],
                     "test_macro_recall": scored["macro_recall"],
                     "test_accuracy": scored["accuracy"],
-                    "train_s": train_wall_s + ens_s,
+                    "epochs": f"{res['best_epoch']}/{len(hist)}" + (f" + {len(refit)}" if refit else ""),
+                    "train_s": train_s,
+                    "train_samples_per_s": _metric(res["run_id"], "train_samples_per_s"),
                     "titles_per_s": scored["titles_per_s"],
                 }
-            )
-            log.info("ensemble: %s", rows[-1])
-        challenger = max(rows, key=lambda r: r["val_macro_recall"])
-        challenger["model"] += " = challenger"
-        log.info("challenger (best on validation): %s", challenger["model"])
+                v_rows.append(row)
+                log.info("%s: %s", row["model"], row)
+                if device.type == "cuda" and vi == 0:  # the same work on the CPU, for the GPU vs CPU comparison
+                    # one selection epoch, no refit: train samples/s counts the selection pass only
+                    cpu_cfg = TrainConfig(**{**vcfg.to_dict(), "device": "cpu", "epochs": 1, "patience": 1})
+                    cpu_cfg.refit = False
+                    cpu_res = train_classifier(settings, ds_dir, emb["dir"], kind, cpu_cfg, run_date=run_date + "-cpu")
+                    cpu_bundle = load_served_bundle(res["model_uri"], "cpu", home / "served-cpu" / kind)
+                    compare.append(
+                        {
+                            "model": kind,
+                            "gpu_train": row["train_samples_per_s"],
+                            "cpu_train": _metric(cpu_res["run_id"], "train_samples_per_s"),
+                            "gpu_score": row["titles_per_s"],
+                            "cpu_score": score_test(cpu_bundle, titles, y_test)["titles_per_s"],
+                        }
+                    )
+                del bundle
+            if len(trained) >= 2 and vcfg.ensemble:  # the mean of the trained models: one more candidate
+                t0 = time.perf_counter()
+                ens = train_ensemble(settings, ds_dir, [r for r, _ in trained], None, run_date)
+                ens_s = time.perf_counter() - t0
+                bundle = load_served_bundle(ens["model_uri"], str(device), home / "served" / run_date / "ensemble")
+                scored = score_test(bundle, titles, y_test)
+                v_rows.append(
+                    {
+                        "model": label("ensemble (" + "+".join(ens["members"]) + ")"),
+                        "device": ens["device"],
+                        "val_macro_recall": ens["val_macro_recall"],
+                        "test_macro_recall": scored["macro_recall"],
+                        "test_accuracy": scored["accuracy"],
+                        "train_s": train_wall_s + ens_s,
+                        "titles_per_s": scored["titles_per_s"],
+                    }
+                )
+                log.info("ensemble: %s", v_rows[-1])
+                train_wall_s += ens_s
+            best = max(v_rows, key=lambda r: r["val_macro_recall"])
+            challengers[variant] = dict(best)
+            best["model"] += " = challenger" if vi == 0 else " = its challenger"
+            log.info("%s challenger (best on validation): %s", variant, best["model"])
+            walls[variant] = {"encode_s": encode_s, "train_s": train_wall_s, "sentence_s": enc.get("sentence_s", 0)}
+            rows += v_rows
+        train_wall_s = walls[variants[0]]["train_s"]
         if not args.no_baseline:
             rows.append(baseline.result() if baseline else run_baseline(train_df, test_df))
         total_s = time.perf_counter() - t_start
 
         table = render_table(rows)
-        if not args.no_baseline:
-            base = rows[-1]["test_macro_recall"]
-            best = challenger["test_macro_recall"]
+        base = rows[-1]["test_macro_recall"] if not args.no_baseline else None
+        for vi, (variant, ch) in enumerate(challengers.items()):
+            best = ch["test_macro_recall"]
             table += (
-                f"\n\nChallenger (chosen on validation): {challenger['model'].split(' = ')[0]}, test macro-recall "
-                f"{best:.4f} vs baseline {base:.4f} ({best - base:+.4f}); target >= 0.95 and above the baseline: "
-                f"{'met' if best >= 0.95 and best > base else 'NOT met'}."
+                f"\n\n{'Challenger' if vi == 0 else 'With sentence_encoder=' + variant + ', the challenger would be'} "
+                f"(chosen on validation): {ch['model']}, test macro-recall {best:.4f}"
+                + (f" vs baseline {base:.4f} ({best - base:+.4f})" if base is not None else "")
+                + (f"; target >= {TARGET} and above the baseline: " if vi == 0 and base is not None else "")
+                + (("met" if best >= TARGET and best > base else "NOT met") if vi == 0 and base is not None else "")
+                + "."
             )
+        default_wall = walls[variants[0]]
+        table += (
+            f"\n\nThe default set ({', '.join(cfg.models)}"
+            f"{' + ensemble' if cfg.ensemble else ''}, sentence_encoder={variants[0]}) took "
+            f"{(default_wall['encode_s'] + default_wall['train_s']) / 60:.1f} min: encoding the splits "
+            f"{default_wall['encode_s']:.0f} s (of which word vectors {default_wall['sentence_s']:.0f} s), "
+            f"training {default_wall['train_s'] / 60:.1f} min (target < 45 min)."
+        )
         print(table)
         out = Path(args.out) / f"quality-{device.type}.md"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -324,12 +365,63 @@ def main(argv: list[str] | None = None) -> int:
             "threads": threads,
             "wall_s": train_wall_s,
         }
+        runs = record_run(Path(args.out) / f"quality-{device.type}-runs.jsonl", argv, cfg, challengers, rows, walls)
+        table += "\n\n" + summarize_runs(runs, cfg)
         out.write_text(report(args, argv, data, ing, ds, emb, emb_s, cfg, table, compare, total_s, training))
         print(f"\nwrote {out} (total {total_s / 60:.1f} min)", file=sys.stderr)
     finally:
         if not args.keep:
             shutil.rmtree(home, ignore_errors=True)
     return 0
+
+
+TARGET = 0.955
+
+
+def record_run(path: Path, argv, cfg, challengers: dict, rows: list[dict], walls: dict) -> list[dict]:
+    """Append this run to the runs file (every run of the benchmark, none picked); return the runs
+    made with this run's configuration."""
+    import json
+
+    keys = ("model", "val_macro_recall", "test_macro_recall")
+    entry = {
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "argv": list(argv if argv is not None else sys.argv[1:]),
+        "config": cfg.to_dict(),
+        "challengers": {
+            v: {k: c[k] for k in ("model", "val_macro_recall", "test_macro_recall")} for v, c in challengers.items()
+        },
+        "rows": [{k: r.get(k) for k in keys} for r in rows],
+        "walls": walls,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in runs if r["config"] == entry["config"]]
+
+
+def summarize_runs(runs: list[dict], cfg) -> str:
+    """Mean and spread of the challenger's test macro-recall over every recorded run of this config."""
+    import statistics
+
+    lines = [
+        f"## Every run of this configuration ({len(runs)}, from `{RESULTS.name}/quality-<device>-runs.jsonl`)",
+        "",
+        "| variant | runs | challenger test macro-recall: mean | min | max | stdev | each run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    variants = list(dict.fromkeys(v for r in runs for v in r["challengers"]))
+    for v in variants:
+        xs = [r["challengers"][v]["test_macro_recall"] for r in runs if v in r["challengers"]]
+        sd = f"{statistics.stdev(xs):.4f}" if len(xs) > 1 else "-"
+        each = ", ".join(f"{x:.4f}" for x in xs)
+        lines.append(
+            f"| sentence_encoder={v} | {len(xs)} | {statistics.mean(xs):.4f} | {min(xs):.4f} | {max(xs):.4f} | {sd} "
+            f"| {each} |"
+        )
+    return "\n".join(lines)
 
 
 def render_table(rows: list[dict]) -> str:
