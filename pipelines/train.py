@@ -172,6 +172,9 @@ def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainC
         encoded = emb.get("encoded")
         if encoded:
             mlflow.log_metrics({"encode_seconds": encoded["seconds"], "encoded_tokens": encoded["distinct_tokens"]})
+            mlflow.log_param("sentence_encoder", encoded.get("sentence_encoder", "none"))
+            if encoded.get("sentence_encoder", "none") != "none":
+                mlflow.log_metric("sentence_vector_seconds", encoded.get("sentence_s", 0.0))
         plan = emb.get("plan")
         if plan:
             mlflow.set_tags({"meli.mode": plan["mode"], "meli.mode_reason": plan["reason"][:4000]})
