@@ -47,10 +47,6 @@ def dim(name: str) -> int:
     return ENCODERS[name][2] if name in ENCODERS else 0
 
 
-def _threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 class WordEncoder:
     """One pretrained encoder, loaded lazily; ``encode_words`` -> float16 [N, dim]."""
 
@@ -58,7 +54,9 @@ class WordEncoder:
         if name not in ENCODERS:
             raise ValueError(f"unknown sentence encoder {name!r}; choose from {sorted(ENCODERS)} or 'none'")
         self.name, self.dim = name, ENCODERS[name][2]
-        self.threads = threads or _threads()
+        from pipelines.encoded import _cores
+
+        self.threads = threads or _cores()  # the task's cores, as the encoding workers
         self._model = None
 
     def _load(self):
