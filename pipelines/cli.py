@@ -183,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+    p.add_argument(
+        "--shadow",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also score with the newest registered version above the served one (lake/shadow/run_date=D/, or "
+        "<output stem>.shadow-vN.parquet beside --output) and write an agreement report (default: MELI_SHADOW, on)",
+    )
 
     p = sub.add_parser("summary", help="what a run produced: decision, partition, Data Docs, MLflow run, scores")
     p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
@@ -414,7 +421,16 @@ def main(argv: list[str] | None = None) -> int:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             stem = Path(args.input.rstrip("/")).name.split(".")[0] or "input"
             output = settings.home / "adhoc" / "scored" / f"{stem}-{stamp}.parquet"
-        r = score(settings, args.input, output, args.model, args.format, run_date, progress=not args.no_progress)
+        r = score(
+            settings,
+            args.input,
+            output,
+            args.model,
+            args.format,
+            run_date,
+            progress=not args.no_progress,
+            shadow=args.shadow,
+        )
         _print(r.to_dict())
     elif args.cmd == "summary":
         print(run_summary(settings, run_date))

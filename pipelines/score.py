@@ -59,6 +59,9 @@ class ScoreResult:
     reasons: dict
     seconds: float
     rows_per_s: float
+    # the challenger's shadow scores and agreement report (pipelines/shadow.py): a small summary,
+    # {"error": ...} when the shadow part failed, None when shadow is off or there is no challenger
+    shadow: dict | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -136,10 +139,15 @@ def score(
     chunk_rows: int = CHUNK_ROWS,
     progress: bool = True,
     on_resolved: Callable[[str, str], None] | None = None,
+    shadow: bool | None = None,
 ) -> ScoreResult:
     """Score ``input_path`` into ``output`` (a .parquet file) or, without it, into the lake's
     ``scored/run_date=D`` partition (a new version, committed atomically). An input with no
-    scorable row raises ``NothingScorable`` and writes nothing."""
+    scorable row raises ``NothingScorable`` and writes nothing.
+
+    ``shadow`` (None = ``settings.shadow``): once these scores are committed, a registered version
+    newer than the one served also scores the input, beside them, and an agreement report is
+    written (pipelines/shadow.py); a failure there is logged and returned, never raised."""
     if not Path(input_path).is_dir():  # a bad input fails before the model is loaded
         check_input_file(Path(input_path))
     name, version = resolve_model(settings, model)
@@ -147,34 +155,21 @@ def score(
         on_resolved(name, version)  # hook for tests: e.g. move the alias mid-run
     log.info("scoring %s with %s version %s", input_path, name, version)
     bundle = load_bundle(name, version)
-    scored_at = datetime.now(UTC)
-    src = str(Path(input_path).resolve())
-    stats = {"rows": 0, "scored": 0, "unscorable": 0, "reasons": {}}
+    stats = new_stats()
     t0 = time.perf_counter()
+    if output is None:
+        run_date = run_date or datetime.now(UTC).date().isoformat()
+        out = settings.scored_dir / f"run_date={run_date}"
+    else:
+        out = Path(output)
     bar = _Progress(0, progress)
-
-    def write_all(path: Path) -> None:
-        with pq.ParquetWriter(path, SCORED_SCHEMA, compression="zstd") as writer:
-            for chunk in iter_chunks(input_path, fmt, chunk_rows):
-                table = _score_chunk(chunk, bundle, name, version, scored_at, src, stats)
-                writer.write_table(table)
-                bar.update(table.num_rows, stats["rows"], t0)
-        if stats["scored"] == 0:  # raised before the output is committed: earlier scores stay
-            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(stats["reasons"].items())) or "no rows"
-            raise NothingScorable(
-                f"{input_path}: nothing scorable in {stats['rows']} rows ({reasons}); nothing written"
-            )
-
     try:
-        if output is not None:
-            out = Path(output)
-            with atomic_file(out) as tmp:
-                write_all(tmp)
-        else:
-            run_date = run_date or datetime.now(UTC).date().isoformat()
-            out = settings.scored_dir / f"run_date={run_date}"
-            with commit_partition(out, settings.lake_keep_versions, settings.lock_timeout_s) as pending:
-                write_all(pending.dir / "part-00000.parquet")
+        written = write_output(
+            settings,
+            out,
+            output is None,
+            lambda path: write_scores(path, input_path, fmt, chunk_rows, bundle, name, version, stats, bar, t0),
+        )
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -190,7 +185,54 @@ def score(
         rows_per_s=round(stats["rows"] / max(seconds, 1e-9), 1),
     )
     log.info("scoring done: %s", result)
+    if settings.shadow if shadow is None else shadow:  # after the served scores are committed
+        from pipelines.shadow import run_shadow
+
+        result.shadow = run_shadow(
+            settings, result, input_path, fmt, chunk_rows, run_date, written, output is None, progress
+        )
     return result
+
+
+def new_stats() -> dict:
+    return {"rows": 0, "scored": 0, "unscorable": 0, "reasons": {}}
+
+
+def write_output(settings: Settings, out: Path, partition: bool, write: Callable[[Path], None]) -> Path:
+    """Run ``write(path)`` into a new committed version of the lake partition ``out`` (``partition``)
+    or atomically into the file ``out``; return the data file as committed."""
+    if not partition:
+        with atomic_file(out) as tmp:
+            write(tmp)
+        return out
+    with commit_partition(out, settings.lake_keep_versions, settings.lock_timeout_s) as pending:
+        write(pending.dir / "part-00000.parquet")
+    return pending.dir / "part-00000.parquet"
+
+
+def write_scores(
+    path: Path,
+    input_path: str | Path,
+    fmt: str,
+    chunk_rows: int,
+    bundle,
+    name: str,
+    version: str,
+    stats: dict,
+    bar: _Progress,
+    t0: float,
+) -> None:
+    """Score the input chunk by chunk (bounded memory) with one model version into ``path``."""
+    scored_at = datetime.now(UTC)
+    src = str(Path(input_path).resolve())
+    with pq.ParquetWriter(path, SCORED_SCHEMA, compression="zstd") as writer:
+        for chunk in iter_chunks(input_path, fmt, chunk_rows):
+            table = _score_chunk(chunk, bundle, name, version, scored_at, src, stats)
+            writer.write_table(table)
+            bar.update(table.num_rows, stats["rows"], t0)
+    if stats["scored"] == 0:  # raised before the output is committed: earlier scores stay
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(stats["reasons"].items())) or "no rows"
+        raise NothingScorable(f"{input_path}: nothing scorable in {stats['rows']} rows ({reasons}); nothing written")
 
 
 def resolve_input(settings: Settings, given: str, asset_extras: list[dict] | None = None) -> str:
