@@ -20,9 +20,13 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
 7. **register** the best on validation as a new model version (the challenger)
 8. **evaluate** challenger and current champion on the same test rows
 9. **gate**: promote (alias `champion`, old one keeps `previous`) or reject, and record why: the
-   decision (rule, both macro-recalls, CI) becomes the run's note, and the run's *Gate decision* tab
-   shows its full report
-10. **announce_champion** emits the `meli_champion` asset only when a new champion was promoted
+   decision (rule, both macro-recalls, CI, behavioural checks) becomes the run's note, and the run's
+   *Gate decision* tab shows its full report. Every version has a *model card* (`/meli/cards/<version>`)
+10. **approve_promotion** (Param `require_approval`, `MELI_REQUIRE_APPROVAL`): a promotion the gate decided
+   waits here, on the *Required Actions* page, with the evidence; Approve moves the alias, Reject (or no
+   answer within `MELI_APPROVAL_TIMEOUT_H` hours) keeps the champion; who, when and why are recorded.
+   Skipped when no approval is required or the gate rejected
+11. **announce_champion** emits the `meli_champion` asset only when a new champion was promoted
 
 Operators: trigger with the form to change sources, models, hyperparameters and gate rules;
 `force_promote` and `dry_run` are there for exceptional cases. Everything lands under `$MELI_HOME`.
@@ -34,9 +38,10 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, Param, TriggerRule, dag, task
 from airflow.sdk.configuration import conf
 
+from pipelines.approval import approval_operator
 from pipelines.config import (
     BALANCE_MODES,
     DEVICES,
@@ -59,6 +64,7 @@ MAX_ACTIVE_TASKS = max(conf.getint("core", "max_active_tasks_per_dag"), TRAIN_CO
 
 _T = TrainConfig()
 _G = GateRules()
+_S = Settings()
 
 
 def _settings():
@@ -214,6 +220,22 @@ def _train_cfg(params) -> TrainConfig:
             maximum=1,
             title="Gate: reject if more than this share of categories collapse",
         ),
+        "min_behaviour_pass": Param(
+            _G.min_behaviour_pass,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Gate: minimum share passing the behavioural checks",
+            description="Reject when fewer test titles keep their prediction under case/accent/space/punctuation "
+            "changes, or fewer reviewed minimum-function cases are right, than this share.",
+        ),
+        "require_approval": Param(
+            _S.require_approval,
+            type="boolean",
+            title="Require a person's approval",
+            description="A promotion the gate decides waits on the Required Actions page (task approve_promotion) "
+            f"with the evidence; Reject or no answer within {_S.approval_timeout_h:g} h keeps the champion.",
+        ),
         "force_promote": Param(
             False,
             type="boolean",
@@ -335,36 +357,62 @@ def meli_retrain():
         return step_evaluate(_settings(), dataset["run_date"], challenger)
 
     @task
-    def gate(challenger: dict, dataset: dict, evaluation: dict, params=None, dag_run=None) -> dict:
+    def gate(challenger: dict, dataset: dict, evaluation: dict, params=None, dag_run=None, ti=None) -> dict:
         from pipelines.retrain import step_gate
 
         rules = {
-            k: params[k] for k in ("min_improvement", "min_macro_recall", "max_class_drop", "max_share_classes_dropped")
+            k: params[k]
+            for k in (
+                "min_improvement",
+                "min_macro_recall",
+                "max_class_drop",
+                "max_share_classes_dropped",
+                "min_behaviour_pass",
+            )
         }
         from pipelines.airflow_ui import post_run_note
+        from pipelines.approval import approval_body, card_url, decision_url
         from pipelines.registry import decision_note
 
+        settings = _settings()
         decision = step_gate(
-            _settings(),
+            settings,
             dataset["run_date"],
             challenger,
             dataset["parent_run_id"],
             bool(params["force_promote"]),
             bool(params["dry_run"]),
             dag_run.run_id,
+            require_approval=bool(params["require_approval"]),
             **rules,
         )
         print(decision_note(decision))  # in the task log; the run's note and "Gate decision" tab too
         base_url = conf.get("api", "base_url", fallback="") or "http://{}:{}".format(
             conf.get("api", "host", fallback="127.0.0.1"), conf.get("api", "port", fallback="8080")
         )
+        print(f"model card: {card_url(base_url, decision['challenger_version'])}")
+        if decision["decision"] == "pending_approval":  # the evidence the approval page shows
+            links = {
+                "Model card": card_url(base_url, decision["challenger_version"]),
+                "Gate decision": decision_url(base_url, dag_run.dag_id, dag_run.run_id),
+            }
+            ti.xcom_push(key="approval_body", value=approval_body(settings, decision, links))
         post_run_note(base_url, dag_run.dag_id, dag_run.run_id)
         return decision
 
-    @task.short_circuit(outlets=[CHAMPION])
-    def announce_champion(decision: dict) -> bool:
+    # skipped by the approval task on Reject; runs after it on Approve, or when it was not needed
+    @task.short_circuit(outlets=[CHAMPION], trigger_rule=TriggerRule.NONE_FAILED)
+    def announce_champion(decision: dict, dag_run=None) -> bool:
         """Emit the champion asset (scheduling meli_score) only when a new champion was promoted."""
+        if decision["decision"] == "pending_approval":  # answered since: the record says how
+            from pipelines.registry import decision_for_run
+
+            decision = (decision_for_run(_settings(), dag_run.run_id) or {"decision": decision})["decision"]
         return decision["decision"] == "promoted"
+
+    approve_promotion = approval_operator(
+        task_id="approve_promotion", gate_task_id="gate", timeout_h=_S.approval_timeout_h, retries=0
+    )
 
     ingested = ingest()
     validation = validate(ingested)
@@ -373,7 +421,8 @@ def meli_retrain():
     results = train.partial(dataset=dataset, emb=emb).expand(kind=model_types())
     challenger = register(ensemble(results, dataset), dataset)
     evaluation = evaluate(challenger, dataset)
-    announce_champion(gate(challenger, dataset, evaluation))
+    decision = gate(challenger, dataset, evaluation)
+    decision >> approve_promotion >> announce_champion(decision)
 
 
 meli_retrain()

@@ -4,6 +4,8 @@
   (or says clearly that the run has no validation report yet);
 * ``/meli/runs/{dag_id}/{run_id}/decision`` shows that run's gate decision (rule, both
   macro-recalls, the CI) rendered from its ``decision.md``;
+* ``/meli/cards/{version}`` is the model card of a registered version (HTML, rebuilt from the records
+  when missing); ``/meli/runs/{dag_id}/{run_id}/card`` redirects to the card of the run's challenger;
 * ``POST /meli/runs/{dag_id}/{run_id}/note`` (called by the gate task) copies that decision into
   the DAG run's note, so the run page says what happened. It takes no input: the note is always the
   decision on disk for that run;
@@ -65,11 +67,42 @@ def app():
                 status_code=404,
             )
         body = MarkdownIt("commonmark").enable("table").render(d["markdown"])
+        version = urllib.parse.quote(str(d["decision"]["challenger_version"]), safe="")
+        body += f"<p><a href='../../../cards/{version}'>Model card of v{version}</a></p>"
         return HTMLResponse(
             "<!doctype html><meta charset='utf-8'><title>Gate decision</title>"
             "<style>body{font-family:sans-serif;margin:2em;max-width:60em}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}</style>" + body
         )
+
+    @api.get("/runs/{dag_id}/{run_id}/card")
+    def run_card(dag_id: str, run_id: str):
+        from pipelines.registry import decision_for_run
+
+        d = decision_for_run(settings, run_id)
+        if d is None:
+            return HTMLResponse(
+                f"<p>No model card for <b>{dag_id}</b> run <b>{run_id}</b>: the run has registered no gated "
+                "version yet.</p>",
+                status_code=404,
+            )
+        return RedirectResponse(url=f"../../../cards/{urllib.parse.quote(str(d['decision']['challenger_version']))}")
+
+    @api.get("/cards/{version}")
+    def model_card(version: str):
+        from pipelines.card import card_paths, write_card
+
+        if not version.isdigit():
+            raise HTTPException(404, f"no version {version!r}: versions are numbers")
+        page = card_paths(settings, version)["html"]
+        if not page.exists():
+            try:
+                write_card(settings, version, log_to_mlflow=False)
+            except Exception as exc:
+                return HTMLResponse(
+                    f"<p>No model card for {settings.model_name} v{version}: {exc}</p>", status_code=404
+                )
+        return HTMLResponse(page.read_text())
 
     @api.post("/runs/{dag_id}/{run_id}/note")
     def run_note(dag_id: str, run_id: str):

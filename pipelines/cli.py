@@ -75,11 +75,19 @@ def _add_gate_flags(p: argparse.ArgumentParser) -> None:
     rules = GateRules()  # MELI_GATE_* resolved
     p.add_argument("--force-promote", action="store_true", help="promote whatever the rules say")
     p.add_argument("--dry-run", action="store_true", help="decide and record, but move no alias")
+    p.add_argument(
+        "--require-approval",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a promotion waits as 'pending approval' until `registry approve|reject VERSION` "
+        f"(default: MELI_REQUIRE_APPROVAL, now {get_settings().require_approval})",
+    )
     for name, what in (
         ("min_improvement", "minimum macro-recall gain over the champion"),
         ("min_macro_recall", "absolute macro-recall floor"),
         ("max_class_drop", "a category 'collapses' if its recall drops more than this"),
         ("max_share_classes_dropped", "reject if more than this share of categories collapse"),
+        ("min_behaviour_pass", "reject below this share passing the behavioural checks"),
     ):
         flag = "--" + name.replace("_", "-")
         p.add_argument(flag, type=float, default=None, help=f"{what} (default: {getattr(rules, name)})")
@@ -88,7 +96,13 @@ def _add_gate_flags(p: argparse.ArgumentParser) -> None:
 def _gate_rules(args) -> dict:
     return {
         k: getattr(args, k)
-        for k in ("min_improvement", "min_macro_recall", "max_class_drop", "max_share_classes_dropped")
+        for k in (
+            "min_improvement",
+            "min_macro_recall",
+            "max_class_drop",
+            "max_share_classes_dropped",
+            "min_behaviour_pass",
+        )
     }
 
 
@@ -194,10 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="what a run produced: decision, partition, Data Docs, MLflow run, scores")
     p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
 
-    p = sub.add_parser("registry", help="champion status, promotion history, rollback")
-    p.add_argument("action", choices=["status", "history", "rollback"])
+    p = sub.add_parser(
+        "registry", help="champion status, promotion history, rollback, approve/reject a pending promotion, model card"
+    )
+    p.add_argument("action", choices=["status", "history", "rollback", "approve", "reject", "card"])
+    p.add_argument("version", nargs="?", default=None, help="the version to approve, reject or show the card of")
     p.add_argument("--to-version", default=None, help="rollback target (default: alias 'previous')")
-    p.add_argument("--reason", default="operator rollback", help="recorded with the rollback")
+    p.add_argument("--reason", default=None, help="recorded with the rollback, approval or rejection")
+    p.add_argument("--by", default=None, help="who approves or rejects (default: the login name)")
+    p.add_argument("--html", action="store_true", help="card: print the path of its HTML page instead")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return ap
 
@@ -385,9 +404,11 @@ def main(argv: list[str] | None = None) -> int:
             info.get("parent_run_id"),
             args.force_promote,
             args.dry_run,
+            require_approval=args.require_approval,
             **_gate_rules(args),
         )
         _print(d)
+        _pending_hint(settings, d)
     elif args.cmd == "retrain":
         from pipelines.retrain import run_all
 
@@ -399,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             args.format,
             args.force_promote,
             args.dry_run,
+            require_approval=args.require_approval,
             **_gate_rules(args),
         )
         d = out["decision"]
@@ -413,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                 "mlflow_run": out["dataset"]["parent_run_id"],
             }
         )
+        _pending_hint(settings, d)
     elif args.cmd == "score":
         from pipelines.score import score
 
@@ -442,9 +465,47 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "history":
             rows = registry.history(settings)
             print(json.dumps(rows, indent=2) if args.json else _history_table(rows))
+        elif args.action == "rollback":
+            _print(registry.rollback(settings, args.to_version, args.reason or "operator rollback"))
         else:
-            _print(registry.rollback(settings, args.to_version, args.reason))
+            if not args.version:
+                print(f"error: registry {args.action} needs a VERSION", file=sys.stderr)
+                return 2
+            from pipelines.card import write_card
+
+            if args.action == "card":
+                card = write_card(settings, args.version)
+                print(card["html"] if args.html else card["markdown"], end="" if not args.html else "\n")
+                return 0
+            import getpass
+
+            d = registry.respond(
+                settings,
+                args.version,
+                approve=args.action == "approve",
+                reason=args.reason or "",
+                by=args.by or getpass.getuser(),
+                via="cli",
+            )
+            write_card(settings, args.version)
+            _print(d)
     return 0
+
+
+def _pending_hint(settings, d: dict) -> None:
+    """A promotion waiting for a person: the evidence, and the two commands that answer it."""
+    if d["decision"] != "pending_approval":
+        return
+    from pipelines.approval import approval_body
+    from pipelines.card import card_paths
+
+    v = d["challenger_version"]
+    print(f"\npending approval: {settings.model_name} v{v}\n")
+    print(approval_body(settings, d, {"Model card": str(card_paths(settings, v)["html"])}))
+    print(
+        f"\nanswer with: python -m pipelines registry approve {v} --reason '...'"
+        f"  |  python -m pipelines registry reject {v} --reason '...'"
+    )
 
 
 def one_line(exc: BaseException) -> str:

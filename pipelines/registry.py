@@ -124,11 +124,58 @@ def _registered_from(client, name: str, trained: dict):
 
 
 def predict_titles(model_uri: str, titles: list[str]) -> list[str]:
+    return _predict(_load_model(model_uri), titles)
+
+
+def _load_model(model_uri: str):
     import mlflow
+
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def _predict(model, titles: list[str]) -> list[str]:
     import pandas as pd
 
-    model = mlflow.pyfunc.load_model(model_uri)
     return model.predict(pd.DataFrame({"title": titles}))["predicted_category"].astype(str).tolist()
+
+
+def _column_values(dataset_dir: Path, split: str, column: str) -> set[str]:
+    import pyarrow.parquet as pq
+
+    path = dataset_dir / f"{split}.parquet"
+    if not path.exists() or column not in pq.read_schema(path).names:
+        return set()
+    return {str(x) for x in pq.read_table(path, columns=[column]).column(0).unique().to_pylist() if x}
+
+
+def _behaviour(settings: Settings, run_date: str, model, titles: list[str]) -> dict:
+    """Behavioural checks of a loaded model (pipelines/behaviour.py): invariance on a sample of the
+    test titles, and the reviewed minimum-function cases of its categories and training languages."""
+    from pipelines.behaviour import run_checks
+
+    dataset = settings.run_dir(run_date) / "dataset"
+    try:
+        labels = {str(x) for x in model.unwrap_python_model().bundle.labels}
+    except AttributeError:  # not one of our bundles: the categories of its training split
+        labels = _column_values(dataset, "train", "category") or _column_values(dataset, "test", "category")
+    languages = _column_values(dataset, "train", "language") or _column_values(dataset, "test", "language")
+    out = run_checks(
+        lambda ts: _predict(model, ts),
+        titles,
+        labels,
+        languages,
+        sample=settings.gate.behaviour_sample,
+        seed=settings.seed,
+    )
+    inv, mf = out["invariance"], out["min_function"]
+    log.info(
+        "behavioural checks: invariance %.1f%% of %d titles; minimum-function %s of %s applicable cases",
+        100 * inv["pass_share"],
+        inv["rows"],
+        mf.get("passed"),
+        mf.get("applicable"),
+    )
+    return out
 
 
 def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict:
@@ -160,8 +207,11 @@ def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict
     result = {"run_date": run_date, "test_rows": len(y), "test_categories": len(set(y)), "models": {}}
     preds = {"listing_id": test["listing_id"].tolist(), "category": y}
     for role, version in models.items():
-        pred = predict_titles(f"models:/{name}/{version}", titles)
+        model = _load_model(f"models:/{name}/{version}")
+        pred = _predict(model, titles)
         preds[role] = pred
+        if role == "challenger":
+            result["behaviour"] = {"challenger": _behaviour(settings, run_date, model, titles)}
         result["models"][role] = {
             "version": version,
             "macro_recall": macro_recall(y, pred),
@@ -192,6 +242,18 @@ def decide(
         return True, "force_promote", "operator forced the promotion"
     if ch < rules.min_macro_recall:
         return False, "below_floor", f"challenger macro-recall {ch:.4f} < floor {rules.min_macro_recall}"
+    behaviour = (evaluation.get("behaviour") or {}).get("challenger") or {}
+    for check, what in (
+        ("invariance", "test titles keep their prediction when case, accents, spaces or punctuation change"),
+        ("min_function", "reviewed minimum-function cases are predicted right"),
+    ):
+        share = (behaviour.get(check) or {}).get("pass_share")
+        if share is not None and share < rules.min_behaviour_pass:
+            return (
+                False,
+                f"behaviour_{check}",
+                f"only {share:.1%} of {what} (rule: >= {rules.min_behaviour_pass:.0%})",
+            )
     if champ is None:
         return True, "first_model", f"no champion yet and challenger {ch:.4f} >= floor {rules.min_macro_recall}"
     a, b = per_class["challenger"], per_class["champion"]
@@ -229,8 +291,11 @@ def gate(
     dry_run: bool = False,
     dag_run_id: str = "",
     parent_run_id: str | None = None,
+    require_approval: bool = False,
 ) -> dict:
-    """Decide and (unless dry_run) apply: move ``champion`` to the challenger or leave it."""
+    """Decide and (unless dry_run) apply: move ``champion`` to the challenger or leave it. With
+    ``require_approval`` a promotion is recorded as ``pending_approval`` and no alias moves until
+    ``respond`` (a person, through the Airflow approval task or ``registry approve|reject``)."""
     rules = rules or settings.gate
     client = _client(settings)
     eval_dir = settings.run_dir(run_date) / "evaluation"
@@ -255,6 +320,7 @@ def gate(
             dry_run,
             dag_run_id,
             parent_run_id,
+            require_approval,
         )
 
 
@@ -285,6 +351,7 @@ def _gate_locked(
     dry_run: bool,
     dag_run_id: str,
     parent_run_id: str | None,
+    require_approval: bool = False,
 ) -> dict:
     import pandas as pd
 
@@ -304,6 +371,15 @@ def _gate_locked(
         decision = {**prior, "decision": "promoted"}
         _record(settings, client, decision, eval_dir, parent_run_id or prior.get("mlflow_run_id") or None)
         return decision
+    if (
+        prior is not None
+        and prior.get("challenger_version") == str(challenger_version)
+        and prior.get("champion_at_evaluation", prior.get("champion_version")) == champ_now_v
+        and (prior.get("decision") == "pending_approval" or prior.get("approval"))
+    ):  # a retry of a gate that asked for approval, or one already answered: the same decision stands
+        log.info("v%s: %s at %s; not deciding again", challenger_version, prior["decision"], prior["decided_at"])
+        _record(settings, client, prior, eval_dir, parent_run_id or prior.get("mlflow_run_id") or None)
+        return prior
     if champ_now_v not in (evaluation.get("champion_at_evaluation"), str(challenger_version)):
         raise GateError(
             f"champion moved from {evaluation.get('champion_at_evaluation')} to {champ_now_v} since "
@@ -323,10 +399,13 @@ def _gate_locked(
     promote, rule, why = decide(evaluation, per_class, rules, boot, force_promote)
     if promote and champ_now_v == str(challenger_version):
         promote, rule, why = False, "already_champion", "the challenger already holds the champion alias"
+    pending = promote and not dry_run and require_approval
     action = ("promote" if promote else "reject") if not dry_run else "none (dry run)"
     decision = {
-        "decision": "promoted" if promote and not dry_run else ("would_promote" if promote else "rejected"),
-        "action": action,
+        "decision": "pending_approval"
+        if pending
+        else ("promoted" if promote and not dry_run else ("would_promote" if promote else "rejected")),
+        "action": "await approval" if pending else action,
         "rule": rule,
         "reason": why,
         "model_name": name,
@@ -344,33 +423,107 @@ def _gate_locked(
         "rules": asdict(rules),
         "force_promote": force_promote,
         "dry_run": dry_run,
+        "require_approval": require_approval,
+        "champion_at_evaluation": champ_now_v,
         "run_date": run_date,
         "dag_run_id": dag_run_id,
         "mlflow_run_id": parent_run_id or "",
         "data_manifest": _manifest_ref(settings, run_date),
         "decided_at": datetime.now(UTC).isoformat(),
     }
-    if promote and not dry_run:
-        # the decision is on disk before any alias moves, so a retry after the moves completes it
-        # (above) instead of deciding again against a champion that is now the challenger itself
-        atomic_write_json(eval_dir / "decision.json", {**decision, "decision": "promoting"})
-        faults.point("gate.decided")
-        again = _alias_version(client, name, CHAMPION)  # re-checked right before the move
-        if (str(again.version) if again else None) != champ_now_v:
-            raise GateError(
-                f"champion moved from {champ_now_v} to {again.version if again else None} outside the gate "
-                "while deciding; re-run evaluate so both are compared on the same rows"
-            )
-        # 'previous' first: if the champion move then fails, the champion is still the old one.
-        if champ_now is not None:
-            client.set_registered_model_alias(name, PREVIOUS, champ_now.version)
-            faults.point("gate.previous_moved")
-        client.set_registered_model_alias(name, CHAMPION, str(challenger_version))
-        log.info("promoted %s v%s to champion (previous: %s)", name, challenger_version, champ_now_v)
+    if pending:
+        log.info("%s v%s would be promoted (%s): waiting for a person to approve", name, challenger_version, why)
+    elif promote and not dry_run:
+        _move_champion(client, name, champ_now, str(challenger_version), decision, eval_dir, "gate")
     else:
         log.info("%s: %s v%s (%s)", decision["decision"], name, challenger_version, why)
     _record(settings, client, decision, eval_dir, parent_run_id)
     return decision
+
+
+def _move_champion(client, name: str, champ_now, version: str, decision: dict, eval_dir: Path, step: str) -> None:
+    """Move ``champion`` to ``version`` (and ``previous`` to the old champion) after writing the
+    decision as "promoting", so a retry after the moves completes the record instead of deciding again
+    against a champion that is now the challenger itself."""
+    champ_now_v = str(champ_now.version) if champ_now else None
+    atomic_write_json(eval_dir / "decision.json", {**decision, "decision": "promoting"})
+    faults.point(f"{step}.decided")
+    again = _alias_version(client, name, CHAMPION)  # re-checked right before the move
+    if (str(again.version) if again else None) != champ_now_v:
+        raise GateError(
+            f"champion moved from {champ_now_v} to {again.version if again else None} outside the gate "
+            "while deciding; re-run evaluate so both are compared on the same rows"
+        )
+    # 'previous' first: if the champion move then fails, the champion is still the old one.
+    if champ_now is not None:
+        client.set_registered_model_alias(name, PREVIOUS, champ_now.version)
+        faults.point(f"{step}.previous_moved")
+    client.set_registered_model_alias(name, CHAMPION, version)
+    log.info("promoted %s v%s to champion (previous: %s)", name, version, champ_now_v)
+
+
+def respond(
+    settings: Settings,
+    version: str,
+    approve: bool,
+    reason: str = "",
+    by: str = "",
+    via: str = "cli",
+    timed_out: bool = False,
+) -> dict:
+    """A person's answer to a promotion pending approval: approve moves the alias (if the champion is
+    still the one it was compared with), reject or a timeout keeps the champion. Who, when, why and
+    through what are recorded on the version, in the decision JSON and in the promotion history."""
+    client = _client(settings)
+    name, version = settings.model_name, str(version)
+    mv = client.get_model_version(name, version)  # fails clearly if it does not exist
+    run_date = mv.tags.get("meli.run_date", "")
+    eval_dir = settings.run_dir(run_date) / "evaluation"
+    response = "approved" if approve else ("timeout" if timed_out else "rejected")
+    with registry_lock(settings):
+        prior = _read_json(eval_dir / "decision.json") if run_date else None
+        if prior is None or prior.get("challenger_version") != version:
+            raise GateError(f"{name} v{version} has no gate decision on record (run date {run_date or '?'})")
+        champ = _alias_version(client, name, CHAMPION)
+        champ_v = str(champ.version) if champ else None
+        answered = prior.get("approval") or {}
+        if prior["decision"] == "promoting" and answered and champ_v == version:  # a retry after the move
+            d = {**prior, "decision": "promoted"}
+            _record(settings, client, d, eval_dir, prior.get("mlflow_run_id") or None)
+            return d
+        if answered:
+            if answered.get("response") == response:  # the same answer again (a retried task): no-op
+                return prior
+            raise GateError(
+                f"v{version} was already {answered['response']} by {answered.get('by')} at {answered.get('at')}"
+            )
+        if prior["decision"] != "pending_approval":
+            raise GateError(
+                f"v{version} is not pending approval (decision {prior['decision']!r}, rule {prior['rule']!r})"
+            )
+        now = datetime.now(UTC).isoformat()
+        who = by or ("nobody (timeout)" if timed_out else "unknown")
+        d = {
+            **prior,
+            "approval": {"response": response, "by": who, "at": now, "reason": reason, "via": via},
+            "gated_at": prior["decided_at"],
+            "decided_at": now,
+        }
+        if approve:
+            if champ_v != prior.get("champion_at_evaluation"):
+                raise GateError(
+                    f"champion moved from {prior.get('champion_at_evaluation')} to {champ_v} since v{version} was "
+                    "gated: the comparison it would be approved on is stale; run promote again"
+                )
+            d.update(decision="promoted", action="promote", reason=f"{prior['reason']}; approved by {who}")
+            _move_champion(client, name, champ, version, d, eval_dir, "approval")
+        else:
+            rule = "approval_timeout" if timed_out else "approval_rejected"
+            what = "no answer in time" if timed_out else f"rejected by {who}"
+            d.update(decision="rejected", action="reject", rule=rule, reason=f"{what}: {reason or 'no reason given'}")
+            log.info("%s v%s %s; the champion stays v%s", name, version, what, champ_v)
+        _record(settings, client, d, eval_dir, prior.get("mlflow_run_id") or None)
+    return d
 
 
 def _run_link_path(settings: Settings, run_id: str) -> Path:
@@ -483,6 +636,17 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
         "meli.gate_dag_run_id": d["dag_run_id"],
         "meli.data_manifest": d["data_manifest"][:4000],
     }
+    review = d.get("approval") or {}
+    if review:
+        tags.update(
+            {
+                "meli.review": review["response"],
+                "meli.reviewed_by": str(review["by"]),
+                "meli.reviewed_at": review["at"],
+                "meli.review_reason": (review.get("reason") or "")[:4000],
+                "meli.review_via": review.get("via") or "",
+            }
+        )
     if d["rule"] != "already_champion":  # never relabel the serving version with a no-op's "rejected"
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)
@@ -526,8 +690,9 @@ def _history_event(settings: Settings, d: dict, files: list[Path] = ()) -> None:
         run_name=f"{d['decision']}-v{d['challenger_version']}",
         nested=mlflow.active_run() is not None,
     ) as run:
+        flat = {**d, **{f"review_{k}": v for k, v in (d.get("approval") or {}).items()}}
         mlflow.set_tags(
-            {f"meli.{k}": ("" if v is None else str(v))[:4000] for k, v in d.items() if not isinstance(v, dict)}
+            {f"meli.{k}": ("" if v is None else str(v))[:4000] for k, v in flat.items() if not isinstance(v, dict)}
         )
         metrics = {
             k: d[k]
@@ -603,6 +768,9 @@ def history(settings: Settings, limit: int = 50) -> list[dict]:
         "champion_macro_recall",
         "delta",
         "reason",
+        "review_response",
+        "review_by",
+        "review_reason",
         "dag_run_id",
         "run_date",
     )

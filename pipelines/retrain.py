@@ -206,6 +206,9 @@ def step_register(
     )
     challenger = register_challenger(settings, best, run_date, dag_run_id)
     atomic_write_json(settings.run_dir(run_date) / "challenger.json", {**challenger, "parent_run_id": parent_run_id})
+    from pipelines.card import try_write_card
+
+    try_write_card(settings, challenger["version"])  # data, validation, training; the gate adds the rest
     return challenger
 
 
@@ -224,11 +227,15 @@ def step_gate(
     force_promote: bool = False,
     dry_run: bool = False,
     dag_run_id: str = "",
+    require_approval: bool | None = None,
     **rules,
 ) -> dict:
+    """Decide (and apply, or with ``require_approval`` — default ``MELI_REQUIRE_APPROVAL`` — leave
+    pending for a person); the version's model card is rewritten with the decision."""
+    from pipelines.card import try_write_card
     from pipelines.registry import gate, with_rules
 
-    return gate(
+    decision = gate(
         settings,
         run_date,
         challenger["version"],
@@ -237,7 +244,10 @@ def step_gate(
         dry_run=dry_run,
         dag_run_id=dag_run_id,
         parent_run_id=parent_run_id,
+        require_approval=settings.require_approval if require_approval is None else require_approval,
     )
+    try_write_card(settings, challenger["version"])
+    return decision
 
 
 def run_all(
@@ -248,6 +258,7 @@ def run_all(
     fmt: str = "auto",
     force_promote: bool = False,
     dry_run: bool = False,
+    require_approval: bool | None = None,
     **rules,
 ) -> dict:
     """Ingest -> validate -> prepare -> embedding -> train each model -> register -> evaluate -> gate."""
@@ -259,7 +270,16 @@ def run_all(
     results = step_ensemble(settings, dataset, trained, cfg)
     challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
     step_evaluate(settings, run_date, challenger)
-    decision = step_gate(settings, run_date, challenger, dataset["parent_run_id"], force_promote, dry_run, **rules)
+    decision = step_gate(
+        settings,
+        run_date,
+        challenger,
+        dataset["parent_run_id"],
+        force_promote,
+        dry_run,
+        require_approval=require_approval,
+        **rules,
+    )
     return {
         "ingest": ingested,
         "validation": validation,

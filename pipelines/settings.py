@@ -28,6 +28,15 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
 
 
+def _bool(name: str, default: bool) -> bool:
+    raw = _env(name, "1" if default else "0").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"environment variable {name}={raw!r} is not a boolean (use 1/0, true/false)")
+
+
 def _int(name: str, default: int) -> int:
     raw = _env(name, str(default))
     try:
@@ -68,6 +77,11 @@ class GateRules:
         default_factory=lambda: _float("MELI_GATE_MAX_SHARE_CLASSES_DROPPED", 0.10)
     )
     bootstrap_samples: int = field(default_factory=lambda: _int("MELI_GATE_BOOTSTRAP", 500))
+    # behavioural checks (pipelines/behaviour.py): the challenger is rejected when the share of
+    # test titles whose prediction survives case/accent/space/punctuation changes, or the share of
+    # the reviewed minimum-function cases it gets right, is below this
+    min_behaviour_pass: float = field(default_factory=lambda: _float("MELI_GATE_MIN_BEHAVIOUR_PASS", 0.90))
+    behaviour_sample: int = field(default_factory=lambda: _int("MELI_GATE_BEHAVIOUR_SAMPLE", 1000))
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,13 @@ class Settings:
     # days, or when the training split has more than this share of words its vocabulary lacks
     warm_max_age_days: float = field(default_factory=lambda: _float("MELI_WARM_MAX_AGE_DAYS", 7.0))
     warm_max_vocab_growth: float = field(default_factory=lambda: _float("MELI_WARM_MAX_VOCAB_GROWTH", 0.10))
+    # a promotion the gate decides waits for a person (the Airflow run at an ApprovalOperator, the
+    # CLI at "pending approval") until approved, rejected, or this many hours pass (= rejected)
+    require_approval: bool = field(default_factory=lambda: _bool("MELI_REQUIRE_APPROVAL", False))
+    approval_timeout_h: float = field(default_factory=lambda: _float("MELI_APPROVAL_TIMEOUT_H", 24.0))
+    # scoring also scores each batch with the newest version above the champion (rejected, pending
+    # approval or not yet gated) into lake/shadow/ and writes an agreement report
+    shadow: bool = field(default_factory=lambda: _bool("MELI_SHADOW", True))
     thresholds: Thresholds = field(default_factory=Thresholds)
     gate: GateRules = field(default_factory=GateRules)
 
@@ -113,6 +134,8 @@ class Settings:
             raise ValueError("MELI_TRAIN_CONCURRENCY must be >= 1 and MELI_TORCH_THREADS >= 0")
         if self.lake_keep_versions < 1:
             raise ValueError("MELI_LAKE_KEEP_VERSIONS must be >= 1")
+        if self.approval_timeout_h <= 0:
+            raise ValueError("MELI_APPROVAL_TIMEOUT_H must be > 0 (hours)")
 
     def train_threads(self, side_by_side: int) -> int:
         """Torch CPU threads for one of ``side_by_side`` training processes."""
@@ -149,6 +172,16 @@ class Settings:
     def sentence_cache_dir(self) -> Path:
         """Pretrained word vectors kept across runs (pipelines/sentence.py): new words only."""
         return self.home / "cache" / "sentence"
+
+    @property
+    def shadow_dir(self) -> Path:
+        """Shadow scores of a challenger beside the champion's (pipelines/shadow.py)."""
+        return self.lake / "shadow"
+
+    @property
+    def cards_dir(self) -> Path:
+        """Model cards, one folder per registered version (pipelines/card.py)."""
+        return self.home / "registry" / "cards" / self.model_name
 
     @property
     def registry_lock_path(self) -> Path:

@@ -1,5 +1,5 @@
-"""Airflow UI plugin: "Data Docs" and "Gate decision" tabs on every DAG run page (that run's GX report
-and promotion decision).
+"""Airflow UI plugin: "Data Docs", "Gate decision" and "Model card" tabs on every DAG run page (that
+run's GX report, promotion decision and the model card of the version it registered).
 
 Thin wiring; the app lives in pipelines.airflow_ui.
 """
@@ -28,6 +28,12 @@ class MeliUIPlugin(AirflowPlugin):
             "href": "meli/runs/{DAG_ID}/{RUN_ID}/decision",
             "destination": "dag_run",
             "url_route": "meli_gate_decision",
+        },
+        {
+            "name": "Model card",
+            "href": "meli/runs/{DAG_ID}/{RUN_ID}/card",
+            "destination": "dag_run",
+            "url_route": "meli_model_card",
         },
         {"name": "Data Docs (all runs)", "href": "meli/docs/index.html", "destination": "nav", "category": "browse"},
     ]

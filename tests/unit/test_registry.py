@@ -6,6 +6,7 @@ the gate itself is model-agnostic (it only calls pyfunc predict on the test titl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -27,6 +28,12 @@ class LookupModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         return pd.DataFrame({"predicted_category": [self.table.get(t, "UNKNOWN") for t in model_input["title"]]})
+
+
+@pytest.fixture(autouse=True)
+def _no_behaviour_rule(monkeypatch):
+    """Lookup doubles know exact titles only: the behaviour rule is tested on its own below."""
+    monkeypatch.setenv("MELI_GATE_MIN_BEHAVIOUR_PASS", "0")
 
 
 @pytest.fixture
@@ -70,6 +77,7 @@ def run_gate(settings, version, **kw):
             max_class_drop=0.2,
             max_share_classes_dropped=0.1,
             bootstrap_samples=100,
+            min_behaviour_pass=0.0,
         ),
     )
     return registry.gate(settings, RUN_DATE, version, rules, **kw)
@@ -344,3 +352,128 @@ def test_the_gate_lock_is_an_advisory_lock_in_postgres_mode(settings, monkeypatc
     with registry.registry_lock(s):  # released with its holder
         pass
     assert not s.registry_lock_path.exists()  # no lock file in this mode
+
+
+def _gate_rules(**kw) -> GateRules:
+    base = dict(
+        min_improvement=0.002,
+        min_macro_recall=0.3,
+        max_class_drop=0.2,
+        max_share_classes_dropped=0.1,
+        bootstrap_samples=100,
+        min_behaviour_pass=0.0,
+    )
+    return GateRules(**{**base, **kw})
+
+
+def test_a_promotion_waits_for_approval_and_the_approval_moves_the_alias(settings, test_rows):
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1)
+    v2 = make_version(settings, test_rows, 0.9)
+    d = run_gate(settings, v2, require_approval=True)
+    assert (d["decision"], d["rule"], d["action"]) == ("pending_approval", "improved", "await approval")
+    assert champion(settings) == (v1, None)  # nothing moved yet
+    assert _tags(settings, v2)["meli.decision"] == "pending_approval"
+    assert registry.gate(settings, RUN_DATE, v2, _gate_rules(), require_approval=True) == d  # a retry: same record
+
+    a = registry.respond(settings, v2, approve=True, reason="checked the flips", by="ana", via="cli")
+    assert (a["decision"], a["rule"]) == ("promoted", "improved")
+    assert a["approval"]["response"] == "approved" and a["approval"]["by"] == "ana"
+    assert champion(settings) == (v2, v1)
+    tags = _tags(settings, v2)
+    assert (tags["meli.decision"], tags["meli.review"], tags["meli.reviewed_by"]) == ("promoted", "approved", "ana")
+    assert tags["meli.review_reason"] == "checked the flips"
+    on_disk = json.loads((settings.run_dir(RUN_DATE) / "evaluation" / "decision.json").read_text())
+    assert on_disk["approval"]["by"] == "ana" and on_disk["gated_at"] == d["decided_at"]
+    hist = [(h["decision"], h["challenger_version"], h["review_by"]) for h in registry.history(settings)]
+    assert hist == [("promoted", v1, ""), ("pending_approval", v2, ""), ("promoted", v2, "ana")]
+    # the same answer again (a retried approval task) changes nothing; the opposite one is refused
+    assert registry.respond(settings, v2, approve=True, by="ana") == a
+    with pytest.raises(registry.GateError, match="already approved by ana"):
+        registry.respond(settings, v2, approve=False, by="bob")
+
+
+def test_a_rejection_or_a_timeout_keeps_the_champion(settings, test_rows):
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1, require_approval=True)
+    r = registry.respond(settings, v1, approve=False, reason="want a second night", by="bob")
+    assert (r["decision"], r["rule"]) == ("rejected", "approval_rejected")
+    assert "rejected by bob: want a second night" in r["reason"]
+    assert champion(settings) == (None, None)
+    assert _tags(settings, v1)["meli.reviewed_by"] == "bob"
+    v2 = make_version(settings, test_rows, 0.8)
+    run_gate(settings, v2, require_approval=True)
+    t = registry.respond(settings, v2, approve=False, timed_out=True)
+    assert (t["decision"], t["rule"], t["approval"]["response"]) == ("rejected", "approval_timeout", "timeout")
+    assert champion(settings) == (None, None)
+    v3 = make_version(settings, test_rows, 0.8)
+    with pytest.raises(registry.GateError, match="has no gate decision on record"):  # v2's record is the date's
+        registry.respond(settings, v3, approve=True)
+    run_gate(settings, v3, require_approval=True, rules=_gate_rules(min_macro_recall=0.95))
+    with pytest.raises(registry.GateError, match="not pending approval .*'below_floor'"):
+        registry.respond(settings, v3, approve=True)
+
+
+def test_an_approval_on_a_stale_comparison_is_refused(settings, test_rows):
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1)
+    v2 = make_version(settings, test_rows, 0.9)
+    run_gate(settings, v2, require_approval=True)
+    assert registry.respond(settings, v2, approve=True, by="ana")["decision"] == "promoted"
+    v3 = make_version(settings, test_rows, 1.0)
+    run_gate(settings, v3, require_approval=True)
+    registry.rollback(settings, reason="incident")  # champion back to v1 after v3 was gated against v2
+    with pytest.raises(registry.GateError, match="champion moved from 2 to 1"):
+        registry.respond(settings, v3, approve=True, by="ana")
+    assert champion(settings)[0] == v1
+
+
+def test_behaviour_rule_rejects_a_model_that_changes_its_mind_with_the_case(settings, test_rows):
+    v1 = make_version(settings, test_rows, 1.0)  # exact-title lookup: upper-cased titles are unknown to it
+    d = run_gate(settings, v1, rules=_gate_rules(min_behaviour_pass=0.9))
+    assert (d["decision"], d["rule"]) == ("rejected", "behaviour_invariance")
+    assert "keep their prediction" in d["reason"]
+    ev = json.loads((settings.run_dir(RUN_DATE) / "evaluation" / "evaluation.json").read_text())
+    inv = ev["behaviour"]["challenger"]["invariance"]
+    assert inv["pass_share"] < 0.9 and inv["by_perturbation"]["upper_case"]["changed"] > 0
+
+
+def test_the_model_card_states_the_versions_metrics(settings, test_rows):
+    from pipelines.card import write_card
+
+    v1 = make_version(settings, test_rows, 0.7)
+    first = write_card(settings, v1)["markdown"]  # at registration: nothing evaluated yet
+    assert "Not evaluated yet" in first and "## Known limits" in first
+    run_gate(settings, v1)
+    v2 = make_version(settings, test_rows, {c: (0.5 if c == "CAT_03" else 0.9) for c in CLASSES})
+    d = run_gate(settings, v2)
+    card = write_card(settings, v2)
+    md = card["markdown"]
+    sections = [ln for ln in md.splitlines() if ln.startswith("## ")]
+    assert sections == [
+        "## Status",
+        "## Data",
+        "## Validation (Great Expectations)",
+        "## Training",
+        "## Evaluation on the frozen test rows",
+        "## Per-category recall",
+        "## Frequent confusions",
+        "## Behavioural checks",
+        "## Shadow scoring",
+        "## Known limits",
+    ]
+    tags = _tags(settings, v2)
+    assert f"| challenger | {v2} | {float(tags['meli.challenger_macro_recall']):.4f} |" in md
+    assert f"| champion | {v1} | {d['champion_macro_recall']:.4f} |" in md
+    b = d["bootstrap"]
+    assert f"CI [{b['ci_low']:.4f}, {b['ci_high']:.4f}]" in md
+    assert "| CAT_03 | 0.5000 |" in md  # the worst category, with its recall
+    assert "| CAT_03 | WRONG |" in md  # its mistakes are the most frequent confusion
+    assert tags["meli.model_card"] == card["md"] and Path(card["html"]).read_text().startswith("<!doctype html>")
+    assert "<table>" in Path(card["html"]).read_text()
+    arts = [a.path for a in mlflow.MlflowClient().list_artifacts(_run_of(settings, v2), "model_card")]
+    assert sorted(arts) == ["model_card/model_card.html", "model_card/model_card.md"]
+
+
+def _run_of(settings, version):
+    return mlflow.MlflowClient().get_model_version(settings.model_name, version).run_id

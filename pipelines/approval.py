@@ -1,0 +1,182 @@
+"""A person approves or rejects a promotion the gate decided (``require_approval``).
+
+* ``approval_body``: the evidence, in Markdown, shown on the Airflow "Required Actions" page and
+  printed by the CLI: both macro-recalls with the CI, the categories that gain and lose most, the data
+  and its validation, the behavioural checks, the shadow agreement when there is one, and links to
+  the model card and the gate decision.
+* ``approval_operator``: the Airflow task that waits for the answer (``ApprovalOperator`` of the
+  standard provider, Airflow >= 3.1). Its answer is applied by ``registry.respond`` (the same function
+  ``python -m pipelines registry approve|reject`` calls): Approve moves ``champion``; Reject, or no
+  answer within ``MELI_APPROVAL_TIMEOUT_H`` hours, keeps the champion.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from urllib.parse import quote
+
+from pipelines.settings import Settings
+
+SUBJECT = "Promote {name} v{version} to champion?"
+
+
+def card_url(base_url: str, version: str) -> str:
+    return f"{base_url.rstrip('/')}/meli/cards/{quote(str(version), safe='')}"
+
+
+def decision_url(base_url: str, dag_id: str, run_id: str) -> str:
+    return f"{base_url.rstrip('/')}/meli/runs/{quote(dag_id, safe='')}/{quote(run_id, safe='')}/decision"
+
+
+def approval_body(settings: Settings, decision: dict, links: dict[str, str] | None = None) -> str:
+    """The evidence for a pending promotion, as Markdown (from the records the model card reads)."""
+    from pipelines.card import _f4, _share, gather
+
+    version = decision["challenger_version"]
+    ctx = gather(settings, version)
+    kind = ctx["tags"].get("meli.model_type", "?")
+    if ctx["tags"].get("meli.members"):
+        kind = f"{kind} of {ctx['tags']['meli.members']}"
+    champ = decision.get("champion_version")
+    b = decision.get("bootstrap") or {}
+    lines = [
+        f"**v{version}** ({kind}) would replace champion **{('v' + champ) if champ else 'none'}**: "
+        f"rule `{decision['rule']}`, {decision['reason']}.",
+        "",
+        "| | version | test macro-recall | accuracy |",
+        "|---|---|---|---|",
+        f"| challenger | {version} | {_f4(decision['challenger_macro_recall'])} | "
+        f"{_f4(decision['challenger_accuracy'])} |",
+    ]
+    if champ:
+        lines.append(
+            f"| champion | {champ} | {_f4(decision['champion_macro_recall'])} | {_f4(decision['champion_accuracy'])} |"
+        )
+    lines += [
+        "",
+        f"Delta {_f4(decision.get('delta'))}, 95% paired-bootstrap CI [{_f4(b.get('ci_low'))}, "
+        f"{_f4(b.get('ci_high'))}], on {decision['test_rows']} frozen test rows.",
+    ]
+    pc = ctx.get("per_class") or {}
+    if pc.get("champion"):
+        ch, cp = pc["challenger"], pc["champion"]
+        diffs = sorted((ch[c] - cp.get(c, 0.0), c) for c in ch)
+        gain = [f"{c} ({d:+.2f})" for d, c in diffs[::-1][:5] if d > 0]
+        loss = [f"{c} ({d:+.2f})" for d, c in diffs[:5] if d < 0]
+        lines += [
+            "",
+            f"**Gain most:** {', '.join(gain) or 'none'}",
+            "",
+            f"**Lose most:** {', '.join(loss) or 'none'}",
+        ]
+    ds = ctx.get("dataset") or {}
+    if ds:
+        dates = [p["ingest_date"] for p in ds.get("lineage", [])]
+        window = f"{dates[0]} .. {dates[-1]} ({len(dates)} partitions)" if dates else "n/a"
+        counts = ds.get("counts", {})
+        lines += [
+            "",
+            f"**Data:** {window}; {counts.get('train')} train / {counts.get('validation')} validation / "
+            f"{counts.get('test')} test rows, {ds.get('num_categories')} categories; data version "
+            f"`{ds.get('data_version', 'n/a')}`",
+        ]
+    v = ctx.get("validation")
+    if v:
+        lines += [
+            "",
+            f"**Validation:** {v.get('passed')}/{v.get('evaluated')} expectations passed, "
+            f"{len(v.get('warnings') or [])} warnings",
+        ]
+    beh = ((ctx.get("evaluation") or {}).get("behaviour") or {}).get("challenger")
+    if beh:
+        mf = beh.get("min_function") or {}
+        mf_text = (
+            f"{mf.get('passed')}/{mf.get('applicable')} minimum-function cases"
+            if mf.get("pass_share") is not None
+            else "no applicable minimum-function case"
+        )
+        lines += [
+            "",
+            f"**Behaviour:** {_share((beh.get('invariance') or {}).get('pass_share'))} of test titles invariant to "
+            f"case/accents/spaces/punctuation; {mf_text}",
+        ]
+    s = ctx.get("shadow")
+    if s:
+        lines += [
+            "",
+            f"**Shadow scoring** ({s.get('run_date')}): agrees with v{s.get('champion_version')} on "
+            f"{_share(s.get('agreement'))} of {s.get('rows')} rows; confidence shift "
+            f"{_f4((s.get('confidence') or {}).get('shift'))}",
+        ]
+    links = links or {}
+    if links:
+        lines += ["", " · ".join(f"[{k}]({u})" for k, u in links.items())]
+    lines += [
+        "",
+        f"**Approve** moves the alias `champion` to v{version}. **Reject**, or no answer within "
+        f"{settings.approval_timeout_h:g} h, keeps {('v' + champ) if champ else 'no champion'}. "
+        "Say why in *Reason*: it is recorded on the version and in the promotion history.",
+    ]
+    return "\n".join(lines)
+
+
+def approval_operator(task_id: str, gate_task_id: str, timeout_h: float, **kwargs):
+    """The Airflow task that waits for a person's answer to the gate's pending promotion."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.sdk import Param
+
+    class PromotionApproval(ApprovalOperator):
+        """Approve / Reject with a reason; the answer (or the timeout's Reject) is applied to the
+        registry before the downstream tasks are released or skipped."""
+
+        def execute(self, context):
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            decision = context["ti"].xcom_pull(task_ids=gate_task_id)
+            if decision["decision"] != "pending_approval":  # the gate decided alone: nobody is asked
+                raise AirflowSkipException(f"no approval needed: the gate decided {decision['decision']}")
+            return super().execute(context)
+
+        def execute_complete(self, context, event):
+            if "error" not in event:
+                self.validate_chosen_options(event["chosen_options"])
+                decision = context["ti"].xcom_pull(task_ids=gate_task_id)
+                user = event.get("responded_by_user") or {}
+                apply_answer(
+                    decision["challenger_version"],
+                    approve=event["chosen_options"][0] == self.APPROVE,
+                    reason=str((event.get("params_input") or {}).get("reason") or ""),
+                    by=str(user.get("name") or user.get("id") or ""),
+                    timed_out=bool(event.get("timedout")) or not user,
+                )
+            return super().execute_complete(context, event)
+
+    pulled = "{{ ti.xcom_pull(task_ids='" + gate_task_id + "')['%s'] }}"
+    return PromotionApproval(
+        task_id=task_id,
+        subject=SUBJECT.format(name=pulled % "model_name", version=pulled % "challenger_version"),
+        body="{{ ti.xcom_pull(task_ids='" + gate_task_id + "', key='approval_body') }}",
+        defaults="Reject",  # no answer in time = rejected (the champion stays)
+        response_timeout=timedelta(hours=timeout_h),
+        params={
+            "reason": Param(
+                "",
+                type="string",
+                title="Reason",
+                description="Why you approve or reject (recorded on the model version and in the history)",
+            )
+        },
+        **kwargs,
+    )
+
+
+def apply_answer(version: str, approve: bool, reason: str, by: str, timed_out: bool) -> dict:
+    from pipelines.card import try_write_card
+    from pipelines.registry import respond
+    from pipelines.settings import get_settings
+
+    settings = get_settings()
+    d = respond(settings, version, approve, reason, by, via="airflow", timed_out=timed_out and not approve)
+    try_write_card(settings, version)
+    print(f"{d['decision'].upper()} v{version}: {d['reason']}")
+    return d
