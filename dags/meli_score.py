@@ -9,16 +9,24 @@ version scores every row. Unscorable rows are kept with a null prediction and a 
 Output: the given `.parquet` file, or `lake/scored/run_date=<date>/` (replaced atomically on rerun),
 where the date is the form's `run_date`, else the run date of the retrain run whose partition is
 scored, else the run's own date.
+
+Shadow (`shadow`, default `MELI_SHADOW`, on): when a version newer than the served one is registered
+(rejected by the gate, pending approval, or not yet gated), it also scores the batch, into
+`lake/shadow/run_date=<date>/` (or `<output stem>.shadow-v<N>.parquet`), and an agreement report is
+written to `$MELI_HOME/shadow/<model>/v<N>/<date>.json|.md` and MLflow (experiment `<experiment>-shadow`).
+A failure there is logged as a warning; the served scores stand.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
 from pipelines.config import INPUT_FORMATS
+from pipelines.settings import Settings
 
 LISTINGS = Asset("meli_lake_listings")
 CHAMPION = Asset("meli_champion")
@@ -62,6 +70,13 @@ CHAMPION = Asset("meli_champion")
             pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
             description="Partition date of the output; empty = the triggering retrain run's date, else this run's date",
         ),
+        "shadow": Param(
+            Settings().shadow,
+            type="boolean",
+            title="Shadow-score the challenger",
+            description="Also score the batch with the newest registered version above the served one (rejected, "
+            "pending approval or not yet gated) into lake/shadow/ and write an agreement report (default: MELI_SHADOW)",
+        ),
     },
 )
 def meli_score():
@@ -88,7 +103,24 @@ def meli_score():
             params["input_format"],
             run_date=run_date,
             progress=False,
+            shadow=params.get("shadow"),
         )
+        sh = result.shadow
+        if sh is None:
+            on = settings.shadow if params.get("shadow") is None else params["shadow"]
+            why = f"no registered version above v{result.model_version}" if on else "off"
+            logging.getLogger("meli_score").info("shadow: %s", why)
+        elif "error" in sh:
+            logging.getLogger("meli_score").warning("shadow: FAILED (served scores kept): %s", sh["error"])
+        else:
+            logging.getLogger("meli_score").info(
+                "shadow: v%s agrees with v%s on %s of %d rows; report %s",
+                sh["challenger_version"],
+                sh["champion_version"],
+                "n/a" if sh["agreement"] is None else f"{sh['agreement']:.2%}",
+                sh["rows"],
+                sh["report_json"],
+            )
         return result.to_dict()
 
     score()
