@@ -216,7 +216,7 @@ def _shadow(
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    stats_ = agreement(_batches(served_file), _batches(shadow_file))
+    numbers = agreement(_batches(served_file), _batches(shadow_file))
     report = {
         "model_name": name,
         "champion_version": served.model_version,
@@ -225,7 +225,7 @@ def _shadow(
         "input": str(Path(input_path).resolve()),
         "champion_output": served.output,
         "shadow_output": str(out),
-        **stats_,
+        **numbers,
         "created_at": datetime.now(UTC).isoformat(),
     }
     report = _record(settings, report, stem=run_date if lake else f"{run_date}.{Path(served.output).stem}")
