@@ -154,7 +154,7 @@ def markdown(ctx: dict) -> str:
     out = [
         f"# Model card: {ctx['name']} v{ctx['version']}",
         "",
-        f"A {kind} classifier of MercadoLibre listing titles into categories, trained on the lake up to "
+        f"Classifies MercadoLibre listing titles into categories. Model: {kind}, trained on the lake up to "
         f"{ctx['run_date'] or '?'}. Aliases: {', '.join(ctx['aliases']) or 'none'}.",
         "",
         "## Status",
@@ -233,7 +233,7 @@ def _training_section(ctx: dict, kind: str) -> list[str]:
         out.append(f"- mode: {plan.get('mode')} ({plan.get('reason')})")
     out.append(
         f"- hardware: device {p.get('device') or rt.get('meli.device') or 'n/a'}, "
-        f"{p.get('torch_threads', 'n/a')} torch threads, host {rt.get('mlflow.source.name', 'n/a')}"
+        f"{p.get('torch_threads', 'n/a')} torch threads; {rt.get('meli.hardware', 'host not recorded')}"
     )
     if ctx.get("run_error"):
         out.append(f"- the MLflow run is unreadable: {ctx['run_error']}")

@@ -214,7 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["status", "history", "rollback", "approve", "reject", "card"])
     p.add_argument("version", nargs="?", default=None, help="the version to approve, reject or show the card of")
     p.add_argument("--to-version", default=None, help="rollback target (default: alias 'previous')")
-    p.add_argument("--reason", default=None, help="recorded with the rollback, approval or rejection")
+    p.add_argument(
+        "--reason",
+        default=None,
+        help="recorded with the rollback, approval or rejection (default: rollback: "
+        "'operator rollback', approve/reject: none)",
+    )
     p.add_argument("--by", default=None, help="who approves or rejects (default: the login name)")
     p.add_argument("--html", action="store_true", help="card: print the path of its HTML page instead")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -311,6 +316,11 @@ def run_summary(settings, run_date: str) -> str:
         f"MLflow run id:       {d.get('mlflow_run_id') or 'n/a'} (tracking: {settings.tracking_uri})",
         f"scored Parquet:      {scored} ({scored_rows} rows)",
     ]
+    from pipelines.card import card_paths
+
+    card = card_paths(settings, d["challenger_version"])["html"]
+    if card.exists():
+        lines.append(f"model card:          {card}")
     return "\n".join(lines)
 
 

@@ -515,7 +515,8 @@ def respond(
                     f"champion moved from {prior.get('champion_at_evaluation')} to {champ_v} since v{version} was "
                     "gated: the comparison it would be approved on is stale; run promote again"
                 )
-            d.update(decision="promoted", action="promote", reason=f"{prior['reason']}; approved by {who}")
+            said = f": {reason}" if reason else ""
+            d.update(decision="promoted", action="promote", reason=f"{prior['reason']}; approved by {who}{said}")
             _move_champion(client, name, champ, version, d, eval_dir, "approval")
         else:
             rule = "approval_timeout" if timed_out else "approval_rejected"
@@ -596,7 +597,16 @@ def _markdown(d: dict) -> str:
                 f"| {f(d['champion_accuracy'])} |",
                 "",
                 f"- delta: {f(d['delta'])}; 95% paired bootstrap CI: [{f(b.get('ci_low'))}, {f(b.get('ci_high'))}]",
-                f"- force_promote: {d['force_promote']}, dry_run: {d['dry_run']}",
+                f"- force_promote: {d['force_promote']}, dry_run: {d['dry_run']}, "
+                f"require_approval: {d.get('require_approval', False)}",
+                *(
+                    [
+                        f"- review: **{r['response']}** by {r['by']} at {r['at']} ({r.get('via')}): "
+                        f"{r.get('reason') or 'no reason given'}"
+                    ]
+                    if (r := d.get("approval"))
+                    else []
+                ),
                 f"- data: {d['data_manifest']}",
             ]
         )

@@ -229,6 +229,9 @@ def _shadow(
         "created_at": datetime.now(UTC).isoformat(),
     }
     report = _record(settings, report, stem=run_date if lake else f"{run_date}.{Path(served.output).stem}")
+    from pipelines.card import try_write_card
+
+    try_write_card(settings, challenger)  # the challenger's model card quotes its latest shadow report
     keys = ("champion_version", "challenger_version", "shadow_output", "rows", "agreement", "report_json", "report_md")
     summary = {k: report[k] for k in keys} | {
         "confidence_shift": report["confidence"]["shift"],

@@ -197,6 +197,18 @@ def _lineage(dataset_dir: Path) -> dict:
     }
 
 
+def _hardware(device) -> str:
+    """Where a model was trained, for its model card: host, CPU cores, the GPU if any, torch."""
+    import os
+    import platform
+    import socket
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "no GPU"
+    return f"{socket.gethostname()} ({platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__})"
+
+
 def train_classifier(
     settings: Settings,
     dataset_dir: str | Path,
@@ -289,6 +301,7 @@ def train_classifier(
                 "meli.model_type": kind,
                 "meli.run_date": run_date,
                 "meli.device": str(device),
+                "meli.hardware": _hardware(device),
                 **_lineage(dataset_dir),
                 **lineage,
             }

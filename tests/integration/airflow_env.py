@@ -89,20 +89,41 @@ def dag_test(
     home: Path, dag_id: str, conf: dict | None = None, timeout: int = 600, asset_triggered: bool = False
 ) -> dict:
     """dag.test() in a subprocess; with asset_triggered, the run consumes the queued asset events."""
-    r = subprocess.run(
-        [PY, "-c", _RUNNER, dag_id, json.dumps(conf or {}), str(REPO / "dags"), json.dumps(asset_triggered)],
-        env=airflow_env(home),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return dag_test_result(dag_test_start(home, dag_id, conf, asset_triggered), timeout)
+
+
+def dag_test_start(
+    home: Path, dag_id: str, conf: dict | None = None, asset_triggered: bool = False, env: dict | None = None
+) -> subprocess.Popen:
+    """dag.test() started in a subprocess (for a run that waits for something the test then does);
+    its output goes to a log file (a pipe nobody reads would fill and block it)."""
     log = home / f"dag_test_{dag_id}.log"
-    log.write_text(r.stdout + "\n" + r.stderr)
-    for line in r.stdout.splitlines():
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [PY, "-c", _RUNNER, dag_id, json.dumps(conf or {}), str(REPO / "dags"), json.dumps(asset_triggered)],
+            env={**airflow_env(home), **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    proc.meli_log = log
+    proc.meli_dag_id = dag_id
+    return proc
+
+
+def dag_test_result(proc: subprocess.Popen, timeout: int = 600) -> dict:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log = proc.meli_log
+    text = log.read_text()
+    for line in text.splitlines():
         if line.startswith("@@RESULT@@"):
             out = json.loads(line[len("@@RESULT@@") :])
             out["log"] = str(log)
             return out
     raise AssertionError(
-        f"dag.test({dag_id}) produced no result (rc={r.returncode}); log: {log}\n" + (r.stdout + r.stderr)[-4000:]
+        f"dag.test({proc.meli_dag_id}) produced no result (rc={proc.returncode}); log: {log}\n" + text[-4000:]
     )

@@ -14,7 +14,8 @@ from pipelines.lake import read_partition, resolve
 from tests.integration.airflow_env import REPO, airflow_env, dag_test, migrate
 
 pytestmark = pytest.mark.slow
-FAST = {"epochs": 2, "embedding_epochs": 2, "patience": 2}
+# min_behaviour_pass: a 2-epoch model of 1,200 synthetic rows gets ~80% of the reviewed minimum-function cases
+FAST = {"epochs": 2, "embedding_epochs": 2, "patience": 2, "min_behaviour_pass": 0.5}
 
 
 def _parse_dags(home, **env) -> dict:
@@ -147,6 +148,16 @@ def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monk
     ):
         assert tasks[t] == "success", (t, tasks)
     assert _champion(airflow_home) == "1"
+    # every registered version has its model card, stating the metrics it was gated on
+    import mlflow
+
+    uri = f"sqlite:///{airflow_home / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for mv in client.search_model_versions("name='meli-title-classifier'"):
+        card = Path(mv.tags["meli.model_card"]).read_text()
+        assert f"| challenger | {mv.version} | {float(mv.tags['meli.challenger_macro_recall']):.4f} |" in card
+        assert "## Behavioural checks" in card and "invariance:" in card
+        assert Path(mv.tags["meli.model_card"]).with_suffix(".html").exists()
     # the registered challenger is named in the run dir, for `python -m pipelines promote --run-date D`
     (named,) = (airflow_home / "work").glob("*/challenger.json")
     assert json.loads(named.read_text())["version"] == "1"

@@ -28,7 +28,7 @@ def trained_home(tmp_path_factory):
     try:
         src = write_jsonl(home.parent / "train.jsonl.gz", 900, seed=11)
         cfg = TrainConfig(models=["mlp"], epochs=2, embedding_epochs=2, embedding_dim=16, bucket=5000)
-        run_all(get_settings(), [str(src)], "2026-11-01", cfg, min_macro_recall=0.0)
+        run_all(get_settings(), [str(src)], "2026-11-01", cfg, min_macro_recall=0.0, min_behaviour_pass=0.0)
         run_all(get_settings(), [str(src)], "2026-11-02", cfg, dry_run=True)  # registers v2, no promotion
         yield home
     finally:
