@@ -477,3 +477,54 @@ def test_the_model_card_states_the_versions_metrics(settings, test_rows):
 
 def _run_of(settings, version):
     return mlflow.MlflowClient().get_model_version(settings.model_name, version).run_id
+
+
+def test_the_cli_stops_at_pending_approval_and_registry_approve_answers(settings, test_rows, capsys):
+    from pipelines.cli import main
+
+    v1 = make_version(settings, test_rows, 0.7)
+    assert main(["promote", "--run-date", RUN_DATE, "--version", v1, "--require-approval"]) == 0
+    out = capsys.readouterr().out
+    assert f"pending approval: {settings.model_name} v{v1}" in out
+    assert "test macro-recall" in out and f"registry approve {v1}" in out
+    assert champion(settings) == (None, None)
+    assert main(["registry", "card", v1]) == 0
+    assert "human review: **pending approval**" in capsys.readouterr().out
+    assert main(["registry", "approve", v1, "--reason", "looks right", "--by", "ana"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["decision"] == "promoted" and d["approval"]["by"] == "ana" and d["approval"]["via"] == "cli"
+    assert champion(settings) == (v1, None)
+    assert main(["registry", "reject"]) == 2  # no VERSION: a usage error, nothing done
+    assert "needs a VERSION" in capsys.readouterr().err
+
+
+def test_the_approval_task_applies_a_timeout_as_a_rejection(settings, test_rows):
+    """What the scheduler's timeout sweep hands the approval task: the default (Reject), nobody."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from pipelines.approval import approval_operator
+
+    v1 = make_version(settings, test_rows, 0.7)
+    d = run_gate(settings, v1, require_approval=True)
+    op = approval_operator(task_id="approve_promotion", gate_task_id="gate", timeout_h=24)
+    assert (op.defaults, op.options, op.response_timeout.total_seconds()) == (["Reject"], ["Approve", "Reject"], 86400)
+    context = {
+        "ti": SimpleNamespace(xcom_pull=lambda task_ids, key=None: d),
+        "dag_run": SimpleNamespace(dag_id="meli_retrain", run_id="manual__x"),
+    }
+    event = {
+        "chosen_options": ["Reject"],
+        "params_input": {"reason": ""},
+        "responded_at": datetime.now(UTC),
+        "responded_by_user": None,
+        "timedout": True,
+    }
+    op.execute_complete(context, event)
+    after = json.loads((settings.run_dir(RUN_DATE) / "evaluation" / "decision.json").read_text())
+    assert (after["decision"], after["rule"], after["approval"]["response"]) == (
+        "rejected",
+        "approval_timeout",
+        "timeout",
+    )
+    assert champion(settings) == (None, None)
