@@ -8,6 +8,7 @@ one dictionary lookup.
 * ``lake.committed``: the pointer names the new version; superseded versions not yet removed
 * ``gate.decided``: the gate's decision is on disk as 'promoting'; no alias has moved
 * ``gate.previous_moved``: alias 'previous' has moved, 'champion' not yet
+* ``approval.decided``, ``approval.previous_moved``: the same two steps of a person's approval
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("lake.staged", "lake.committed", "gate.decided", "gate.previous_moved")
+POINTS = (
+    "lake.staged",
+    "lake.committed",
+    "gate.decided",
+    "gate.previous_moved",
+    "approval.decided",
+    "approval.previous_moved",
+)
 
 
 def point(name: str) -> None:

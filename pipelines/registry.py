@@ -487,7 +487,11 @@ def respond(
         champ = _alias_version(client, name, CHAMPION)
         champ_v = str(champ.version) if champ else None
         answered = prior.get("approval") or {}
-        if prior["decision"] == "promoting" and answered and champ_v == version:  # a retry after the move
+        if prior["decision"] == "promoting" and answered:  # approved, then interrupted: finish that answer
+            if champ_v != version:  # before (or between) the alias moves
+                if champ_v != prior.get("champion_at_evaluation"):
+                    raise GateError(f"champion moved to {champ_v} while v{version}'s approval was applied")
+                _move_champion(client, name, champ, version, prior, eval_dir, "approval")
             d = {**prior, "decision": "promoted"}
             _record(settings, client, d, eval_dir, prior.get("mlflow_run_id") or None)
             return d

@@ -260,6 +260,9 @@ def test_a_partition_that_cannot_be_written_is_a_one_line_error(tmp_path):
 # ------------------------------------------------------------------------------------------
 # the gate: concurrent promotes, a gate killed between its steps
 # ------------------------------------------------------------------------------------------
+LOOKUP = {"MELI_GATE_MIN_BEHAVIOUR_PASS": 0}  # lookup doubles know exact titles only: no behaviour rule
+
+
 @pytest.fixture
 def registry_home(tmp_path, monkeypatch):
     """v1 champion (date A); v2 (date B) and v3 (date C) registered, each better than the last.
@@ -302,7 +305,7 @@ def registry_home(tmp_path, monkeypatch):
         )
         assert v["version"] == want
         atomic_write_json(settings.run_dir(run_date) / "challenger.json", v)
-    r = cli(home, "promote", "--run-date", dates["1"])
+    r = cli(home, "promote", "--run-date", dates["1"], **LOOKUP)
     assert r.returncode == 0 and json.loads(r.stdout)["rule"] == "first_model", r.stderr
     return home, settings, dates
 
@@ -317,9 +320,9 @@ def _aliases(settings) -> tuple:
 def test_concurrent_promotes_never_promote_twice_against_one_champion(registry_home):
     home, settings, dates = registry_home
     slow = {"MELI_GATE_BOOTSTRAP": 150_000}  # a long decision: the second gate arrives while it runs
-    first = start(home, "promote", "--run-date", dates["2"], **slow)
+    first = start(home, "promote", "--run-date", dates["2"], **slow, **LOOKUP)
     time.sleep(0.5)
-    second = start(home, "promote", "--run-date", dates["3"], **slow)
+    second = start(home, "promote", "--run-date", dates["3"], **slow, **LOOKUP)
     outs = {}
     for name, p in (("v2", first), ("v3", second)):
         out, err = p.communicate(timeout=300)
@@ -340,11 +343,28 @@ def test_concurrent_promotes_never_promote_twice_against_one_champion(registry_h
 @pytest.mark.parametrize("point", ["gate.decided", "gate.previous_moved"])
 def test_a_gate_killed_mid_promotion_completes_on_rerun(registry_home, point):
     home, settings, dates = registry_home
-    r = cli(home, "promote", "--run-date", dates["2"], MELI_FAULT=point)
+    r = cli(home, "promote", "--run-date", dates["2"], MELI_FAULT=point, **LOOKUP)
     assert r.returncode == -signal.SIGKILL
     assert _aliases(settings)[0] == "1"  # the champion never moved
-    r = cli(home, "promote", "--run-date", dates["2"])
+    r = cli(home, "promote", "--run-date", dates["2"], **LOOKUP)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert (d["decision"], d["champion_version"]) == ("promoted", "1")
     assert _aliases(settings) == ("2", "1")
+
+
+@pytest.mark.parametrize("point", ["approval.decided", "approval.previous_moved"])
+def test_an_approval_killed_mid_promotion_completes_when_answered_again(registry_home, point):
+    home, settings, dates = registry_home
+    r = cli(home, "promote", "--run-date", dates["2"], "--require-approval", **LOOKUP)
+    assert r.returncode == 0 and "pending approval" in r.stdout, r.stderr
+    r = cli(home, "registry", "approve", "2", "--by", "ana", "--reason", "ok", MELI_FAULT=point)
+    assert r.returncode == -signal.SIGKILL
+    assert _aliases(settings)[0] == "1"  # the champion never moved
+    r = cli(home, "registry", "approve", "2", "--by", "ana", "--reason", "ok")  # the same answer, again
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert (d["decision"], d["champion_version"], d["approval"]["by"]) == ("promoted", "1", "ana")
+    assert _aliases(settings) == ("2", "1")
+    r = cli(home, "registry", "reject", "2", "--by", "bob")  # the opposite answer afterwards: refused, one line
+    assert r.returncode == 1 and "already approved by ana" in r.stderr
