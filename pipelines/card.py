@@ -354,8 +354,9 @@ def _limits_section(ctx: dict) -> list[str]:
             + (f"; {', '.join(missing)} titles were absent from training and are not measured" if missing else "")
         )
     ds = ctx.get("dataset") or {}
+    known = ds.get("num_categories") or (ctx.get("evaluation") or {}).get("test_categories", "?")
     out.append(
-        f"- it predicts only the {ds.get('num_categories', '?')} categories it was trained on: a listing of another "
+        f"- it predicts only the {known} categories it was trained on: a listing of another "
         "category gets the closest known one (with a low probability)"
     )
     support = ctx.get("test_support") or {}
