@@ -51,7 +51,7 @@ from pipelines.config import (
     TRAIN_MODES,
     TrainConfig,
 )
-from pipelines.settings import GateRules, Settings
+from pipelines.settings import RULE_OVERRIDES, GateRules, Settings
 
 LISTINGS = Asset("meli_lake_listings")
 CHAMPION = Asset("meli_champion")
@@ -360,16 +360,7 @@ def meli_retrain():
     def gate(challenger: dict, dataset: dict, evaluation: dict, params=None, dag_run=None, ti=None) -> dict:
         from pipelines.retrain import step_gate
 
-        rules = {
-            k: params[k]
-            for k in (
-                "min_improvement",
-                "min_macro_recall",
-                "max_class_drop",
-                "max_share_classes_dropped",
-                "min_behaviour_pass",
-            )
-        }
+        rules = {k: params[k] for k in RULE_OVERRIDES}
         from pipelines.airflow_ui import post_run_note
         from pipelines.approval import approval_body, card_url, decision_url
         from pipelines.registry import decision_note

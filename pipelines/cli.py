@@ -94,16 +94,9 @@ def _add_gate_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _gate_rules(args) -> dict:
-    return {
-        k: getattr(args, k)
-        for k in (
-            "min_improvement",
-            "min_macro_recall",
-            "max_class_drop",
-            "max_share_classes_dropped",
-            "min_behaviour_pass",
-        )
-    }
+    from pipelines.settings import RULE_OVERRIDES
+
+    return {k: getattr(args, k) for k in RULE_OVERRIDES}
 
 
 def _parser_class():

@@ -84,6 +84,16 @@ class GateRules:
     behaviour_sample: int = field(default_factory=lambda: _int("MELI_GATE_BEHAVIOUR_SAMPLE", 1000))
 
 
+# the gate rules a run may override (DAG Params, CLI flags); the others come from the environment only
+RULE_OVERRIDES = (
+    "min_improvement",
+    "min_macro_recall",
+    "max_class_drop",
+    "max_share_classes_dropped",
+    "min_behaviour_pass",
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved configuration. Construct with ``Settings()``; it reads the environment."""
