@@ -198,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
         "<output stem>.shadow-vN.parquet beside --output) and write an agreement report (default: MELI_SHADOW, on)",
     )
 
+    p = sub.add_parser(
+        "monitor",
+        help="drift of a scored batch against its model's reference, with a label-free macro-recall estimate "
+        "(exit 0: within thresholds, 3: drifted)",
+    )
+    p.add_argument("scored", help="a scored .parquet file or a lake/scored/run_date=D partition")
+    p.add_argument("--run-date", type=_date, default=None, help="the batch's date in the report (default: today)")
+    p.add_argument("--no-record", action="store_true", help="print the figures only: no report, MLflow run or history")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+
     p = sub.add_parser("summary", help="what a run produced: decision, partition, Data Docs, MLflow run, scores")
     p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
 
@@ -458,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
             shadow=args.shadow,
         )
         _print(r.to_dict())
+    elif args.cmd == "monitor":
+        from pipelines.monitor import DRIFT_EXIT, monitor_batch, one_line
+
+        report = monitor_batch(settings, args.scored, run_date, record=not args.no_record)
+        print(json.dumps(report, indent=2, default=str) if args.json else one_line(report))
+        return DRIFT_EXIT if report["status"] == "drift" else 0
     elif args.cmd == "summary":
         print(run_summary(settings, run_date))
     elif args.cmd == "registry":

@@ -216,7 +216,11 @@ def step_evaluate(settings: Settings, run_date: str, challenger: dict) -> dict:
     from pipelines.registry import evaluate
 
     ev = evaluate(settings, run_date, challenger["version"])
-    return {"run_date": run_date, "models": ev["models"], "test_rows": ev["test_rows"]}
+    from pipelines.monitor import try_build_reference
+
+    # what the drift monitor compares scored batches with (best effort: built on first monitor if missing)
+    reference = try_build_reference(settings, run_date, challenger["version"])
+    return {"run_date": run_date, "models": ev["models"], "test_rows": ev["test_rows"], "monitor_reference": reference}
 
 
 def step_gate(

@@ -95,6 +95,43 @@ RULE_OVERRIDES = (
 
 
 @dataclass(frozen=True)
+class Monitor:
+    """Drift thresholds of a scored batch against the champion's reference (MELI_MONITOR_*,
+    pipelines/monitor.py). A batch breaches when any check goes past its threshold."""
+
+    # fewer scored rows than this: reported, never judged (shares of a handful of rows are noise)
+    min_rows: int = field(default_factory=lambda: _int("MELI_MONITOR_MIN_ROWS", 200))
+    # Jensen-Shannon divergence (base 2) of the predicted-category mix, above what sampling alone gives
+    max_category_js: float = field(default_factory=lambda: _float("MELI_MONITOR_MAX_CATEGORY_JS", 0.05))
+    max_confidence_drop: float = field(default_factory=lambda: _float("MELI_MONITOR_MAX_CONFIDENCE_DROP", 0.10))
+    low_confidence: float = field(default_factory=lambda: _float("MELI_MONITOR_LOW_CONFIDENCE", 0.5))
+    max_low_confidence_increase: float = field(
+        default_factory=lambda: _float("MELI_MONITOR_MAX_LOW_CONFIDENCE_INCREASE", 0.15)
+    )
+    max_oov_increase: float = field(default_factory=lambda: _float("MELI_MONITOR_MAX_OOV_INCREASE", 0.10))
+    max_length_psi: float = field(default_factory=lambda: _float("MELI_MONITOR_MAX_LENGTH_PSI", 0.25))
+    # total variation distance of the language mix (spanish / portuguese / neither)
+    max_language_shift: float = field(default_factory=lambda: _float("MELI_MONITOR_MAX_LANGUAGE_SHIFT", 0.15))
+    max_unscorable_increase: float = field(default_factory=lambda: _float("MELI_MONITOR_MAX_UNSCORABLE_INCREASE", 0.05))
+    # the label-free macro-recall estimate below the champion's test macro-recall by more than this
+    max_recall_drop: float = field(default_factory=lambda: _float("MELI_MONITOR_MAX_RECALL_DROP", 0.05))
+    # text statistics (tokens, OOV, language) read this many rows of a batch at most (a uniform sample)
+    sample_rows: int = field(default_factory=lambda: _int("MELI_MONITOR_SAMPLE_ROWS", 200_000))
+    # after a meli_drift event, no other for this many hours (a drift-triggered retrain is under way)
+    drift_cooldown_h: float = field(default_factory=lambda: _float("MELI_MONITOR_DRIFT_COOLDOWN_H", 24.0))
+
+
+# the gate rules a run may override (DAG Params, CLI flags); the others come from the environment only
+RULE_OVERRIDES = (
+    "min_improvement",
+    "min_macro_recall",
+    "max_class_drop",
+    "max_share_classes_dropped",
+    "min_behaviour_pass",
+)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Resolved configuration. Construct with ``Settings()``; it reads the environment."""
 
@@ -131,6 +168,12 @@ class Settings:
     shadow: bool = field(default_factory=lambda: _bool("MELI_SHADOW", True))
     thresholds: Thresholds = field(default_factory=Thresholds)
     gate: GateRules = field(default_factory=GateRules)
+    monitor: Monitor = field(default_factory=Monitor)
+    # the nightly meli_retrain run alerts (log, a notice under $MELI_HOME/alerts/, the webhook) when
+    # it has not finished this many hours after it was queued (Airflow DeadlineAlert)
+    retrain_deadline_h: float = field(default_factory=lambda: _float("MELI_RETRAIN_DEADLINE_H", 6.0))
+    # optional: alerts are also POSTed (JSON) to this URL
+    alert_webhook_url: str = field(default_factory=lambda: _env("MELI_ALERT_WEBHOOK_URL", ""))
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.
@@ -187,6 +230,11 @@ class Settings:
     def shadow_dir(self) -> Path:
         """Shadow scores of a challenger beside the champion's (pipelines/shadow.py)."""
         return self.lake / "shadow"
+
+    @property
+    def monitor_dir(self) -> Path:
+        """Drift reports and the estimate-vs-realised history of the model (pipelines/monitor.py)."""
+        return self.home / "monitor" / self.model_name
 
     @property
     def cards_dir(self) -> Path:
