@@ -1,9 +1,12 @@
-"""Static checks of the distributed deployment in docker/: compose.yaml, .env.example, Dockerfiles."""
+"""Static checks of the distributed deployment in docker/: compose.yaml, .env.example, Dockerfiles,
+and the MLflow auth entrypoint docker/mlflow_auth.py (its config and REST paths against MLflow's own)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ SERVICES = {
     "postgres",
     "redis",
     "mlflow",
+    "mlflow-auth-init",
     "airflow-init",
     "airflow-apiserver",
     "airflow-scheduler",
@@ -22,12 +26,22 @@ SERVICES = {
     "airflow-worker",
     "airflow-worker-gpu",
 }
-ONE_SHOT = {"airflow-init"}
+ONE_SHOT = {"airflow-init", "mlflow-auth-init"}
 AIRFLOW = {s for s in SERVICES if s.startswith("airflow-")}
 SECRET_KEY = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|FERNET|CREDENTIAL|API_KEY|_AUTH$", re.I)
 INTERPOLATED = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?[-?])[^}]*)?\}$")
 VAR_REF = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}")
 URL_CREDENTIALS = re.compile(r"://[^/@\s]*:([^/@\s]+)@")
+REQUIRED = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*):\?set \1 in docker/\.env\}$")  # ${VAR:?set VAR in docker/.env}
+AUTH_SCRIPT = "/opt/meli/docker/mlflow_auth.py"
+
+
+def _load_mlflow_auth():
+    spec = importlib.util.spec_from_file_location("meli_docker_mlflow_auth", DOCKER / "mlflow_auth.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +196,116 @@ def test_dockerfiles_share_requirements_and_pin_torch():
         assert "FROM python:3.11" in text
     assert "download.pytorch.org/whl/cpu" in cpu
     assert re.search(r"download\.pytorch\.org/whl/\$\{TORCH_CUDA\}", cuda) and "ARG TORCH_CUDA=cu" in cuda
+
+
+# ---- MLflow's authentication (basic-auth) ---------------------------------------------------------
+def _required_var(value: str) -> str:
+    m = REQUIRED.match(value)
+    assert m, f"{value!r} is not ${{VAR:?set VAR in docker/.env}}"
+    return m[1]
+
+
+def test_mlflow_server_runs_basic_auth_through_the_entrypoint(compose):
+    mlflow = compose["services"]["mlflow"]
+    argv = _argv(mlflow["command"])
+    assert argv[:2] == ["mlflow", "server"], argv
+    assert argv[argv.index("--app-name") + 1] == "basic-auth", argv
+    # the entrypoint writes the auth config from the environment, then execs the command
+    assert _argv(mlflow["entrypoint"]) == ["python", AUTH_SCRIPT, "serve", "--"]
+    assert f"./mlflow_auth.py:{AUTH_SCRIPT}:ro" in mlflow["volumes"]
+    env = _env(mlflow)
+    config = env["MLFLOW_AUTH_CONFIG_PATH"]
+    assert config.startswith("/tmp/"), "the auth config (it holds secrets) stays inside the container"
+    assert not any(config.startswith(v.split(":")[1]) for v in mlflow["volumes"] if v.count(":") >= 1)
+    auth_db = env["MELI_MLFLOW_AUTH_DB_URI"]
+    assert auth_db.startswith("postgresql+psycopg2://") and auth_db.endswith("/${MLFLOW_AUTH_DB:-mlflow_auth}")
+    assert _required_var(env["MELI_MLFLOW_ADMIN_PASSWORD"]) == "MLFLOW_ADMIN_PASSWORD"
+    assert _required_var(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == "MLFLOW_FLASK_SECRET_KEY"
+    assert "MLFLOW_TRACKING_PASSWORD" not in env and "MELI_MLFLOW_SERVICE_PASSWORD" not in env
+    assert "/health" in " ".join(_argv(mlflow["healthcheck"]["test"]))  # answers without a login
+    # a fresh postgres volume gets the auth database too
+    assert "MLFLOW_AUTH_DB" in _env(compose["services"]["postgres"])
+    assert "MLFLOW_AUTH_DB" in (DOCKER / "postgres-init.sh").read_text()
+
+
+def test_auth_bootstrap_creates_the_service_account_before_airflow_starts(compose):
+    services = compose["services"]
+    init = services["mlflow-auth-init"]
+    assert _argv(init["command"]) == ["python", AUTH_SCRIPT, "bootstrap"]
+    assert f"./mlflow_auth.py:{AUTH_SCRIPT}:ro" in init["volumes"]
+    assert init["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert "env_file" not in init, "the bootstrap gets exactly the variables it needs"
+    env = _env(init)
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert _required_var(env["MELI_MLFLOW_ADMIN_PASSWORD"]) == "MLFLOW_ADMIN_PASSWORD"
+    assert _required_var(env["MELI_MLFLOW_SERVICE_PASSWORD"]) == "MLFLOW_SERVICE_PASSWORD"
+    assert env["MELI_MLFLOW_ADMIN_USER"] == _env(services["mlflow"])["MELI_MLFLOW_ADMIN_USER"]
+    assert env["MELI_MLFLOW_SERVICE_USER"] == "${MLFLOW_SERVICE_USER:-meli-pipelines}"
+    for name in AIRFLOW - {"airflow-init"}:
+        deps = services[name]["depends_on"]
+        assert deps["mlflow-auth-init"]["condition"] == "service_completed_successfully", name
+
+
+def test_airflow_services_log_in_to_mlflow_as_the_service_account(compose):
+    for name in AIRFLOW:
+        env = _env(compose["services"][name])
+        assert env["MLFLOW_TRACKING_USERNAME"] == "${MLFLOW_SERVICE_USER:-meli-pipelines}", name
+        assert _required_var(env["MLFLOW_TRACKING_PASSWORD"]) == "MLFLOW_SERVICE_PASSWORD", name
+        # env_file hands them all of docker/.env: the admin's secrets are blanked (environment wins)
+        assert env.get("MLFLOW_ADMIN_PASSWORD") == "" and env.get("MLFLOW_FLASK_SECRET_KEY") == "", name
+        assert not any("MLFLOW_ADMIN_PASSWORD" in v for v in env.values()), name
+
+
+def test_no_literal_mlflow_password_in_compose(compose, env_example):
+    for text in _walk_strings(compose):  # every value (comments aside): no placeholder, no password
+        assert "change-me" not in text, text
+    for name, svc in compose["services"].items():
+        for key, value in _env(svc).items():
+            if re.search(r"PASSWORD|SECRET", key) and "FILE" not in key and value:
+                assert _required_var(value), (name, key)
+    for key in ("MLFLOW_ADMIN_PASSWORD", "MLFLOW_SERVICE_PASSWORD", "MLFLOW_FLASK_SECRET_KEY"):
+        assert env_example[key] == "change-me", key
+
+
+def test_auth_script_talks_mlflows_own_rest_api():
+    from mlflow.server.auth import routes
+
+    auth = _load_mlflow_auth()
+    for name in (
+        "CREATE_USER",
+        "GET_USER",
+        "GET_CURRENT_USER",
+        "UPDATE_USER_PASSWORD",
+        "UPDATE_USER_ADMIN",
+        "GRANT_USER_PERMISSION",
+        "REVOKE_USER_PERMISSION",
+        "GET_USER_PERMISSION",
+    ):
+        assert getattr(auth, name) == getattr(routes, name), name
+    assert auth.MIN_PASSWORD == 12
+
+
+def test_auth_config_is_what_mlflow_reads(tmp_path, monkeypatch):
+    from mlflow.server.auth.config import read_auth_config
+
+    auth = _load_mlflow_auth()
+    path = tmp_path / "cfg" / "basic_auth.ini"
+    uri = "postgresql+psycopg2://meli:p%40ss@postgres:5432/mlflow_auth"  # a %-escaped URL password
+    monkeypatch.setenv("MELI_MLFLOW_AUTH_DB_URI", uri)
+    monkeypatch.setenv("MELI_MLFLOW_ADMIN_USER", "mlflow-admin")
+    monkeypatch.setenv("MELI_MLFLOW_ADMIN_PASSWORD", "adm%n-passw0rd-xyz")
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(path))
+    for var in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    auth.write_config(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    cfg = read_auth_config()
+    assert cfg.default_permission == "READ"
+    assert cfg.database_uri == uri
+    assert (cfg.admin_username, cfg.admin_password) == ("mlflow-admin", "adm%n-passw0rd-xyz")
+    assert cfg.authorization_function == "mlflow.server.auth:authenticate_request_basic_auth"
+    # placeholders and short passwords are refused before any server sees them
+    for bad in ("change-me", "short"):
+        monkeypatch.setenv("MELI_MLFLOW_ADMIN_PASSWORD", bad)
+        with pytest.raises(auth.AuthSetupError, match="at least 12"):
+            auth.write_config(path)
