@@ -234,6 +234,15 @@ def _train_cfg(params) -> TrainConfig:
             type="boolean",
             title="Require a person's approval",
             description="A promotion the gate decides waits on the Required Actions page (task approve_promotion) "
+        "recipe": Param(
+            _T.recipe,
+            type="string",
+            title="Training recipe",
+            description="default: the values of this form; tuned: the latest recipe meli_tune made "
+            "($MELI_HOME/tune/recipes/); or a recipe id. A recipe sets each model type's tuned fields that "
+            "are left at their defaults here (a field changed in this form wins). Recorded as the MLflow tag "
+            "meli.recipe; the model still has to win the gate.",
+        ),
             f"with the evidence; Reject or no answer within {_S.approval_timeout_h:g} h keeps the champion.",
         ),
         "force_promote": Param(

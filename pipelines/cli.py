@@ -157,6 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
     _add_train_flags(p)
 
+    p = sub.add_parser(
+        "tune",
+        help="an Optuna study over the training recipe on the lake's train/validation splits (never test); "
+        "its best trials become a recipe (train/retrain --recipe tuned)",
+    )
+    p.add_argument(
+        "--run-date", type=_date, default=None, help="the lake snapshot as of this date (default: the newest partition)"
+    )
+    p.add_argument("--trials", type=int, default=20, help="trials per model type, over every worker and restart")
+    p.add_argument("--budget-s", type=float, default=7200.0, help="wall-clock budget of this call, seconds")
+    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"], help="pruning on each epoch")
+    p.add_argument("--startup-trials", type=int, default=2, help="median pruner: trials never pruned first")
+    p.add_argument("--warmup-epochs", type=int, default=1, help="median pruner: epochs never pruned first")
+    p.add_argument("--max-epochs", type=int, default=0, help="epochs per trial (0 = --epochs, TrainConfig's)")
+    p.add_argument("--workers", type=int, default=1, help="trial processes side by side on this machine")
+    p.add_argument("--study", default=None, help="study name (default: meli-tune-<run date>; same name = resume)")
+    _add_train_flags(p)  # the base recipe (--models: the types to tune, default mlp)
+
     p = sub.add_parser("promote", help="evaluate the challenger vs the champion and apply the gate")
     p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--version", default=None, help="challenger version (default: the one `train` registered)")
@@ -399,6 +417,25 @@ def main(argv: list[str] | None = None) -> int:
         results = step_ensemble(settings, dataset, trained, cfg)
         challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
         _print({"trained": results, "challenger": challenger})
+    elif args.cmd == "tune":
+        from pipelines.tune import TuneConfig, latest_run_date, tune
+
+        if args.recipe not in (None, "default"):
+            print("error: tune searches around TrainConfig's defaults; --recipe is for train/retrain", file=sys.stderr)
+            return 2
+        tcfg = TuneConfig(
+            models=args.models or ["mlp"],
+            trials=args.trials,
+            budget_s=args.budget_s,
+            pruner=args.pruner,
+            startup_trials=args.startup_trials,
+            warmup_epochs=args.warmup_epochs,
+            max_epochs=args.max_epochs,
+            study=args.study or "",
+            workers=args.workers,
+        )
+        out = tune(settings, args.run_date or latest_run_date(settings), tcfg, _train_cfg(args))
+        _print({**out["summary"], "recipe": out["recipe"]["id"], "recipe_path": str(settings.recipes_dir)})
     elif args.cmd == "promote":
         from pipelines.retrain import step_evaluate, step_gate
 

@@ -54,6 +54,10 @@ class TrainConfig:
     embedding_dim: int = 100
     embedding_epochs: int = 20
     bucket: int = 100_000
+    # the training recipe (pipelines/tune.py): "default" = these defaults; "tuned" = the latest tuned
+    # recipe under $MELI_HOME/tune/recipes/; else a recipe id. A recipe's value of a field is used where
+    # the run left that field at its default here; a field set to another value wins (apply_recipe)
+    recipe: str = "default"
 
     def __post_init__(self) -> None:
         if isinstance(self.models, str):
@@ -91,6 +95,43 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def load_recipe(recipes_dir, recipe: str) -> dict | None:
+    """The recipe named ``recipe``: None for "default"; "tuned": the latest (by created_at, then id)
+    ``<recipes_dir>/<id>.json``; else the file of that id. Raises FileNotFoundError when missing."""
+    import json
+    from pathlib import Path
+
+    recipe = (recipe or "default").strip()
+    if recipe == "default":
+        return None
+    recipes_dir = Path(recipes_dir)
+    if recipe == "tuned":
+        found = [json.loads(p.read_text()) for p in sorted(recipes_dir.glob("*.json"))]
+        if not found:
+            raise FileNotFoundError(
+                f"recipe=tuned but no tuned recipe under {recipes_dir}: run `python -m pipelines tune` first"
+            )
+        return max(found, key=lambda r: (r["created_at"], r["id"]))
+    path = recipes_dir / f"{recipe}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe {recipe!r} at {path} (use default, tuned or a recipe id)")
+    return json.loads(path.read_text())
+
+
+def apply_recipe(cfg: TrainConfig, kind: str, recipe: dict | None) -> TrainConfig:
+    """``cfg`` for model type ``kind`` under ``recipe``: each of the recipe's parameters for ``kind``
+    replaces the field where ``cfg`` holds TrainConfig's default (a value set to anything else, by a
+    flag or a trigger-form Param, wins); ``recipe`` becomes the recipe's id. No recipe: ``cfg``."""
+    from dataclasses import replace
+
+    if recipe is None:
+        return replace(cfg, recipe="default")
+    defaults = TrainConfig()
+    params = recipe.get("params", {}).get(kind, {})
+    keep = {k: v for k, v in params.items() if getattr(cfg, k) == getattr(defaults, k)}
+    return replace(cfg, recipe=recipe["id"], **keep)
 
 
 def run_date_from_context(context) -> str:

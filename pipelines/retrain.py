@@ -99,6 +99,7 @@ def step_prepare(settings: Settings, run_date: str, validation: dict | None, tag
 def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
     """The run's mode (full or warm, pipelines/warm.py), FastText on the training split (warm: the
     base's, continued on the new rows), then the splits encoded once as arrays for the trainings."""
+    from pipelines.config import load_recipe
     from pipelines.encoded import encode_dataset
     from pipelines.features import train_embedding
     from pipelines.lake import atomic_write_json
@@ -106,6 +107,7 @@ def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
     from pipelines.train import embedding_config, log_embedding
     from pipelines.warm import PLAN_FILE, plan_run, warm_embedding
 
+    recipe = load_recipe(settings.recipes_dir, cfg.recipe)  # a missing recipe fails here, before FastText
     plan = plan_run(settings, dataset, cfg, dataset["run_date"])
     if plan["mode"] == "warm":
         emb = warm_embedding(dataset["dir"], plan, cfg.seed)
@@ -116,16 +118,37 @@ def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
     # every split as arrays, once; each distinct word's pretrained vector (cached across runs)
     emb["encoded"] = encode_dataset(dataset["dir"], emb["dir"], cfg.sentence_encoder, settings.sentence_cache_dir)
     log_embedding(settings, dataset["parent_run_id"], emb, cfg)
+    emb["recipe"] = recipe  # pinned for the run's train tasks ("tuned" resolved once, here)
+    _record_recipe(settings, dataset["parent_run_id"], recipe)
     return emb
+
+
+def _record_recipe(settings: Settings, parent_run_id: str, recipe: dict | None) -> None:
+    """The run's recipe on its parent MLflow run: tag ``meli.recipe`` and param ``recipe`` (the id or
+    "default"), and a tuned recipe's JSON as an artifact."""
+    import mlflow
+
+    from pipelines.tracking import configure
+
+    configure(settings)
+    with mlflow.start_run(run_id=parent_run_id):
+        rid = recipe["id"] if recipe else "default"
+        mlflow.set_tag("meli.recipe", rid)
+        mlflow.log_param("recipe", rid)
+        if recipe:
+            mlflow.log_dict(recipe, f"recipe/{rid}.json")
 
 
 def step_train(
     settings: Settings, dataset: dict, embedding: dict, kind: str, cfg: TrainConfig, side_by_side: int = 1
 ) -> dict:
-    """Train one model type; ``side_by_side``: trainings sharing this machine's cores at once."""
+    """Train one model type; ``side_by_side``: trainings sharing this machine's cores at once. The
+    run's recipe (``embedding["recipe"]``, step_embedding) sets this type's defaults (apply_recipe)."""
+    from pipelines.config import apply_recipe
     from pipelines.train import train_classifier
 
-    return train_classifier(
+    cfg = apply_recipe(cfg, kind, embedding.get("recipe"))
+    result = train_classifier(
         settings,
         dataset["dir"],
         embedding["dir"],
@@ -136,6 +159,7 @@ def step_train(
         threads=settings.train_threads(side_by_side),
         plan=embedding.get("plan"),
     )
+    return {**result, "recipe": cfg.recipe}
 
 
 def step_train_all(settings: Settings, dataset: dict, embedding: dict, cfg: TrainConfig) -> list[dict]:
@@ -205,6 +229,10 @@ def step_register(
         [(r["model_type"], r["val_macro_recall"]) for r in results],
     )
     challenger = register_challenger(settings, best, run_date, dag_run_id)
+    recipe = next((r["recipe"] for r in results if r.get("recipe")), "default")  # one recipe per run
+    import mlflow
+
+    mlflow.MlflowClient().set_model_version_tag(settings.model_name, challenger["version"], "meli.recipe", recipe)
     atomic_write_json(settings.run_dir(run_date) / "challenger.json", {**challenger, "parent_run_id": parent_run_id})
     from pipelines.card import try_write_card
 

@@ -156,6 +156,11 @@ class Settings:
     # hosts); empty: a lock file beside the SQLite store or under MELI_HOME
     lock_uri: str = field(default_factory=lambda: _env("MELI_LOCK_URI", ""))
     # mode=auto trains full (not warm) when the champion's last full retrain is older than this many
+    # hyperparameter tuning (pipelines/tune.py): the Optuna storage (a SQLAlchemy URL; default SQLite
+    # under $MELI_HOME/tune/; postgresql+psycopg2://... for workers on several hosts) and the MLflow
+    # experiment of the studies and their trials
+    tune_storage: str = field(default_factory=lambda: _env("MELI_TUNE_STORAGE", ""))
+    tune_experiment: str = field(default_factory=lambda: _env("MELI_TUNE_EXPERIMENT", "meli-tune"))
     # days, or when the training split has more than this share of words its vocabulary lacks
     warm_max_age_days: float = field(default_factory=lambda: _float("MELI_WARM_MAX_AGE_DAYS", 7.0))
     warm_max_vocab_growth: float = field(default_factory=lambda: _float("MELI_WARM_MAX_VOCAB_GROWTH", 0.10))
@@ -173,6 +178,8 @@ class Settings:
     # it has not finished this many hours after it was queued (Airflow DeadlineAlert)
     retrain_deadline_h: float = field(default_factory=lambda: _float("MELI_RETRAIN_DEADLINE_H", 6.0))
     # optional: alerts are also POSTed (JSON) to this URL
+        if not self.tune_storage:
+            object.__setattr__(self, "tune_storage", f"sqlite:///{self.home / 'tune' / 'optuna.db'}")
     alert_webhook_url: str = field(default_factory=lambda: _env("MELI_ALERT_WEBHOOK_URL", ""))
 
     def __post_init__(self) -> None:
@@ -220,6 +227,15 @@ class Settings:
     @property
     def work_dir(self) -> Path:
         return self.home / "work"
+
+    @property
+    def tune_dir(self) -> Path:
+        """Tuning studies' prepared data (pipelines/tune.py), and recipes/ (the tuned recipes)."""
+        return self.home / "tune"
+
+    @property
+    def recipes_dir(self) -> Path:
+        return self.tune_dir / "recipes"
 
     @property
     def sentence_cache_dir(self) -> Path:

@@ -219,6 +219,8 @@ def train_classifier(
     run_date: str = "",
     threads: int | None = None,
     plan: dict | None = None,
+    epoch_callback=None,
+    log_model: bool = True,
 ) -> dict:
     """Train one model type and log it to MLflow. Returns a small dict for XCom. ``threads``: torch
     CPU threads for this process (default: torch's, all cores); set it when trainings run side by side.
@@ -233,6 +235,10 @@ def train_classifier(
     ``plan`` (pipelines/warm.py; None = full): in a warm plan this type starts from its parent's
     weights and both passes train on the new partitions' rows plus a replay sample, for at most
     ``cfg.warm_epochs`` epochs.
+
+    ``epoch_callback(epoch, val_macro_recall)`` (hyperparameter tuning, pipelines/tune.py) is called
+    after each selection-pass epoch is logged; it may raise (e.g. ``optuna.TrialPruned``) to stop the
+    run there. ``log_model=False``: no bundle and no logged model (a tuning trial; result model_uri "").
     """
     import mlflow
     import torch
@@ -348,6 +354,8 @@ def train_classifier(
                 "%s epoch %d/%d: train_loss %.4f val_loss %.4f val_macro_recall %.4f (%.1fs)",
                 kind, epoch, cfg.epochs, train_loss, val_loss, val_mr, epoch_s,
             )  # fmt: skip
+            if epoch_callback is not None:
+                epoch_callback(epoch, val_mr)
             if val_mr > best["val"]:
                 state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 best.update(val=val_mr, epoch=epoch, state=state, probs=probs)
@@ -384,6 +392,10 @@ def train_classifier(
             metrics |= {"refit_rows": len(refit_rows), "refit_seconds": refit_seconds, "refit_epochs": best["epoch"]}
             train_seconds += refit_seconds
         mlflow.log_metrics(metrics)
+        if not log_model:
+            return {"model_type": kind, "run_id": run.info.run_id, "model_uri": "", "device": str(device),
+                    "val_macro_recall": round(best["val"], 6), "best_epoch": best["epoch"],
+                    "train_seconds": round(train_seconds, 2)}  # fmt: skip
 
         bundle_dir = Path(settings.run_dir(run_date or "adhoc")) / "models" / kind / "bundle"
         with atomic_tree(bundle_dir) as tmp:

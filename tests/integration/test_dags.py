@@ -44,7 +44,7 @@ def _parse_dags(home, **env) -> dict:
 def test_dags_import_cleanly_without_heavy_modules(tmp_path):
     out = _parse_dags(tmp_path / "home")
     assert out["errors"] == {}
-    assert out["dags"] == ["meli_retrain", "meli_score"]
+    assert out["dags"] == ["meli_retrain", "meli_score", "meli_tune"]
     assert out["heavy"] == [], f"DAG parsing imported heavy modules: {out['heavy']}"
     assert out["queues"]["train"] == "gpu" and out["queues"]["ingest"] == "default"
     assert out["max_active_runs"] == 1
