@@ -83,7 +83,8 @@ mlflow-ui: venv
 	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MELI_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-# Real distributed run on 127.0.0.1 (~3 min): needs Postgres :5432 (user postgres) and Redis :6379; skips otherwise
+# Real distributed run on 127.0.0.1 (~4-5 min), MLflow server with basic-auth (docker/mlflow_auth.py):
+# needs Postgres :5432 (user postgres) and Redis :6379; skips otherwise
 distributed-test: venv
 	$(PY) -m pytest -q tests/distributed
 

@@ -5,10 +5,15 @@ only (see docker/.env.example): CeleryExecutor, Postgres metadata DB, Redis brok
 result backend, an MLflow tracking server on Postgres serving artifacts from a shared root, and
 ``MELI_TRAIN_POOL=gpu``. :class:`Cluster` builds exactly that from the local Postgres and Redis:
 
-* two FRESH, uniquely named Postgres databases (Airflow metadata, MLflow), dropped at the end;
+* three FRESH, uniquely named Postgres databases (Airflow metadata, MLflow, MLflow's auth store),
+  dropped at the end;
 * a Redis database number claimed for this run only (an owner key), flushed at the end;
-* ``mlflow server``, ``airflow api-server``, ``scheduler``, ``dag-processor`` and two
-  ``airflow celery worker`` processes (queues ``default`` and ``gpu``), each logging to a file;
+* ``mlflow server --app-name basic-auth`` (MLflow's built-in authentication, started and
+  bootstrapped by docker/mlflow_auth.py exactly as docker/compose.yaml does: ``serve`` writes the
+  auth config, ``bootstrap`` creates the pipelines' service account), then ``airflow api-server``,
+  ``scheduler``, ``dag-processor`` and two ``airflow celery worker`` processes (queues ``default``
+  and ``gpu``), each logging to a file; every Airflow process logs in to MLflow as the service
+  account (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``), none sees the admin's;
 * everything it starts is stopped by PID (terminate, wait, kill; children included).
 
 ``python tests/distributed/meli_cluster.py --check`` exits 0 when Postgres and Redis answer on
@@ -17,6 +22,7 @@ result backend, an MLflow tracking server on Postgres serving artifacts from a s
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -35,6 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 VENV_BIN = Path(sys.executable).parent
+MLFLOW_AUTH = REPO / "docker" / "mlflow_auth.py"  # the MLflow server's entrypoint and auth bootstrap
 HOST = "127.0.0.1"  # never anything else
 PG_PORT = 5432
 REDIS_PORT = 6379
@@ -146,6 +153,7 @@ class Proc:
     name: str
     popen: subprocess.Popen
     log: Path
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # what it was started with
 
     @property
     def pid(self) -> int:
@@ -219,7 +227,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def _http(method: str, url: str, body: dict | None = None, token: str | None = None, timeout: float = 30):
+def _http(
+    method: str,
+    url: str,
+    body: dict | None = None,
+    token: str | None = None,
+    timeout: float = 30,
+    basic: tuple[str, str] | None = None,
+):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Accept", "application/json")
@@ -227,6 +242,8 @@ def _http(method: str, url: str, body: dict | None = None, token: str | None = N
         req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
+    if basic:
+        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(basic).encode()).decode())
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
@@ -254,10 +271,16 @@ class Cluster:
         self.artifacts = self.root / "shared" / "mlflow-artifacts"  # the MLflow server's artifact root
         self.airflow_db = f"meli_dist_{self.uid}_airflow"
         self.mlflow_db = f"meli_dist_{self.uid}_mlflow"
+        self.mlflow_auth_db = f"meli_dist_{self.uid}_mlflow_auth"
         self.api_port = free_port()
         self.mlflow_port = free_port()
         self.password = secrets.token_urlsafe(12)
         self.jwt_secret = secrets.token_urlsafe(32)  # shared by every component (signs API + task tokens)
+        # MLflow basic-auth: the admin (manages users/permissions; only the server and the bootstrap
+        # step see it) and the service account every Airflow process logs in with
+        self.mlflow_admin = ("mlflow-admin", secrets.token_urlsafe(18))
+        self.mlflow_service = ("meli-pipelines", secrets.token_urlsafe(18))
+        self.mlflow_flask_secret = secrets.token_urlsafe(24)
         self.redis_token = f"{self.uid}:{os.getpid()}"
         self.worker_names = {"default": f"meli-default-{self.uid}", "gpu": f"meli-gpu-{self.uid}"}
 
@@ -295,6 +318,9 @@ class Cluster:
                 "MELI_TRAIN_QUEUE": "gpu",
                 "MELI_TRAIN_POOL": "gpu",
                 "MLFLOW_TRACKING_URI": self.mlflow_url,
+                # MLflow's client logs in with these (basic auth): the service account
+                "MLFLOW_TRACKING_USERNAME": self.mlflow_service[0],
+                "MLFLOW_TRACKING_PASSWORD": self.mlflow_service[1],
                 "MELI_LOCK_URI": self._pg_url(self.airflow_db),  # the gate's lock: a Postgres advisory lock
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
@@ -338,16 +364,23 @@ class Cluster:
             d.mkdir(parents=True, exist_ok=True)
         (self.root / "simple_auth_passwords.json").write_text(json.dumps({"admin": self.password}))
         self.redis_db = claim_redis_db(self.redis_token)
-        for db in (self.airflow_db, self.mlflow_db):
+        for db in (self.airflow_db, self.mlflow_db, self.mlflow_auth_db):
             create_database(db)
             self.databases.append(db)
 
-        # MLflow tracking server on Postgres; artifacts proxied to the shared root
+        # MLflow tracking server on Postgres with MLflow's authentication (basic-auth), through the
+        # same entrypoint as docker/compose.yaml; artifacts proxied to the shared root
         self.spawn(
             "mlflow",
             [
+                sys.executable,
+                str(MLFLOW_AUTH),
+                "serve",
+                "--",
                 "mlflow",
                 "server",
+                "--app-name",
+                "basic-auth",
                 "--backend-store-uri",
                 self._pg_url(self.mlflow_db),
                 "--serve-artifacts",
@@ -360,12 +393,26 @@ class Cluster:
                 "--workers",
                 "1",
             ],
+            **self._mlflow_admin_env(),
+            MLFLOW_AUTH_CONFIG_PATH=str(self.root / "mlflow-auth" / "basic_auth.ini"),
+            MELI_MLFLOW_AUTH_DB_URI=self._pg_url(self.mlflow_auth_db),
+            MLFLOW_FLASK_SERVER_SECRET_KEY=self.mlflow_flask_secret,
         )
         self.run("airflow-db-migrate", ["airflow", "db", "migrate"], timeout=300)
         self.run(
             "airflow-pools-set",
             ["airflow", "pools", "set", "gpu", "1", "GPU slots: one training task per GPU"],
             timeout=120,
+        )
+        # the service account, before any Airflow component starts (compose: mlflow-auth-init)
+        self.run(
+            "mlflow-auth-bootstrap",
+            [sys.executable, str(MLFLOW_AUTH), "bootstrap"],
+            timeout=300,
+            **self._mlflow_admin_env(),
+            MELI_MLFLOW_SERVICE_USER=self.mlflow_service[0],
+            MELI_MLFLOW_SERVICE_PASSWORD=self.mlflow_service[1],
+            MELI_MLFLOW_BOOTSTRAP_TIMEOUT_S="240",
         )
         self.spawn(
             "api-server", ["airflow", "api-server", "--host", HOST, "--port", str(self.api_port), "--workers", "1"]
@@ -392,6 +439,15 @@ class Cluster:
                 MELI_WORKER_HOSTNAME=name,
             )
 
+    def _mlflow_admin_env(self) -> dict[str, str]:
+        """The MLflow admin's credentials: for the server and the bootstrap step only."""
+        return {
+            "MELI_MLFLOW_ADMIN_USER": self.mlflow_admin[0],
+            "MELI_MLFLOW_ADMIN_PASSWORD": self.mlflow_admin[1],
+            "MLFLOW_TRACKING_USERNAME": "",
+            "MLFLOW_TRACKING_PASSWORD": "",
+        }
+
     def stop(self) -> None:
         # workers first (no new task processes), then the control plane, then MLflow
         order = {"worker-gpu": 0, "worker-default": 0, "scheduler": 1, "dag-processor": 2, "api-server": 3}
@@ -416,11 +472,12 @@ class Cluster:
     def spawn(self, name: str, argv: list[str], **extra: str) -> Proc:
         log = self.logs / f"{name}.log"
         fh = open(log, "ab")  # noqa: SIM115 - the child owns it; closed when we close our copy below
+        env = self.env(**extra)
         try:
             popen = subprocess.Popen(
                 argv,
                 cwd=self.root,
-                env=self.env(**extra),
+                env=env,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -428,7 +485,7 @@ class Cluster:
             )
         finally:
             fh.close()
-        proc = Proc(name, popen, log)
+        proc = Proc(name, popen, log, env)
         self.procs.append(proc)
         return proc
 
@@ -506,6 +563,10 @@ class Cluster:
 
     def api(self, method: str, path: str, body: dict | None = None):
         return _http(method, f"{self.api_url}{path}", body, token=self.token)
+
+    def mlflow(self, method: str, path: str, body: dict | None = None, auth: tuple[str, str] | None = None):
+        """An MLflow REST call as ``auth`` (username, password); None: no credentials at all."""
+        return _http(method, f"{self.mlflow_url}{path}", body, basic=auth, timeout=30)
 
     # -- diagnostics
     def diagnostics(self, lines: int = 30) -> str:

@@ -3,7 +3,10 @@
 Runs ``meli_retrain`` on synthetic data through the REST API of a real Airflow deployment made of
 separate processes (api-server, scheduler, dag-processor, a ``default`` and a ``gpu`` Celery worker)
 and checks that training ran on the gpu worker, everything else on the default worker, and that the
-MLflow server's registry has a champion. Skips unless Postgres and Redis answer on 127.0.0.1.
+MLflow server's registry has a champion. The MLflow server runs MLflow's authentication
+(basic-auth): the DAG registers and promotes as the service account, and "who may promote" is
+checked on the version it registered (no login: 401; a read-only user: 403; the service account
+moves the alias). Skips unless Postgres and Redis answer on 127.0.0.1.
 Fresh databases, a claimed Redis DB number and every process are cleaned up at the end;
 MELI_DIST_KEEP_LOGS=<dir> copies the process and task logs there.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -29,6 +33,7 @@ DAG_ID = "meli_retrain"
 MODEL_NAME = "meli-title-classifier"
 RUN_TIMEOUT_S = 420
 TERMINAL = {"success", "failed"}
+OPTIONAL_TASKS = {"approve_promotion"}  # skipped unless the run requires approval (MELI_REQUIRE_APPROVAL)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +71,7 @@ def _ti_table(tis: list[dict]) -> str:
     )
 
 
-def test_retrain_on_celery_with_gpu_queue(cluster: Cluster):
+def test_retrain_on_celery_with_gpu_queue(cluster: Cluster, monkeypatch):
     # synthetic input on the shared path
     data = cluster.home / "landing" / "distributed-demo.jsonl.gz"
     gen = subprocess.run(
@@ -113,10 +118,13 @@ def test_retrain_on_celery_with_gpu_queue(cluster: Cluster):
         f"{_ti_table(tis)}\n{cluster.task_log_tails()}\n{cluster.diagnostics()}"
     )
 
-    # where each task ran: train on the gpu worker (queue + pool gpu), everything else on default
+    # where each task ran: train on the gpu worker (queue + pool gpu), everything else on default;
+    # the approval step runs only with require_approval (off here), so it is skipped on no worker
+    skipped = {t["task_id"] for t in tis if t["state"] == "skipped"}
+    assert skipped <= OPTIONAL_TASKS, _ti_table(tis)
     gpu_host, default_host = cluster.worker_names["gpu"], cluster.worker_names["default"]
     train = [t for t in tis if t["task_id"] == "train"]
-    others = [t for t in tis if t["task_id"] != "train"]
+    others = [t for t in tis if t["task_id"] != "train" and t["state"] != "skipped"]
     assert train and others, _ti_table(tis)
     for t in train:
         assert (t["state"], t["hostname"], t["queue"], t["pool"]) == ("success", gpu_host, "gpu", "gpu"), _ti_table(tis)
@@ -130,6 +138,9 @@ def test_retrain_on_celery_with_gpu_queue(cluster: Cluster):
 
     # the champion is set in the tracking server's registry, its artifacts on the shared root
     from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", cluster.mlflow_service[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", cluster.mlflow_service[1])
 
     client = MlflowClient(tracking_uri=cluster.mlflow_url, registry_uri=cluster.mlflow_url)
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
@@ -153,3 +164,111 @@ def _assert_no_torch_in_workers(cluster: Cluster) -> None:
             except OSError:
                 continue
             assert "libtorch" not in maps, f"{proc.name} process {p.pid} ({p.cmdline()[:3]}) has torch loaded"
+
+
+# ---- who may promote: MLflow's authentication on the version the DAG run registered ---------------
+ALIAS = "/api/2.0/mlflow/registered-models/alias"
+
+
+def _champion(cluster: Cluster, auth: tuple[str, str]) -> str | None:
+    status, body = cluster.mlflow("GET", f"{ALIAS}?name={MODEL_NAME}&alias=champion", auth=auth)
+    if status == 200:
+        return body["model_version"]["version"]
+    assert status in (400, 404), (status, body)  # no such alias
+    return None
+
+
+def test_only_the_service_account_moves_the_champion(cluster: Cluster, monkeypatch):
+    from mlflow import MlflowClient
+
+    service, admin = cluster.mlflow_service, cluster.mlflow_admin
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", service[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", service[1])
+    client = MlflowClient(tracking_uri=cluster.mlflow_url, registry_uri=cluster.mlflow_url)
+    versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+    if not versions:
+        pytest.skip("no registered version: the distributed retrain run (the test above) did not register one")
+    before = _champion(cluster, service)
+    # a version the champion is not on, to move the alias to: the service account registers one more
+    # version of the run's model (it may register versions)
+    latest = max(versions, key=lambda v: int(v.version))
+    # the source is the logged model's URI (models:/m-...): the server wants its id next to it
+    logged_model_id = (
+        latest.source.removeprefix("models:/") if latest.source.startswith("models:/m-") else latest.model_id
+    )
+    target = client.create_model_version(
+        MODEL_NAME,
+        latest.source,
+        run_id=latest.run_id,
+        model_id=logged_model_id,
+        tags={"meli.test": "who-may-promote"},
+    ).version
+    assert target != before
+    move = {"name": MODEL_NAME, "alias": "champion", "version": target}
+
+    # every Airflow process logs in as the service account; none holds the admin's password: the
+    # environment each was started with, and /proc where the process has not overwritten it (the
+    # api-server's and workers' process titles reuse that memory)
+    for proc in cluster.procs:
+        if proc.name == "mlflow":
+            continue
+        assert proc.env.get("MLFLOW_TRACKING_USERNAME") == service[0], proc.name
+        assert proc.env.get("MLFLOW_TRACKING_PASSWORD") == service[1], proc.name
+        assert not any(admin[1] in v for v in proc.env.values()), f"{proc.name} got the MLflow admin password"
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        if any(item.startswith(b"PATH=") for item in environ):
+            assert f"MLFLOW_TRACKING_USERNAME={service[0]}".encode() in environ, proc.name
+            assert not any(admin[1].encode() in item for item in environ), f"{proc.name} sees the admin password"
+
+    # (1) no credentials, or a wrong password: 401, and the alias stays where it was
+    status, body = cluster.mlflow("POST", ALIAS, move)
+    assert status == 401, (status, body)
+    status, body = cluster.mlflow("POST", ALIAS, move, auth=(service[0], service[1] + "x"))
+    assert status == 401, (status, body)
+    assert _champion(cluster, service) == before
+
+    # (2) another authenticated user (default_permission READ) reads the model but cannot promote
+    reader = (f"reader-{cluster.uid}-{secrets.token_hex(3)}", secrets.token_urlsafe(18))
+    status, body = cluster.mlflow(
+        "POST", "/api/2.0/mlflow/users/create", {"username": reader[0], "password": reader[1]}, auth=admin
+    )
+    assert status == 200, (status, body)
+    status, body = cluster.mlflow("GET", f"/api/2.0/mlflow/registered-models/get?name={MODEL_NAME}", auth=reader)
+    assert status == 200 and body["registered_model"]["name"] == MODEL_NAME, (status, body)
+    assert _champion(cluster, reader) == before
+    status, body = cluster.mlflow("POST", ALIAS, move, auth=reader)
+    assert status == 403, (status, body)
+    if before is not None:
+        status, body = cluster.mlflow("DELETE", ALIAS, {"name": MODEL_NAME, "alias": "champion"}, auth=reader)
+        assert status == 403, (status, body)
+    assert _champion(cluster, service) == before
+
+    # the service account owns (MANAGE) the experiment it created and the model; the reader reads
+    status, exp = cluster.mlflow(
+        "GET", "/api/2.0/mlflow/experiments/get-by-name?experiment_name=meli-retrain", auth=reader
+    )
+    assert status == 200, (status, exp)
+    for user, resource_type, resource_id, expected in [
+        (service[0], "experiment", exp["experiment"]["experiment_id"], "MANAGE"),
+        (service[0], "registered_model", MODEL_NAME, "MANAGE"),
+        (reader[0], "experiment", exp["experiment"]["experiment_id"], "READ"),
+        (reader[0], "registered_model", MODEL_NAME, "READ"),
+    ]:
+        status, body = cluster.mlflow(
+            "GET",
+            f"/api/3.0/mlflow/users/permissions/get?username={user}"
+            f"&resource_type={resource_type}&resource_id={resource_id}",
+            auth=admin,
+        )
+        assert status == 200 and body["permission"] == expected, (user, resource_type, status, body)
+
+    # (3) the service account moves the alias, then puts it back as it was
+    status, body = cluster.mlflow("POST", ALIAS, move, auth=service)
+    assert status == 200, (status, body)
+    assert _champion(cluster, reader) == target
+    if before is None:
+        status, body = cluster.mlflow("DELETE", ALIAS, {"name": MODEL_NAME, "alias": "champion"}, auth=service)
+    else:
+        status, body = cluster.mlflow("POST", ALIAS, {**move, "version": before}, auth=service)
+    assert status == 200, (status, body)
+    assert _champion(cluster, reader) == before
