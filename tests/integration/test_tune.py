@@ -131,3 +131,26 @@ def test_train_with_the_tuned_recipe_logs_its_parameters(tuned):
     assert parent.data.tags["meli.recipe"] == rid and parent.data.params["recipe"] == rid
     version = client.get_model_version("meli-title-classifier", out["challenger"]["version"])
     assert version.tags["meli.recipe"] == rid
+
+
+def test_meli_tune_dag_runs_a_two_trial_study(tmp_path):
+    """dag.test() of meli_tune: prepare, two mapped workers sharing one study, then the recipe."""
+    from tests.integration.airflow_env import dag_test, migrate
+
+    home = tmp_path / "meli"
+    migrate(home)
+    for args in (["demo-data", str(home / "in.jsonl"), "--rows", "600", "--seed", "6"],
+                 ["ingest", str(home / "in.jsonl"), "--run-date", DAY]):  # fmt: skip
+        r = _run(home, "-m", "pipelines", *args)
+        assert r.returncode == 0, r.stderr[-2000:]
+    conf = {"trials": 2, "workers": 2, "max_epochs": 2, "epochs": 2, "sentence_encoder": "none", "models": ["mlp"]}
+    out = dag_test(home, "meli_tune", conf, timeout=400)
+    assert out["state"] == "success", out
+    assert {k: v for k, v in out["tasks"].items()} == {
+        "prepare": "success", "worker_slots": "success", "worker[0]": "success", "worker[1]": "success",
+        "recipe": "success",
+    }  # fmt: skip
+    trials = _trials(home, f"meli-tune-{DAY}")
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 2 and trials[0].user_attrs["recipe"]
+    (recipe,) = (home / "tune" / "recipes").glob("*.json")
+    assert json.loads(recipe.read_text())["study"] == f"meli-tune-{DAY}"
