@@ -162,6 +162,7 @@ def test_airflow_services_run_the_distributed_profile(compose):
         assert env["MLFLOW_TRACKING_URI"].startswith("http://mlflow:"), name
         env_file = svc.get("env_file")
         assert env_file in (".env", [".env"]) or ".env" in (env_file or []), f"{name}: env_file .env"
+        assert env["MELI_REQUIRE_APPROVAL"].endswith(":-1}"), f"{name}: a team's promotions wait for a person"
     init = " ".join(_argv(compose["services"]["airflow-init"]["command"]))
     assert "airflow db migrate" in init and "airflow pools set gpu" in init
 
