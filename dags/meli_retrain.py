@@ -28,6 +28,13 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
    Skipped when no approval is required or the gate rejected
 11. **announce_champion** emits the `meli_champion` asset only when a new champion was promoted
 
+Schedule: nightly at 02:00 UTC **or** when `meli_score`'s monitor finds drift (the `meli_drift` asset,
+reason in the event's extra). A drift-triggered run takes the landing files like a nightly one; with
+nothing in the landing it skips (the lake has not changed since the last retrain, which already
+trained on every partition; the log says so) rather than retrain on the same rows. A run not finished
+`MELI_RETRAIN_DEADLINE_H` hours after it was queued alerts (DeadlineAlert: log, `$MELI_HOME/alerts/`,
+`MELI_ALERT_WEBHOOK_URL`).
+
 Operators: trigger with the form to change sources, models, hyperparameters and gate rules;
 `force_promote` and `dry_run` are there for exceptional cases. Everything lands under `$MELI_HOME`.
 """
@@ -38,7 +45,18 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, Param, TriggerRule, dag, task
+from airflow.sdk import (
+    Asset,
+    AssetOrTimeSchedule,
+    AsyncCallback,
+    CronTriggerTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    TriggerRule,
+    dag,
+    task,
+)
 from airflow.sdk.configuration import conf
 
 from pipelines.approval import approval_operator
@@ -55,6 +73,8 @@ from pipelines.settings import RULE_OVERRIDES, GateRules, Settings
 
 LISTINGS = Asset("meli_lake_listings")
 CHAMPION = Asset("meli_champion")
+DRIFT = Asset("meli_drift")  # emitted by meli_score's monitor on a breach
+NIGHTLY = "0 2 * * *"
 TRAIN_QUEUE = os.environ.get("MELI_TRAIN_QUEUE", "gpu")
 TRAIN_POOL = os.environ.get("MELI_TRAIN_POOL", "default_pool")
 TRAIN_CONCURRENCY = Settings().train_concurrency  # mapped train tasks at once (MELI_TRAIN_CONCURRENCY)
@@ -81,7 +101,19 @@ def _train_cfg(params) -> TrainConfig:
 
 @dag(
     dag_id="meli_retrain",
-    schedule="0 2 * * *",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(NIGHTLY, timezone="UTC"), assets=DRIFT),
+    # the nightly run alerts when it is not done in time (the callback runs in the triggerer); 0 = none
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(hours=_S.retrain_deadline_h),
+        callback=AsyncCallback(
+            "pipelines.alerts.retrain_deadline_missed",
+            kwargs={"dag_id": "meli_retrain", "hours": _S.retrain_deadline_h},
+        ),
+        name="meli_retrain_deadline",
+    )
+    if _S.retrain_deadline_h > 0
+    else None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -202,6 +234,15 @@ def _train_cfg(params) -> TrainConfig:
         "embedding_dim": Param(_T.embedding_dim, type="integer", minimum=8, title="FastText dimension"),
         "embedding_epochs": Param(_T.embedding_epochs, type="integer", minimum=1, title="FastText epochs"),
         "device": Param(_T.device, enum=list(DEVICES), title="Device", description="auto = CUDA when available"),
+        "recipe": Param(
+            _T.recipe,
+            type="string",
+            title="Training recipe",
+            description="default: the values of this form; tuned: the latest recipe meli_tune made "
+            "($MELI_HOME/tune/recipes/); or a recipe id. A recipe sets each model type's tuned fields that "
+            "are left at their defaults here (a field changed in this form wins). Recorded as the MLflow tag "
+            "meli.recipe; the model still has to win the gate.",
+        ),
         "min_improvement": Param(_G.min_improvement, type="number", title="Gate: minimum macro-recall gain"),
         "min_macro_recall": Param(
             _G.min_macro_recall, type="number", minimum=0, maximum=1, title="Gate: absolute macro-recall floor"
@@ -234,15 +275,6 @@ def _train_cfg(params) -> TrainConfig:
             type="boolean",
             title="Require a person's approval",
             description="A promotion the gate decides waits on the Required Actions page (task approve_promotion) "
-        "recipe": Param(
-            _T.recipe,
-            type="string",
-            title="Training recipe",
-            description="default: the values of this form; tuned: the latest recipe meli_tune made "
-            "($MELI_HOME/tune/recipes/); or a recipe id. A recipe sets each model type's tuned fields that "
-            "are left at their defaults here (a field changed in this form wins). Recorded as the MLflow tag "
-            "meli.recipe; the model still has to win the gate.",
-        ),
             f"with the evidence; Reject or no answer within {_S.approval_timeout_h:g} h keeps the champion.",
         ),
         "force_promote": Param(
@@ -262,9 +294,29 @@ def meli_retrain():
 
         settings = _settings()
         run_date = run_date_from_context({**context, "params": params})
-        return step_ingest(
-            settings, list(params["sources"] or []), run_date, params["input_format"], bool(params["allow_empty"])
-        )
+        sources = list(params["sources"] or [])
+        drift = [
+            e.extra or {}
+            for key, events in (context.get("triggering_asset_events") or {}).items()
+            if getattr(key, "name", key) == DRIFT.name
+            for e in events
+        ]
+        if drift and not sources:  # a drift-triggered run: the landing's files, or nothing to do
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from pipelines.retrain import landing_sources
+
+            why = "; ".join(sorted({str(d.get("reason", "")) for d in drift}))
+            print(f"triggered by meli_drift: {why}")
+            try:
+                landing_sources(settings, run_date)
+            except FileNotFoundError as exc:
+                raise AirflowSkipException(
+                    f"drift-triggered, but {exc}; the lake is unchanged since the last retrain, so there is "
+                    "nothing new to retrain on: the run is skipped (drop new labelled files in the landing, or "
+                    "trigger with sources)"
+                ) from exc
+        return step_ingest(settings, sources, run_date, params["input_format"], bool(params["allow_empty"]))
 
     # the new partition is announced (scheduling meli_score) only once it passed validation: a batch
     # that fails a critical expectation is neither trained on nor scored
@@ -401,7 +453,8 @@ def meli_retrain():
         return decision
 
     # skipped by the approval task on Reject; runs after it on Approve, or when it was not needed
-    @task.short_circuit(outlets=[CHAMPION], trigger_rule=TriggerRule.NONE_FAILED)
+    # (min one success: a drift-triggered run that skipped at ingest skips this too)
+    @task.short_circuit(outlets=[CHAMPION], trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def announce_champion(decision: dict, dag_run=None) -> bool:
         """Emit the champion asset (scheduling meli_score) only when a new champion was promoted."""
         if decision["decision"] == "pending_approval":  # answered since: the record says how

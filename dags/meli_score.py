@@ -15,6 +15,14 @@ Shadow (`shadow`, default `MELI_SHADOW`, on): when a version newer than the serv
 `lake/shadow/run_date=<date>/` (or `<output stem>.shadow-v<N>.parquet`), and an agreement report is
 written to `$MELI_HOME/shadow/<model>/v<N>/<date>.json|.md` and MLflow (experiment `<experiment>-shadow`).
 A failure there is logged as a warning; the served scores stand.
+
+Monitor (task `monitor`): the scored batch is compared with the champion's reference (its test-split
+predictions and statistics, built when the version was evaluated): predicted-category mix, confidence,
+out-of-vocabulary tokens, title length, language mix, unscorable rows, and a label-free estimate of
+macro-recall (thresholds `MELI_MONITOR_*`). The report (JSON + HTML) is in
+`$MELI_HOME/monitor/<model>/v<N>/` and MLflow (experiment `<experiment>-monitor`); the task log and
+XCom carry its path. On a breach `announce_drift` emits the `meli_drift` asset (reason in its extra),
+which schedules `meli_retrain`; within thresholds it is skipped and nothing is emitted.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from pipelines.settings import Settings
 
 LISTINGS = Asset("meli_lake_listings")
 CHAMPION = Asset("meli_champion")
+DRIFT = Asset("meli_drift")
 
 
 @dag(
@@ -121,9 +130,35 @@ def meli_score():
                 sh["rows"],
                 sh["report_json"],
             )
-        return result.to_dict()
+        return {**result.to_dict(), "run_date": run_date}
 
-    score()
+    @task
+    def monitor(scored: dict) -> dict:
+        """Drift of the batch against the served version's reference; the figures and report paths."""
+        from pipelines.monitor import monitor_batch, one_line, summary
+        from pipelines.settings import get_settings
+
+        report = monitor_batch(get_settings(), scored["output"], scored.get("run_date"))
+        logging.getLogger("meli_score").log(
+            logging.WARNING if report["status"] == "drift" else logging.INFO, one_line(report)
+        )
+        return summary(report)
+
+    # emits meli_drift (scheduling meli_retrain) only on a breach: a skipped task emits no asset event
+    @task(outlets=[DRIFT])
+    def announce_drift(report: dict, outlet_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from pipelines.monitor import drift_event
+        from pipelines.settings import get_settings
+
+        extra = drift_event(get_settings(), report)
+        if extra is None:
+            raise AirflowSkipException(f"no meli_drift event: monitor status {report['status']}")
+        outlet_events[DRIFT].extra = extra
+        return extra
+
+    announce_drift(monitor(score()))
 
 
 meli_score()

@@ -921,7 +921,7 @@ def drift_event(settings: Settings, report: dict, now: datetime | None = None) -
 # ------------------------------------------------------------------------------------------
 def _svg_bars(series: list[tuple[str, list[float], str]], names: list[str], width: int = 720, height: int = 220) -> str:
     """Grouped vertical bars, one group per name, one colour per series."""
-    pad_l, pad_b, pad_t = 44, 70, 10
+    pad_l, pad_b, pad_t = 60, 70, 24
     n = max(len(names), 1)
     top = max([max(v, default=0) for _, v, _ in series] + [1e-9])
     gw = (width - pad_l - 10) / n
@@ -947,15 +947,15 @@ def _svg_bars(series: list[tuple[str, list[float], str]], names: list[str], widt
             f'transform="rotate(-40 {tx:.1f} {ty:.1f})">{html.escape(name[:22])}</text>'
         )
     for si, (label, _, colour) in enumerate(series):
-        out.append(f'<rect x="{pad_l + 8 + 140 * si}" y="{pad_t}" width="10" height="10" fill="{colour}"/>')
-        out.append(f'<text x="{pad_l + 22 + 140 * si}" y="{pad_t + 9}" font-size="11">{html.escape(label)}</text>')
+        out.append(f'<rect x="{pad_l + 8 + 160 * si}" y="4" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{pad_l + 22 + 160 * si}" y="13" font-size="11">{html.escape(label)}</text>')
     out.append("</svg>")
     return "".join(out)
 
 
 def _svg_lines(points: list[tuple[str, float | None, float | None]], width: int = 720, height: int = 220) -> str:
     """Estimate (blue) and realised (orange) macro-recall per monitored batch, in time order."""
-    pad_l, pad_b, pad_t = 44, 60, 10
+    pad_l, pad_b, pad_t = 60, 60, 24
     vals = [v for _, e, r in points for v in (e, r) if v is not None]
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
     lo, hi = max(0.0, lo - 0.05), min(1.0, hi + 0.05)
@@ -985,8 +985,8 @@ def _svg_lines(points: list[tuple[str, float | None, float | None]], width: int 
                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{colour}"><title>{label} {v:.4f}</title></circle>'
             )
         lx = pad_l + 8 + (col - 1) * 110
-        out.append(f'<rect x="{lx}" y="{pad_t}" width="10" height="10" fill="{colour}"/>')
-        out.append(f'<text x="{lx + 14}" y="{pad_t + 9}" font-size="11">{label}</text>')
+        out.append(f'<rect x="{lx}" y="4" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{lx + 14}" y="13" font-size="11">{label}</text>')
     for i, (name, _, _) in enumerate(points):
         x, _ = xy(i, lo)
         ty = height - pad_b + 12
