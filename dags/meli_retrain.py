@@ -422,7 +422,7 @@ def meli_retrain():
         from pipelines.retrain import step_gate
 
         rules = {k: params[k] for k in RULE_OVERRIDES}
-        from pipelines.airflow_ui import post_run_note
+        from pipelines.airflow_ui import api_base_url, post_run_note
         from pipelines.approval import approval_body, card_url, decision_url
         from pipelines.registry import decision_note
 
@@ -439,9 +439,7 @@ def meli_retrain():
             **rules,
         )
         print(decision_note(decision))  # in the task log; the run's note and "Gate decision" tab too
-        base_url = conf.get("api", "base_url", fallback="") or "http://{}:{}".format(
-            conf.get("api", "host", fallback="127.0.0.1"), conf.get("api", "port", fallback="8080")
-        )
+        base_url = api_base_url()
         print(f"model card: {card_url(base_url, decision['challenger_version'])}")
         if decision["decision"] == "pending_approval":  # the evidence the approval page shows
             links = {

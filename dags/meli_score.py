@@ -133,15 +133,22 @@ def meli_score():
         return {**result.to_dict(), "run_date": run_date}
 
     @task
-    def monitor(scored: dict) -> dict:
-        """Drift of the batch against the served version's reference; the figures and report paths."""
+    def monitor(scored: dict, dag_run=None) -> dict:
+        """Drift of the batch against the served version's reference; the figures and report paths.
+        The run's "Drift report" tab shows the report and its note says the status."""
+
+        from pipelines.airflow_ui import api_base_url, link_monitor_run, post_run_note
         from pipelines.monitor import monitor_batch, one_line, summary
         from pipelines.settings import get_settings
 
-        report = monitor_batch(get_settings(), scored["output"], scored.get("run_date"))
+        settings = get_settings()
+        report = monitor_batch(settings, scored["output"], scored.get("run_date"))
         logging.getLogger("meli_score").log(
             logging.WARNING if report["status"] == "drift" else logging.INFO, one_line(report)
         )
+        link_monitor_run(settings, dag_run.run_id, report)
+        base_url = api_base_url()
+        post_run_note(base_url, dag_run.dag_id, dag_run.run_id)
         return summary(report)
 
     # emits meli_drift (scheduling meli_retrain) only on a breach: a skipped task emits no asset event

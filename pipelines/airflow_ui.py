@@ -6,6 +6,7 @@
   macro-recalls, the CI) rendered from its ``decision.md``;
 * ``/meli/cards/{version}`` is the model card of a registered version (HTML, rebuilt from the records
   when missing); ``/meli/runs/{dag_id}/{run_id}/card`` redirects to the card of the run's challenger;
+* ``/meli/runs/{dag_id}/{run_id}/monitor`` shows the drift report of a meli_score run's batch;
 * ``POST /meli/runs/{dag_id}/{run_id}/note`` (called by the gate task) copies that decision into
   the DAG run's note, so the run page says what happened. It takes no input: the note is always the
   decision on disk for that run;
@@ -104,19 +105,65 @@ def app():
                 )
         return HTMLResponse(page.read_text())
 
+    @api.get("/runs/{dag_id}/{run_id}/monitor")
+    def run_monitor(dag_id: str, run_id: str):
+        link = monitor_link(settings, run_id)
+        page = Path(link["report_html"]) if link and link.get("report_html") else None
+        if page is None or not page.exists():
+            return HTMLResponse(
+                f"<p>No drift report for <b>{dag_id}</b> run <b>{run_id}</b> (the monitor task has not run, "
+                "or this DAG does not score).</p>",
+                status_code=404,
+            )
+        return HTMLResponse(page.read_text())
+
     @api.post("/runs/{dag_id}/{run_id}/note")
     def run_note(dag_id: str, run_id: str):
         from pipelines.registry import decision_for_run, decision_note
 
         d = decision_for_run(settings, run_id)
-        if d is None:
-            raise HTTPException(404, f"no gate decision recorded for run {run_id}")
-        note = decision_note(d["decision"])
+        link = monitor_link(settings, run_id) if d is None else None
+        if d is None and link is None:
+            raise HTTPException(404, f"no gate decision or drift report recorded for run {run_id}")
+        note = decision_note(d["decision"]) if d is not None else link["note"]
         set_run_note(dag_id, run_id, note)
         return {"dag_id": dag_id, "run_id": run_id, "note": note}
 
     api.mount("/docs", StaticFiles(directory=str(docs_dir), html=True), name="data_docs")
     return api
+
+
+def _monitor_link_path(settings, run_id: str) -> Path:
+    import re
+
+    return settings.home / "monitor" / "by_run" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id) + ".json")
+
+
+def link_monitor_run(settings, run_id: str, report: dict) -> None:
+    """Name a scoring run's drift report (for its "Drift report" tab and its note)."""
+    from pipelines.lake import atomic_write_json
+    from pipelines.monitor import one_line
+
+    note = one_line(report)
+    atomic_write_json(
+        _monitor_link_path(settings, run_id),
+        {
+            "run_id": run_id,
+            "report_html": report.get("report_html"),
+            "report_json": report.get("report_json"),
+            "note": ("**DRIFT** " if report.get("status") == "drift" else "") + note[:900],
+        },
+    )
+
+
+def monitor_link(settings, run_id: str) -> dict | None:
+    import json
+
+    p = _monitor_link_path(settings, run_id)
+    if not p.exists():
+        return None
+    link = json.loads(p.read_text())
+    return link if link.get("run_id") == run_id else None
 
 
 def set_run_note(dag_id: str, run_id: str, note: str) -> None:
@@ -132,6 +179,15 @@ def set_run_note(dag_id: str, run_id: str, note: str) -> None:
 
             raise HTTPException(404, f"no run {run_id} of {dag_id}")
         dr.note = note
+
+
+def api_base_url() -> str:
+    """The api-server's URL as a task sees it (``[api] base_url``, else host:port)."""
+    from airflow.sdk.configuration import conf
+
+    return conf.get("api", "base_url", fallback="") or "http://{}:{}".format(
+        conf.get("api", "host", fallback="127.0.0.1"), conf.get("api", "port", fallback="8080")
+    )
 
 
 def post_run_note(base_url: str, dag_id: str, run_id: str, timeout_s: float = 10.0) -> bool:

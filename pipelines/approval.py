@@ -151,15 +151,10 @@ def approval_operator(task_id: str, gate_task_id: str, timeout_h: float, **kwarg
                     by=str(user.get("name") or user.get("id") or ""),
                     timed_out=bool(event.get("timedout")) or not user,
                 )
-                from airflow.sdk.configuration import conf
+                from pipelines.airflow_ui import api_base_url, post_run_note
 
-                from pipelines.airflow_ui import post_run_note
-
-                base_url = conf.get("api", "base_url", fallback="") or "http://{}:{}".format(
-                    conf.get("api", "host", fallback="127.0.0.1"), conf.get("api", "port", fallback="8080")
-                )
                 dag_run = context["dag_run"]
-                post_run_note(base_url, dag_run.dag_id, dag_run.run_id)  # the run's note: the answer
+                post_run_note(api_base_url(), dag_run.dag_id, dag_run.run_id)  # the run's note: the answer
             return super().execute_complete(context, event)
 
     pulled = "{{ ti.xcom_pull(task_ids='" + gate_task_id + "')['%s'] }}"

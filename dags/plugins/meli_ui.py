@@ -1,5 +1,6 @@
-"""Airflow UI plugin: "Data Docs", "Gate decision" and "Model card" tabs on every DAG run page (that
-run's GX report, promotion decision and the model card of the version it registered).
+"""Airflow UI plugin: "Data Docs", "Gate decision", "Model card" and "Drift report" tabs on every DAG run
+page (that run's GX report, promotion decision, the model card of the version it registered, and the
+drift report of the batch a meli_score run scored).
 
 Thin wiring; the app lives in pipelines.airflow_ui.
 """
@@ -34,6 +35,12 @@ class MeliUIPlugin(AirflowPlugin):
             "href": "meli/runs/{DAG_ID}/{RUN_ID}/card",
             "destination": "dag_run",
             "url_route": "meli_model_card",
+        },
+        {
+            "name": "Drift report",
+            "href": "meli/runs/{DAG_ID}/{RUN_ID}/monitor",
+            "destination": "dag_run",
+            "url_route": "meli_drift_report",
         },
         {"name": "Data Docs (all runs)", "href": "meli/docs/index.html", "destination": "nav", "category": "browse"},
     ]
