@@ -84,16 +84,6 @@ class GateRules:
     behaviour_sample: int = field(default_factory=lambda: _int("MELI_GATE_BEHAVIOUR_SAMPLE", 1000))
 
 
-# the gate rules a run may override (DAG Params, CLI flags); the others come from the environment only
-RULE_OVERRIDES = (
-    "min_improvement",
-    "min_macro_recall",
-    "max_class_drop",
-    "max_share_classes_dropped",
-    "min_behaviour_pass",
-)
-
-
 @dataclass(frozen=True)
 class Monitor:
     """Drift thresholds of a scored batch against the champion's reference (MELI_MONITOR_*,
@@ -156,11 +146,6 @@ class Settings:
     # hosts); empty: a lock file beside the SQLite store or under MELI_HOME
     lock_uri: str = field(default_factory=lambda: _env("MELI_LOCK_URI", ""))
     # mode=auto trains full (not warm) when the champion's last full retrain is older than this many
-    # hyperparameter tuning (pipelines/tune.py): the Optuna storage (a SQLAlchemy URL; default SQLite
-    # under $MELI_HOME/tune/; postgresql+psycopg2://... for workers on several hosts) and the MLflow
-    # experiment of the studies and their trials
-    tune_storage: str = field(default_factory=lambda: _env("MELI_TUNE_STORAGE", ""))
-    tune_experiment: str = field(default_factory=lambda: _env("MELI_TUNE_EXPERIMENT", "meli-tune"))
     # days, or when the training split has more than this share of words its vocabulary lacks
     warm_max_age_days: float = field(default_factory=lambda: _float("MELI_WARM_MAX_AGE_DAYS", 7.0))
     warm_max_vocab_growth: float = field(default_factory=lambda: _float("MELI_WARM_MAX_VOCAB_GROWTH", 0.10))
@@ -171,6 +156,11 @@ class Settings:
     # scoring also scores each batch with the newest version above the champion (rejected, pending
     # approval or not yet gated) into lake/shadow/ and writes an agreement report
     shadow: bool = field(default_factory=lambda: _bool("MELI_SHADOW", True))
+    # hyperparameter tuning (pipelines/tune.py): the Optuna storage (a SQLAlchemy URL; default SQLite
+    # under $MELI_HOME/tune/; postgresql+psycopg2://... for workers on several hosts) and the MLflow
+    # experiment of the studies and their trials
+    tune_storage: str = field(default_factory=lambda: _env("MELI_TUNE_STORAGE", ""))
+    tune_experiment: str = field(default_factory=lambda: _env("MELI_TUNE_EXPERIMENT", "meli-tune"))
     thresholds: Thresholds = field(default_factory=Thresholds)
     gate: GateRules = field(default_factory=GateRules)
     monitor: Monitor = field(default_factory=Monitor)
@@ -178,8 +168,6 @@ class Settings:
     # it has not finished this many hours after it was queued (Airflow DeadlineAlert)
     retrain_deadline_h: float = field(default_factory=lambda: _float("MELI_RETRAIN_DEADLINE_H", 6.0))
     # optional: alerts are also POSTed (JSON) to this URL
-        if not self.tune_storage:
-            object.__setattr__(self, "tune_storage", f"sqlite:///{self.home / 'tune' / 'optuna.db'}")
     alert_webhook_url: str = field(default_factory=lambda: _env("MELI_ALERT_WEBHOOK_URL", ""))
 
     def __post_init__(self) -> None:
@@ -190,6 +178,8 @@ class Settings:
             object.__setattr__(self, "registry_uri", self.tracking_uri)
         if not self.lake_uri:
             object.__setattr__(self, "lake_uri", str(self.home / "lake"))
+        if not self.tune_storage:
+            object.__setattr__(self, "tune_storage", f"sqlite:///{self.home / 'tune' / 'optuna.db'}")
         if self.train_concurrency < 1 or self.torch_threads < 0:
             raise ValueError("MELI_TRAIN_CONCURRENCY must be >= 1 and MELI_TORCH_THREADS >= 0")
         if self.lake_keep_versions < 1:
@@ -229,15 +219,6 @@ class Settings:
         return self.home / "work"
 
     @property
-    def tune_dir(self) -> Path:
-        """Tuning studies' prepared data (pipelines/tune.py), and recipes/ (the tuned recipes)."""
-        return self.home / "tune"
-
-    @property
-    def recipes_dir(self) -> Path:
-        return self.tune_dir / "recipes"
-
-    @property
     def sentence_cache_dir(self) -> Path:
         """Pretrained word vectors kept across runs (pipelines/sentence.py): new words only."""
         return self.home / "cache" / "sentence"
@@ -246,6 +227,15 @@ class Settings:
     def shadow_dir(self) -> Path:
         """Shadow scores of a challenger beside the champion's (pipelines/shadow.py)."""
         return self.lake / "shadow"
+
+    @property
+    def tune_dir(self) -> Path:
+        """Tuning studies' prepared data (pipelines/tune.py), and recipes/ (the tuned recipes)."""
+        return self.home / "tune"
+
+    @property
+    def recipes_dir(self) -> Path:
+        return self.tune_dir / "recipes"
 
     @property
     def monitor_dir(self) -> Path:
