@@ -1,7 +1,7 @@
 """A new user's first minutes in the Airflow UI, for real: `make airflow-ui` on a chosen port from a
-shell without an activated virtualenv, both DAGs paused at creation, each trigger form submitted with
+shell without an activated virtualenv, every DAG paused at creation, each trigger form submitted with
 its defaults in headless Chromium (Debian's package) and the run queued; the run page has the
-"Gate decision" and "Data Docs" tabs; a task of a triggered run reaches the execution API on that port."""
+"Gate decision", "Model card" and "Data Docs" tabs; a task of a triggered run reaches the execution API on that port."""
 
 from __future__ import annotations
 
@@ -128,12 +128,12 @@ def manual_runs(ui: UI, dag_id: str) -> list[dict]:
 
 def test_first_minutes_in_the_airflow_ui(ui, tmp_path):
     dags = ui.wait_for(
-        lambda: {d["dag_id"]: d for d in ui.api("/dags")["dags"]} if len(ui.api("/dags")["dags"]) >= 2 else None
+        lambda: {d["dag_id"]: d for d in ui.api("/dags")["dags"]} if len(ui.api("/dags")["dags"]) >= 3 else None
     )
-    assert {k: d["is_paused"] for k, d in dags.items()} == {"meli_retrain": True, "meli_score": True}
+    assert {k: d["is_paused"] for k, d in dags.items()} == {"meli_retrain": True, "meli_score": True, "meli_tune": True}
     assert ui.api("/dags/meli_retrain/dagRuns")["total_entries"] == 0  # opening the UI started nothing
     with Browser(tmp_path / "cdp") as b:
-        for dag_id in ("meli_score", "meli_retrain"):
+        for dag_id in ("meli_score", "meli_tune", "meli_retrain"):
             _submit_trigger_form(b, ui, dag_id)
             # (the form unpauses the DAG by default: meli_retrain's nightly run may be created too)
             runs = ui.wait_for(lambda dag_id=dag_id: manual_runs(ui, dag_id), timeout=60)
@@ -143,7 +143,7 @@ def test_first_minutes_in_the_airflow_ui(ui, tmp_path):
         run = manual_runs(ui, "meli_retrain")[0]
         b.open(f"{ui.base}/dags/meli_retrain/runs/{run['dag_run_id']}", settle=3)
         text = b.wait_for("document.body.innerText.includes('Gate decision') && document.body.innerText")
-        assert "Data Docs" in text
+        assert "Data Docs" in text and "Model card" in text and "Drift report" in text
         b.screenshot(ARTIFACTS / "run_page_tabs.png")
     # the triggered meli_score run ran its task: the worker reached the execution API on this port
     # (an empty lake: the task fails, saying why, in its log)
