@@ -415,7 +415,8 @@ def try_build_reference(settings: Settings, run_date: str, version: str) -> str 
     try:
         return build_reference(settings, run_date, version)["path"]
     except Exception as exc:
-        log.warning("monitor reference of v%s not built (the monitor will retry): %s", version, exc, exc_info=True)
+        log.warning("monitor reference of v%s not built (the monitor will retry): %s", version, exc)
+        log.debug("monitor reference of v%s", version, exc_info=True)
         return None
 
 

@@ -19,6 +19,14 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri(monkeypatch):
+    """No test reads another's MLflow store through a leftover MLFLOW_TRACKING_URI/REGISTRY_URI
+    (mlflow.set_tracking_uri exports the variable): a test that wants one sets it itself."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture
 def meli_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "meli"

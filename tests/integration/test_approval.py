@@ -177,7 +177,13 @@ def test_approval_through_the_rest_api_promotes_and_names_the_responder(server, 
         assert _champion(server.home) is None  # nothing moved while it waits
         assert detail["subject"] == "Promote meli-title-classifier v1 to champion?"
         body = detail["body"]
-        for evidence in ("test macro-recall", "95% paired-bootstrap CI", "**Data:**", "**Validation:**", "Model card"):
+        for evidence in (
+            "test macro-recall",
+            "No champion to compare with",
+            "**Data:**",
+            "**Validation:**",
+            "Model card",
+        ):
             assert evidence in body, (evidence, body)
         assert detail["options"] == ["Approve", "Reject"] and detail["defaults"] == ["Reject"]
         ti = detail["task_instance"]
@@ -230,7 +236,7 @@ def test_a_rejection_keeps_the_champion_and_names_the_responder(server, tmp_path
     proc = dag_test_start(server.home, "meli_retrain", conf, env=server.env)
     try:
         detail = _waiting(server, proc)
-        assert "would replace champion **v1**" in detail["body"]
+        assert "would replace champion **v1**" in detail["body"] and "95% paired-bootstrap CI" in detail["body"]
         _answer(server, detail, "Reject", "not tonight")
         res = dag_test_result(proc, timeout=600)
     finally:

@@ -34,7 +34,18 @@ def test_cli_retrain_and_score_write_only_under_meli_home(tmp_path):
     src = home / "landing" / "in.jsonl.gz"
     steps = [
         ["demo-data", str(src), "--rows", "600", "--seed", "1"],
-        ["retrain", str(src), "--epochs", "1", "--embedding-epochs", "1", "--min-macro-recall", "0"],
+        [
+            "retrain",
+            str(src),
+            "--epochs",
+            "1",
+            "--embedding-epochs",
+            "1",
+            "--min-macro-recall",
+            "0",
+            "--min-behaviour-pass",
+            "0",
+        ],
         ["score", str(src), "--no-progress"],
         ["registry", "history"],
     ]

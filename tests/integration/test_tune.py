@@ -100,8 +100,8 @@ def test_study_prunes_resumes_after_a_kill_and_makes_a_recipe(tuned):
     # every trial an MLflow child run of the study's run in experiment meli-tune, pruned ones tagged so
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{tuned['home'] / 'mlflow' / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
+    uri = f"sqlite:///{tuned['home'] / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)  # no global: it would leak to other tests
     exp = client.get_experiment_by_name("meli-tune")
     runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{tuned['info']['mlflow_run_id']}'")
     states = sorted(r.data.tags.get("meli.trial_state", "?") for r in runs)
@@ -120,9 +120,8 @@ def test_train_with_the_tuned_recipe_logs_its_parameters(tuned):
     out = json.loads(r.stdout)
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     mlp = client.get_run(next(t["run_id"] for t in out["trained"] if t["model_type"] == "mlp"))
     for k, v in recipe["params"]["mlp"].items():
         assert mlp.data.params[k] == str(v), k

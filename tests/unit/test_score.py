@@ -23,19 +23,15 @@ def trained_home(tmp_path_factory):
     from pipelines.synthetic import write_jsonl
 
     home = tmp_path_factory.mktemp("score") / "meli"
-    old = os.environ.get("MELI_HOME")
-    os.environ["MELI_HOME"] = str(home)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MELI_HOME", str(home))
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MELI_LAKE_URI"):
+            mp.delenv(var, raising=False)
         src = write_jsonl(home.parent / "train.jsonl.gz", 900, seed=11)
         cfg = TrainConfig(models=["mlp"], epochs=2, embedding_epochs=2, embedding_dim=16, bucket=5000)
         run_all(get_settings(), [str(src)], "2026-11-01", cfg, min_macro_recall=0.0, min_behaviour_pass=0.0)
         run_all(get_settings(), [str(src)], "2026-11-02", cfg, dry_run=True)  # registers v2, no promotion
         yield home
-    finally:
-        if old is None:
-            os.environ.pop("MELI_HOME", None)
-        else:
-            os.environ["MELI_HOME"] = old
 
 
 @pytest.fixture
