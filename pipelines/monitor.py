@@ -701,18 +701,9 @@ def _client(settings: Settings):
 
 
 def _experiment(settings: Settings, client) -> str:
-    name = f"{settings.experiment}-monitor"
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None if settings.tracking_uri.startswith("http") else (settings.mlflow_artifacts / "monitor").as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # created concurrently
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    from pipelines.tracking import side_experiment
+
+    return side_experiment(settings, "monitor", client)
 
 
 def history_path(settings: Settings) -> Path:

@@ -619,20 +619,9 @@ def _markdown(d: dict) -> str:
 
 
 def _history_experiment(settings: Settings) -> str:
-    import mlflow
+    from pipelines.tracking import side_experiment
 
-    name = f"{settings.experiment}-promotions"
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None if settings.tracking_uri.startswith("http") else (settings.mlflow_artifacts / "promotions").as_uri()
-    try:
-        return mlflow.create_experiment(name, artifact_location=location)
-    except Exception:
-        exp = mlflow.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    return side_experiment(settings, "promotions")
 
 
 def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: str | None) -> None:

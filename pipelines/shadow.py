@@ -294,20 +294,9 @@ def _record(settings: Settings, report: dict, stem: str) -> dict:
 
 
 def _experiment(settings: Settings, client) -> str:
-    """The ``<experiment>-shadow`` experiment's id, created when missing (artifacts under MELI_HOME
-    with a local store)."""
-    name = f"{settings.experiment}-shadow"
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None if settings.tracking_uri.startswith("http") else (settings.mlflow_artifacts / "shadow").as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # created concurrently
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    from pipelines.tracking import side_experiment
+
+    return side_experiment(settings, "shadow", client)
 
 
 def _pct(x: float | None) -> str:

@@ -91,3 +91,23 @@ def configure(settings: Settings) -> str:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def side_experiment(settings: Settings, suffix: str, client=None) -> str:
+    """The id of ``<experiment>-<suffix>`` (promotions, shadow, monitor), created when missing, with
+    its artifacts under ``$MELI_HOME/mlflow/artifacts/<suffix>`` on a local store."""
+    import mlflow
+
+    client = client or mlflow.MlflowClient()
+    name = f"{settings.experiment}-{suffix}"
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None if settings.tracking_uri.startswith("http") else (settings.mlflow_artifacts / suffix).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
