@@ -725,6 +725,8 @@ def _append_history(settings: Settings, entry: dict) -> None:
 
 
 def _record(settings: Settings, report: dict, stem: str) -> dict:
+    from pipelines.tracking import finished_run, log_report
+
     client = _client(settings)
     folder = settings.monitor_dir / f"v{report['version']}"
     report = {**report, "report_json": str(folder / f"{stem}.json"), "report_html": str(folder / f"{stem}.html")}
@@ -742,7 +744,7 @@ def _record(settings: Settings, report: dict, stem: str) -> dict:
         },
     )
     report["mlflow_run_id"] = run.info.run_id
-    try:
+    with finished_run(client, run.info.run_id):
         atomic_write_json(Path(report["report_json"]), report)
         _append_history(
             settings,
@@ -772,15 +774,7 @@ def _record(settings: Settings, report: dict, stem: str) -> dict:
             "drift": 1.0 if report["status"] == "drift" else 0.0,
             "rows": report["rows"],
         }
-        for key, v in metrics.items():
-            if v is not None:
-                client.log_metric(run.info.run_id, key, float(v))
-        client.log_artifact(run.info.run_id, report["report_json"])
-        client.log_artifact(run.info.run_id, report["report_html"])
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        raise
-    client.set_terminated(run.info.run_id)
+        log_report(client, run.info.run_id, metrics, [report["report_json"], report["report_html"]])
     for key, v in {
         "meli.monitor_status": report["status"],
         "meli.monitor_report": report["report_json"],

@@ -244,6 +244,8 @@ def _shadow(
 def _record(settings: Settings, report: dict, stem: str) -> dict:
     """Write the report (JSON + Markdown, atomically), log it as a run of the ``-shadow`` experiment,
     tag the challenger's version with it; returns the report with its paths and run id."""
+    from pipelines.tracking import finished_run, log_report
+
     client = _client(settings)
     name, ch, champ = report["model_name"], report["challenger_version"], report["champion_version"]
     folder = report_dir(settings, ch)
@@ -265,7 +267,7 @@ def _record(settings: Settings, report: dict, stem: str) -> dict:
         },
     )
     report["mlflow_run_id"] = run.info.run_id
-    try:
+    with finished_run(client, run.info.run_id):
         atomic_write_json(Path(report["report_json"]), report)
         atomic_write_bytes(Path(report["report_md"]), markdown(report).encode())
         metrics = {
@@ -274,15 +276,7 @@ def _record(settings: Settings, report: dict, stem: str) -> dict:
             "challenger_more_confident_share": report["confidence"]["challenger_more_confident_share"],
             "rows": report["rows"],
         }
-        for k, v in metrics.items():
-            if v is not None:
-                client.log_metric(run.info.run_id, k, float(v))
-        client.log_artifact(run.info.run_id, report["report_json"])
-        client.log_artifact(run.info.run_id, report["report_md"])
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        raise
-    client.set_terminated(run.info.run_id)
+        log_report(client, run.info.run_id, metrics, [report["report_json"], report["report_md"]])
     tags = {
         "meli.shadow_agreement": "" if report["agreement"] is None else f"{report['agreement']:.6f}",
         "meli.shadow_report": report["report_json"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.locks import file_lock
@@ -111,3 +112,23 @@ def side_experiment(settings: Settings, suffix: str, client=None) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+@contextmanager
+def finished_run(client, run_id: str):
+    """A run made with ``client.create_run``: FINISHED when the block ends, FAILED if it raises."""
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id)
+
+
+def log_report(client, run_id: str, metrics: dict, artifacts: list[str]) -> None:
+    """A report's numbers (None skipped) and files on one run."""
+    for key, v in metrics.items():
+        if v is not None:
+            client.log_metric(run_id, key, float(v))
+    for path in artifacts:
+        client.log_artifact(run_id, path)
