@@ -30,57 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.batches import EncodedSplit, _offsets
+from pipelines.batches import gather_keys as gather_keys  # re-exported: callers import it from here
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 CHUNK = 200_000  # titles tokenized per chunk (bounds the Python lists alive at once)
-
-
-@dataclass
-class EncodedSplit:
-    keys: np.ndarray  # int32 [total tokens]
-    offsets: np.ndarray  # int64 [n + 1]
-    labels: np.ndarray  # int32 [n]
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Keys [B, T] (0 = padding, T >= 1) and lengths [B] of the titles ``idx``."""
-        return gather_keys(self.keys, self.offsets, idx)
-
-    def take(self, idx: np.ndarray) -> EncodedSplit:
-        """The titles ``idx`` as a new (in-memory) split."""
-        keys, lengths = self.batch(idx)
-        mask = np.arange(keys.shape[1])[None, :] < lengths[:, None]
-        return EncodedSplit(keys[mask].astype(np.int32), _offsets(lengths), self.labels[idx])
-
-    @staticmethod
-    def concat(parts: list[EncodedSplit]) -> EncodedSplit:
-        lengths = np.concatenate([p.lengths for p in parts])
-        return EncodedSplit(
-            np.concatenate([p.keys for p in parts]), _offsets(lengths), np.concatenate([p.labels for p in parts])
-        )
-
-
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out
-
-
-def gather_keys(keys: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    start = offsets[idx]
-    lengths = offsets[np.asarray(idx) + 1] - start
-    T = max(1, int(lengths.max(initial=0)))
-    pos = start[:, None] + np.arange(T)[None, :]
-    mask = np.arange(T)[None, :] < lengths[:, None]
-    out = np.where(mask, keys[np.minimum(pos, max(len(keys) - 1, 0))] if len(keys) else 0, 0)
-    return out.astype(np.int64, copy=False), lengths
 
 
 @dataclass

@@ -7,11 +7,12 @@ directory logged with the model, so scoring runs exactly the preprocessing that 
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.batches import collate, pad_keys, pick_device
 
 try:  # mlflow is a hard dependency at run time; the guard keeps this module importable for docs
     from mlflow.pyfunc import PythonModel
@@ -20,39 +21,6 @@ except ImportError:  # pragma: no cover
 
 TOP_K = 3
 OUTPUT_COLUMNS = ["predicted_category", "probability", "top_k_categories", "top_k_probabilities"]
-
-
-def pick_device(requested: str = "auto"):
-    import torch
-
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def collate(encoded: list[list[np.ndarray]], width: int):
-    """Pad a batch of encoded titles to ids [B, T, K] and lengths [B] (T >= 1)."""
-    import torch
-
-    B = len(encoded)
-    T = max(1, max((len(e) for e in encoded), default=1))
-    ids = np.zeros((B, T, width), dtype=np.int64)
-    lengths = np.zeros(B, dtype=np.int64)
-    for b, toks in enumerate(encoded):
-        lengths[b] = len(toks)
-        for t, tok in enumerate(toks):
-            ids[b, t, : len(tok)] = tok[:width]
-    return torch.from_numpy(ids), torch.from_numpy(lengths)
-
-
-def pad_keys(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Token keys of a batch of titles -> keys [B, T] (0 = padding) and lengths [B], vectorized."""
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    T = max(1, int(lengths.max(initial=0)))
-    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
-    keys = np.zeros((len(rows), T), dtype=np.int64)
-    keys[np.arange(T)[None, :] < lengths[:, None]] = flat  # row-major: each title's tokens in order
-    return keys, lengths
 
 
 class Bundle:
