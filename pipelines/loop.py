@@ -23,7 +23,7 @@ from pipelines.features import TitleEncoder
 from pipelines.rows import RowAdam, RowTables, _tables, apply_rows
 from pipelines.sentence import dim as sentence_dim
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipelines.train")  # the name training has always logged under
 
 
 def seed_everything(seed: int) -> None:

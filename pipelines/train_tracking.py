@@ -14,7 +14,7 @@ import numpy as np
 from pipelines.config import TrainConfig
 from pipelines.settings import REPO_ROOT, Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipelines.train")  # the name training has always logged under
 
 
 def _pip_requirements(bundle_dir: Path | None = None) -> list[str]:

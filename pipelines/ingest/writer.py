@@ -32,7 +32,7 @@ from pipelines.lake import (
 )
 from pipelines.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipelines.ingest")  # the name ingest has always logged under
 
 
 @dataclass
