@@ -1,5 +1,5 @@
 """Batches: the arrays a title set is held in, and how a batch is cut, padded and placed on a
-device. Training (pipelines/loop.py) and serving (pipelines/pyfunc.py) both import it.
+device. Training (pipelines/loop.py) and serving (pipelines/bundle.py) both import it.
 
 A split is ``EncodedSplit`` (keys of every title back to back, offsets, labels; see
 pipelines/encoded.py for how it is made and stored). A batch is an index array: ``EncodedSplit.batch``

@@ -1,5 +1,5 @@
-"""The logged model: an MLflow pyfunc that takes a DataFrame with ``title`` and returns
-``predicted_category``, ``probability``, ``top_k_categories`` and ``top_k_probabilities``.
+"""The serving model: a bundle directory (written by pipelines/train.py) loaded as encoder, model(s)
+and labels, and titles scored batch by batch into top-k categories with their probabilities.
 
 Tokenizer config, vocabulary, embedding (inside the weights) and label map live in one bundle
 directory logged with the model, so scoring runs exactly the preprocessing that training ran.
@@ -14,12 +14,9 @@ import numpy as np
 
 from pipelines.batches import collate, pad_keys, pick_device
 
-try:  # mlflow is a hard dependency at run time; the guard keeps this module importable for docs
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover
-    PythonModel = object  # type: ignore[misc,assignment]
-
 TOP_K = 3
+
+
 OUTPUT_COLUMNS = ["predicted_category", "probability", "top_k_categories", "top_k_probabilities"]
 
 
@@ -213,24 +210,3 @@ class Bundle:
                 "top_k_probabilities": [list(map(float, r)) for r in top_p],
             }
         )
-
-
-class TitleClassifierModel(PythonModel):
-    """pyfunc wrapper around a Bundle (artifact key ``bundle``)."""
-
-    def load_context(self, context):
-        import os
-
-        self.bundle = Bundle(context.artifacts["bundle"], device=os.environ.get("MELI_DEVICE", "auto"))
-
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        if isinstance(model_input, pd.DataFrame):
-            if "title" not in model_input.columns:
-                raise ValueError(f"input needs a 'title' column; got {list(model_input.columns)}")
-            titles = model_input["title"].tolist()
-        else:
-            titles = list(model_input)
-        k = int((params or {}).get("top_k", TOP_K))
-        return self.bundle.predict(titles, k=k)

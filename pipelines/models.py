@@ -8,7 +8,7 @@ Every model is two stages, and both training and serving go through them:
 - ``classify(feats [B, T, F], mask [B, T], lengths [B], words [B, T]) -> logits [B, C]``.
 
 ``forward(ids, lengths)`` chains them. The serving bundle caches ``token_features`` per distinct
-word, so scoring does one [T, F] gather per title instead of a [T, K, D] one (pipelines/pyfunc.py).
+word, so scoring does one [T, F] gather per title instead of a [T, K, D] one (pipelines/bundle.py).
 """
 
 from __future__ import annotations

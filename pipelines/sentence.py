@@ -9,7 +9,7 @@ title, because:
 - cost follows the vocabulary, not the rows: the real sample's 44.5k titles have 38k distinct
   words, encoded at ~3.2k words/s (USE, 2 threads) against ~850 titles/s for whole titles, and a
   nightly run only encodes the words no earlier run has seen (``WordVectorCache``);
-- serving reuses the bundle's cached per-token features (pipelines/pyfunc.py), so scoring pays
+- serving reuses the bundle's cached per-token features (pipelines/bundle.py), so scoring pays
   for a word once, never per title;
 - on validation it is also the better feature: a softmax over the mean of the word vectors
   reached 0.859 macro-recall against 0.837 over the whole-title vector (benchmarks/results/sentence.md).

@@ -228,7 +228,7 @@ def _training_rows(settings: Settings, plan: dict | None, fit: _Fit, run_date: s
 
 
 def _save_bundle(bundle_dir: Path, state: dict, fit: _Fit, embedding_dir: Path, encoded) -> None:
-    """The serving bundle (pipelines/pyfunc.py's Bundle reads it), written atomically: weights,
+    """The serving bundle (pipelines/bundle.py's Bundle reads it), written atomically: weights,
     labels, model and training config, the encoder, and the word vectors a sentence encoder gave."""
     import torch
 
