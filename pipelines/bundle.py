@@ -15,8 +15,6 @@ import numpy as np
 from pipelines.batches import collate, pad_keys, pick_device
 
 TOP_K = 3
-
-
 OUTPUT_COLUMNS = ["predicted_category", "probability", "top_k_categories", "top_k_probabilities"]
 
 

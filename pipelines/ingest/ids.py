@@ -10,8 +10,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 SPLITS = (("test", 15), ("validation", 10))  # percent of hash space; the rest is train
-
-
 _HASH_KEY = "meli-retrain-v1."  # 16 bytes: pandas' siphash key; changing it re-keys every id
 
 

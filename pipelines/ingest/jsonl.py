@@ -27,17 +27,9 @@ from pipelines.ingest.sources import (
 
 # JSON fast path: parse a whole chunk in C++, ignoring the fields we do not use.
 _JSON_SCHEMA = pa.schema([(f, pa.string()) for f in ("title", "language", "label_quality", "category") + ID_FIELDS])
-
-
 _JSON_PARSE = pajson.ParseOptions(explicit_schema=_JSON_SCHEMA, unexpected_field_behavior="ignore")
-
-
 _JSON_BLOCK = 1 << 20  # pyarrow parses a chunk in blocks of this size, in parallel
-
-
 _FAST_MIN_LINES = 256  # a failing fast-path range is bisected down to this many lines, then parsed per line
-
-
 _BOM = b"\xef\xbb\xbf"
 
 

@@ -24,8 +24,6 @@ from pipelines.ingest.sources import FIELDS, Chunk
 from pipelines.lake import LISTING_SCHEMA, QUARANTINE_SCHEMA
 
 MAX_TITLE_CHARS = 1000  # hard ingest limit; GX applies the (softer) configured bounds
-
-
 LANGUAGES = {
     "spanish": "spanish",
     "es": "spanish",
@@ -62,12 +60,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "truncated_input": ("sources (any reader)", "the input ends early (a truncated gzip): its partial last record"),
 }
 QUARANTINE_REASONS = tuple(REASONS)
-
-
 _CHECKS = (None, *((r, text) for r, (where, text) in REASONS.items() if where == "row check"))  # code -> reason
 _CODE = {c[0]: k for k, c in enumerate(_CHECKS) if c}
-
-
 _CTRL_RE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 
 

@@ -16,17 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CHUNK_ROWS = 65536
-
-
 ID_FIELDS = ("listing_id", "id", "item_id")
-
-
 FIELDS = ("title", "language", "label_quality", "category", "id")
-
-
 BLOCK_BYTES = 8 << 20  # bytes read (inflated) at a time; a JSON chunk never spans two blocks
-
-
 # header names that mark a CSV's first row as a header rather than a listing
 _HEADER_NAMES = {"title", "label_quality", "category"}
 
