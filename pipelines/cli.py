@@ -1,19 +1,20 @@
-"""``python -m pipelines``: the same functions the DAGs call, from a shell.
-
-Every command honours $MELI_HOME (and the other settings in pipelines/settings.py); without
---run-date, commands use today's date (UTC).
+"""``python -m pipelines``: one small function per subcommand, each calling the same functions the
+DAGs call; ``main`` dispatches to them. The argument parser (and the --help text) is in
+pipelines/cli_parser.py; ``build_parser`` is importable from here as before.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
-from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipelines.cli_parser import _date
+from pipelines.cli_parser import _gate_rules as _gate_rules
+from pipelines.cli_parser import _train_cfg as _train_cfg
+from pipelines.cli_parser import build_parser as build_parser
 from pipelines.settings import get_settings
 
 
@@ -21,230 +22,8 @@ def today() -> str:
     return datetime.now(UTC).date().isoformat()
 
 
-def _date(value: str) -> str:
-    try:
-        return datetime.strptime(value, "%Y-%m-%d").date().isoformat()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"run date must be YYYY-MM-DD, got {value!r}") from exc
-
-
 def _print(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
-
-
-class _Help(argparse.RawDescriptionHelpFormatter):
-    """Every option's help ends with its default (options left unset show the default they resolve to)."""
-
-    def _get_help_string(self, action):
-        h = action.help or ""
-        d = action.default
-        if "default" in h or d is None or d is False or d is argparse.SUPPRESS or not action.option_strings:
-            return h
-        return f"{h} (default: %(default)s)".strip()
-
-
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    from pipelines.config import TrainConfig
-
-    g = p.add_argument_group("training hyperparameters (defaults from TrainConfig)")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        value = getattr(defaults, f.name)
-        shown = ",".join(value) if isinstance(value, (list, tuple)) else value
-        if f.type in ("bool", bool):
-            g.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=f"(default: {shown})"
-            )
-        elif f.name == "models":
-            g.add_argument(flag, dest=f.name, default=None, help=f"comma-separated: mlp,cnn,bilstm (default: {shown})")
-        else:
-            typ = {"int": int, "float": float}.get(str(f.type), str)
-            g.add_argument(flag, dest=f.name, type=typ, default=None, help=f"(default: {shown})")
-
-
-def _train_cfg(args):
-    from pipelines.config import TrainConfig
-
-    return TrainConfig.from_dict({f.name: getattr(args, f.name, None) for f in fields(TrainConfig)})
-
-
-def _add_gate_flags(p: argparse.ArgumentParser) -> None:
-    from pipelines.settings import GateRules
-
-    rules = GateRules()  # MELI_GATE_* resolved
-    p.add_argument("--force-promote", action="store_true", help="promote whatever the rules say")
-    p.add_argument("--dry-run", action="store_true", help="decide and record, but move no alias")
-    p.add_argument(
-        "--require-approval",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a promotion waits as 'pending approval' until `registry approve|reject VERSION` "
-        f"(default: MELI_REQUIRE_APPROVAL, now {get_settings().require_approval})",
-    )
-    for name, what in (
-        ("min_improvement", "minimum macro-recall gain over the champion"),
-        ("min_macro_recall", "absolute macro-recall floor"),
-        ("max_class_drop", "a category 'collapses' if its recall drops more than this"),
-        ("max_share_classes_dropped", "reject if more than this share of categories collapse"),
-        ("min_behaviour_pass", "reject below this share passing the behavioural checks"),
-    ):
-        flag = "--" + name.replace("_", "-")
-        p.add_argument(flag, type=float, default=None, help=f"{what} (default: {getattr(rules, name)})")
-
-
-def _gate_rules(args) -> dict:
-    from pipelines.settings import RULE_OVERRIDES
-
-    return {k: getattr(args, k) for k in RULE_OVERRIDES}
-
-
-def _parser_class():
-    class Parser(argparse.ArgumentParser):
-        def __init__(self, *a, **kw):
-            kw.setdefault("formatter_class", _Help)
-            super().__init__(*a, **kw)
-
-    return Parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__, formatter_class=_Help)
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors")
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_parser_class())
-
-    sub.add_parser("settings", help="print the resolved settings")
-
-    p = sub.add_parser("demo-data", help="write SYNTHETIC MeLi-like listings (DiploDatos jsonl[.gz])")
-    p.add_argument("out", help="output path (.jsonl or .jsonl.gz)")
-    p.add_argument("--rows", type=int, default=2000, help="listings to write")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
-    p.add_argument("--dirty", type=int, default=0, help="broken lines to mix in (shows quarantine)")
-
-    p = sub.add_parser("ingest", help="ingest files into the lake partition of a run date")
-    p.add_argument("sources", nargs="+", help="input files or glob patterns")
-    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
-    p.add_argument(
-        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
-    )
-    p.add_argument(
-        "--allow-empty",
-        action="store_true",
-        help="commit the partition even if the input holds no rows (default: refuse, the partition stays)",
-    )
-
-    p = sub.add_parser("lake", help="what readers of the lake see: partitions, rows, versions")
-    p.add_argument("action", choices=["status"])
-    p.add_argument("--run-date", type=_date, default=None, help="only this partition (default: all)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-    p = sub.add_parser(
-        "validate",
-        help="run the GX suites on a partition, or preflight a raw input file; exit 1 on critical failure",
-    )
-    p.add_argument(
-        "path",
-        nargs="?",
-        help="a lake partition dir (ingest_date=YYYY-MM-DD), or a raw input file to check before it lands "
-        "(ingested into a scratch lake; nothing is written to the real lake); default: --run-date's partition",
-    )
-    p.add_argument("--run-date", type=_date, default=None, help="the partition's date (default: today, UTC)")
-    p.add_argument(
-        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
-    )
-
-    p = sub.add_parser("train", help="prepare the dataset, train the embedding and classifiers, register the best")
-    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
-    _add_train_flags(p)
-
-    p = sub.add_parser(
-        "tune",
-        help="an Optuna study over the training recipe on the lake's train/validation splits (never test); "
-        "its best trials become a recipe (train/retrain --recipe tuned)",
-    )
-    p.add_argument(
-        "--run-date", type=_date, default=None, help="the lake snapshot as of this date (default: the newest partition)"
-    )
-    p.add_argument("--trials", type=int, default=20, help="trials per model type, over every worker and restart")
-    p.add_argument("--budget-s", type=float, default=7200.0, help="wall-clock budget of this call, seconds")
-    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"], help="pruning on each epoch")
-    p.add_argument("--startup-trials", type=int, default=2, help="median pruner: trials never pruned first")
-    p.add_argument("--warmup-epochs", type=int, default=1, help="median pruner: epochs never pruned first")
-    p.add_argument("--max-epochs", type=int, default=0, help="epochs per trial (0 = --epochs, TrainConfig's)")
-    p.add_argument("--workers", type=int, default=1, help="trial processes side by side on this machine")
-    p.add_argument("--study", default=None, help="study name (default: meli-tune-<run date>; same name = resume)")
-    _add_train_flags(p)  # the base recipe (--models: the types to tune, default mlp)
-
-    p = sub.add_parser("promote", help="evaluate the challenger vs the champion and apply the gate")
-    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
-    p.add_argument("--version", default=None, help="challenger version (default: the one `train` registered)")
-    _add_gate_flags(p)
-
-    p = sub.add_parser("retrain", help="ingest SOURCES, validate, train, evaluate and gate in one process")
-    p.add_argument("sources", nargs="+", help="input files or glob patterns")
-    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
-    p.add_argument(
-        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
-    )
-    _add_train_flags(p)
-    _add_gate_flags(p)
-
-    p = sub.add_parser("score", help="score listings with a registered model into Parquet")
-    p.add_argument("input", help="a file (jsonl[.gz], CSV, Parquet) or a lake partition dir")
-    p.add_argument(
-        "--output",
-        default=None,
-        help="output .parquet (default: $MELI_HOME/adhoc/scored/<input>-<UTC time>.parquet; "
-        "with --run-date: the lake partition lake/scored/run_date=D/)",
-    )
-    p.add_argument("--model", default="champion", help="alias or version number")
-    p.add_argument(
-        "--run-date",
-        type=_date,
-        default=None,
-        help="write the lake's scored partition of this date, as the DAG does (default: none, see --output)",
-    )
-    p.add_argument(
-        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
-    p.add_argument(
-        "--shadow",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also score with the newest registered version above the served one (lake/shadow/run_date=D/, or "
-        "<output stem>.shadow-vN.parquet beside --output) and write an agreement report (default: MELI_SHADOW, on)",
-    )
-
-    p = sub.add_parser(
-        "monitor",
-        help="drift of a scored batch against its model's reference, with a label-free macro-recall estimate "
-        "(exit 0: within thresholds, 3: drifted)",
-    )
-    p.add_argument("scored", help="a scored .parquet file or a lake/scored/run_date=D partition")
-    p.add_argument("--run-date", type=_date, default=None, help="the batch's date in the report (default: today)")
-    p.add_argument("--no-record", action="store_true", help="print the figures only: no report, MLflow run or history")
-    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
-
-    p = sub.add_parser("summary", help="what a run produced: decision, partition, Data Docs, MLflow run, scores")
-    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
-
-    p = sub.add_parser(
-        "registry", help="champion status, promotion history, rollback, approve/reject a pending promotion, model card"
-    )
-    p.add_argument("action", choices=["status", "history", "rollback", "approve", "reject", "card"])
-    p.add_argument("version", nargs="?", default=None, help="the version to approve, reject or show the card of")
-    p.add_argument("--to-version", default=None, help="rollback target (default: alias 'previous')")
-    p.add_argument(
-        "--reason",
-        default=None,
-        help="recorded with the rollback, approval or rejection (default: rollback: "
-        "'operator rollback', approve/reject: none)",
-    )
-    p.add_argument("--by", default=None, help="who approves or rejects (default: the login name)")
-    p.add_argument("--html", action="store_true", help="card: print the path of its HTML page instead")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    return ap
 
 
 def _history_table(rows: list[dict]) -> str:
@@ -354,198 +133,252 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = get_settings()
     run_date = getattr(args, "run_date", None) or today()
+    return _COMMANDS[args.cmd](settings, args, run_date)
 
-    if args.cmd == "settings":
-        _print(settings.as_dict())
-    elif args.cmd == "demo-data":
-        from pipelines.synthetic import write_jsonl
 
-        path = write_jsonl(args.out, args.rows, args.seed, args.dirty)
-        print(f"wrote {args.rows} SYNTHETIC listings (+{args.dirty} broken lines) to {path}")
-    elif args.cmd == "ingest":
-        from pipelines.retrain import step_ingest
-
-        _print(step_ingest(settings, args.sources, run_date, args.format, allow_empty=args.allow_empty))
-    elif args.cmd == "lake":
-        from pipelines.lake import status
-
-        st = status(settings.listings_dir, args.run_date)
-        print(json.dumps(st, indent=2) if args.json else _lake_table(st))
-        if args.run_date and not st["partitions"]:
-            print(f"error: no committed partition ingest_date={args.run_date} under {st['root']}", file=sys.stderr)
-            return 1
-    elif args.cmd == "validate":
-        from pipelines.validate import ValidationFailed, summary_lines, validate_file, validate_partition
-
-        raw = None
-        if args.path:
-            path = Path(args.path)
-            if not path.exists():
-                print(f"error: {args.path}: no such file or lake partition", file=sys.stderr)
-                return 2
-            if path.is_dir() and path.name.startswith("ingest_date="):
-                run_date = _date(path.name.split("=", 1)[1])
-            elif path.is_dir():
-                print(
-                    f"error: {args.path} is a directory but not a lake partition (ingest_date=YYYY-MM-DD)",
-                    file=sys.stderr,
-                )
-                return 2
-            else:
-                raw = path
-        try:
-            if raw is not None:
-                report = validate_file(settings, raw, run_date, args.format)
-            else:
-                report = validate_partition(settings, run_date)
-        except ValidationFailed as exc:
-            print("\n".join(summary_lines(exc.report)))
-            return 1
-        print("\n".join(summary_lines(report)))
-    elif args.cmd == "train":
-        from pipelines.retrain import step_embedding, step_ensemble, step_prepare, step_register, step_train_all
-        from pipelines.validate import load_report
-
-        cfg = _train_cfg(args)
-        try:
-            validation = load_report(settings, run_date)
-        except FileNotFoundError:
-            validation = None
-        dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
-        emb = step_embedding(settings, dataset, cfg)
-        trained = step_train_all(settings, dataset, emb, cfg)
-        results = step_ensemble(settings, dataset, trained, cfg)
-        challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
-        _print({"trained": results, "challenger": challenger})
-    elif args.cmd == "tune":
-        from pipelines.tune import TuneConfig, latest_run_date, tune
-
-        if args.recipe not in (None, "default"):
-            print("error: tune searches around TrainConfig's defaults; --recipe is for train/retrain", file=sys.stderr)
-            return 2
-        tcfg = TuneConfig(
-            models=args.models or ["mlp"],
-            trials=args.trials,
-            budget_s=args.budget_s,
-            pruner=args.pruner,
-            startup_trials=args.startup_trials,
-            warmup_epochs=args.warmup_epochs,
-            max_epochs=args.max_epochs,
-            study=args.study or "",
-            workers=args.workers,
-        )
-        out = tune(settings, args.run_date or latest_run_date(settings), tcfg, _train_cfg(args))
-        _print({**out["summary"], "recipe": out["recipe"]["id"], "recipe_path": str(settings.recipes_dir)})
-    elif args.cmd == "promote":
-        from pipelines.retrain import step_evaluate, step_gate
-
-        info_path = settings.run_dir(run_date) / "challenger.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        version = args.version or info.get("version")
-        if not version:
-            print(f"error: no challenger for {run_date}: run `train` first or pass --version", file=sys.stderr)
-            return 2
-        challenger = {"version": str(version)}
-        step_evaluate(settings, run_date, challenger)
-        d = step_gate(
-            settings,
-            run_date,
-            challenger,
-            info.get("parent_run_id"),
-            args.force_promote,
-            args.dry_run,
-            require_approval=args.require_approval,
-            **_gate_rules(args),
-        )
-        _print(d)
-        _pending_hint(settings, d)
-    elif args.cmd == "retrain":
-        from pipelines.retrain import run_all
-
-        out = run_all(
-            settings,
-            args.sources,
-            run_date,
-            _train_cfg(args),
-            args.format,
-            args.force_promote,
-            args.dry_run,
-            require_approval=args.require_approval,
-            **_gate_rules(args),
-        )
-        d = out["decision"]
-        _print(
-            {
-                "decision": d["decision"],
-                "rule": d["rule"],
-                "reason": d["reason"],
-                "challenger_version": d["challenger_version"],
-                "partition": out["ingest"]["partition"],
-                "data_docs": out["validation"]["data_docs_index"],
-                "mlflow_run": out["dataset"]["parent_run_id"],
-            }
-        )
-        _pending_hint(settings, d)
-    elif args.cmd == "score":
-        from pipelines.score import score
-
-        output = args.output
-        if output is None and args.run_date is None:  # ad hoc: never replaces the nightly partition
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            stem = Path(args.input.rstrip("/")).name.split(".")[0] or "input"
-            output = settings.home / "adhoc" / "scored" / f"{stem}-{stamp}.parquet"
-        r = score(
-            settings,
-            args.input,
-            output,
-            args.model,
-            args.format,
-            run_date,
-            progress=not args.no_progress,
-            shadow=args.shadow,
-        )
-        _print(r.to_dict())
-    elif args.cmd == "monitor":
-        from pipelines.monitor import DRIFT_EXIT, monitor_batch, one_line
-
-        report = monitor_batch(settings, args.scored, run_date, record=not args.no_record)
-        print(json.dumps(report, indent=2, default=str) if args.json else one_line(report))
-        return DRIFT_EXIT if report["status"] == "drift" else 0
-    elif args.cmd == "summary":
-        print(run_summary(settings, run_date))
-    elif args.cmd == "registry":
-        from pipelines import registry
-
-        if args.action == "status":
-            _print(registry.status(settings))
-        elif args.action == "history":
-            rows = registry.history(settings)
-            print(json.dumps(rows, indent=2) if args.json else _history_table(rows))
-        elif args.action == "rollback":
-            _print(registry.rollback(settings, args.to_version, args.reason or "operator rollback"))
-        else:
-            if not args.version:
-                print(f"error: registry {args.action} needs a VERSION", file=sys.stderr)
-                return 2
-            from pipelines.card import write_card
-
-            if args.action == "card":
-                card = write_card(settings, args.version)
-                print(card["html"] if args.html else card["markdown"], end="" if not args.html else "\n")
-                return 0
-            import getpass
-
-            d = registry.respond(
-                settings,
-                args.version,
-                approve=args.action == "approve",
-                reason=args.reason or "",
-                by=args.by or getpass.getuser(),
-                via="cli",
-            )
-            write_card(settings, args.version)
-            _print(d)
+def _cmd_settings(settings, args, run_date: str) -> int:
+    _print(settings.as_dict())
     return 0
+
+
+def _cmd_demo_data(settings, args, run_date: str) -> int:
+    from pipelines.synthetic import write_jsonl
+
+    path = write_jsonl(args.out, args.rows, args.seed, args.dirty)
+    print(f"wrote {args.rows} SYNTHETIC listings (+{args.dirty} broken lines) to {path}")
+    return 0
+
+
+def _cmd_ingest(settings, args, run_date: str) -> int:
+    from pipelines.retrain import step_ingest
+
+    _print(step_ingest(settings, args.sources, run_date, args.format, allow_empty=args.allow_empty))
+    return 0
+
+
+def _cmd_lake(settings, args, run_date: str) -> int:
+    from pipelines.lake import status
+
+    st = status(settings.listings_dir, args.run_date)
+    print(json.dumps(st, indent=2) if args.json else _lake_table(st))
+    if args.run_date and not st["partitions"]:
+        print(f"error: no committed partition ingest_date={args.run_date} under {st['root']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_validate(settings, args, run_date: str) -> int:
+    from pipelines.validate import ValidationFailed, summary_lines, validate_file, validate_partition
+
+    raw = None
+    if args.path:
+        path = Path(args.path)
+        if not path.exists():
+            print(f"error: {args.path}: no such file or lake partition", file=sys.stderr)
+            return 2
+        if path.is_dir() and path.name.startswith("ingest_date="):
+            run_date = _date(path.name.split("=", 1)[1])
+        elif path.is_dir():
+            print(
+                f"error: {args.path} is a directory but not a lake partition (ingest_date=YYYY-MM-DD)",
+                file=sys.stderr,
+            )
+            return 2
+        else:
+            raw = path
+    try:
+        if raw is not None:
+            report = validate_file(settings, raw, run_date, args.format)
+        else:
+            report = validate_partition(settings, run_date)
+    except ValidationFailed as exc:
+        print("\n".join(summary_lines(exc.report)))
+        return 1
+    print("\n".join(summary_lines(report)))
+    return 0
+
+
+def _cmd_train(settings, args, run_date: str) -> int:
+    from pipelines.retrain import step_embedding, step_ensemble, step_prepare, step_register, step_train_all
+    from pipelines.validate import load_report
+
+    cfg = _train_cfg(args)
+    try:
+        validation = load_report(settings, run_date)
+    except FileNotFoundError:
+        validation = None
+    dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
+    emb = step_embedding(settings, dataset, cfg)
+    trained = step_train_all(settings, dataset, emb, cfg)
+    results = step_ensemble(settings, dataset, trained, cfg)
+    challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
+    _print({"trained": results, "challenger": challenger})
+    return 0
+
+
+def _cmd_tune(settings, args, run_date: str) -> int:
+    from pipelines.tune import TuneConfig, latest_run_date, tune
+
+    if args.recipe not in (None, "default"):
+        print("error: tune searches around TrainConfig's defaults; --recipe is for train/retrain", file=sys.stderr)
+        return 2
+    tcfg = TuneConfig(
+        models=args.models or ["mlp"],
+        trials=args.trials,
+        budget_s=args.budget_s,
+        pruner=args.pruner,
+        startup_trials=args.startup_trials,
+        warmup_epochs=args.warmup_epochs,
+        max_epochs=args.max_epochs,
+        study=args.study or "",
+        workers=args.workers,
+    )
+    out = tune(settings, args.run_date or latest_run_date(settings), tcfg, _train_cfg(args))
+    _print({**out["summary"], "recipe": out["recipe"]["id"], "recipe_path": str(settings.recipes_dir)})
+    return 0
+
+
+def _cmd_promote(settings, args, run_date: str) -> int:
+    from pipelines.retrain import step_evaluate, step_gate
+
+    info_path = settings.run_dir(run_date) / "challenger.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    version = args.version or info.get("version")
+    if not version:
+        print(f"error: no challenger for {run_date}: run `train` first or pass --version", file=sys.stderr)
+        return 2
+    challenger = {"version": str(version)}
+    step_evaluate(settings, run_date, challenger)
+    d = step_gate(
+        settings,
+        run_date,
+        challenger,
+        info.get("parent_run_id"),
+        args.force_promote,
+        args.dry_run,
+        require_approval=args.require_approval,
+        **_gate_rules(args),
+    )
+    _print(d)
+    _pending_hint(settings, d)
+    return 0
+
+
+def _cmd_retrain(settings, args, run_date: str) -> int:
+    from pipelines.retrain import run_all
+
+    out = run_all(
+        settings,
+        args.sources,
+        run_date,
+        _train_cfg(args),
+        args.format,
+        args.force_promote,
+        args.dry_run,
+        require_approval=args.require_approval,
+        **_gate_rules(args),
+    )
+    d = out["decision"]
+    _print(
+        {
+            "decision": d["decision"],
+            "rule": d["rule"],
+            "reason": d["reason"],
+            "challenger_version": d["challenger_version"],
+            "partition": out["ingest"]["partition"],
+            "data_docs": out["validation"]["data_docs_index"],
+            "mlflow_run": out["dataset"]["parent_run_id"],
+        }
+    )
+    _pending_hint(settings, d)
+    return 0
+
+
+def _cmd_score(settings, args, run_date: str) -> int:
+    from pipelines.score import score
+
+    output = args.output
+    if output is None and args.run_date is None:  # ad hoc: never replaces the nightly partition
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        stem = Path(args.input.rstrip("/")).name.split(".")[0] or "input"
+        output = settings.home / "adhoc" / "scored" / f"{stem}-{stamp}.parquet"
+    r = score(
+        settings,
+        args.input,
+        output,
+        args.model,
+        args.format,
+        run_date,
+        progress=not args.no_progress,
+        shadow=args.shadow,
+    )
+    _print(r.to_dict())
+    return 0
+
+
+def _cmd_monitor(settings, args, run_date: str) -> int:
+    from pipelines.monitor import DRIFT_EXIT, monitor_batch, one_line
+
+    report = monitor_batch(settings, args.scored, run_date, record=not args.no_record)
+    print(json.dumps(report, indent=2, default=str) if args.json else one_line(report))
+    return DRIFT_EXIT if report["status"] == "drift" else 0
+
+
+def _cmd_summary(settings, args, run_date: str) -> int:
+    print(run_summary(settings, run_date))
+    return 0
+
+
+def _cmd_registry(settings, args, run_date: str) -> int:
+    from pipelines import registry
+
+    if args.action == "status":
+        _print(registry.status(settings))
+    elif args.action == "history":
+        rows = registry.history(settings)
+        print(json.dumps(rows, indent=2) if args.json else _history_table(rows))
+    elif args.action == "rollback":
+        _print(registry.rollback(settings, args.to_version, args.reason or "operator rollback"))
+    else:
+        if not args.version:
+            print(f"error: registry {args.action} needs a VERSION", file=sys.stderr)
+            return 2
+        from pipelines.card import write_card
+
+        if args.action == "card":
+            card = write_card(settings, args.version)
+            print(card["html"] if args.html else card["markdown"], end="" if not args.html else "\n")
+            return 0
+        import getpass
+
+        d = registry.respond(
+            settings,
+            args.version,
+            approve=args.action == "approve",
+            reason=args.reason or "",
+            by=args.by or getpass.getuser(),
+            via="cli",
+        )
+        write_card(settings, args.version)
+        _print(d)
+    return 0
+
+
+_COMMANDS = {
+    "settings": _cmd_settings,
+    "demo-data": _cmd_demo_data,
+    "ingest": _cmd_ingest,
+    "lake": _cmd_lake,
+    "validate": _cmd_validate,
+    "train": _cmd_train,
+    "tune": _cmd_tune,
+    "promote": _cmd_promote,
+    "retrain": _cmd_retrain,
+    "score": _cmd_score,
+    "monitor": _cmd_monitor,
+    "summary": _cmd_summary,
+    "registry": _cmd_registry,
+}
 
 
 def _pending_hint(settings, d: dict) -> None:

@@ -1,0 +1,149 @@
+"""The gate's decisions as read back: the Markdown report of a decision, the decision a DAG run
+recorded (its run page's tab and note), and the operator views of the registry (``status``: the
+aliases and every version's decision; ``history``: the promotion history in MLflow).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.settings import Settings
+from pipelines.versions import CHAMPION, PREVIOUS, _alias_version, _client, _read_json
+
+
+def _run_link_path(settings: Settings, run_id: str) -> Path:
+    import re
+
+    return settings.home / "registry" / "by_run" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id) + ".json")
+
+
+def decision_for_run(settings: Settings, run_id: str) -> dict | None:
+    """{"decision": ..., "markdown": ..., "path": ...} of the gate decision a DAG run recorded."""
+    link = _read_json(_run_link_path(settings, run_id))
+    if not link or not Path(link["decision_json"]).exists():
+        return None
+    d = json.loads(Path(link["decision_json"]).read_text())
+    if d.get("dag_run_id") != run_id:  # the date was gated again by another run since
+        return None
+    md = Path(link["decision_md"])
+    return {"decision": d, "markdown": md.read_text() if md.exists() else _markdown(d), "path": str(md)}
+
+
+def decision_note(d: dict) -> str:
+    """The DAG run's note: the decision in a few Markdown lines (rule, both macro-recalls, the CI)."""
+
+    def f4(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    b = d.get("bootstrap") or {}
+    ci = f"[{f4(b.get('ci_low'))}, {f4(b.get('ci_high'))}]" if b else "n/a"
+    return (
+        f"**{d['decision'].upper()}** v{d['challenger_version']} by rule `{d['rule']}`: {d['reason']}\n\n"
+        f"challenger macro-recall {f4(d['challenger_macro_recall'])}, champion "
+        f"{f4(d['champion_macro_recall'])} (v{d['champion_version'] or '-'}), delta {f4(d['delta'])}, "
+        f"95% CI {ci}; {d['test_rows']} test rows"
+    )[:1000]
+
+
+def _markdown(d: dict) -> str:
+    def f(x):
+        return "n/a" if x is None else (f"{x:.4f}" if isinstance(x, float) else str(x))
+
+    b = d.get("bootstrap") or {}
+    return (
+        "\n".join(
+            [
+                f"# {d['model_name']} v{d['challenger_version']}: {d['decision'].upper()}",
+                "",
+                f"- rule: `{d['rule']}` — {d['reason']}",
+                f"- run date: {d['run_date']}, DAG run: {d['dag_run_id'] or 'n/a'}, decided at {d['decided_at']}",
+                f"- test rows: {d['test_rows']}",
+                "",
+                "| | version | macro-recall | accuracy |",
+                "|---|---|---|---|",
+                f"| challenger | {d['challenger_version']} | {f(d['challenger_macro_recall'])} "
+                f"| {f(d['challenger_accuracy'])} |",
+                f"| champion | {f(d['champion_version'])} | {f(d['champion_macro_recall'])} "
+                f"| {f(d['champion_accuracy'])} |",
+                "",
+                f"- delta: {f(d['delta'])}; 95% paired bootstrap CI: [{f(b.get('ci_low'))}, {f(b.get('ci_high'))}]",
+                f"- force_promote: {d['force_promote']}, dry_run: {d['dry_run']}, "
+                f"require_approval: {d.get('require_approval', False)}",
+                *(
+                    [
+                        f"- review: **{r['response']}** by {r['by']} at {r['at']} ({r.get('via')}): "
+                        f"{r.get('reason') or 'no reason given'}"
+                    ]
+                    if (r := d.get("approval"))
+                    else []
+                ),
+                f"- data: {d['data_manifest']}",
+            ]
+        )
+        + "\n"
+    )
+
+
+def status(settings: Settings) -> dict:
+    client = _client(settings)
+    name = settings.model_name
+    out = {"model_name": name, "tracking_uri": settings.tracking_uri}
+    for alias in (CHAMPION, PREVIOUS):
+        mv = _alias_version(client, name, alias)
+        out[alias] = (
+            None
+            if mv is None
+            else {
+                "version": str(mv.version),
+                "run_id": mv.run_id,
+                "model_type": mv.tags.get("meli.model_type"),
+                "run_date": mv.tags.get("meli.run_date"),
+                "macro_recall": mv.tags.get("meli.challenger_macro_recall"),
+            }
+        )
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except Exception:
+        versions = []
+    out["versions"] = sorted(
+        (
+            {
+                "version": str(v.version),
+                "decision": v.tags.get("meli.decision"),
+                "run_date": v.tags.get("meli.run_date"),
+            }
+            for v in versions
+        ),
+        key=lambda x: int(x["version"]),
+    )
+    return out
+
+
+def history(settings: Settings, limit: int = 50) -> list[dict]:
+    import mlflow
+
+    _client(settings)
+    exp = mlflow.get_experiment_by_name(f"{settings.experiment}-promotions")
+    if exp is None:
+        return []
+    runs = mlflow.search_runs(  # the latest ``limit`` events, printed oldest first
+        [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit, output_format="list"
+    )[::-1]
+    keys = (
+        "decided_at",
+        "decision",
+        "rule",
+        "challenger_version",
+        "champion_version",
+        "challenger_macro_recall",
+        "champion_macro_recall",
+        "delta",
+        "reason",
+        "review_response",
+        "review_by",
+        "review_reason",
+        "dag_run_id",
+        "run_date",
+    )
+    return [{k: r.data.tags.get(f"meli.{k}", "") for k in keys} for r in runs]
