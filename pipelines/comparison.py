@@ -13,7 +13,7 @@ from pipelines.lake import atomic_file, atomic_write_json
 from pipelines.settings import GateRules, Settings
 from pipelines.versions import CHAMPION, GateError, _alias_version, _client, _read_json
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipelines.registry")  # the name the registry has always logged under
 
 
 def predict_titles(model_uri: str, titles: list[str]) -> list[str]:

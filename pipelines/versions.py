@@ -14,7 +14,7 @@ from pathlib import Path
 from pipelines.locks import advisory_lock, file_lock
 from pipelines.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipelines.registry")  # the name the registry has always logged under
 
 CHAMPION, PREVIOUS = "champion", "previous"
 
