@@ -87,20 +87,7 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
     lf = head.count(b"\n")
     lf_lines = lf > 0 and lf >= head.count(b"\r") - head.count(b"\r\n")
 
-    def physical_lines() -> Iterator[str]:
-        cut = ""  # the pieces of a record cut by bare \r (each piece's only \r is its last char)
-        for line in text:
-            if lf_lines and line.endswith("\r"):
-                cut += line
-                continue
-            lines.append(cut + line)
-            yield cut.replace("\r", " ") + line
-            cut = ""
-        if cut:  # the file ends in a bare \r
-            lines.append(cut)
-            yield cut.replace("\r", " ")
-
-    reader = csv.reader(physical_lines())
+    reader = csv.reader(_physical_lines(text, lf_lines, lines))
     names: list[str]
     try:
         if header:
@@ -128,29 +115,7 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
                     chunk.rejected.append((n, "bad_csv_row", error, line.rstrip("\r\n")))
                 continue
             n += 1
-            raw = ",".join(row)
-            if not _utf8_ok(raw):  # undecodable bytes became lone surrogates (surrogateescape)
-                raw_b = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                chunk.rejected.append((n, "bad_encoding", "invalid UTF-8 bytes", raw_b))
-            elif not any(c.strip() for c in row):
-                chunk.rejected.append((n, "blank_line", "empty CSV row", raw))
-            elif header and len(row) != len(names):
-                chunk.rejected.append((n, "bad_csv_row", f"{len(row)} fields, header has {len(names)}", raw))
-            elif not header and len(row) not in (1, 2):
-                # headerless: a title with unquoted commas has >2 fields; the last is the category
-                if len(row) > 2:
-                    row = [",".join(row[:-1]), row[-1]]
-                for f in FIELDS:
-                    chunk.columns[f].append({"title": row[0], "category": row[-1]}.get(f))
-                chunk.rows.append(n)
-                chunk.raw.append(raw)
-            else:
-                for f in ("title", "language", "label_quality", "category"):
-                    j = idx.get(f)
-                    chunk.columns[f].append(row[j] if j is not None and j < len(row) else None)
-                chunk.columns["id"].append(row[id_col] if id_col is not None else None)
-                chunk.rows.append(n)
-                chunk.raw.append(raw)
+            _add_record(chunk, n, row, header, names, idx, id_col)
             if len(chunk.rows) + len(chunk.rejected) >= chunk_rows:
                 yield chunk
                 chunk = Chunk(_empty_columns(), [], [])
@@ -163,3 +128,45 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
             yield chunk
     finally:
         text.close()
+
+
+def _physical_lines(text, lf_lines: bool, lines: list[str]) -> Iterator[str]:
+    """The lines the CSV parser reads, each also appended to ``lines`` (the record's raw lines)."""
+    cut = ""  # the pieces of a record cut by bare \r (each piece's only \r is its last char)
+    for line in text:
+        if lf_lines and line.endswith("\r"):
+            cut += line
+            continue
+        lines.append(cut + line)
+        yield cut.replace("\r", " ") + line
+        cut = ""
+    if cut:  # the file ends in a bare \r
+        lines.append(cut)
+        yield cut.replace("\r", " ")
+
+
+def _add_record(chunk: Chunk, n: int, row: list[str], header: bool, names: list[str], idx: dict, id_col) -> None:
+    """Record ``n`` (one CSV row) into ``chunk``: its fields, or its quarantine reason."""
+    raw = ",".join(row)
+    if not _utf8_ok(raw):  # undecodable bytes became lone surrogates (surrogateescape)
+        raw_b = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        chunk.rejected.append((n, "bad_encoding", "invalid UTF-8 bytes", raw_b))
+    elif not any(c.strip() for c in row):
+        chunk.rejected.append((n, "blank_line", "empty CSV row", raw))
+    elif header and len(row) != len(names):
+        chunk.rejected.append((n, "bad_csv_row", f"{len(row)} fields, header has {len(names)}", raw))
+    elif not header and len(row) not in (1, 2):
+        # headerless: a title with unquoted commas has >2 fields; the last is the category
+        if len(row) > 2:
+            row = [",".join(row[:-1]), row[-1]]
+        for f in FIELDS:
+            chunk.columns[f].append({"title": row[0], "category": row[-1]}.get(f))
+        chunk.rows.append(n)
+        chunk.raw.append(raw)
+    else:
+        for f in ("title", "language", "label_quality", "category"):
+            j = idx.get(f)
+            chunk.columns[f].append(row[j] if j is not None and j < len(row) else None)
+        chunk.columns["id"].append(row[id_col] if id_col is not None else None)
+        chunk.rows.append(n)
+        chunk.raw.append(raw)

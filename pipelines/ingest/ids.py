@@ -167,3 +167,23 @@ class _Dedup:
             self.runs.append(self.seen)
             self.seen = np.empty(0, dtype=np.uint64)
         return dup
+
+
+def listing_ids(
+    given: pa.Array, has_given: np.ndarray, trimmed: pa.Array, cats: pa.Array, ok_idx: np.ndarray, has_ctl_bytes: bool
+) -> tuple[pa.Array, np.ndarray]:
+    """The listing ids of rows ``ok_idx`` (the given id where there is one, else the content id of
+    the trimmed title and category) and their hash64 (for dedupe and the split)."""
+    if len(ok_idx) == len(trimmed) and not has_given.any():
+        hexes = _hex16(_content_hashes(trimmed, cats, has_ctl_bytes))
+        ids_arr = _fixed_strings(hexes)
+        id_objs = hexes.astype(object)  # bytes hash like the equal str
+    else:
+        need = ~has_given[ok_idx]
+        need_take = pa.array(ok_idx[need], pa.int64())
+        hexes = _hex16(_content_hashes(trimmed.take(need_take), cats.take(need_take), has_ctl_bytes))
+        id_objs = np.empty(len(ok_idx), dtype=object)
+        id_objs[need] = [x.decode() for x in hexes]
+        id_objs[~need] = given.take(pa.array(ok_idx[~need], pa.int64())).to_pylist()
+        ids_arr = pa.array(id_objs.tolist(), pa.string())
+    return ids_arr, (hash64(id_objs) if len(id_objs) else np.empty(0, dtype=np.uint64))

@@ -11,14 +11,11 @@ import pyarrow.compute as pc
 
 from pipelines.ingest.ids import (
     _SPLIT_NAMES,
-    _content_hashes,
     _Dedup,
-    _fixed_strings,
-    _hex16,
     _split_codes,
     _string_bytes,
     _strip_or_none,
-    hash64,
+    listing_ids,
 )
 from pipelines.ingest.sources import FIELDS, Chunk
 from pipelines.lake import LISTING_SCHEMA, QUARANTINE_SCHEMA
@@ -133,19 +130,7 @@ def check_chunk(chunk: Chunk, *, require_label: bool, dedup: _Dedup | None, sour
     ok_idx = np.flatnonzero(code == 0)
     given = c["id"]
     has_given = _np_mask(pc.greater(pc.binary_length(given), 0)) if given.null_count < n else np.zeros(n, bool)
-    if len(ok_idx) == n and not has_given.any():
-        hexes = _hex16(_content_hashes(trimmed, cats, has_ctl_bytes))
-        ids_arr = _fixed_strings(hexes)
-        id_objs = hexes.astype(object)  # bytes hash like the equal str
-    else:
-        need = ~has_given[ok_idx]
-        need_take = pa.array(ok_idx[need], pa.int64())
-        hexes = _hex16(_content_hashes(trimmed.take(need_take), cats.take(need_take), has_ctl_bytes))
-        id_objs = np.empty(len(ok_idx), dtype=object)
-        id_objs[need] = [x.decode() for x in hexes]
-        id_objs[~need] = given.take(pa.array(ok_idx[~need], pa.int64())).to_pylist()
-        ids_arr = pa.array(id_objs.tolist(), pa.string())
-    h2 = hash64(id_objs) if len(id_objs) else np.empty(0, dtype=np.uint64)  # hash64(listing_id)
+    ids_arr, h2 = listing_ids(given, has_given, trimmed, cats, ok_idx, has_ctl_bytes)  # h2: hash64(listing_id)
     keep = np.ones(len(ok_idx), dtype=bool)
     if dedup is not None:
         dup = dedup.mark_hashes(h2)
