@@ -95,7 +95,7 @@ def ingest_outputs(home: Path) -> dict[str, str]:
 
     out = {}
     for current in sorted((home / "lake" / "listings").glob("ingest_date=*/_CURRENT")):
-        version = current.parent / current.read_text().strip()
+        version = current.parent / json.loads(current.read_text())["dir"]  # the commit pointer
         date = current.parent.name.split("=")[1]
         manifest = json.loads((version / "_manifest.json").read_text())
         listings = [r for p in sorted(version.glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
