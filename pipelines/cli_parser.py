@@ -10,6 +10,7 @@ import argparse
 from dataclasses import fields
 from datetime import datetime
 
+from pipelines.config import INPUT_FORMATS
 from pipelines.settings import get_settings
 
 # The module docstring above is the CLI's --help description (``build_parser`` passes ``__doc__``).
@@ -122,9 +123,7 @@ def _add_data_commands(sub) -> None:
     p = sub.add_parser("ingest", help="ingest files into the lake partition of a run date")
     p.add_argument("sources", nargs="+", help="input files or glob patterns")
     p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
-    p.add_argument(
-        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
-    )
+    p.add_argument("--format", default="auto", choices=INPUT_FORMATS, help="input format")
     p.add_argument(
         "--allow-empty",
         action="store_true",
@@ -147,9 +146,7 @@ def _add_data_commands(sub) -> None:
         "(ingested into a scratch lake; nothing is written to the real lake); default: --run-date's partition",
     )
     p.add_argument("--run-date", type=_date, default=None, help="the partition's date (default: today, UTC)")
-    p.add_argument(
-        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
-    )
+    p.add_argument("--format", default="auto", choices=INPUT_FORMATS, help="input format")
 
 
 def _add_training_commands(sub) -> None:
@@ -184,9 +181,7 @@ def _add_training_commands(sub) -> None:
     p = sub.add_parser("retrain", help="ingest SOURCES, validate, train, evaluate and gate in one process")
     p.add_argument("sources", nargs="+", help="input files or glob patterns")
     p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
-    p.add_argument(
-        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
-    )
+    p.add_argument("--format", default="auto", choices=INPUT_FORMATS, help="input format")
     _add_train_flags(p)
     _add_gate_flags(p)
 
@@ -208,9 +203,7 @@ def _add_serving_commands(sub) -> None:
         default=None,
         help="write the lake's scored partition of this date, as the DAG does (default: none, see --output)",
     )
-    p.add_argument(
-        "--format", default="auto", choices=["auto", "jsonl", "challenge_csv", "csv", "parquet"], help="input format"
-    )
+    p.add_argument("--format", default="auto", choices=INPUT_FORMATS, help="input format")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     p.add_argument(
         "--shadow",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipelines.config import INPUT_FORMATS
 from pipelines.ingest.csv import read_csv
 from pipelines.ingest.jsonl import _read_jsonl
 from pipelines.ingest.parquet import _read_parquet
@@ -18,7 +19,7 @@ from pipelines.ingest.sources import (
     detect_format,
 )
 
-FORMATS = ("auto", "jsonl", "challenge_csv", "csv", "parquet")
+FORMATS = INPUT_FORMATS  # one list for the readers, the CLI and the DAG Params
 
 
 def _check_source(path: Path, fmt: str) -> str:
