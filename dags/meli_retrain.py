@@ -5,10 +5,13 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
 
 1. **ingest** new listings files as a new version of `lake/listings/ingest_date=<run date>/` (listings,
    quarantined rows and manifest committed together)
-2. **validate** the partition with Great Expectations; a critical failure stops the run here.
-   The *Data Docs* tab of the run (and the task log / XCom) links the report. A partition that
-   passes is announced as the `meli_lake_listings` asset (scheduling `meli_score`).
-3. **prepare** the frozen train/validation/test splits and the parent MLflow run
+2. **validate** the partition with Great Expectations and record the outcome on its version; a
+   critical failure stops the run here. The *Data Docs* tab of the run (and the task log / XCom)
+   links the report. A partition that passes is announced as the `meli_lake_listings` asset
+   (scheduling `meli_score`).
+3. **prepare** the frozen train/validation/test splits (only partition versions that passed
+   validation; earlier ones that did not are left out and listed in `dataset.json`) and the parent
+   MLflow run
 4. **embedding**: decides the training mode (Param `mode`: auto/full/warm, `pipelines/warm.py`), trains
    gensim FastText on the training split (warm: continues the champion's on the new rows), then encodes
    every split once as int32 arrays the training tasks memory-map, with each distinct word's pretrained
@@ -353,16 +356,25 @@ def meli_retrain():
             )
         }
 
+    # only partition versions that passed validation are read; earlier ones never validated are
+    # validated here first, and those that failed are left out (listed in dataset.json)
     @task
     def prepare(ingested: dict, validation: dict, dag_run=None) -> dict:
-        from pipelines.retrain import step_prepare
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return step_prepare(
-            _settings(),
-            ingested["run_date"],
-            validation,
-            {"meli.dag_run_id": dag_run.run_id, "meli.trigger": "airflow"},
-        )
+        from pipelines.lake import NotEligible
+        from pipelines.retrain import step_prepare
+        from pipelines.validate import ValidationFailed
+
+        try:
+            return step_prepare(
+                _settings(),
+                ingested["run_date"],
+                validation,
+                {"meli.dag_run_id": dag_run.run_id, "meli.trigger": "airflow"},
+            )
+        except (NotEligible, ValidationFailed) as exc:  # the data fails, not the task: no retries
+            raise AirflowFailException(str(exc)) from exc
 
     @task
     def embedding(dataset: dict, params=None) -> dict:

@@ -63,7 +63,7 @@ def _history_table(rows: list[dict]) -> str:
 def _lake_table(st: dict) -> str:
     if not st["partitions"]:
         return f"no committed partitions under {st['root']}"
-    cols = ["ingest_date", "version", "rows", "quarantined", "committed_at"]
+    cols = ["ingest_date", "version", "rows", "quarantined", "validation", "committed_at"]
     data = [[str(p.get(c) if p.get(c) is not None else "-")[:19] for c in cols] for p in st["partitions"]]
     widths = [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(cols)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
@@ -200,14 +200,10 @@ def _cmd_validate(settings, args, run_date: str) -> int:
 
 def _cmd_train(settings, args, run_date: str) -> int:
     from pipelines.retrain import step_embedding, step_ensemble, step_prepare, step_register, step_train_all
-    from pipelines.validate import load_report
 
     cfg = _train_cfg(args)
-    try:
-        validation = load_report(settings, run_date)
-    except FileNotFoundError:
-        validation = None
-    dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
+    # validates what was never validated (as the DAG does), then reads only versions that passed
+    dataset = step_prepare(settings, run_date, None, {"meli.trigger": "cli"})
     emb = step_embedding(settings, dataset, cfg)
     trained = step_train_all(settings, dataset, emb, cfg)
     results = step_ensemble(settings, dataset, trained, cfg)

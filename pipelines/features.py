@@ -179,26 +179,51 @@ def prepare_dataset(settings, run_date: str) -> dict:
     """Write the run's train/validation/test Parquet files from the lake as of ``run_date``.
 
     The split comes from the lake (hash of listing_id), so the test rows of earlier data never
-    move into training. Returns a small dict (paths, counts, lineage) for XCom.
+    move into training. Only partition versions that passed validation are read: the run date's own
+    partition must have passed (else NotEligible, one line); an earlier one that failed or was not
+    validated is left out and listed under ``excluded`` in ``dataset.json``. Returns a small dict
+    (paths, counts, lineage) for XCom.
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from pipelines.lake import (
+        FAILED,
+        NotEligible,
         atomic_file,
         atomic_write_json,
         data_version,
+        eligible_snapshot,
         load_listings,
         partitions_lineage,
-        snapshot,
     )
 
-    # one snapshot of the lake (every partition's committed version), read and recorded as one
-    snap = snapshot(settings.listings_dir, upto=run_date)
+    # one snapshot of the lake (the committed version of every partition that passed validation),
+    # read and recorded as one
+    snap, excluded = eligible_snapshot(settings.listings_dir, upto=run_date)
+    own = next((e for e in excluded if e["ingest_date"] == run_date), None)
+    if own is not None:
+        how = (
+            "fix the batch and re-ingest it (or re-validate: python -m pipelines validate --run-date D)"
+            if own["validation"] == FAILED
+            else "validate it first (python -m pipelines validate --run-date D; train and retrain do it themselves)"
+        )
+        raise NotEligible(
+            f"lake partition ingest_date={run_date} (version {own['version']}) {own['reason']}: "
+            f"it is not trained on; {how.replace('--run-date D', '--run-date ' + run_date)}"
+        )
     if run_date not in snap:
         raise FileNotFoundError(
             f"lake partition ingest_date={run_date} is not committed under {settings.listings_dir}: "
             "ingest it first (training without it would silently leave its rows out)"
+        )
+    for e in excluded:
+        log.warning(
+            "lake partition ingest_date=%s (version %s) %s: left out of the dataset of %s",
+            e["ingest_date"],
+            e["version"],
+            e["reason"],
+            run_date,
         )
     table = load_listings(settings.listings_dir, upto=run_date, columns=DATASET_COLUMNS, snap=snap)
     table = table.filter(pc.is_valid(table.column("category")))
@@ -221,10 +246,11 @@ def prepare_dataset(settings, run_date: str) -> dict:
         "lineage": partitions_lineage(settings.listings_dir, run_date, snap=snap),
         "lake_versions": snap,
         "data_version": data_version(snap),
+        "excluded": excluded,  # partitions up to the run date not trained on, and why
     }
     atomic_write_json(out_dir / "dataset.json", info)
     log.info("dataset for %s: %s, %d categories", run_date, counts, len(labels))
-    return {k: info[k] for k in ("run_date", "dir", "counts", "num_categories", "data_version")}
+    return {k: info[k] for k in ("run_date", "dir", "counts", "num_categories", "data_version", "excluded")}
 
 
 def read_split(dataset_dir: str | Path, split: str, columns: list[str] | None = None):

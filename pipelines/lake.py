@@ -116,11 +116,11 @@ def versions(partition: Path) -> list[Version]:
     return [Version(int(e["version"]), partition / e["dir"], e.get("committed_at", "")) for e in entries]
 
 
-def data_dir(partition: Path, version: int | None = None) -> Path:
-    """The directory holding the files of ``partition`` at ``version`` (default: the committed one).
+def _kept_version(partition: Path, version: int | None = None) -> Version:
+    """The committed (or given, still kept) version of ``partition``, its files present.
 
-    Raises FileNotFoundError for a partition never committed and LakeError for a committed version
-    whose files are gone (never silently an empty partition)."""
+    Raises FileNotFoundError for a partition never committed and LakeError for a version not kept
+    or a committed version whose files are gone (never silently an empty partition)."""
     partition = Path(partition)
     if version is None:
         v = current_version(partition)
@@ -133,7 +133,13 @@ def data_dir(partition: Path, version: int | None = None) -> Path:
             raise LakeError(f"{partition}: version {version} is not kept (readable versions: {kept})")
     if not v.dir.is_dir():
         raise LakeError(f"{partition}: committed version {v.number} is missing its files ({v.dir})")
-    return v.dir
+    return v
+
+
+def data_dir(partition: Path, version: int | None = None) -> Path:
+    """The directory holding the files of ``partition`` at ``version`` (default: the committed one);
+    raises as ``_kept_version`` does."""
+    return _kept_version(partition, version).dir
 
 
 def resolve(path: Path) -> Path:
@@ -217,7 +223,7 @@ def _collect(partition: Path) -> None:
     ptr = _read_pointer(partition)
     keep = {ptr["dir"], *(e["dir"] for e in ptr.get("history", []))} if ptr else set()
     if ptr is not None:  # files of a pre-versioning partition, superseded by the first commit
-        for f in [*partition.glob("part-*.parquet"), partition / "_manifest.json"]:
+        for f in [*partition.glob("part-*.parquet"), partition / "_manifest.json", partition / VALIDATION_FILE]:
             f.unlink(missing_ok=True)
     for child in partition.iterdir():
         if child.name in keep or child.name == POINTER:
@@ -312,6 +318,87 @@ def snapshot(root: Path, upto: str | None = None) -> dict[str, int]:
     return {d: current_version(p).number for d, p in list_partitions(root, upto)}  # type: ignore[union-attr]
 
 
+# ------------------------------------------------------------------------------------------
+# Validation outcomes: only a version that passed validation is trained on
+# ------------------------------------------------------------------------------------------
+# Validating a version records its outcome in that version's own folder, after the commit:
+#
+#   ingest_date=D/v000003-1a2b3c4d/_validation.json   {"version": 3, "validation": "passed", ...}
+#
+# (a pre-versioning partition, version 0: ``ingest_date=D/_validation.json``). One atomic write is
+# the commit point of the outcome. A version without a record reads "not_validated": a fresh ingest,
+# a re-ingest (its new version starts unvalidated) and a crash between the commit and the record
+# alike; never "passed". A record names the version it judged, and lives and goes with its files.
+VALIDATION_FILE = "_validation.json"
+PASSED, FAILED, NOT_VALIDATED = "passed", "failed", "not_validated"
+EXCLUDED_BECAUSE = {FAILED: "failed validation", NOT_VALIDATED: "not validated"}
+
+
+class NotEligible(LakeError):
+    """A partition a run must train on did not pass validation (one line, for the CLI and the task log)."""
+
+
+def record_validation(
+    partition: Path, version: int, outcome: str, detail: dict | None = None, lock_timeout_s: float = LOCK_TIMEOUT_S
+) -> dict:
+    """Record that ``version`` of ``partition`` passed or failed validation (atomically, under the
+    partition's lock so that no writer collects the version meanwhile). Returns the record."""
+    if outcome not in (PASSED, FAILED):
+        raise ValueError(f"a validation outcome is {PASSED!r} or {FAILED!r}, not {outcome!r}")
+    partition = Path(partition)
+    with file_lock(lock_path(partition), lock_timeout_s, f"lake partition {partition}"):
+        v = _kept_version(partition, version)
+        record = {
+            **(detail or {}),
+            "version": v.number,
+            "dir": v.dir.name,
+            "validation": outcome,
+            "validated_at": datetime.now(UTC).isoformat(),
+        }
+        atomic_write_json(v.dir / VALIDATION_FILE, record)
+    return record
+
+
+def validation_of(partition: Path, version: int | None = None) -> dict:
+    """The validation record of ``partition``'s committed (or given) version; ``{"validation":
+    "not_validated", ...}`` when it has none. Raises as ``data_dir`` does for a version whose files are gone."""
+    v = _kept_version(partition, version)
+    try:
+        record = json.loads((v.dir / VALIDATION_FILE).read_text())
+    except FileNotFoundError:
+        record = None
+    except (OSError, ValueError) as exc:
+        raise LakeError(f"{v.dir / VALIDATION_FILE}: unreadable validation record ({exc})") from exc
+    if (
+        not isinstance(record, dict)
+        or record.get("version") != v.number
+        or record.get("validation") not in (PASSED, FAILED)
+    ):
+        return {"version": v.number, "dir": v.dir.name, "validation": NOT_VALIDATED}
+    return record
+
+
+def eligible_snapshot(root: Path, upto: str | None = None) -> tuple[dict[str, int], list[dict]]:
+    """(``snapshot`` of the partitions up to ``upto`` whose committed version passed validation, the
+    others: ``{ingest_date, version, validation, reason}`` each, oldest first)."""
+    snap: dict[str, int] = {}
+    excluded: list[dict] = []
+    for d, p in list_partitions(root, upto):
+        rec = validation_of(p)
+        if rec["validation"] == PASSED:
+            snap[d] = rec["version"]
+        else:
+            excluded.append(
+                {
+                    "ingest_date": d,
+                    "version": rec["version"],
+                    "validation": rec["validation"],
+                    "reason": EXCLUDED_BECAUSE[rec["validation"]],
+                }
+            )
+    return snap, excluded
+
+
 def data_version(snap: dict[str, int]) -> str:
     """A short id of a snapshot: equal ids, equal data (the versions are immutable)."""
     return hashlib.sha256(json.dumps(sorted(snap.items())).encode()).hexdigest()[:16]
@@ -383,7 +470,8 @@ def partitions_lineage(root: Path, upto: str | None = None, snap: dict[str, int]
 
 
 def status(root: Path, run_date: str | None = None) -> dict:
-    """What readers see, per listings partition: rows, quarantined rows, committed version."""
+    """What readers see, per listings partition: rows, quarantined rows, committed version and its
+    validation outcome (passed / failed / not_validated: only a passed version is trained on)."""
     out = []
     for d, p in list_partitions(root):
         if run_date and d != run_date:
@@ -392,10 +480,11 @@ def status(root: Path, run_date: str | None = None) -> dict:
         entry = {"ingest_date": d, "version": v.number, "committed_at": v.committed_at, "path": str(p)}
         try:
             m = read_manifest(p)
+            entry["validation"] = validation_of(p, v.number)["validation"]
             entry["rows"] = m.get("totals", {}).get("rows_written")
             entry["quarantined"] = m.get("totals", {}).get("rows_quarantined")
             entry["kept_versions"] = [x.number for x in versions(p)]
         except LakeError as exc:
-            entry.update(rows=None, quarantined=None, error=str(exc))
+            entry.update(rows=None, quarantined=None, validation=None, error=str(exc))
         out.append(entry)
     return {"root": str(root), "partitions": out}

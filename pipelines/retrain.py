@@ -74,12 +74,25 @@ def step_validate(settings: Settings, run_date: str) -> dict:
 
 
 def step_prepare(settings: Settings, run_date: str, validation: dict | None, tags: dict | None = None) -> dict:
-    """Freeze the run's dataset splits and open the parent MLflow run (with the GX report)."""
+    """Freeze the run's dataset splits and open the parent MLflow run (with the GX report).
+
+    Partitions up to ``run_date`` never validated are validated first (``validate_pending``); the
+    dataset holds only versions that passed (``prepare_dataset``). ``validation``: the run date's
+    report (the DAG's validate task); None: the one made here, else the last saved one."""
     import mlflow
 
     from pipelines.features import prepare_dataset
     from pipelines.train import start_parent_run
+    from pipelines.validate import load_report, validate_pending
 
+    validated = validate_pending(settings, run_date)
+    if validation is None:
+        validation = validated.get(run_date)
+    if validation is None:
+        try:
+            validation = load_report(settings, run_date)
+        except FileNotFoundError:
+            validation = None
     dataset = prepare_dataset(settings, run_date)
     parent = start_parent_run(settings, run_date, dataset, tags)
     if validation:
@@ -293,7 +306,8 @@ def run_all(
     require_approval: bool | None = None,
     **rules,
 ) -> dict:
-    """Ingest -> validate -> prepare -> embedding -> train each model -> register -> evaluate -> gate."""
+    """Ingest -> validate -> prepare -> embedding -> train each model -> register -> evaluate -> gate.
+    (prepare also validates earlier partitions never validated, and trains only on those that passed)."""
     ingested = step_ingest(settings, sources, run_date, fmt)
     validation = step_validate(settings, run_date)
     dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})

@@ -81,6 +81,10 @@ def _lineage(dataset_dir: Path) -> dict:
         "meli.data_version": info.get("data_version", ""),
         "meli.lake_versions": ",".join(f"{d}@v{v}" for d, v in sorted(info.get("lake_versions", {}).items()))[:4000],
         "meli.partitions": ",".join(p["ingest_date"] for p in info["lineage"])[:4000],
+        # partitions up to the run date not trained on (failed or not validated), e.g. 2026-11-02@v1:failed
+        "meli.excluded_partitions": ",".join(
+            f"{e['ingest_date']}@v{e['version']}:{e['validation']}" for e in info.get("excluded", [])
+        )[:4000],
         "meli.source_sha256": ",".join(
             sorted({s["sha256"][:16] for p in info["lineage"] for s in p["sources"] if s.get("sha256")})
         )[:4000],

@@ -212,7 +212,9 @@ def _prepare_data(settings: Settings, run_date: str, name: str, root: Path, base
     from pipelines.text import TextConfig
     from pipelines.tracking import configure
     from pipelines.train import embedding_config
+    from pipelines.validate import validate_pending
 
+    validate_pending(settings, run_date)  # as train does: never-validated partitions first, only passed ones read
     # the same lake, its splits written under the study's folder (never over a retrain's run dir)
     local = replace(settings, home=root, lake_uri=str(settings.lake))
     dataset = prepare_dataset(local, run_date)

@@ -4,7 +4,8 @@ The GX project (suites, validation definitions, checkpoint) is reviewed in git u
 ``expectations/gx``. At run time it is copied into ``$MELI_HOME/gx`` so that validation results and
 Data Docs land under MELI_HOME. Thresholds are GX ``$PARAMETER``s filled from ``Settings.thresholds``.
 Each expectation has a severity: a critical failure raises ``ValidationFailed`` (the DAG stops before
-training); warnings are reported and the run goes on.
+training); warnings are reported and the run goes on. Validating a lake partition records the outcome
+on the version it read (``lake.record_validation``): only a version that passed is trained on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,19 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipelines.lake import SCHEMA_VERSION, atomic_write_json, list_partitions, partition_dir, read_manifest
+from pipelines.lake import (
+    FAILED,
+    NOT_VALIDATED,
+    PASSED,
+    SCHEMA_VERSION,
+    atomic_write_json,
+    current_version,
+    list_partitions,
+    partition_dir,
+    read_manifest,
+    record_validation,
+    validation_of,
+)
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +91,7 @@ def gx_context(settings: Settings):
 def partition_metrics(settings: Settings, run_date: str, table, manifest: dict | None = None) -> dict:
     """Batch-level numbers the metrics suite checks: quarantine ratio, volume vs the previous
     partition, and the category distribution vs all earlier partitions (the training reference).
+    An earlier partition that failed validation is no reference (it is not trained on either).
     ``manifest``: the batch's own (default: that of the lake partition of ``run_date``)."""
     import pyarrow.compute as pc
 
@@ -88,7 +102,11 @@ def partition_metrics(settings: Settings, run_date: str, table, manifest: dict |
     totals = manifest.get("totals", {})
     read = totals.get("rows_read") or 0
     quarantine_ratio = (totals.get("rows_quarantined", 0) / read) if read else 0.0
-    earlier = [p for d, p in list_partitions(settings.listings_dir) if d < run_date]
+    earlier = [
+        p
+        for d, p in list_partitions(settings.listings_dir)
+        if d < run_date and validation_of(p)["validation"] != FAILED
+    ]
     volume_ratio = unseen = shift = None
     n = table.num_rows
     if earlier:
@@ -147,15 +165,60 @@ def _checks(checkpoint_result) -> list[Check]:
 
 
 def validate_partition(settings: Settings, run_date: str) -> dict:
-    """Validate the listings partition of ``run_date``. Returns a report dict (XCom-sized);
-    raises ValidationFailed when a critical expectation fails."""
+    """Validate the committed version of the listings partition of ``run_date`` and record the
+    outcome (passed or failed) on that version. Returns a report dict (XCom-sized); raises
+    ValidationFailed when a critical expectation fails. An error that is not a verdict on the data
+    records nothing: the version stays not validated."""
     from pipelines.lake import read_partition
 
     part = partition_dir(settings.listings_dir, run_date)
-    if not part.exists():
+    v = current_version(part) if part.exists() else None
+    if v is None:
         raise FileNotFoundError(f"no listings partition for {run_date} at {part}; run ingest first")
-    table = read_partition(part)
-    return validate_table(settings, run_date, table, partition_metrics(settings, run_date, table), str(part))
+    table = read_partition(part, version=v.number)  # pinned: a re-ingest meanwhile is a new, unvalidated version
+    metrics = partition_metrics(settings, run_date, table, read_manifest(part, v.number))
+    try:
+        report = validate_table(settings, run_date, table, metrics, str(part))
+    except ValidationFailed as exc:
+        exc.report["lake_version"] = v.number
+        record_validation(part, v.number, FAILED, _record_detail(exc.report), settings.lock_timeout_s)
+        raise
+    report["lake_version"] = v.number
+    record_validation(part, v.number, PASSED, _record_detail(report), settings.lock_timeout_s)
+    return report
+
+
+def _record_detail(report: dict) -> dict:
+    return {
+        "passed": report.get("passed"),
+        "evaluated": report.get("evaluated"),
+        "critical_failures": list(report.get("critical_failures", []))[:20],
+        "report_json": report.get("report_json"),
+        "data_docs_index": report.get("data_docs_index"),
+    }
+
+
+def validate_pending(settings: Settings, run_date: str) -> dict[str, dict]:
+    """Validate, oldest first, every committed listings partition up to ``run_date`` whose version was
+    never validated (ingested from the CLI, re-ingested, or a crash between commit and validation), as
+    the DAG's validate task does: training runs after validation, never instead of it. An earlier
+    partition that fails is recorded failed (and so left out of the dataset); the run date's own
+    failure raises ValidationFailed. Returns {date: report} of the partitions validated here."""
+    out: dict[str, dict] = {}
+    for d, p in list_partitions(settings.listings_dir, upto=run_date):
+        rec = validation_of(p)
+        if rec["validation"] != NOT_VALIDATED:
+            continue
+        log.info(
+            "lake partition ingest_date=%s (version %s) is not validated yet: validating it first", d, rec["version"]
+        )
+        try:
+            out[d] = validate_partition(settings, d)
+        except ValidationFailed as exc:
+            if d == run_date:
+                raise
+            log.warning("lake partition ingest_date=%s failed validation: it is left out of the dataset (%s)", d, exc)
+    return out
 
 
 def validate_file(settings: Settings, path: str | Path, run_date: str, fmt: str = "auto") -> dict:

@@ -184,9 +184,11 @@ def test_train_log_load_predict_roundtrip(settings, synthetic_jsonl):
 
     from pipelines.features import prepare_dataset, train_embedding
     from pipelines.ingest import ingest
+    from pipelines.lake import record_validation
     from pipelines.train import embedding_config, start_parent_run, train_classifier
 
-    ingest([synthetic_jsonl(800, seed=3)], "2026-11-01", settings)
+    r = ingest([synthetic_jsonl(800, seed=3)], "2026-11-01", settings)
+    record_validation(r.partition, r.version, "passed")  # as if GX passed it: only passed data is trained on
     ds = prepare_dataset(settings, "2026-11-01")
     cfg = TrainConfig(models=["mlp"], epochs=2, embedding_epochs=2, embedding_dim=16, bucket=5000, device="cpu")
     emb = train_embedding(ds["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
@@ -263,10 +265,12 @@ def test_cuda_training_and_serving_match_the_cpu(settings, synthetic_jsonl):
 
     from pipelines.features import prepare_dataset, train_embedding
     from pipelines.ingest import ingest
+    from pipelines.lake import record_validation
     from pipelines.pyfunc import Bundle
     from pipelines.train import embedding_config, train_classifier
 
-    ingest([synthetic_jsonl(800, seed=5)], "2026-11-02", settings)
+    r = ingest([synthetic_jsonl(800, seed=5)], "2026-11-02", settings)
+    record_validation(r.partition, r.version, "passed")  # as if GX passed it: only passed data is trained on
     ds = prepare_dataset(settings, "2026-11-02")
     cfg = TrainConfig(epochs=2, embedding_epochs=2, embedding_dim=16, bucket=5000, device="cuda")
     emb = train_embedding(ds["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
