@@ -168,6 +168,12 @@ def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monk
 
     link = run_link(Settings(), "meli_retrain", res["run_id"])
     assert link and link["success"] and link["data_docs_pages"]
+    # the validate task recorded the outcome on the version it validated; prepare read only that
+    from pipelines.lake import validation_of
+
+    (listings,) = (airflow_home / "lake" / "listings").glob("ingest_date=*")
+    assert validation_of(listings)["validation"] == "passed"
+    assert json.loads((named.parent / "dataset" / "dataset.json").read_text())["excluded"] == []
 
     # The run page: the "Gate decision" tab renders this run's decision, and the plugin's note
     # endpoint (which the gate task calls on a real api-server) puts it into the run's note.
@@ -226,6 +232,10 @@ def test_broken_batch_fails_validation_and_keeps_champion(airflow_home, tmp_path
         if t.startswith(("prepare", "embedding", "train", "ensemble", "register", "evaluate", "gate")):
             assert state in ("upstream_failed", "skipped", "None", "none"), (t, state)
     assert _champion(airflow_home) == before
+    from pipelines.lake import partition_dir, validation_of
+
+    broken = validation_of(partition_dir(airflow_home / "lake" / "listings", "2030-01-02"))
+    assert broken["validation"] == "failed" and broken["critical_failures"]  # never trained on, any later night
     log = open(res["log"]).read()
     assert "expect_column_values_to_match_regex" in log
     # the broken partition is not announced to meli_score (the earlier good run's event is)
