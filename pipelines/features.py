@@ -203,14 +203,15 @@ def prepare_dataset(settings, run_date: str) -> dict:
     snap, excluded = eligible_snapshot(settings.listings_dir, upto=run_date)
     own = next((e for e in excluded if e["ingest_date"] == run_date), None)
     if own is not None:
+        cmd = f"python -m pipelines validate --run-date {run_date}"
         how = (
-            "fix the batch and re-ingest it (or re-validate: python -m pipelines validate --run-date D)"
+            f"fix the batch and re-ingest it (or re-validate: {cmd})"
             if own["validation"] == FAILED
-            else "validate it first (python -m pipelines validate --run-date D; train and retrain do it themselves)"
+            else f"validate it first ({cmd}; train and retrain do it themselves)"
         )
         raise NotEligible(
             f"lake partition ingest_date={run_date} (version {own['version']}) {own['reason']}: "
-            f"it is not trained on; {how.replace('--run-date D', '--run-date ' + run_date)}"
+            f"it is not trained on; {how}"
         )
     if run_date not in snap:
         raise FileNotFoundError(
