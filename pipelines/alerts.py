@@ -36,8 +36,34 @@ def notify(kind: str, message: str, details: dict | None = None) -> Path:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 notice["webhook_status"] = resp.status
         except Exception as exc:  # the notice on disk and the log line stand
-            log.warning("alert webhook %s failed: %s", settings.alert_webhook_url, exc)
+            # the URL is a credential (Slack/Teams hooks carry their token in the path): never logged
+            log.warning("alert webhook POST to %s failed: %s", webhook_host(settings.alert_webhook_url), _failure(exc))
     return path
+
+
+def webhook_host(url: str) -> str:
+    """``scheme://host[:port]`` of a webhook URL: no user, password, path or query (they hold its token)."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparsable URL>"
+    return f"{parts.scheme or '?'}://{host}{port}/…"
+
+
+def _failure(exc: BaseException) -> str:
+    """What went wrong, without any text that could quote the URL (an exception's message may)."""
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, OSError) and reason.strerror:
+        return f"{type(reason).__name__}: {reason.strerror}"
+    return type(reason).__name__
 
 
 async def retrain_deadline_missed(dag_id: str = "meli_retrain", hours: float = 0.0, context: dict | None = None):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -278,5 +279,85 @@ def train_embedding(dataset_dir: str | Path, cfg: EmbeddingConfig, text: TextCon
     with atomic_tree(out) as tmp:  # gensim writes several files: all of them or none
         model.save(str(tmp / "fasttext.model"))
         encoder.save(tmp / "encoder.json")
+        digests = embedding_digests(tmp)
     log.info("FastText: %d words, dim %d, %.1fs", len(model.wv), cfg.dim, seconds)
-    return {"dir": str(out), "vocab_size": len(encoder.itos), "seconds": round(seconds, 2)}
+    return {"dir": str(out), "vocab_size": len(encoder.itos), "seconds": round(seconds, 2), "sha256": digests}
+
+
+# ------------------------------------------------------------------------------------------
+# The saved FastText is a pickle (gensim): it is loaded back only when its bytes are the ones
+# recorded in MLflow when it was trained (tag EMBEDDING_SHA_TAG on the retraining run)
+# ------------------------------------------------------------------------------------------
+EMBEDDING_SHA_TAG = "meli.embedding_sha256"
+_FT_FILE = re.compile(r"^fasttext\.model(\.[A-Za-z0-9_]+)*$")  # the model and gensim's .npy side files
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class EmbeddingIntegrityError(ValueError):
+    """A saved FastText whose files are not the ones recorded at training time (one line)."""
+
+
+def _sha256_file(path: Path, copy_to: Path | None = None) -> str:
+    import hashlib
+    from contextlib import ExitStack
+
+    h = hashlib.sha256()
+    with ExitStack() as stack:
+        src = stack.enter_context(open(path, "rb"))
+        out = stack.enter_context(open(copy_to, "xb")) if copy_to else None
+        while block := src.read(1 << 20):
+            h.update(block)
+            if out:
+                out.write(block)
+    return h.hexdigest()
+
+
+def embedding_digests(emb_dir: str | Path) -> dict[str, str]:
+    """sha256 of every file of a saved FastText (``fasttext.model`` and gensim's ``.npy`` side files)."""
+    files = sorted(p for p in Path(emb_dir).iterdir() if _FT_FILE.match(p.name) and p.is_file())
+    return {p.name: _sha256_file(p) for p in files}
+
+
+def parse_embedding_record(value) -> dict[str, str]:
+    """The recorded digests (a tag's JSON text or a dict), checked; EmbeddingIntegrityError if unusable."""
+    if not value:
+        raise EmbeddingIntegrityError("no sha256 of its files was recorded when it was trained")
+    try:
+        record = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        record = None
+    if (
+        not isinstance(record, dict)
+        or "fasttext.model" not in record
+        or not all(isinstance(k, str) and _FT_FILE.match(k) for k in record)
+        or not all(isinstance(v, str) and _SHA256.match(v) for v in record.values())
+    ):
+        raise EmbeddingIntegrityError("the sha256 record of its files is malformed")
+    return record
+
+
+def verify_embedding(emb_dir: str | Path, record, copy_to: Path | None = None) -> dict[str, str]:
+    """Check every recorded file of the FastText in ``emb_dir`` against ``record`` (``copy_to``: copy
+    the bytes read there, so what is loaded is what was checked). EmbeddingIntegrityError if not."""
+    record = parse_embedding_record(record)
+    for name, want in sorted(record.items()):
+        path = Path(emb_dir) / name
+        try:
+            got = _sha256_file(path, copy_to / name if copy_to else None)
+        except FileNotFoundError:
+            raise EmbeddingIntegrityError(f"{path} is missing") from None
+        if got != want:
+            raise EmbeddingIntegrityError(f"{path} does not match the sha256 recorded when it was trained")
+    return record
+
+
+def load_fasttext(emb_dir: str | Path, record):
+    """The FastText saved in ``emb_dir``, unpickled only from a private copy of files whose sha256
+    match ``record`` (EmbeddingIntegrityError before any unpickling otherwise)."""
+    import tempfile
+
+    from gensim.models import FastText
+
+    with tempfile.TemporaryDirectory(prefix="meli-fasttext-") as tmp:
+        verify_embedding(emb_dir, record, copy_to=Path(tmp))
+        return FastText.load(str(Path(tmp) / "fasttext.model"))  # mmap=None: every array read in now

@@ -45,10 +45,12 @@ class _Fit:
     get dense gradients with a masked row update: no host sync per step.
     """
 
-    def __init__(self, kind: str, cfg: TrainConfig, encoder: TitleEncoder, labels: list[str], device, embedding_dir):
+    def __init__(
+        self, kind: str, cfg: TrainConfig, encoder: TitleEncoder, labels: list[str], device, embedding_dir, sha256=None
+    ):
         from gensim.models import FastText
 
-        from pipelines.features import embedding_matrix
+        from pipelines.features import embedding_matrix, load_fasttext
         from pipelines.models import ModelConfig
 
         self.cfg, self.encoder, self.labels, self.device = cfg, encoder, labels, device
@@ -65,7 +67,10 @@ class _Fit:
             wide_bigrams=cfg.wide_bigrams if cfg.wide_dim else 0,
             sentence_dim=sentence_dim(cfg.sentence_encoder),
         )
-        ft = FastText.load(str(Path(embedding_dir) / "fasttext.model"))
+        if sha256:  # the run's own embedding, as its embedding step recorded it
+            ft = load_fasttext(embedding_dir, sha256)
+        else:
+            ft = FastText.load(str(Path(embedding_dir) / "fasttext.model"))
         self.init_vectors = embedding_matrix(encoder, ft)
         self.init_vectors[0] = 0.0
         self.parent = None  # warm start: (bundle dir, fresh state -> the parent's state on this vocabulary)

@@ -171,6 +171,7 @@ def step_train(
         run_date=dataset["run_date"],
         threads=settings.train_threads(side_by_side),
         plan=embedding.get("plan"),
+        embedding_sha256=embedding.get("sha256"),
     )
     return {**result, "recipe": cfg.recipe}
 

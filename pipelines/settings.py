@@ -273,10 +273,21 @@ class Settings:
         return self
 
     def as_dict(self) -> dict:
+        """Every setting, for people (``python -m pipelines settings``): no credential of a URL shown."""
+        import re
+
+        from pipelines.alerts import webhook_host
+
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = asdict(v) if hasattr(v, "__dataclass_fields__") else str(v)
+            out[f.name] = (
+                asdict(v)
+                if hasattr(v, "__dataclass_fields__")
+                else re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", str(v))
+            )
+        if self.alert_webhook_url:  # its path is its token
+            out["alert_webhook_url"] = webhook_host(self.alert_webhook_url)
         return out
 
 

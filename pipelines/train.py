@@ -90,6 +90,7 @@ def train_classifier(
     plan: dict | None = None,
     epoch_callback=None,
     log_model: bool = True,
+    embedding_sha256: dict | None = None,
 ) -> dict:
     """Train one model type and log it to MLflow. Returns a small dict for XCom. ``threads``: torch
     CPU threads for this process (default: torch's, all cores); set it when trainings run side by side.
@@ -108,6 +109,7 @@ def train_classifier(
     ``epoch_callback(epoch, val_macro_recall)`` (hyperparameter tuning, pipelines/tune.py) is called
     after each selection-pass epoch is logged; it may raise (e.g. ``optuna.TrialPruned``) to stop the
     run there. ``log_model=False``: no bundle and no logged model (a tuning trial; result model_uri "").
+    ``embedding_sha256`` (the embedding step's record): the FastText is unpickled only if its files match.
     """
     import mlflow
     import torch
@@ -123,7 +125,7 @@ def train_classifier(
     val_df = read_split(dataset_dir, "validation", columns=["category"])
     y_val_names = val_df["category"].tolist()
     y_val = np.asarray(val_data.labels, dtype=np.int64)  # -1: class absent from train
-    fit = _Fit(kind, cfg, encoder, encoded.labels, device, embedding_dir)
+    fit = _Fit(kind, cfg, encoder, encoded.labels, device, embedding_dir, embedding_sha256)
     fit.set_tokens(encoded.tokens, encoded.sentence)
     keep = np.flatnonzero(y_val >= 0)  # a validation row whose class train lacks has no label id
     idf_data = EncodedSplit.concat([train_data, val_data.take(keep)])  # refit's rows and idf: every labelled row

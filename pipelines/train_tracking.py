@@ -52,6 +52,7 @@ def start_parent_run(settings: Settings, run_date: str, dataset: dict, tags: dic
 def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainConfig) -> None:
     import mlflow
 
+    from pipelines.features import EMBEDDING_SHA_TAG
     from pipelines.tracking import configure
     from pipelines.train import embedding_config
 
@@ -59,6 +60,8 @@ def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainC
     with mlflow.start_run(run_id=parent_run_id):
         mlflow.log_params({f"embedding_{k}": v for k, v in asdict(embedding_config(cfg)).items()})
         mlflow.log_metrics({"embedding_vocab_size": emb["vocab_size"], "embedding_train_seconds": emb["seconds"]})
+        if emb.get("sha256"):  # the saved FastText's files, checked before a warm start unpickles them
+            mlflow.set_tag(EMBEDDING_SHA_TAG, json.dumps(emb["sha256"], sort_keys=True, separators=(",", ":")))
         encoded = emb.get("encoded")
         if encoded:
             mlflow.log_metrics({"encode_seconds": encoded["seconds"], "encoded_tokens": encoded["distinct_tokens"]})

@@ -208,7 +208,7 @@ def _prepare_data(settings: Settings, run_date: str, name: str, root: Path, base
     import mlflow
 
     from pipelines.encoded import encode_dataset
-    from pipelines.features import prepare_dataset, train_embedding
+    from pipelines.features import EMBEDDING_SHA_TAG, prepare_dataset, train_embedding
     from pipelines.text import TextConfig
     from pipelines.tracking import configure
     from pipelines.train import embedding_config
@@ -232,6 +232,7 @@ def _prepare_data(settings: Settings, run_date: str, name: str, root: Path, base
                 "meli.run_date": run_date,
                 "meli.data_version": info_ds.get("data_version", ""),
                 "meli.tune_storage": _safe_url(settings.tune_storage),
+                EMBEDDING_SHA_TAG: json.dumps(emb["sha256"], sort_keys=True, separators=(",", ":")),
             }
         )
         mlflow.log_params(
@@ -321,6 +322,8 @@ def objective(trial, ts: Settings, info: dict, base: TrainConfig, kind: str, thr
     import mlflow
     import optuna
 
+    from pipelines.features import EMBEDDING_SHA_TAG
+    from pipelines.tracking import configure
     from pipelines.train import train_classifier
 
     params = suggest(trial, kind)
@@ -339,6 +342,9 @@ def objective(trial, ts: Settings, info: dict, base: TrainConfig, kind: str, thr
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch} (val macro-recall {val_mr:.4f})")
 
+    # the study's FastText, unpickled only if its files are those its MLflow run recorded (older studies: none)
+    configure(ts)
+    record = mlflow.MlflowClient().get_run(info["mlflow_run_id"]).data.tags.get(EMBEDDING_SHA_TAG)
     try:
         result = train_classifier(
             ts,
@@ -351,6 +357,7 @@ def objective(trial, ts: Settings, info: dict, base: TrainConfig, kind: str, thr
             threads=threads,
             epoch_callback=report,
             log_model=False,
+            embedding_sha256=record,
         )
     except optuna.TrialPruned:
         _end_trial_run(state["run_id"], "PRUNED")

@@ -15,7 +15,9 @@ recipe on every row) or ``warm``:
   ``warm_epochs`` epochs, early stopping and refit as in full mode.
 
 ``auto`` (the default) is warm except when: no registered model exists, the base's embedding is
-gone from its run directory, the embedding/tokenizer settings changed, the champion's last full
+gone from its run directory or its files are not the bytes recorded in MLflow when it was trained
+(gensim unpickles them: ``features.load_fasttext``; the run date tag naming the directory is
+validated and confined to ``$MELI_HOME/work``), the embedding/tokenizer settings changed, the champion's last full
 retrain is older than ``MELI_WARM_MAX_AGE_DAYS`` (7), or the new words exceed
 ``MELI_WARM_MAX_VOCAB_GROWTH`` (10%) of its vocabulary. The gate judges a warm challenger like any
 other, on the frozen test split.
@@ -25,7 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date
+import re
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -48,19 +51,77 @@ def parse_lake_versions(tag: str) -> dict[str, int]:
     return out
 
 
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_MODEL_URI = re.compile(r"^(models:/[A-Za-z0-9_.-]+(/[0-9]+)?|runs:/[0-9a-f]{32}/[A-Za-z0-9_-][A-Za-z0-9_./-]*)$")
+
+
+def _iso_date(value: str) -> str | None:
+    """``value`` when it is a YYYY-MM-DD date exactly as written back (strptime), else None."""
+    try:
+        return value if datetime.strptime(value, "%Y-%m-%d").date().isoformat() == value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def embedding_dir_of(settings, run_date: str) -> Path:
+    """The embedding dir of the run of ``run_date`` (a tag's value: validated), inside
+    ``$MELI_HOME/work``; ValueError (one line) otherwise."""
+    if _iso_date(run_date) is None:
+        raise ValueError(f"run date {run_date!r} is not a YYYY-MM-DD date")
+    path = settings.run_dir(run_date) / "embedding"
+    if not path.resolve().is_relative_to(settings.work_dir.resolve()):
+        raise ValueError(f"{path} resolves outside {settings.work_dir}")
+    return path
+
+
 def _version_info(settings, mv) -> dict:
+    """A registered version as warm start reads it. Tag values are checked before anything is built
+    from them: a bad one leaves ``embedding_dir`` empty and says why in ``problem``."""
     tags = mv.tags or {}
     run_date = tags.get("meli.run_date", "")
+    full_run_date = tags.get("meli.full_run_date") or run_date
+    emb_dir, problem = "", ""
+    try:
+        emb_dir = str(embedding_dir_of(settings, run_date))
+        if _iso_date(full_run_date) is None:
+            raise ValueError(f"meli.full_run_date {full_run_date!r} is not a YYYY-MM-DD date")
+    except ValueError as exc:
+        emb_dir, problem = "", f"its tags name no usable run: {exc}"
     return {
         "version": str(mv.version),
+        "run_id": str(getattr(mv, "run_id", "") or ""),
         "model_type": tags.get("meli.model_type", ""),
         "members": [m for m in tags.get("meli.members", "").split("+") if m],
         "run_date": run_date,
-        "full_run_date": tags.get("meli.full_run_date") or run_date,
+        "full_run_date": full_run_date,
         "lake_versions": parse_lake_versions(tags.get("meli.lake_versions", "")),
         "model_uri": f"models:/{settings.model_name}/{mv.version}",
-        "embedding_dir": str(settings.run_dir(run_date) / "embedding") if run_date else "",
+        "embedding_dir": emb_dir,
+        "problem": problem,
     }
+
+
+def embedding_record(client, base: dict) -> dict | str:
+    """The sha256 of the base's FastText files as its retraining run recorded them when it trained
+    the embedding (tag ``meli.embedding_sha256`` on the parent run of the version's run), or a
+    one-line reason there is none."""
+    from pipelines.features import EMBEDDING_SHA_TAG, EmbeddingIntegrityError, parse_embedding_record
+
+    try:
+        run = client.get_run(base["run_id"])
+        parent_id = run.data.tags.get("mlflow.parentRunId", "")
+        if parent_id and not _RUN_ID.match(parent_id):
+            return f"its run names a malformed parent run {parent_id[:40]!r}"
+        owner = client.get_run(parent_id) if parent_id else run
+    except Exception as exc:  # a lookup that fails means no record: no warm start from it
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        return f"its runs could not be read: {first}"
+    if owner.data.tags.get("meli.run_date", base["run_date"]) != base["run_date"]:
+        return f"its run is of {owner.data.tags.get('meli.run_date')!r}, the version says {base['run_date']!r}"
+    try:
+        return parse_embedding_record(owner.data.tags.get(EMBEDDING_SHA_TAG))
+    except EmbeddingIntegrityError as exc:
+        return str(exc)
 
 
 def _sentence_encoder_of(embedding_dir: Path) -> str:
@@ -96,6 +157,8 @@ def find_parents(settings, kinds: list[str]) -> tuple[dict | None, dict[str, dic
             parents[kind] = champion
         else:
             parents[kind] = next((i for i in infos if _holds(i, kind)), None)
+    if base is not None:
+        base["embedding_sha256"] = embedding_record(client, base) if base["embedding_dir"] else {}
     missing = [k for k, v in parents.items() if v is None]
     if base is not None and missing:  # the base's own run trained (not registered) those types
         parents |= _sibling_models(settings, client, base, missing)
@@ -107,7 +170,7 @@ def _sibling_models(settings, client, base: dict, kinds: list[str]) -> dict[str,
     try:
         mv = client.get_model_version(settings.model_name, base["version"])
         parent_run = client.get_run(mv.run_id).data.tags.get("mlflow.parentRunId")
-        if not parent_run:
+        if not parent_run or not _RUN_ID.match(parent_run):
             return {}
         runs = client.search_runs(
             [client.get_run(mv.run_id).info.experiment_id],
@@ -121,7 +184,7 @@ def _sibling_models(settings, client, base: dict, kinds: list[str]) -> dict[str,
     for run in runs:
         tags = run.data.tags
         kind = tags.get("meli.model_type")
-        if kind in kinds and kind not in out and tags.get("meli.model_uri"):
+        if kind in kinds and kind not in out and _MODEL_URI.match(tags.get("meli.model_uri", "")):
             out[kind] = {
                 **base,
                 "version": f"{base['version']}/{kind}",
@@ -141,7 +204,7 @@ def new_partitions(dataset_snap: dict[str, int], parent_snap: dict[str, int]) ->
 
 def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
     """Full or warm for this run, and why; for warm the base and each type's parent."""
-    from pipelines.features import TitleEncoder
+    from pipelines.features import EmbeddingIntegrityError, TitleEncoder, verify_embedding
     from pipelines.text import TextConfig
     from pipelines.train import embedding_config
 
@@ -159,9 +222,16 @@ def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
     base, parents = find_parents(settings, cfg.models)
     if base is None:
         return full("no registered model to start from")
+    if not base.get("embedding_dir"):
+        return full(f"version {base['version']}: {base.get('problem') or 'no embedding dir'}")
     emb_dir = Path(base["embedding_dir"])
     if not (emb_dir / "fasttext.model").exists() or not (emb_dir / "encoder.json").exists():
         return full(f"the embedding of version {base['version']} is gone ({emb_dir})")
+    try:  # gensim unpickles it: only the bytes recorded in MLflow when it was trained are loaded
+        verify_embedding(emb_dir, base.get("embedding_sha256"))
+    except EmbeddingIntegrityError as exc:
+        log.warning("not warm-starting from version %s: %s", base["version"], exc)
+        return full(f"the embedding of version {base['version']} cannot be trusted: {exc}")
     old = TitleEncoder.load(emb_dir / "encoder.json")
     want = embedding_config(cfg)
     if old.ngrams is None or old.text != TextConfig() or (old.emb.dim, old.emb.bucket) != (want.dim, want.bucket):
@@ -246,9 +316,7 @@ def warm_embedding(dataset_dir: str | Path, plan: dict, seed: int) -> dict:
     saved as this run's embedding (with the plan, ``warm.json``)."""
     import time
 
-    from gensim.models import FastText
-
-    from pipelines.features import TitleEncoder
+    from pipelines.features import EmbeddingIntegrityError, TitleEncoder, embedding_digests, load_fasttext
     from pipelines.lake import atomic_tree
     from pipelines.text import tokenize
 
@@ -257,7 +325,10 @@ def warm_embedding(dataset_dir: str | Path, plan: dict, seed: int) -> dict:
     old = TitleEncoder.load(base_dir / "encoder.json")
     tokens = [t for t in (tokenize(x or "", old.text) for x in _train_titles(dataset_dir, plan["new_partitions"])) if t]
     t0 = time.perf_counter()
-    ft = FastText.load(str(base_dir / "fasttext.model"))
+    try:  # a private copy of the recorded bytes is what gensim unpickles
+        ft = load_fasttext(base_dir, plan["base"].get("embedding_sha256"))
+    except EmbeddingIntegrityError as exc:
+        raise WarmStartError(f"warm start from version {plan['base']['version']} refused: {exc}") from None
     if tokens:
         ft.build_vocab(corpus_iterable=tokens, update=True)
         ft.train(corpus_iterable=tokens, total_examples=len(tokens), epochs=ft.epochs)
@@ -268,6 +339,7 @@ def warm_embedding(dataset_dir: str | Path, plan: dict, seed: int) -> dict:
         ft.save(str(tmp / "fasttext.model"))
         encoder.save(tmp / "encoder.json")
         (tmp / PLAN_FILE).write_text(json.dumps(plan, indent=2))
+        digests = embedding_digests(tmp)
     log.info(
         "FastText continued on %d titles: vocabulary %d -> %d words, %.1fs",
         len(tokens), len(old.itos), len(encoder.itos), seconds,
@@ -278,6 +350,7 @@ def warm_embedding(dataset_dir: str | Path, plan: dict, seed: int) -> dict:
         "seconds": round(seconds, 2),
         "base_vocab_size": len(old.itos),
         "continued_on": len(tokens),
+        "sha256": digests,
     }
 
 

@@ -14,6 +14,7 @@ import yaml
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 SERVICES = {
+    "secrets-check",
     "postgres",
     "redis",
     "mlflow",
@@ -26,7 +27,7 @@ SERVICES = {
     "airflow-worker",
     "airflow-worker-gpu",
 }
-ONE_SHOT = {"airflow-init", "mlflow-auth-init"}
+ONE_SHOT = {"airflow-init", "mlflow-auth-init", "secrets-check"}
 AIRFLOW = {s for s in SERVICES if s.startswith("airflow-")}
 SECRET_KEY = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|FERNET|CREDENTIAL|API_KEY|_AUTH$", re.I)
 INTERPOLATED = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?[-?])[^}]*)?\}$")
@@ -34,6 +35,14 @@ VAR_REF = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}")
 URL_CREDENTIALS = re.compile(r"://[^/@\s]*:([^/@\s]+)@")
 REQUIRED = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*):\?set \1 in docker/\.env\}$")  # ${VAR:?set VAR in docker/.env}
 AUTH_SCRIPT = "/opt/meli/docker/mlflow_auth.py"
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"meli_docker_{name}", DOCKER / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _load_mlflow_auth():
@@ -310,3 +319,118 @@ def test_auth_config_is_what_mlflow_reads(tmp_path, monkeypatch):
         monkeypatch.setenv("MELI_MLFLOW_ADMIN_PASSWORD", bad)
         with pytest.raises(auth.AuthSetupError, match="at least 12"):
             auth.write_config(path)
+
+
+# ---- every secret: required, checked before anything starts, and only where it is needed ----------
+def _secrets(env_example: dict[str, str]) -> set[str]:
+    return {k for k in env_example if SECRET_KEY.search(k)}
+
+
+# the secrets of docker/.env each service may hold (by any name, in its environment or its command)
+CONTROL = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "MLFLOW_SERVICE_PASSWORD", "AIRFLOW_FERNET_KEY"}
+NEEDS = {
+    "postgres": {"POSTGRES_PASSWORD"},
+    "redis": {"REDIS_PASSWORD"},
+    "mlflow": {"POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY"},
+    "mlflow-auth-init": {"MLFLOW_ADMIN_PASSWORD", "MLFLOW_SERVICE_PASSWORD"},
+    "airflow-init": CONTROL,
+    "airflow-dag-processor": CONTROL,
+    "airflow-triggerer": CONTROL,
+    "airflow-scheduler": CONTROL | {"AIRFLOW_JWT_SECRET"},  # signs the tasks' execution-API tokens
+    "airflow-apiserver": CONTROL | {"AIRFLOW_JWT_SECRET", "AIRFLOW_ADMIN_PASSWORD"},
+    # tasks talk to Airflow with the token the scheduler issued: no JWT secret, no Fernet key, no admin
+    "airflow-worker": {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "MLFLOW_SERVICE_PASSWORD"},
+    "airflow-worker-gpu": {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "MLFLOW_SERVICE_PASSWORD"},
+}
+
+
+def _held(service: dict, secrets: set[str]) -> set[str]:
+    """The secrets of docker/.env a container of ``service`` ends up with: referenced in its
+    environment or command, or handed over by env_file and not blanked in its environment."""
+    env = _env(service)
+    text = " ".join(_walk_strings({"environment": env, "command": service.get("command") or ""}))
+    held = {s for s in secrets if re.search(r"\$\{" + s + r"\b", text)}
+    if service.get("env_file"):
+        held |= {s for s in secrets if s not in env}  # env_file gives it, nothing blanks it
+        held -= {s for s in secrets if env.get(s) == "" and not re.search(r"\$\{" + s + r"\b", text)}
+    return held
+
+
+def test_every_secret_is_required_and_never_defaulted(compose, env_example):
+    secrets = _secrets(env_example)
+    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET"} <= secrets
+    assert {"AIRFLOW_FERNET_KEY", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SERVICE_PASSWORD"} <= secrets
+    raw = (DOCKER / "compose.yaml").read_text()
+    for m in VAR_REF.finditer(raw):
+        if m[1] in secrets:  # ${SECRET:?set SECRET in docker/.env}: compose refuses it unset or empty
+            assert (m[2] or "") == f":?set {m[1]} in docker/.env", m[0]
+    check = compose["services"]["secrets-check"]
+    assert {k: _required_var(v) for k, v in _env(check).items()} == {s: s for s in secrets}
+    assert set(_load_script("check_secrets").SECRETS) == secrets
+    assert _env(compose["services"]["airflow-init"])["AIRFLOW__CORE__FERNET_KEY"].startswith(
+        "${AIRFLOW_FERNET_KEY:?"
+    ), "a Fernet key is required"
+    for key, value in env_example.items():
+        if key in secrets:
+            assert value == "change-me", f"{key}: a placeholder the check refuses, not an empty default"
+
+
+def test_nothing_starts_before_the_secrets_check(compose):
+    services = compose["services"]
+    check = services["secrets-check"]
+    assert _argv(check["command"]) == ["python", "/opt/meli/docker/check_secrets.py"]
+    assert "./check_secrets.py:/opt/meli/docker/check_secrets.py:ro" in check["volumes"]
+    assert "env_file" not in check and not check.get("depends_on") and check.get("restart") == "no"
+
+    def reaches(name: str, seen=()) -> bool:
+        deps = services[name].get("depends_on") or {}
+        if "secrets-check" in deps:
+            assert deps["secrets-check"]["condition"] == "service_completed_successfully", name
+            return True
+        return any(reaches(d, (*seen, name)) for d in deps if d not in seen)
+
+    for name in set(services) - {"secrets-check"}:
+        assert reaches(name), f"{name} may start before the secrets are checked"
+
+
+def test_the_secrets_check_refuses_placeholders_and_never_prints_a_value(monkeypatch, capsys):
+    check = _load_script("check_secrets")
+    good = {name: f"{name.lower()}-{'x9' * 20}" for name in check.SECRETS}
+    good["AIRFLOW_FERNET_KEY"] = "ZmDfcTF7_60GrrY167zsiPd67pEvs0aGOv2oasOM1Pg="  # a Fernet key's shape
+    assert check.problems(good) == []
+    for name in check.SECRETS:
+        for bad in ("", "change-me", "CHANGE-ME-please-0123456789abcdefghij", "password", "short"):
+            found = check.problems({**good, name: bad})
+            assert len(found) == 1 and found[0].startswith(f"{name} "), (name, bad, found)
+    assert "not a Fernet key" in check.problems({**good, "AIRFLOW_FERNET_KEY": "x" * 44})[0]
+    key = good["AIRFLOW_FERNET_KEY"]
+    assert check.problems({**good, "AIRFLOW_FERNET_KEY": f"{key},{key}"}) == []  # new,old while rotating
+    assert "at least 32" in check.problems({**good, "AIRFLOW_JWT_SECRET": "a-20-character-value"})[0]
+    secret = "hunter2-but-change-me-anyway"
+    monkeypatch.setattr(check.os, "environ", {**good, "REDIS_PASSWORD": secret})
+    assert check.main() == 1
+    out = capsys.readouterr()
+    assert "REDIS_PASSWORD is a placeholder" in out.err and secret not in out.err + out.out
+
+
+def test_each_service_gets_only_the_secrets_it_needs(compose, env_example):
+    secrets = _secrets(env_example)
+    for name, svc in compose["services"].items():
+        want = secrets if name == "secrets-check" else NEEDS[name]
+        assert _held(svc, secrets) == want, f"{name}: holds {sorted(_held(svc, secrets))}, needs {sorted(want)}"
+
+
+def test_the_airflow_admin_password_stays_in_the_api_server(compose):
+    services = compose["services"]
+    api = services["airflow-apiserver"]
+    path = _env(api)["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
+    mounts = [v.split(":")[1] for v in api.get("volumes") or [] if ":" in v]
+    assert path.startswith("/tmp/") and not any(path.startswith(m) for m in mounts), path  # not on a shared volume
+    script = " ".join(_argv(api["command"]))
+    assert "0o600" in script and "unset AIRFLOW_ADMIN_PASSWORD" in script and "exec airflow api-server" in script
+    for name in set(services) - {"airflow-apiserver"}:
+        assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" not in _env(services[name]), name
+    # what older deployments left on the volume every task reads goes
+    assert 'rm -f "$${MELI_HOME}/airflow/simple_auth_manager_passwords.json"' in str(
+        services["airflow-init"]["command"]
+    )

@@ -306,7 +306,7 @@ class _Plan:
     """A dataset dir, a base model's embedding dir, and find_parents faked to return them."""
 
     def __init__(self, tmp_path, monkeypatch, settings):
-        from pipelines.features import EmbeddingConfig, TitleEncoder, build_ngram_vocab, build_vocab
+        from pipelines.features import EmbeddingConfig, TitleEncoder, build_ngram_vocab, build_vocab, embedding_digests
 
         self.settings = settings
         self.ds = tmp_path / "work" / "2026-11-10" / "dataset"
@@ -338,6 +338,7 @@ class _Plan:
             "lake_versions": {"2026-11-01": 1},
             "model_uri": "models:/m/4",
             "embedding_dir": str(self.emb),
+            "embedding_sha256": embedding_digests(self.emb),  # as recorded in MLflow when it was trained
         }
         self.parents = {"mlp": self.base, "cnn": None}
         monkeypatch.setattr("pipelines.warm.find_parents", lambda s, kinds: (self.base, self.parents))
