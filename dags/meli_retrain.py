@@ -250,7 +250,7 @@ def _train_cfg(params) -> TrainConfig:
         "recipe": Param(
             _T.recipe,
             type="string",
-            pattern=NAME_RE.pattern,
+            pattern=f"^$|{NAME_RE.pattern}",
             title="Training recipe",
             description="default: the values of this form; tuned: the latest recipe meli_tune made "
             "($MELI_HOME/tune/recipes/); or a recipe id. A recipe sets each model type's tuned fields that "

@@ -124,6 +124,7 @@ class TrainConfig:
             bound.check(name, getattr(self, name))
         from pipelines.paths import check_name
 
+        self.recipe = self.recipe or "default"  # an emptied form field: the default recipe
         check_name(self.recipe, "recipe")  # a file name under $MELI_HOME/tune/recipes/
 
     @classmethod
