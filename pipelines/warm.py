@@ -160,10 +160,6 @@ def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
     if base is None:
         return full("no registered model to start from")
     emb_dir = Path(base["embedding_dir"])
-    from pipelines.paths import linked
-
-    if linked(emb_dir, settings.work_dir) is None:  # a tag naming a folder outside $MELI_HOME/work
-        return full(f"the embedding of version {base['version']} is outside {settings.work_dir} ({emb_dir})")
     if not (emb_dir / "fasttext.model").exists() or not (emb_dir / "encoder.json").exists():
         return full(f"the embedding of version {base['version']} is gone ({emb_dir})")
     old = TitleEncoder.load(emb_dir / "encoder.json")

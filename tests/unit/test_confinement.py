@@ -235,6 +235,7 @@ def test_a_tuning_study_whose_prepared_file_names_outside_folders_is_refused(set
     root = settings.tune_dir / "s1"
     root.mkdir(parents=True)
     info = {"study": "s1", "dataset_dir": "/etc", "embedding_dir": str(root / "emb"), "epochs": 1}
+    info |= {"mlflow_run_id": "r", "data_version": "d"}
     (root / "prepared.json").write_text(json.dumps(info))
     with pytest.raises(OutsideRoot, match="/etc"):
         prepare(settings, RUN_DATE, TuneConfig(study="s1"))
