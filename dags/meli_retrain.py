@@ -69,9 +69,11 @@ from pipelines.config import (
     INPUT_FORMATS,
     MODEL_TYPES,
     SENTENCE_ENCODERS,
+    TRAIN_BOUNDS,
     TRAIN_MODES,
     TrainConfig,
 )
+from pipelines.paths import NAME_RE
 from pipelines.settings import RULE_OVERRIDES, GateRules, Settings
 
 LISTINGS = Asset("meli_lake_listings")
@@ -86,6 +88,7 @@ TRAIN_CONCURRENCY = Settings().train_concurrency  # mapped train tasks at once (
 MAX_ACTIVE_TASKS = max(conf.getint("core", "max_active_tasks_per_dag"), TRAIN_CONCURRENCY)
 
 _T = TrainConfig()
+_B = TRAIN_BOUNDS  # the numeric fields' bounds: the form's, the CLI's and a recipe's (pipelines/config.py)
 _G = GateRules()
 _S = Settings()
 
@@ -189,43 +192,49 @@ def _train_cfg(params) -> TrainConfig:
         "replay_rows": Param(
             _T.replay_rows,
             type="integer",
-            minimum=0,
+            **_B["replay_rows"].schema(),
             title="Warm: replayed older rows",
             description="Older training rows sampled beside the new partitions' rows in a warm run.",
         ),
         "warm_epochs": Param(
-            _T.warm_epochs, type="integer", minimum=1, maximum=50, title="Warm: epochs (max, early stopping)"
+            _T.warm_epochs, type="integer", **_B["warm_epochs"].schema(), title="Warm: epochs (max, early stopping)"
         ),
-        "epochs": Param(_T.epochs, type="integer", minimum=1, maximum=200, title="Epochs (max, early stopping)"),
-        "batch_size": Param(_T.batch_size, type="integer", minimum=1, title="Batch size"),
+        "epochs": Param(_T.epochs, type="integer", **_B["epochs"].schema(), title="Epochs (max, early stopping)"),
+        "batch_size": Param(_T.batch_size, type="integer", **_B["batch_size"].schema(), title="Batch size"),
         "gpu_batch_size": Param(
             _T.gpu_batch_size,
             type="integer",
-            minimum=0,
+            **_B["gpu_batch_size"].schema(),
             title="Batch size on a GPU",
             description="On CUDA: this batch size, learning rates scaled by sqrt(gpu_batch_size / batch_size); "
             "0 = batch_size and the learning rates as given.",
         ),
-        "lr": Param(_T.lr, type="number", exclusiveMinimum=0, title="Learning rate (dense layers)"),
-        "embedding_lr": Param(_T.embedding_lr, type="number", exclusiveMinimum=0, title="Learning rate (embedding)"),
-        "hidden": Param(_T.hidden, type="integer", minimum=8, title="Hidden units (MLP)"),
+        "lr": Param(_T.lr, type="number", **_B["lr"].schema(), title="Learning rate (dense layers)"),
+        "embedding_lr": Param(
+            _T.embedding_lr, type="number", **_B["embedding_lr"].schema(), title="Learning rate (embedding)"
+        ),
+        "hidden": Param(_T.hidden, type="integer", **_B["hidden"].schema(), title="Hidden units (MLP)"),
         "wide_dim": Param(
             _T.wide_dim,
             type="integer",
-            minimum=0,
+            **_B["wide_dim"].schema(),
             title="Wide branch units (0 = off)",
             description="An MLP over the idf-weighted bag of word, char n-gram and word-bigram ids, trained "
             "beside each model and averaged with it.",
         ),
-        "wide_bigrams": Param(_T.wide_bigrams, type="integer", minimum=0, title="Wide branch: word-bigram buckets"),
-        "dropout": Param(_T.dropout, type="number", minimum=0, maximum=0.9, title="Dropout"),
+        "wide_bigrams": Param(
+            _T.wide_bigrams, type="integer", **_B["wide_bigrams"].schema(), title="Wide branch: word-bigram buckets"
+        ),
+        "dropout": Param(_T.dropout, type="number", **_B["dropout"].schema(), title="Dropout"),
         "balance": Param(
             _T.balance,
             enum=list(BALANCE_MODES),
             title="Class balancing",
             description="weighted loss, balanced sampler, or none",
         ),
-        "patience": Param(_T.patience, type="integer", minimum=1, title="Early-stopping patience (epochs)"),
+        "patience": Param(
+            _T.patience, type="integer", **_B["patience"].schema(), title="Early-stopping patience (epochs)"
+        ),
         "refit": Param(
             _T.refit,
             type="boolean",
@@ -234,19 +243,26 @@ def _train_cfg(params) -> TrainConfig:
             "best epoch count (~1.9x training time; validation metrics come from the first pass).",
         ),
         "freeze_embedding": Param(_T.freeze_embedding, type="boolean", title="Freeze the FastText embedding"),
-        "embedding_dim": Param(_T.embedding_dim, type="integer", minimum=8, title="FastText dimension"),
-        "embedding_epochs": Param(_T.embedding_epochs, type="integer", minimum=1, title="FastText epochs"),
+        "embedding_dim": Param(
+            _T.embedding_dim, type="integer", **_B["embedding_dim"].schema(), title="FastText dimension"
+        ),
+        "embedding_epochs": Param(
+            _T.embedding_epochs, type="integer", **_B["embedding_epochs"].schema(), title="FastText epochs"
+        ),
         "device": Param(_T.device, enum=list(DEVICES), title="Device", description="auto = CUDA when available"),
         "recipe": Param(
             _T.recipe,
             type="string",
+            pattern=f"^$|{NAME_RE.pattern}",
             title="Training recipe",
             description="default: the values of this form; tuned: the latest recipe meli_tune made "
             "($MELI_HOME/tune/recipes/); or a recipe id. A recipe sets each model type's tuned fields that "
             "are left at their defaults here (a field changed in this form wins). Recorded as the MLflow tag "
             "meli.recipe; the model still has to win the gate.",
         ),
-        "min_improvement": Param(_G.min_improvement, type="number", title="Gate: minimum macro-recall gain"),
+        "min_improvement": Param(
+            _G.min_improvement, type="number", minimum=-1, maximum=1, title="Gate: minimum macro-recall gain"
+        ),
         "min_macro_recall": Param(
             _G.min_macro_recall, type="number", minimum=0, maximum=1, title="Gate: absolute macro-recall floor"
         ),
@@ -319,7 +335,16 @@ def meli_retrain():
                     "nothing new to retrain on: the run is skipped (drop new labelled files in the landing, or "
                     "trigger with sources)"
                 ) from exc
-        return step_ingest(settings, sources, run_date, params["input_format"], bool(params["allow_empty"]))
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines.paths import OutsideRoot
+
+        try:  # confine: the form's sources (and landing symlinks) only under the landing and MELI_INPUT_ROOTS
+            return step_ingest(
+                settings, sources, run_date, params["input_format"], bool(params["allow_empty"]), confine=True
+            )
+        except OutsideRoot as exc:  # a retry would be refused the same
+            raise AirflowFailException(str(exc)) from exc
 
     # the new partition is announced (scheduling meli_score) only once it passed validation: a batch
     # that fails a critical expectation is neither trained on nor scored

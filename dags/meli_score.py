@@ -92,6 +92,7 @@ def meli_score():
     @task
     def score(params=None, triggering_asset_events=None, **context) -> dict:
         from pipelines.config import run_date_from_context
+        from pipelines.paths import check_output, event_extras
         from pipelines.score import event_run_date, resolve_input
         from pipelines.score import score as run_score
         from pipelines.settings import get_settings
@@ -100,14 +101,23 @@ def meli_score():
         extras = []
         for events in (triggering_asset_events or {}).values():
             extras += [e.extra or {} for e in events]
-        source = resolve_input(settings, params["input"] or "", extras)
+        try:  # a refusal fails the task at once: a retry would be refused the same
+            extras = event_extras(settings, extras)  # run_date parsed, partition inside the lake
+            # the form's paths stay inside their roots: input under the landing, MELI_INPUT_ROOTS or the
+            # lake's listings; output under $MELI_HOME
+            source = resolve_input(settings, params["input"] or "", extras, confine=True)
+            output = str(check_output(settings, params["output"])) if params["output"] else None
+        except ValueError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
         # the output's date: the form's, else that of the retrain run whose partition this is
         run_date = params["run_date"] or event_run_date(source, extras)
         run_date = run_date or run_date_from_context({**context, "params": params})
         result = run_score(
             settings,
             source,
-            params["output"] or None,
+            output,
             params["model"],
             params["input_format"],
             run_date=run_date,

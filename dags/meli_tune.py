@@ -28,14 +28,16 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from pipelines.config import DEVICES, MODEL_TYPES, SENTENCE_ENCODERS, TrainConfig
-from pipelines.tune import PRUNERS, TuneConfig
+from pipelines.config import DEVICES, MODEL_TYPES, SENTENCE_ENCODERS, TRAIN_BOUNDS, TrainConfig
+from pipelines.paths import NAME_RE
+from pipelines.tune import PRUNERS, TUNE_BOUNDS, TuneConfig
 
 TRAIN_QUEUE = os.environ.get("MELI_TRAIN_QUEUE", "gpu")
 TRAIN_POOL = os.environ.get("MELI_TRAIN_POOL", "default_pool")
 SCHEDULE = os.environ.get("MELI_TUNE_SCHEDULE") or None
 _T = TrainConfig()
 _U = TuneConfig()
+_UB = TUNE_BOUNDS  # TuneConfig's bounds (pipelines/tune.py): the form's and the CLI's
 
 
 def _settings():
@@ -89,6 +91,7 @@ def _configs(params) -> tuple[TuneConfig, TrainConfig]:
             None,
             type=["null", "string"],
             title="Study name",
+            pattern=f"^$|{NAME_RE.pattern}",
             description="Empty = meli-tune-<run date>. The same name resumes that study (its finished trials count).",
         ),
         "models": Param(
@@ -101,22 +104,21 @@ def _configs(params) -> tuple[TuneConfig, TrainConfig]:
         "trials": Param(
             _U.trials,
             type="integer",
-            minimum=1,
+            **_UB["trials"].schema(),
             title="Trial budget (per model type)",
             description="Finished (complete or pruned) trials per type, over every worker and rerun.",
         ),
         "budget_s": Param(
             _U.budget_s,
             type="number",
-            exclusiveMinimum=0,
+            **_UB["budget_s"].schema(),
             title="Wall-clock budget (seconds)",
             description="Each worker stops starting trials after this long (every model type together).",
         ),
         "workers": Param(
             1,
             type="integer",
-            minimum=1,
-            maximum=32,
+            **_UB["workers"].schema(),
             title="Workers",
             description="Mapped worker tasks (queue MELI_TRAIN_QUEUE) running trials of the same study at once.",
         ),
@@ -128,19 +130,25 @@ def _configs(params) -> tuple[TuneConfig, TrainConfig]:
             "trials at that epoch; hyperband: successive halving over epochs; none.",
         ),
         "startup_trials": Param(
-            _U.startup_trials, type="integer", minimum=0, title="Median pruner: trials never pruned first"
+            _U.startup_trials,
+            type="integer",
+            **_UB["startup_trials"].schema(),
+            title="Median pruner: trials never pruned first",
         ),
         "warmup_epochs": Param(
-            _U.warmup_epochs, type="integer", minimum=0, title="Median pruner: epochs never pruned first"
+            _U.warmup_epochs,
+            type="integer",
+            **_UB["warmup_epochs"].schema(),
+            title="Median pruner: epochs never pruned first",
         ),
         "max_epochs": Param(
             _U.max_epochs,
             type="integer",
-            minimum=0,
+            **_UB["max_epochs"].schema(),
             title="Epochs per trial",
             description="Early stopping within them; 0 = the Epochs Param (TrainConfig's).",
         ),
-        "epochs": Param(_T.epochs, type="integer", minimum=1, maximum=200, title="Epochs (base recipe)"),
+        "epochs": Param(_T.epochs, type="integer", **TRAIN_BOUNDS["epochs"].schema(), title="Epochs (base recipe)"),
         "sentence_encoder": Param(
             _T.sentence_encoder,
             enum=list(SENTENCE_ENCODERS),

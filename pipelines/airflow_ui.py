@@ -162,7 +162,12 @@ def monitor_link(settings, run_id: str) -> dict | None:
     p = _monitor_link_path(settings, run_id)
     if not p.exists():
         return None
+    from pipelines.paths import linked
+
     link = json.loads(p.read_text())
+    # honoured only when the reports it names lie under $MELI_HOME/monitor (pipelines/paths.py)
+    if any(link.get(k) and linked(link[k], settings.home / "monitor") is None for k in ("report_html", "report_json")):
+        return None
     return link if link.get("run_id") == run_id else None
 
 

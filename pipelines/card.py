@@ -95,8 +95,12 @@ def gather(settings: Settings, version: str) -> dict:
     if ev and ev.get("models", {}).get("challenger", {}).get("version") == str(version):
         ctx["evaluation"] = ev
         ctx["per_class"] = _read(run_dir / "evaluation" / "per_class_recall.json")
-        ctx["confusions"] = _confusions(Path(ev.get("predictions", "")))
-        ctx["test_support"] = _test_support(Path(ev.get("predictions", "")))
+        from pipelines.paths import linked
+
+        # the evaluation's predictions file is read only under the runs' folder ($MELI_HOME/work)
+        preds = linked(ev.get("predictions"), settings.work_dir) or Path("")
+        ctx["confusions"] = _confusions(preds)
+        ctx["test_support"] = _test_support(preds)
         d = _read(run_dir / "evaluation" / "decision.json")
         ctx["decision"] = d if d and d.get("challenger_version") == str(version) else None
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 MODEL_TYPES = ("mlp", "cnn", "bilstm")
 BALANCE_MODES = ("weighted", "sampler", "none")
@@ -11,6 +12,51 @@ DEVICES = ("auto", "cpu", "cuda")
 INPUT_FORMATS = ("auto", "jsonl", "challenge_csv", "csv", "parquet")
 TRAIN_MODES = ("auto", "full", "warm")
 SENTENCE_ENCODERS = ("use", "e5", "none")  # pipelines/sentence.py
+
+
+class Bound(NamedTuple):
+    """The range of a numeric field: ``lo`` <= x <= ``hi`` (``lo`` < x when ``lo_open``)."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+
+    def check(self, name: str, value) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number; got {value!r}")
+        if value < self.lo or (self.lo_open and value == self.lo):
+            raise ValueError(f"{name} must be {'>' if self.lo_open else '>='} {self.lo}; got {value}")
+        if value > self.hi:
+            raise ValueError(f"{name} must be <= {self.hi}; got {value}")
+
+    def schema(self) -> dict:
+        """As a trigger-form Param's JSON-schema keywords."""
+        return {"exclusiveMinimum" if self.lo_open else "minimum": self.lo, "maximum": self.hi}
+
+
+# The bounds of every numeric TrainConfig field, one place (issue 35 item 9): TrainConfig checks them
+# (CLI flags, DAG Params, recipes through apply_recipe and check_recipe) and the DAGs' Params read them
+# (``Param(..., **TRAIN_BOUNDS[name].schema())``), so the form, the CLI and a recipe cannot disagree.
+TRAIN_BOUNDS: dict[str, Bound] = {
+    "replay_rows": Bound(0, 10_000_000),
+    "warm_epochs": Bound(1, 50),
+    "epochs": Bound(1, 200),
+    "batch_size": Bound(1, 8192),
+    "gpu_batch_size": Bound(0, 65536),
+    "lr": Bound(0, 1, lo_open=True),
+    "embedding_lr": Bound(0, 1, lo_open=True),
+    "weight_decay": Bound(0, 1),
+    "dropout": Bound(0, 0.9),
+    "hidden": Bound(8, 4096),
+    "wide_dim": Bound(0, 4096),
+    "wide_bigrams": Bound(0, 4_000_000),
+    "label_smoothing": Bound(0, 0.5),
+    "patience": Bound(1, 200),
+    "seed": Bound(0, 2**32 - 1),
+    "embedding_dim": Bound(8, 1024),
+    "embedding_epochs": Bound(1, 100),
+    "bucket": Bound(1, 10_000_000),
+}
 
 
 @dataclass
@@ -72,18 +118,14 @@ class TrainConfig:
             raise ValueError(f"sentence_encoder must be one of {SENTENCE_ENCODERS}; got {self.sentence_encoder!r}")
         if self.mode not in TRAIN_MODES:
             raise ValueError(f"mode must be one of {TRAIN_MODES}; got {self.mode!r}")
-        if self.replay_rows < 0 or self.warm_epochs < 1:
-            raise ValueError("replay_rows must be >= 0 and warm_epochs >= 1")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.embedding_epochs < 1:
-            raise ValueError("epochs, embedding_epochs and batch_size must be >= 1")
-        if self.gpu_batch_size < 0:
-            raise ValueError(f"gpu_batch_size must be >= 0; got {self.gpu_batch_size}")
-        if self.wide_dim < 0 or self.wide_bigrams < 0:
-            raise ValueError("wide_dim and wide_bigrams must be >= 0")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        for name, bound in TRAIN_BOUNDS.items():  # one line naming the field and the bound
+            bound.check(name, getattr(self, name))
+        from pipelines.paths import check_name
+
+        self.recipe = self.recipe or "default"  # an emptied form field: the default recipe
+        check_name(self.recipe, "recipe")  # a file name under $MELI_HOME/tune/recipes/
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TrainConfig:
@@ -103,9 +145,12 @@ def load_recipe(recipes_dir, recipe: str) -> dict | None:
     import json
     from pathlib import Path
 
+    from pipelines.paths import check_name
+
     recipe = (recipe or "default").strip()
     if recipe == "default":
         return None
+    check_name(recipe, "recipe")
     recipes_dir = Path(recipes_dir)
     if recipe == "tuned":
         found = [json.loads(p.read_text()) for p in sorted(recipes_dir.glob("*.json"))]
@@ -113,11 +158,32 @@ def load_recipe(recipes_dir, recipe: str) -> dict | None:
             raise FileNotFoundError(
                 f"recipe=tuned but no tuned recipe under {recipes_dir}: run `python -m pipelines tune` first"
             )
-        return max(found, key=lambda r: (r["created_at"], r["id"]))
+        return check_recipe(max(found, key=lambda r: (r["created_at"], r["id"])))
     path = recipes_dir / f"{recipe}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no recipe {recipe!r} at {path} (use default, tuned or a recipe id)")
-    return json.loads(path.read_text())
+    return check_recipe(json.loads(path.read_text()))
+
+
+def check_recipe(recipe: dict) -> dict:
+    """``recipe`` when its id is a valid name and each model type's values are TrainConfig fields
+    within TRAIN_BOUNDS (the trigger form's bounds); else ValueError naming the field and the bound."""
+    from pipelines.paths import check_name
+
+    rid = check_name(recipe.get("id"), "recipe id")
+    names = {f.name for f in fields(TrainConfig)}
+    for kind, params in (recipe.get("params") or {}).items():
+        if kind not in MODEL_TYPES:
+            raise ValueError(f"recipe {rid}: unknown model type {kind!r}")
+        for name, value in (params or {}).items():
+            if name not in names or name in ("models", "recipe"):
+                raise ValueError(f"recipe {rid}: {kind}.{name} is not a training parameter")
+            if name in TRAIN_BOUNDS:
+                try:
+                    TRAIN_BOUNDS[name].check(name, value)
+                except ValueError as exc:
+                    raise ValueError(f"recipe {rid}: {kind}.{exc}") from None
+    return recipe
 
 
 def apply_recipe(cfg: TrainConfig, kind: str, recipe: dict | None) -> TrainConfig:

@@ -20,8 +20,13 @@ def _run_link_path(settings: Settings, run_id: str) -> Path:
 
 def decision_for_run(settings: Settings, run_id: str) -> dict | None:
     """{"decision": ..., "markdown": ..., "path": ...} of the gate decision a DAG run recorded."""
+    from pipelines.paths import linked
+
     link = _read_json(_run_link_path(settings, run_id))
-    if not link or not Path(link["decision_json"]).exists():
+    # the link is honoured only when both files lie under the runs' folder ($MELI_HOME/work)
+    if not link or not all(linked(link.get(k), settings.work_dir) for k in ("decision_json", "decision_md")):
+        return None
+    if not Path(link["decision_json"]).exists():
         return None
     d = json.loads(Path(link["decision_json"]).read_text())
     if d.get("dag_run_id") != run_id:  # the date was gated again by another run since

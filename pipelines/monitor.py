@@ -267,19 +267,25 @@ def _realise(settings: Settings, h: dict, min_rows: int) -> dict | None:
         "at": datetime.now(UTC).isoformat(),
     }
     _append_history(settings, entry)
-    p = Path(h["report_json"])
-    if p.exists():
+    from pipelines.paths import linked
+
+    # the history's report paths are followed (read, rewritten) only under $MELI_HOME/monitor
+    p = linked(h["report_json"], settings.home / "monitor")
+    html = None
+    if p is not None and p.exists():
         report = json.loads(p.read_text())
+        html = linked(report.get("report_html"), settings.home / "monitor")
         report["realised"] = {k: entry[k] for k in ("realised", "labelled_rows", "at")}
         atomic_write_json(p, report)
-        atomic_write_bytes(Path(report["report_html"]), render_html(report, read_history(settings)).encode())
+        if html is not None:
+            atomic_write_bytes(html, render_html(report, read_history(settings)).encode())
     try:
         client = _client(settings)
         client.log_metric(h["mlflow_run_id"], "realised_macro_recall", float(realised))
         client.log_metric(h["mlflow_run_id"], "labelled_rows", float(joined.num_rows))
-        if p.exists():
+        if html is not None:
             client.log_artifact(h["mlflow_run_id"], str(p))
-            client.log_artifact(h["mlflow_run_id"], report["report_html"])
+            client.log_artifact(h["mlflow_run_id"], str(html))
     except Exception as exc:
         log.warning("monitor: logging the realised macro-recall to MLflow failed: %s", exc)
     log.info(

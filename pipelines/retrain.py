@@ -13,14 +13,28 @@ log = logging.getLogger(__name__)
 
 
 def step_ingest(
-    settings: Settings, sources: list[str], run_date: str, fmt: str = "auto", allow_empty: bool = False
+    settings: Settings,
+    sources: list[str],
+    run_date: str,
+    fmt: str = "auto",
+    allow_empty: bool = False,
+    confine: bool = False,
 ) -> dict:
-    """Ingest ``sources``; with none, the landing folder's files (see ``landing_sources``)."""
+    """Ingest ``sources``; with none, the landing folder's files (see ``landing_sources``).
+    ``confine`` (the DAG: sources from the trigger form): every file, symlinks followed, must lie
+    under ``$MELI_HOME/landing`` or a folder of ``MELI_INPUT_ROOTS`` (pipelines/paths.py), else
+    nothing is read; the CLI reads what its user names."""
     from pipelines.ingest import ingest
+    from pipelines.paths import check_inputs
 
     if sources:
-        return ingest(expand_sources(sources), run_date, settings, fmt=fmt, allow_empty=allow_empty).to_dict()
+        paths = expand_sources(sources)
+        if confine:
+            check_inputs(settings, paths)
+        return ingest(paths, run_date, settings, fmt=fmt, allow_empty=allow_empty).to_dict()
     paths = landing_sources(settings, run_date)
+    if confine:  # a symlink in the landing is followed only into an allowed folder
+        check_inputs(settings, paths)
     result = ingest(paths, run_date, settings, fmt=fmt, allow_empty=allow_empty).to_dict()
     claim_landing(settings, run_date, paths)
     return result

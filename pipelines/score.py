@@ -235,12 +235,18 @@ def write_scores(
         raise NothingScorable(f"{input_path}: nothing scorable in {stats['rows']} rows ({reasons}); nothing written")
 
 
-def resolve_input(settings: Settings, given: str, asset_extras: list[dict] | None = None) -> str:
+def resolve_input(settings: Settings, given: str, asset_extras: list[dict] | None = None, confine: bool = False) -> str:
     """What to score: the given path; else the partition named by a triggering asset event; else the
-    newest listings partition of the lake."""
+    newest listings partition of the lake. ``confine`` (the DAG's ``input`` Param): the given path must
+    lie under $MELI_HOME/landing, MELI_INPUT_ROOTS or the lake's listings (pipelines/paths.py); the
+    events' extras are expected parsed already (``paths.event_extras``)."""
     from pipelines.lake import list_partitions
 
     if given:
+        if confine:
+            from pipelines.paths import check_inputs
+
+            check_inputs(settings, [given], extra_roots=[settings.listings_dir])
         if not Path(given).exists():
             raise FileNotFoundError(f"scoring input {given} does not exist")
         return given
@@ -264,7 +270,10 @@ def iter_chunks(input_path: str | Path, fmt: str = "auto", chunk_rows: int = CHU
     """Chunks of a file, or of every part file of a lake partition directory."""
     path = Path(input_path)
     if path.is_dir():
-        path = resolve(path)  # a lake partition: its committed version's files
+        from pipelines.paths import confined
+
+        # a lake partition: its committed version's files, a folder inside it (whatever _CURRENT says)
+        path = confined(resolve(path), path)
         files = sorted(path.glob("*.parquet"))
         if not files:
             raise FileNotFoundError(f"{path} holds no .parquet files")

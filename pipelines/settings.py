@@ -45,6 +45,16 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
 
 
+def _paths(name: str) -> tuple[Path, ...]:
+    raw = [p.strip() for p in _env(name, "").split(os.pathsep) if p.strip()]
+    relative = [p for p in raw if not Path(p).is_absolute()]
+    if relative:
+        raise ValueError(
+            f"environment variable {name}: {relative} not absolute (absolute folders, {os.pathsep!r}-separated)"
+        )
+    return tuple(Path(p) for p in raw)
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Validation thresholds (MELI_VALIDATE_*); the GX suites reference them as $PARAMETERs."""
@@ -169,6 +179,9 @@ class Settings:
     retrain_deadline_h: float = field(default_factory=lambda: _float("MELI_RETRAIN_DEADLINE_H", 6.0))
     # optional: alerts are also POSTed (JSON) to this URL
     alert_webhook_url: str = field(default_factory=lambda: _env("MELI_ALERT_WEBHOOK_URL", ""))
+    # issue 35 item 5: folders (absolute, separated by os.pathsep, ":" on Linux) that the DAGs' Params
+    # and asset events may read besides $MELI_HOME/landing (pipelines/paths.py); the CLI reads anywhere
+    input_roots: tuple[Path, ...] = field(default_factory=lambda: _paths("MELI_INPUT_ROOTS"))
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.
@@ -281,11 +294,14 @@ class Settings:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = (
-                asdict(v)
-                if hasattr(v, "__dataclass_fields__")
-                else re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", str(v))
-            )
+            if isinstance(v, tuple):  # MELI_INPUT_ROOTS: as the variable is written
+                out[f.name] = os.pathsep.join(map(str, v))
+            else:
+                out[f.name] = (
+                    asdict(v)
+                    if hasattr(v, "__dataclass_fields__")
+                    else re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", str(v))
+                )
         if self.alert_webhook_url:  # its path is its token
             out["alert_webhook_url"] = webhook_host(self.alert_webhook_url)
         return out

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.config import MODEL_TYPES, TrainConfig
+from pipelines.config import MODEL_TYPES, Bound, TrainConfig
+from pipelines.paths import check_name, confined
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,16 @@ SEARCH_SPACE: dict[str, dict[str, tuple]] = {
     "bilstm": dict(COMMON_SPACE),
 }
 PRUNERS = ("median", "hyperband", "none")
+# the bounds of TuneConfig's numeric fields: checked by TuneConfig, read by meli_tune's Params (issue 35 item 9)
+TUNE_BOUNDS: dict[str, Bound] = {
+    "trials": Bound(1, 10_000),
+    "budget_s": Bound(0, 43_200, lo_open=True),  # the worker task's execution_timeout: 12 h
+    "startup_trials": Bound(0, 1000),
+    "warmup_epochs": Bound(0, 200),
+    "max_epochs": Bound(0, 200),
+    "workers": Bound(1, 32),
+    "seed": Bound(0, 2**32 - 1),
+}
 
 
 @dataclass
@@ -76,8 +87,10 @@ class TuneConfig:
             raise ValueError(f"models must be a non-empty subset of {MODEL_TYPES}; got {self.models}")
         if self.pruner not in PRUNERS:
             raise ValueError(f"pruner must be one of {PRUNERS}; got {self.pruner!r}")
-        if self.trials < 1 or self.budget_s <= 0 or self.workers < 1 or self.max_epochs < 0:
-            raise ValueError("trials and workers must be >= 1, budget_s > 0, max_epochs >= 0")
+        for name, bound in TUNE_BOUNDS.items():
+            bound.check(name, getattr(self, name))
+        if self.study:  # a folder under $MELI_HOME/tune/ and a recipe id prefix
+            check_name(self.study, "study")
 
 
 def latest_run_date(settings: Settings) -> str:
@@ -91,7 +104,16 @@ def latest_run_date(settings: Settings) -> str:
 
 
 def study_name(tcfg: TuneConfig, run_date: str) -> str:
-    return tcfg.study or f"meli-tune-{run_date}"
+    return check_name(tcfg.study or f"meli-tune-{run_date}", "study")
+
+
+def _prepared(settings: Settings, name: str) -> dict:
+    """A study's ``prepared.json``; the folders it names must lie under the study's folder."""
+    root = settings.tune_dir / name
+    info = json.loads((root / "prepared.json").read_text())
+    for key in ("dataset_dir", "embedding_dir"):
+        confined(info[key], root)
+    return info
 
 
 def default_params(kind: str, base: TrainConfig | None = None) -> dict:
@@ -191,7 +213,7 @@ def prepare(settings: Settings, run_date: str, tcfg: TuneConfig, base: TrainConf
     marker = root / "prepared.json"
     with file_lock(root.parent / f".{name}.prepare.lock", settings.lock_timeout_s, f"tuning study {name}"):
         if marker.exists():
-            info = json.loads(marker.read_text())
+            info = _prepared(settings, name)
         else:
             info = _prepare_data(settings, run_date, name, root, base, tcfg)
             atomic_write_json(marker, info)
@@ -278,7 +300,7 @@ def run_worker(
     from pipelines.faults import point
 
     name = study_name(tcfg, run_date)
-    info = json.loads((settings.tune_dir / name / "prepared.json").read_text())
+    info = _prepared(settings, name)
     base = TrainConfig(**info["base"])
     ts = tune_settings(settings)
     deadline = time.monotonic() + tcfg.budget_s
@@ -387,7 +409,7 @@ def summary(settings: Settings, run_date: str, tcfg: TuneConfig) -> dict:
     from optuna.trial import TrialState
 
     name = study_name(tcfg, run_date)
-    info = json.loads((settings.tune_dir / name / "prepared.json").read_text())
+    info = _prepared(settings, name)
     out = {"study": name, "storage": _safe_url(settings.tune_storage), "mlflow_run_id": info["mlflow_run_id"]}
     for kind in tcfg.models:
         study = open_study(settings, name, kind, tcfg, info["epochs"])
@@ -421,7 +443,7 @@ def make_recipe(settings: Settings, run_date: str, tcfg: TuneConfig) -> dict:
     missing = [k for k in tcfg.models if s[k]["best_trial"] is None]
     if missing:
         raise ValueError(f"study {name}: no complete trial for {missing} yet")
-    info = json.loads((settings.tune_dir / name / "prepared.json").read_text())
+    info = _prepared(settings, name)
     settings.recipes_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(settings.recipes_dir / ".lock", settings.lock_timeout_s, "tuned recipes"):
         n = 1 + len(list(settings.recipes_dir.glob(f"{name}-r*.json")))

@@ -365,5 +365,15 @@ def link_run(settings: Settings, dag_id: str, run_id: str, report: dict) -> Path
 
 
 def run_link(settings: Settings, dag_id: str, run_id: str) -> dict | None:
+    """The run's link (``link_run``); None when there is none or it names a page outside the GX
+    folder (a link file is honoured only inside the folder it belongs to: pipelines/paths.py)."""
+    from pipelines.paths import linked
+
     path = settings.home / "validation" / "by_run" / f"{_run_key(dag_id, run_id)}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    link = json.loads(path.read_text()) if path.exists() else None
+    if not link:
+        return None
+    named = [link.get("data_docs_index"), link.get("data_docs_dir"), *(link.get("data_docs_pages") or {}).values()]
+    if any(p and linked(p, settings.gx_root) is None for p in named):
+        return None
+    return link

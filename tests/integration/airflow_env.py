@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +77,9 @@ def airflow_env(home: Path) -> dict:
         # alerts are not the stored ids the scheduler uses: update_state crashes on a finished run
         # ('dict' object has no attribute 'hex'). dag.test runs go without meli_retrain's DeadlineAlert.
         MELI_RETRAIN_DEADLINE_H="0",
+        # the tests' input files are written under pytest's tmp_path folders (in the system temp dir):
+        # the DAGs' sources / input Params may read there (issue 35: only landing and MELI_INPUT_ROOTS)
+        MELI_INPUT_ROOTS=str(Path(tempfile.gettempdir()).resolve()),
     )
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MELI_LAKE_URI"):
         env.pop(var, None)
