@@ -169,6 +169,12 @@ class Settings:
     retrain_deadline_h: float = field(default_factory=lambda: _float("MELI_RETRAIN_DEADLINE_H", 6.0))
     # optional: alerts are also POSTed (JSON) to this URL
     alert_webhook_url: str = field(default_factory=lambda: _env("MELI_ALERT_WEBHOOK_URL", ""))
+    # issue 35 item 2: the URL tasks reach the api-server at to set a run's note (empty: Airflow's
+    # execution API URL without /execution/, else [api] base_url), and the note route's shared secret
+    # (empty: generated once per $MELI_HOME under secrets/; set it where the api-server and the
+    # workers do not share $MELI_HOME)
+    airflow_api_url: str = field(default_factory=lambda: _env("MELI_AIRFLOW_API_URL", ""))
+    note_secret: str = field(default_factory=lambda: _env("MELI_NOTE_SECRET", ""), repr=False)
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.
