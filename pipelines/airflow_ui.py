@@ -326,8 +326,8 @@ def post_run_note(dag_id: str, run_id: str, base_url: str | None = None, timeout
     settings = get_settings()
     q = urllib.parse.quote
     url = f"{(base_url or task_api_url(settings)).rstrip('/')}/meli/runs/{q(dag_id, safe='')}/{q(run_id, safe='')}/note"
-    headers = {NOTE_HEADER: note_signature(settings, dag_id, run_id)}
     try:
+        headers = {NOTE_HEADER: note_signature(settings, dag_id, run_id)}  # reads (or makes) the key file
         req = urllib.request.Request(url, method="POST", headers=headers)
         with urllib.request.urlopen(req, timeout=timeout_s) as r:
             ok = r.status == 200
