@@ -473,6 +473,7 @@ def meli_retrain():
             bool(params["dry_run"]),
             dag_run.run_id,
             require_approval=bool(params["require_approval"]),
+            dag_id=dag_run.dag_id,
             **rules,
         )
         print(decision_note(decision))  # in the task log; the run's note and "Gate decision" tab too
@@ -484,7 +485,7 @@ def meli_retrain():
                 "Gate decision": decision_url(base_url, dag_run.dag_id, dag_run.run_id),
             }
             ti.xcom_push(key="approval_body", value=approval_body(settings, decision, links))
-        post_run_note(base_url, dag_run.dag_id, dag_run.run_id)
+        post_run_note(dag_run.dag_id, dag_run.run_id)  # signed; to the api-server the tasks reach
         return decision
 
     # skipped by the approval task on Reject; runs after it on Approve, or when it was not needed

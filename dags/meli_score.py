@@ -147,7 +147,7 @@ def meli_score():
         """Drift of the batch against the served version's reference; the figures and report paths.
         The run's "Drift report" tab shows the report and its note says the status."""
 
-        from pipelines.airflow_ui import api_base_url, link_monitor_run, post_run_note
+        from pipelines.airflow_ui import link_monitor_run, post_run_note
         from pipelines.monitor import monitor_batch, one_line, summary
         from pipelines.settings import get_settings
 
@@ -156,9 +156,8 @@ def meli_score():
         logging.getLogger("meli_score").log(
             logging.WARNING if report["status"] == "drift" else logging.INFO, one_line(report)
         )
-        link_monitor_run(settings, dag_run.run_id, report)
-        base_url = api_base_url()
-        post_run_note(base_url, dag_run.dag_id, dag_run.run_id)
+        link_monitor_run(settings, dag_run.run_id, report, dag_id=dag_run.dag_id)
+        post_run_note(dag_run.dag_id, dag_run.run_id)  # signed; to the api-server the tasks reach
         return summary(report)
 
     # emits meli_drift (scheduling meli_retrain) only on a breach: a skipped task emits no asset event

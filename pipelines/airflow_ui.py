@@ -4,133 +4,237 @@
   (or says clearly that the run has no validation report yet);
 * ``/meli/runs/{dag_id}/{run_id}/decision`` shows that run's gate decision (rule, both
   macro-recalls, the CI) rendered from its ``decision.md``;
-* ``/meli/cards/{version}`` is the model card of a registered version (HTML, rebuilt from the records
-  when missing); ``/meli/runs/{dag_id}/{run_id}/card`` redirects to the card of the run's challenger;
+* ``/meli/cards/{version}`` is the model card of a registered version (HTML, rendered from the
+  records when no card was written; a request writes nothing); ``/meli/runs/{dag_id}/{run_id}/card``
+  redirects to the card of the run's challenger;
 * ``/meli/runs/{dag_id}/{run_id}/monitor`` shows the drift report of a meli_score run's batch;
-* ``POST /meli/runs/{dag_id}/{run_id}/note`` (called by the gate task) copies that decision into
-  the DAG run's note, so the run page says what happened. It takes no input: the note is always the
-  decision on disk for that run;
+* ``POST /meli/runs/{dag_id}/{run_id}/note`` (called by the gate and monitor tasks) copies that
+  decision into the DAG run's note, so the run page says what happened. It takes no input: the note
+  is always the record on disk for that run of that DAG;
 * ``/meli/docs/...`` serves the static GX Data Docs site from $MELI_HOME.
+
+Who may: Airflow mounts plugin apps without authentication, so every route here asks Airflow's own
+security dependencies (the ``Authorization: Bearer`` header, or the browser's ``_token`` cookie of a
+logged-in user, which the run page's iframes carry): the ``/runs/{dag_id}/...`` pages need read
+access to that DAG's runs, the cards and the Data Docs read access to ``meli_retrain`` (whose runs
+register the versions and validate the data), the note edit access to the DAG's runs, or the tasks'
+own credential: an HMAC of (time, dag_id, run_id) with ``MELI_NOTE_SECRET`` (by default a key
+generated once under ``$MELI_HOME/secrets/``). Anonymous requests get 401, others without the
+right 403.
+
+Every page is a Jinja2 template with autoescape (``pipelines/render.py``); every response carries a
+Content-Security-Policy: no script on the plugin's pages; the Data Docs (GX's pages run their own
+inline scripts and load their vendored assets) may run scripts from the site but connect nowhere.
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: FastAPI reads the annotations of the routes defined in
+# app(), whose types (Request) are imported there
+import hashlib
+import hmac
 import logging
+import os
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+MONITOR_DAG_ID = "meli_score"  # the DAG whose monitor task writes drift reports (links made before they named it)
+NOTE_HEADER = "X-Meli-Note-Signature"
+NOTE_MAX_AGE_S = 600
+# GX Data Docs: their pages initialise tables in inline scripts and load Bootstrap/jQuery/Font Awesome
+# copied into the site (pipelines/data_docs.py): scripts and styles from the site and inline, nothing
+# fetched from elsewhere, no request from a script (connect-src), no form.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'none'; object-src 'none'; base-uri 'self'; "
+    "form-action 'none'; frame-ancestors 'self'"
+)
+
 
 def app():
-    from fastapi import FastAPI, HTTPException
-    from fastapi.responses import HTMLResponse, RedirectResponse
-    from fastapi.staticfiles import StaticFiles
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user, requires_access_dag
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
+    from pipelines.decisions import GATE_DAG_ID
+    from pipelines.render import PAGE_CSP, render
     from pipelines.settings import get_settings
     from pipelines.validate import run_link
 
     settings = get_settings()
-    docs_dir = settings.gx_root / "gx" / "uncommitted" / "data_docs" / "local_site"
+    docs_dir = (settings.gx_root / "gx" / "uncommitted" / "data_docs" / "local_site").resolve()
     docs_dir.mkdir(parents=True, exist_ok=True)
-    api = FastAPI(title="meli-retrain reports")
+    # no OpenAPI schema or Swagger page of its own: /docs is the Data Docs site, and nothing answers
+    # without the checks below
+    api = FastAPI(title="meli-retrain reports", docs_url=None, redoc_url=None, openapi_url=None)
+    read_run = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]  # dag_id from the path
+    read_retrain = [Depends(requires_access_dag("GET", param_dag_id=GATE_DAG_ID))]
 
-    @api.get("/runs/{dag_id}/{run_id}")
+    @api.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        if "Content-Security-Policy" not in response.headers:  # the Data Docs' files set their own
+            response.headers["Content-Security-Policy"] = PAGE_CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        return response
+
+    def not_found(*parts: str) -> HTMLResponse:
+        """A 404 page; ``parts`` alternate text and values (shown in bold), all escaped."""
+        return HTMLResponse(render("message.html", title="Not found", parts=parts), status_code=404)
+
+    @api.get("/runs/{dag_id}/{run_id}", dependencies=read_run)
     def run_report(dag_id: str, run_id: str):
         link = run_link(settings, dag_id, run_id)
         if not link:
-            return HTMLResponse(
-                f"<p>No validation report for <b>{dag_id}</b> run <b>{run_id}</b> yet "
-                "(the validate task has not run, or this DAG does not validate).</p>",
-                status_code=404,
+            return not_found(
+                "No validation report for ",
+                dag_id,
+                " run ",
+                run_id,
+                " yet (the validate task has not run, or this DAG does not validate).",
             )
         pages = link.get("data_docs_pages") or {}
         target = pages.get("listings_partition") or link.get("data_docs_index")
         try:
-            rel = Path(target).resolve().relative_to(docs_dir.resolve())
+            rel = Path(target).resolve().relative_to(docs_dir)
         except (TypeError, ValueError):
-            raise HTTPException(404, f"report {target} is outside the Data Docs site") from None
+            return not_found("The report of this run is outside the Data Docs site.")
         # relative to /meli/runs/{dag_id}/{run_id}: two levels up is /meli/
-        return RedirectResponse(url=f"../../docs/{rel.as_posix()}")
+        return RedirectResponse(url=f"../../docs/{urllib.parse.quote(rel.as_posix())}")
 
-    @api.get("/runs/{dag_id}/{run_id}/decision")
+    @api.get("/runs/{dag_id}/{run_id}/decision", dependencies=read_run)
     def run_decision(dag_id: str, run_id: str):
-        from markdown_it import MarkdownIt
-
         from pipelines.registry import decision_for_run
+        from pipelines.render import markdown_html
 
-        d = decision_for_run(settings, run_id)
+        d = decision_for_run(settings, run_id, dag_id)
         if d is None:
-            return HTMLResponse(
-                f"<p>No gate decision for <b>{dag_id}</b> run <b>{run_id}</b> "
-                "(the gate has not run yet, or this DAG does not gate).</p>",
-                status_code=404,
+            return not_found(
+                "No gate decision for ",
+                dag_id,
+                " run ",
+                run_id,
+                " (the gate has not run yet, or this DAG does not gate).",
             )
-        body = MarkdownIt("commonmark").enable("table").render(d["markdown"])
-        version = urllib.parse.quote(str(d["decision"]["challenger_version"]), safe="")
-        body += f"<p><a href='../../../cards/{version}'>Model card of v{version}</a></p>"
-        return HTMLResponse(
-            "<!doctype html><meta charset='utf-8'><title>Gate decision</title>"
-            "<style>body{font-family:sans-serif;margin:2em;max-width:60em}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}</style>" + body
-        )
+        version = str(d["decision"]["challenger_version"])
+        links = [
+            {"href": f"../../../cards/{urllib.parse.quote(version, safe='')}", "text": f"Model card of v{version}"}
+        ]
+        page = render("markdown_page.html", title="Gate decision", body=markdown_html(d["markdown"]), links=links)
+        return HTMLResponse(page)
 
-    @api.get("/runs/{dag_id}/{run_id}/card")
+    @api.get("/runs/{dag_id}/{run_id}/card", dependencies=read_run)
     def run_card(dag_id: str, run_id: str):
         from pipelines.registry import decision_for_run
 
-        d = decision_for_run(settings, run_id)
+        d = decision_for_run(settings, run_id, dag_id)
         if d is None:
-            return HTMLResponse(
-                f"<p>No model card for <b>{dag_id}</b> run <b>{run_id}</b>: the run has registered no gated "
-                "version yet.</p>",
-                status_code=404,
+            return not_found(
+                "No model card for ", dag_id, " run ", run_id, ": the run has registered no gated version yet."
             )
-        return RedirectResponse(url=f"../../../cards/{urllib.parse.quote(str(d['decision']['challenger_version']))}")
+        version = urllib.parse.quote(str(d["decision"]["challenger_version"]), safe="")
+        return RedirectResponse(url=f"../../../cards/{version}")
 
-    @api.get("/cards/{version}")
+    @api.get("/cards/{version}", dependencies=read_retrain)
     def model_card(version: str):
-        from pipelines.card import card_paths, write_card
+        from pipelines.card import card_page
 
-        if not version.isdigit():
-            raise HTTPException(404, f"no version {version!r}: versions are numbers")
-        page = card_paths(settings, version)["html"]
-        if not page.exists():
-            try:
-                write_card(settings, version, log_to_mlflow=False)
-            except Exception as exc:
-                return HTMLResponse(
-                    f"<p>No model card for {settings.model_name} v{version}: {exc}</p>", status_code=404
-                )
-        return HTMLResponse(page.read_text())
+        if not (version.isascii() and version.isdigit()):
+            return not_found("No version ", version, ": versions are numbers.")
+        try:
+            return HTMLResponse(card_page(settings, version))
+        except Exception as exc:
+            return not_found("No model card for ", f"{settings.model_name} v{version}", f": {exc}")
 
-    @api.get("/runs/{dag_id}/{run_id}/monitor")
+    @api.get("/runs/{dag_id}/{run_id}/monitor", dependencies=read_run)
     def run_monitor(dag_id: str, run_id: str):
-        link = monitor_link(settings, run_id)
-        page = Path(link["report_html"]) if link and link.get("report_html") else None
-        if page is None or not page.exists():
-            return HTMLResponse(
-                f"<p>No drift report for <b>{dag_id}</b> run <b>{run_id}</b> (the monitor task has not run, "
-                "or this DAG does not score).</p>",
-                status_code=404,
+        link = monitor_link(settings, run_id, dag_id)
+        page = Path(link["report_html"]).resolve() if link and link.get("report_html") else None
+        if page is None or not page.is_relative_to(settings.monitor_dir.resolve()) or not page.is_file():
+            return not_found(
+                "No drift report for ",
+                dag_id,
+                " run ",
+                run_id,
+                " (the monitor task has not run, or this DAG does not score).",
             )
         return HTMLResponse(page.read_text())
 
-    @api.post("/runs/{dag_id}/{run_id}/note")
+    async def may_set_note(request: Request, dag_id: str, run_id: str) -> None:
+        """The tasks' signature, or a user who may edit this DAG's runs."""
+        signature = request.headers.get(NOTE_HEADER)
+        if signature is not None:
+            if not verify_note_signature(settings, dag_id, run_id, signature):
+                raise HTTPException(403, "invalid or expired note signature")
+            return
+        user = await get_user(request, None, await bearer_scheme(request))
+        requires_access_dag("PUT", DagAccessEntity.RUN)(request, user)
+
+    @api.post("/runs/{dag_id}/{run_id}/note", dependencies=[Depends(may_set_note)])
     def run_note(dag_id: str, run_id: str):
         from pipelines.registry import decision_for_run, decision_note
 
-        d = decision_for_run(settings, run_id)
-        link = monitor_link(settings, run_id) if d is None else None
+        d = decision_for_run(settings, run_id, dag_id)
+        link = monitor_link(settings, run_id, dag_id) if d is None else None
         if d is None and link is None:
-            raise HTTPException(404, f"no gate decision or drift report recorded for run {run_id}")
+            raise HTTPException(404, f"no gate decision or drift report recorded for run {run_id} of {dag_id}")
         note = decision_note(d["decision"]) if d is not None else link["note"]
         set_run_note(dag_id, run_id, note)
         return {"dag_id": dag_id, "run_id": run_id, "note": note}
 
-    api.mount("/docs", StaticFiles(directory=str(docs_dir), html=True), name="data_docs")
+    @api.get("/docs", dependencies=read_retrain)
+    @api.get("/docs/{path:path}", dependencies=read_retrain)
+    def data_docs(path: str = ""):
+        """The static Data Docs site (only files inside it; a folder serves its index.html)."""
+        target = (docs_dir / path).resolve()
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.is_relative_to(docs_dir) or not target.is_file():
+            return not_found("No page ", path, " in the Data Docs site.")
+        return FileResponse(target, headers={"Content-Security-Policy": DOCS_CSP})
+
     return api
+
+
+def note_key(settings) -> bytes:
+    """The note route's HMAC key: ``MELI_NOTE_SECRET``, else a random key generated once per
+    $MELI_HOME (``secrets/note.key``, mode 0600; the first writer wins, no reader sees it half-written)."""
+    import secrets
+
+    if settings.note_secret:
+        return settings.note_secret.encode()
+    path = settings.home / "secrets" / "note.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".note.key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # never replaces a key another process made first
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return path.read_bytes().strip()
+
+
+def note_signature(settings, dag_id: str, run_id: str, now: float | None = None) -> str:
+    """``<unix time>.<hex HMAC-SHA256 of time, dag_id and run_id>``: lets a task set one run's note."""
+    ts = str(int(time.time() if now is None else now))
+    mac = hmac.new(note_key(settings), f"{ts}\n{dag_id}\n{run_id}".encode(), hashlib.sha256).hexdigest()
+    return f"{ts}.{mac}"
+
+
+def verify_note_signature(settings, dag_id: str, run_id: str, signature: str) -> bool:
+    ts, _, _ = signature.partition(".")
+    if not ts.isascii() or not ts.isdigit() or abs(time.time() - int(ts)) > NOTE_MAX_AGE_S:
+        return False
+    return hmac.compare_digest(note_signature(settings, dag_id, run_id, now=int(ts)), signature)
 
 
 def _monitor_link_path(settings, run_id: str) -> Path:
@@ -139,15 +243,17 @@ def _monitor_link_path(settings, run_id: str) -> Path:
     return settings.home / "monitor" / "by_run" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id) + ".json")
 
 
-def link_monitor_run(settings, run_id: str, report: dict) -> None:
+def link_monitor_run(settings, run_id: str, report: dict, dag_id: str = MONITOR_DAG_ID) -> None:
     """Name a scoring run's drift report (for its "Drift report" tab and its note)."""
     from pipelines.lake import atomic_write_json
     from pipelines.monitor import one_line
+    from pipelines.render import md_text
 
-    note = one_line(report)
+    note = md_text(one_line(report))  # the note is Markdown in Airflow's UI: the report's text stays text
     atomic_write_json(
         _monitor_link_path(settings, run_id),
         {
+            "dag_id": dag_id,
             "run_id": run_id,
             "report_html": report.get("report_html"),
             "report_json": report.get("report_json"),
@@ -156,7 +262,8 @@ def link_monitor_run(settings, run_id: str, report: dict) -> None:
     )
 
 
-def monitor_link(settings, run_id: str) -> dict | None:
+def monitor_link(settings, run_id: str, dag_id: str | None = None) -> dict | None:
+    """The drift report link of a run (of ``dag_id`` when given: run ids are unique per DAG only)."""
     import json
 
     p = _monitor_link_path(settings, run_id)
@@ -168,7 +275,9 @@ def monitor_link(settings, run_id: str) -> dict | None:
     # honoured only when the reports it names lie under $MELI_HOME/monitor (pipelines/paths.py)
     if any(link.get(k) and linked(link[k], settings.home / "monitor") is None for k in ("report_html", "report_json")):
         return None
-    return link if link.get("run_id") == run_id else None
+    if link.get("run_id") != run_id or (dag_id is not None and link.get("dag_id", MONITOR_DAG_ID) != dag_id):
+        return None
+    return link
 
 
 def set_run_note(dag_id: str, run_id: str, note: str) -> None:
@@ -187,7 +296,7 @@ def set_run_note(dag_id: str, run_id: str, note: str) -> None:
 
 
 def api_base_url() -> str:
-    """The api-server's URL as a task sees it (``[api] base_url``, else host:port)."""
+    """The api-server's URL as a person's browser sees it (``[api] base_url``, else host:port): for links."""
     from airflow.sdk.configuration import conf
 
     return conf.get("api", "base_url", fallback="") or "http://{}:{}".format(
@@ -195,14 +304,37 @@ def api_base_url() -> str:
     )
 
 
-def post_run_note(base_url: str, dag_id: str, run_id: str, timeout_s: float = 10.0) -> bool:
-    """Ask the api-server (this plugin's note endpoint) to copy the run's gate decision into the DAG
-    run's note. Best effort: without a reachable api-server (``dag.test()``, the CLI) it logs and
+def task_api_url(settings=None) -> str:
+    """The api-server's URL as a task sees it: ``MELI_AIRFLOW_API_URL``, else the execution API's URL
+    (which tasks reach already: ``http://airflow-apiserver:8080`` in docker/compose.yaml) without its
+    ``/execution/``, else ``api_base_url()``."""
+    from airflow.sdk.configuration import conf
+
+    from pipelines.settings import get_settings
+
+    settings = settings or get_settings()
+    if settings.airflow_api_url:
+        return settings.airflow_api_url.rstrip("/")
+    execution = conf.get("core", "execution_api_server_url", fallback="") or ""
+    if execution.rstrip("/").endswith("/execution"):
+        return execution.rstrip("/").removesuffix("/execution")
+    return api_base_url().rstrip("/")
+
+
+def post_run_note(dag_id: str, run_id: str, base_url: str | None = None, timeout_s: float = 10.0) -> bool:
+    """Ask the api-server (this plugin's note endpoint, at ``task_api_url()`` unless ``base_url``) to
+    copy the run's gate decision or drift status into the DAG run's note, signed with the note key.
+    Best effort: without a reachable api-server (``dag.test()``, the CLI) it logs one warning and
     returns False; the decision is in the task log, the "Gate decision" tab and MLflow anyway."""
+    from pipelines.settings import get_settings
+
+    settings = get_settings()
     q = urllib.parse.quote
-    url = f"{base_url.rstrip('/')}/meli/runs/{q(dag_id, safe='')}/{q(run_id, safe='')}/note"
+    url = f"{(base_url or task_api_url(settings)).rstrip('/')}/meli/runs/{q(dag_id, safe='')}/{q(run_id, safe='')}/note"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=timeout_s) as r:
+        headers = {NOTE_HEADER: note_signature(settings, dag_id, run_id)}  # reads (or makes) the key file
+        req = urllib.request.Request(url, method="POST", headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
             ok = r.status == 200
     except OSError as exc:
         log.warning("could not set the run note through %s: %s", url, exc)

@@ -28,20 +28,31 @@ def decision_url(base_url: str, dag_id: str, run_id: str) -> str:
     return f"{base_url.rstrip('/')}/meli/runs/{quote(dag_id, safe='')}/{quote(run_id, safe='')}/decision"
 
 
-def approval_body(settings: Settings, decision: dict, links: dict[str, str] | None = None) -> str:
-    """The evidence for a pending promotion, as Markdown (from the records the model card reads)."""
-    from pipelines.card import _f4, _share, gather
+def _md_link(text: str, url: str) -> str:
+    """A Markdown link whose text and address cannot turn into other markup."""
+    from pipelines.render import md_text
 
-    version = decision["challenger_version"]
-    ctx = gather(settings, version)
-    kind = ctx["tags"].get("meli.model_type", "?")
+    dest = "".join(ch if ch not in "<>\\ \n\r\t" else quote(ch) for ch in str(url))
+    return f"[{md_text(text)}](<{dest}>)"
+
+
+def approval_body(settings: Settings, decision: dict, links: dict[str, str] | None = None) -> str:
+    """The evidence for a pending promotion, as Markdown (from the records the model card reads).
+    Airflow's Required Actions page renders it: every value from data (a reason, a category, a tag)
+    is escaped with ``md_text`` so it is shown as text, never as markup or a link."""
+    from pipelines.card import _f4, _share, gather
+    from pipelines.render import md_text
+
+    version = md_text(decision["challenger_version"])
+    ctx = gather(settings, decision["challenger_version"])
+    kind = md_text(ctx["tags"].get("meli.model_type", "?"))
     if ctx["tags"].get("meli.members"):
-        kind = f"{kind} of {ctx['tags']['meli.members']}"
-    champ = decision.get("champion_version")
+        kind = f"{kind} of {md_text(ctx['tags']['meli.members'])}"
+    champ = md_text(decision["champion_version"]) if decision.get("champion_version") else None
     b = decision.get("bootstrap") or {}
     lines = [
         f"**v{version}** ({kind}) would replace champion **{('v' + champ) if champ else 'none'}**: "
-        f"rule `{decision['rule']}`, {decision['reason']}.",
+        f"rule {md_text(decision['rule'])}, {md_text(decision['reason'])}.",
         "",
         "| | version | test macro-recall | accuracy |",
         "|---|---|---|---|",
@@ -63,8 +74,8 @@ def approval_body(settings: Settings, decision: dict, links: dict[str, str] | No
     if pc.get("champion"):
         ch, cp = pc["challenger"], pc["champion"]
         diffs = sorted((ch[c] - cp.get(c, 0.0), c) for c in ch)
-        gain = [f"{c} ({d:+.2f})" for d, c in diffs[::-1][:5] if d > 0]
-        loss = [f"{c} ({d:+.2f})" for d, c in diffs[:5] if d < 0]
+        gain = [f"{md_text(c)} ({d:+.2f})" for d, c in diffs[::-1][:5] if d > 0]
+        loss = [f"{md_text(c)} ({d:+.2f})" for d, c in diffs[:5] if d < 0]
         lines += [
             "",
             f"**Gain most:** {', '.join(gain) or 'none'}",
@@ -74,13 +85,13 @@ def approval_body(settings: Settings, decision: dict, links: dict[str, str] | No
     ds = ctx.get("dataset") or {}
     if ds:
         dates = [p["ingest_date"] for p in ds.get("lineage", [])]
-        window = f"{dates[0]} .. {dates[-1]} ({len(dates)} partitions)" if dates else "n/a"
+        window = f"{md_text(dates[0])} .. {md_text(dates[-1])} ({len(dates)} partitions)" if dates else "n/a"
         counts = ds.get("counts", {})
         lines += [
             "",
             f"**Data:** {window}; {counts.get('train')} train / {counts.get('validation')} validation / "
             f"{counts.get('test')} test rows, {ds.get('num_categories')} categories; data version "
-            f"`{ds.get('data_version', 'n/a')}`",
+            f"{md_text(ds.get('data_version', 'n/a'))}",
         ]
     v = ctx.get("validation")
     if v:
@@ -106,13 +117,13 @@ def approval_body(settings: Settings, decision: dict, links: dict[str, str] | No
     if s:
         lines += [
             "",
-            f"**Shadow scoring** ({s.get('run_date')}): agrees with v{s.get('champion_version')} on "
+            f"**Shadow scoring** ({md_text(s.get('run_date'))}): agrees with v{md_text(s.get('champion_version'))} on "
             f"{_share(s.get('agreement'))} of {s.get('rows')} rows; confidence shift "
             f"{_f4((s.get('confidence') or {}).get('shift'))}",
         ]
     links = links or {}
     if links:
-        lines += ["", " · ".join(f"[{k}]({u})" for k, u in links.items())]
+        lines += ["", " · ".join(_md_link(k, u) for k, u in links.items())]
     lines += [
         "",
         f"**Approve** moves the alias `champion` to v{version}. **Reject**, or no answer within "
@@ -151,10 +162,10 @@ def approval_operator(task_id: str, gate_task_id: str, timeout_h: float, **kwarg
                     by=str(user.get("name") or user.get("id") or ""),
                     timed_out=bool(event.get("timedout")) or not user,
                 )
-                from pipelines.airflow_ui import api_base_url, post_run_note
+                from pipelines.airflow_ui import post_run_note
 
                 dag_run = context["dag_run"]
-                post_run_note(api_base_url(), dag_run.dag_id, dag_run.run_id)  # the run's note: the answer
+                post_run_note(dag_run.dag_id, dag_run.run_id)  # the run's note: the answer
             return super().execute_complete(context, event)
 
     pulled = "{{ ti.xcom_pull(task_ids='" + gate_task_id + "')['%s'] }}"

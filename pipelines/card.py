@@ -11,13 +11,13 @@ MLflow run (``model_card/``) and named by the version's ``meli.model_card`` tag.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 from collections import Counter
 from pathlib import Path
 
 from pipelines.lake import atomic_write_bytes
+from pipelines.render import md_text
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -151,39 +151,44 @@ def _test_support(preds: Path) -> dict[str, int]:
 def markdown(ctx: dict) -> str:
     """The card as Markdown: the sections in a fixed order, each present (saying "not yet" when so)."""
     t, p = ctx["tags"], ctx.get("params", {})
-    kind = t.get("meli.model_type", p.get("model_type", "?"))
+    kind = md_text(t.get("meli.model_type", p.get("model_type", "?")))
     if t.get("meli.members"):
-        kind = f"{kind} of {t['meli.members']}"
+        kind = f"{kind} of {md_text(t['meli.members'])}"
     d = ctx.get("decision") or {}
     out = [
         f"# Model card: {ctx['name']} v{ctx['version']}",
         "",
         f"Classifies MercadoLibre listing titles into categories. Model: {kind}, trained on the lake up to "
-        f"{ctx['run_date'] or '?'}. Aliases: {', '.join(ctx['aliases']) or 'none'}.",
+        f"{md_text(ctx['run_date'] or '?')}. Aliases: {', '.join(ctx['aliases']) or 'none'}.",
         "",
         "## Status",
         "",
-        f"- gate decision: **{t.get('meli.decision', 'pending')}**"
-        + (f" by rule `{d.get('rule')}`: {d.get('reason')}" if d else ""),
+        f"- gate decision: **{md_text(t.get('meli.decision', 'pending'))}**"
+        + (f" by rule `{d.get('rule')}`: {md_text(d.get('reason'))}" if d else ""),
     ]
     appr = d.get("approval") or {}
     if appr:
         out.append(
-            f"- human review: **{appr.get('response')}** by {appr.get('by') or '?'} at {appr.get('at')}"
-            f" ({appr.get('via')}): {appr.get('reason') or 'no reason given'}"
+            f"- human review: **{md_text(appr.get('response'))}** by {md_text(appr.get('by') or '?')} at "
+            f"{md_text(appr.get('at'))} ({md_text(appr.get('via'))}): "
+            + md_text(appr.get("reason") or "no reason given")
         )
     elif d.get("decision") == "pending_approval":
         out.append("- human review: **pending approval**")
-    out += [f"- MLflow run: `{ctx['run_id']}`; registered run date {ctx['run_date'] or 'n/a'}", ""]
+    out += [f"- MLflow run: {md_text(ctx['run_id'])}; registered run date {md_text(ctx['run_date'] or 'n/a')}", ""]
     out += _data_section(ctx) + _validation_section(ctx) + _training_section(ctx, kind)
     out += _evaluation_section(ctx) + _per_class_section(ctx) + _confusion_section(ctx)
     out += _behaviour_section(ctx) + _shadow_section(ctx) + _limits_section(ctx)
     return "\n".join(out).rstrip() + "\n"
 
 
+class _Md(str):
+    """A table cell already in Markdown (built here, its data parts escaped): placed as is."""
+
+
 def _table(head: list[str], rows: list[list]) -> list[str]:
-    def cell(x) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
+    def cell(x) -> str:  # data is shown as text: no markup, link or column break from a value
+        return x if isinstance(x, _Md) else md_text(x)
 
     return [
         "| " + " | ".join(head) + " |",
@@ -199,13 +204,19 @@ def _data_section(ctx: dict) -> list[str]:
     if not ds:
         return out + ["The run's dataset record is gone (work dir cleaned); see the version's tags.", ""]
     out.append(
-        f"- data version `{ds.get('data_version', 'n/a')}`; {ds.get('num_categories')} categories; "
-        f"lake partitions at versions {', '.join(f'{k}@v{v}' for k, v in sorted(ds.get('lake_versions', {}).items()))}"
+        f"- data version {md_text(ds.get('data_version', 'n/a'))}; {md_text(ds.get('num_categories'))} categories; "
+        "lake partitions at versions "
+        + md_text(", ".join(f"{k}@v{v}" for k, v in sorted(ds.get("lake_versions", {}).items())))
     )
     out.append("")
     rows = []
     for part in ds.get("lineage", []):
-        sha = ", ".join(f"`{(s.get('sha256') or '')[:12]}` {Path(s.get('path') or '').name}" for s in part["sources"])
+        sha = _Md(
+            ", ".join(
+                f"{md_text((s.get('sha256') or '')[:12])} {md_text(Path(s.get('path') or '').name)}"
+                for s in part["sources"]
+            )
+        )
         rows.append([part["ingest_date"], part["version"], part.get("rows"), sha or "-"])
     out += _table(["partition", "version", "rows", "sources (sha256)"], rows)
     langs = ctx.get("split_languages") or {}
@@ -222,10 +233,10 @@ def _validation_section(ctx: dict) -> list[str]:
         return out + ["No validation report for this run date.", ""]
     out.append(
         f"- {v.get('passed')}/{v.get('evaluated')} expectations passed, {len(v.get('warnings') or [])} warnings; "
-        f"Data Docs: `{v.get('data_docs_index')}`"
+        f"Data Docs: {md_text(v.get('data_docs_index'))}"
     )
     for w in (v.get("warnings") or [])[:10]:
-        out.append(f"- warning: {w if isinstance(w, str) else json.dumps(w)[:300]}")
+        out.append(f"- warning: {md_text(w if isinstance(w, str) else json.dumps(w)[:300])}")
     return out + [""]
 
 
@@ -234,13 +245,14 @@ def _training_section(ctx: dict, kind: str) -> list[str]:
     plan = ctx.get("plan") or {}
     out = ["## Training", "", f"- model: {kind}"]
     if plan:
-        out.append(f"- mode: {plan.get('mode')} ({plan.get('reason')})")
+        out.append(f"- mode: {md_text(plan.get('mode'))} ({md_text(plan.get('reason'))})")
     out.append(
-        f"- hardware: device {p.get('device') or rt.get('meli.device') or 'n/a'}, "
-        f"{p.get('torch_threads', 'n/a')} torch threads; {rt.get('meli.hardware', 'host not recorded')}"
+        f"- hardware: device {md_text(p.get('device') or rt.get('meli.device') or 'n/a')}, "
+        f"{md_text(p.get('torch_threads', 'n/a'))} torch threads; "
+        + md_text(rt.get("meli.hardware", "host not recorded"))
     )
     if ctx.get("run_error"):
-        out.append(f"- the MLflow run is unreadable: {ctx['run_error']}")
+        out.append(f"- the MLflow run is unreadable: {md_text(ctx['run_error'])}")
     rows = [[k, p[k]] for k in TRAINING_PARAMS if k in p]
     return out + [""] + (_table(["parameter", "value"], rows) if rows else [])
 
@@ -321,7 +333,10 @@ def _behaviour_section(ctx: dict) -> list[str]:
             f"({_share(mf.get('pass_share'))})"
         )
     for fcase in (mf.get("failures") or [])[:10]:
-        out.append(f'  - "{fcase["title"]}": expected {fcase["expected"]}, predicted {fcase["predicted"]}')
+        out.append(
+            f'  - "{md_text(fcase["title"])}": expected {md_text(fcase["expected"])}, '
+            f"predicted {md_text(fcase['predicted'])}"
+        )
     return out + [""]
 
 
@@ -336,9 +351,10 @@ def _shadow_section(ctx: dict) -> list[str]:
         return out + ["Not shadow-scored yet (meli_score shadows a version newer than the champion).", ""]
     conf = s.get("confidence") or {}
     out.append(
-        f"- {s.get('run_date')}: beside champion v{s.get('champion_version')} on {s.get('rows')} rows, "
+        f"- {md_text(s.get('run_date'))}: beside champion v{md_text(s.get('champion_version'))} "
+        f"on {s.get('rows')} rows, "
         f"**{_share(s.get('agreement'))} agree**; mean top-1 probability shift {_f4(conf.get('shift'))}; "
-        f"report `{s.get('report_md') or s.get('report_json')}`"
+        f"report {md_text(s.get('report_md') or s.get('report_json'))}"
     )
     rows = [
         [f["champion_category"], f["rows"], f["flips"], ", ".join(f"{k} ({n})" for k, n in (f.get("to") or {}).items())]
@@ -354,7 +370,7 @@ def _limits_section(ctx: dict) -> list[str]:
     if trained:
         missing = sorted({"spanish", "portuguese"} - set(trained))
         out.append(
-            f"- trained on {', '.join(trained)} titles"
+            f"- trained on {md_text(', '.join(trained))} titles"
             + (f"; {', '.join(missing)} titles were absent from training and are not measured" if missing else "")
         )
     ds = ctx.get("dataset") or {}
@@ -378,17 +394,19 @@ def _limits_section(ctx: dict) -> list[str]:
 
 
 def render_html(md: str, title: str) -> str:
-    """One self-contained HTML page (inline style, no external request)."""
-    from markdown_it import MarkdownIt
+    """One self-contained HTML page (inline style, no script, no external request): the Markdown
+    rendered with raw HTML off, in pipelines/templates/markdown_page.html."""
+    from pipelines.render import markdown_html, render
 
-    body = MarkdownIt("commonmark").enable("table").render(md)
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-        "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:64em;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
-        "th{background:#f3f3f3}code{background:#f5f5f5;padding:0 .2em}h2{border-bottom:1px solid #ddd}"
-        f"</style></head><body>{body}</body></html>"
-    )
+    return render("markdown_page.html", title=title, body=markdown_html(md), links=[])
+
+
+def card_page(settings: Settings, version: str) -> str:
+    """The card of ``version`` as HTML, rendered from its Markdown on disk when written, else from the
+    records in memory (nothing is written: a reader's request changes no file or tag)."""
+    md = card_paths(settings, str(version))["md"]
+    text = md.read_text() if md.exists() else markdown(gather(settings, str(version)))
+    return render_html(text, f"{settings.model_name} v{version}")
 
 
 def write_card(settings: Settings, version: str, log_to_mlflow: bool = True) -> dict:

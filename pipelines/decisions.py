@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipelines.render import md_text
 from pipelines.settings import Settings
 from pipelines.versions import CHAMPION, PREVIOUS, _alias_version, _client, _read_json
 
@@ -18,8 +19,13 @@ def _run_link_path(settings: Settings, run_id: str) -> Path:
     return settings.home / "registry" / "by_run" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id) + ".json")
 
 
-def decision_for_run(settings: Settings, run_id: str) -> dict | None:
-    """{"decision": ..., "markdown": ..., "path": ...} of the gate decision a DAG run recorded."""
+# the DAG that gates: a decision recorded before decisions named their DAG belongs to it
+GATE_DAG_ID = "meli_retrain"
+
+
+def decision_for_run(settings: Settings, run_id: str, dag_id: str | None = None) -> dict | None:
+    """{"decision": ..., "markdown": ..., "path": ...} of the gate decision a DAG run recorded; with
+    ``dag_id``, only when that run is of that DAG (run ids are unique per DAG only)."""
     from pipelines.paths import linked
 
     link = _read_json(_run_link_path(settings, run_id))
@@ -30,6 +36,8 @@ def decision_for_run(settings: Settings, run_id: str) -> dict | None:
         return None
     d = json.loads(Path(link["decision_json"]).read_text())
     if d.get("dag_run_id") != run_id:  # the date was gated again by another run since
+        return None
+    if dag_id is not None and (d.get("dag_id") or GATE_DAG_ID) != dag_id:
         return None
     md = Path(link["decision_md"])
     return {"decision": d, "markdown": md.read_text() if md.exists() else _markdown(d), "path": str(md)}
@@ -44,7 +52,8 @@ def decision_note(d: dict) -> str:
     b = d.get("bootstrap") or {}
     ci = f"[{f4(b.get('ci_low'))}, {f4(b.get('ci_high'))}]" if b else "n/a"
     return (
-        f"**{d['decision'].upper()}** v{d['challenger_version']} by rule `{d['rule']}`: {d['reason']}\n\n"
+        f"**{md_text(d['decision'].upper())}** v{md_text(d['challenger_version'])} by rule `{d['rule']}`: "
+        f"{md_text(d['reason'])}\n\n"
         f"challenger macro-recall {f4(d['challenger_macro_recall'])}, champion "
         f"{f4(d['champion_macro_recall'])} (v{d['champion_version'] or '-'}), delta {f4(d['delta'])}, "
         f"95% CI {ci}; {d['test_rows']} test rows"
@@ -61,8 +70,9 @@ def _markdown(d: dict) -> str:
             [
                 f"# {d['model_name']} v{d['challenger_version']}: {d['decision'].upper()}",
                 "",
-                f"- rule: `{d['rule']}` — {d['reason']}",
-                f"- run date: {d['run_date']}, DAG run: {d['dag_run_id'] or 'n/a'}, decided at {d['decided_at']}",
+                f"- rule: `{d['rule']}` — {md_text(d['reason'])}",
+                f"- run date: {md_text(d['run_date'])}, DAG run: {md_text(d['dag_run_id'] or 'n/a')}, "
+                f"decided at {md_text(d['decided_at'])}",
                 f"- test rows: {d['test_rows']}",
                 "",
                 "| | version | macro-recall | accuracy |",
@@ -77,13 +87,13 @@ def _markdown(d: dict) -> str:
                 f"require_approval: {d.get('require_approval', False)}",
                 *(
                     [
-                        f"- review: **{r['response']}** by {r['by']} at {r['at']} ({r.get('via')}): "
-                        f"{r.get('reason') or 'no reason given'}"
+                        f"- review: **{md_text(r['response'])}** by {md_text(r['by'])} at {md_text(r['at'])} "
+                        f"({md_text(r.get('via'))}): {md_text(r.get('reason') or 'no reason given')}"
                     ]
                     if (r := d.get("approval"))
                     else []
                 ),
-                f"- data: {d['data_manifest']}",
+                f"- data: {md_text(d['data_manifest'])}",
             ]
         )
         + "\n"

@@ -56,6 +56,7 @@ def gate(
     dag_run_id: str = "",
     parent_run_id: str | None = None,
     require_approval: bool = False,
+    dag_id: str = "",
 ) -> dict:
     """Decide and (unless dry_run) apply: move ``champion`` to the challenger or leave it. With
     ``require_approval`` a promotion is recorded as ``pending_approval`` and no alias moves until
@@ -85,6 +86,7 @@ def gate(
             dag_run_id,
             parent_run_id,
             require_approval,
+            dag_id=dag_id,
         )
 
 
@@ -102,6 +104,7 @@ def _gate_locked(
     dag_run_id: str,
     parent_run_id: str | None,
     require_approval: bool = False,
+    dag_id: str = "",
 ) -> dict:
     name = settings.model_name
     champ_now = _alias_version(client, name, CHAMPION)
@@ -156,6 +159,7 @@ def _gate_locked(
         "champion_at_evaluation": champ_now_v,
         "run_date": run_date,
         "dag_run_id": dag_run_id,
+        "dag_id": dag_id,  # the DAG of that run: its pages and note answer for that DAG only
         "mlflow_run_id": parent_run_id or "",
         "data_manifest": _manifest_ref(settings, run_date),
         "decided_at": datetime.now(UTC).isoformat(),
@@ -345,7 +349,11 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
     if d.get("dag_run_id"):  # the run page's "Gate decision" tab and note find it from the run id
         atomic_write_json(
             _run_link_path(settings, d["dag_run_id"]),
-            {"decision_json": str(out_dir / "decision.json"), "decision_md": str(out_dir / "decision.md")},
+            {
+                "dag_id": d.get("dag_id", ""),
+                "decision_json": str(out_dir / "decision.json"),
+                "decision_md": str(out_dir / "decision.md"),
+            },
         )
     if parent_run_id:
         with mlflow.start_run(run_id=parent_run_id):

@@ -288,6 +288,7 @@ def step_gate(
     dry_run: bool = False,
     dag_run_id: str = "",
     require_approval: bool | None = None,
+    dag_id: str = "",
     **rules,
 ) -> dict:
     """Decide (and apply, or with ``require_approval`` — default ``MELI_REQUIRE_APPROVAL`` — leave
@@ -305,6 +306,7 @@ def step_gate(
         dag_run_id=dag_run_id,
         parent_run_id=parent_run_id,
         require_approval=settings.require_approval if require_approval is None else require_approval,
+        dag_id=dag_id,
     )
     try_write_card(settings, challenger["version"])
     return decision

@@ -182,6 +182,12 @@ class Settings:
     # issue 35 item 5: folders (absolute, separated by os.pathsep, ":" on Linux) that the DAGs' Params
     # and asset events may read besides $MELI_HOME/landing (pipelines/paths.py); the CLI reads anywhere
     input_roots: tuple[Path, ...] = field(default_factory=lambda: _paths("MELI_INPUT_ROOTS"))
+    # issue 35 item 2: the URL tasks reach the api-server at to set a run's note (empty: Airflow's
+    # execution API URL without /execution/, else [api] base_url), and the note route's shared secret
+    # (empty: generated once per $MELI_HOME under secrets/; set it where the api-server and the
+    # workers do not share $MELI_HOME)
+    airflow_api_url: str = field(default_factory=lambda: _env("MELI_AIRFLOW_API_URL", ""))
+    note_secret: str = field(default_factory=lambda: _env("MELI_NOTE_SECRET", ""), repr=False)
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.
@@ -304,6 +310,8 @@ class Settings:
                 )
         if self.alert_webhook_url:  # its path is its token
             out["alert_webhook_url"] = webhook_host(self.alert_webhook_url)
+        if self.note_secret:
+            out["note_secret"] = "***"
         return out
 
 

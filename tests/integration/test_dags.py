@@ -97,7 +97,10 @@ _NOTE = r"""
 import json, sys
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from pipelines.airflow_ui import app
+from pipelines.airflow_ui import NOTE_HEADER, app, note_signature
+from pipelines.settings import get_settings
+from airflow.api_fastapi.app import init_auth_manager
+from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 from airflow.models.dagrun import DagRun
 from airflow.utils.session import create_session
 from sqlalchemy import select
@@ -106,8 +109,11 @@ root = FastAPI()
 root.mount("/meli", app())
 client = TestClient(root)
 q = lambda x: __import__("urllib.parse").parse.quote(x, safe="")
-tab = client.get(f"/meli/runs/meli_retrain/{q(run_id)}/decision")
-posted = client.post(f"/meli/runs/meli_retrain/{q(run_id)}/note")
+# the tab as a logged-in user sees it; the note as the gate task sets it (signed)
+token = init_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
+tab = client.get(f"/meli/runs/meli_retrain/{q(run_id)}/decision", headers={"Authorization": f"Bearer {token}"})
+signed = {NOTE_HEADER: note_signature(get_settings(), "meli_retrain", run_id)}
+posted = client.post(f"/meli/runs/meli_retrain/{q(run_id)}/note", headers=signed)
 assert posted.status_code == 200, posted.text
 with create_session() as s:
     note = s.scalar(select(DagRun).where(DagRun.run_id == run_id)).note

@@ -1,26 +1,74 @@
-"""The UI plugin's app: a DAG run's 'Data Docs' tab lands on that run's validation page."""
+"""The UI plugin's app: a DAG run's 'Data Docs' tab lands on that run's validation page; every route
+asks Airflow's own authentication (a real SimpleAuthManager, its JWTs and an empty metadata DB
+here); no value from data comes back as markup."""
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 import urllib.parse
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from pipelines.airflow_ui import app
 from pipelines.validate import link_run
 from tests.unit.test_validate import METRICS, RUN_DATE, _table
 
+XSS = "<img src=x onerror=alert(1)>"
+ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"
 
-def test_run_tab_redirects_to_that_runs_report_and_docs_are_served(settings):
+
+@pytest.fixture(scope="module")
+def airflow_tokens(tmp_path_factory):
+    """Airflow's auth manager as the api-server sets it up, and a token per role."""
+    home = tmp_path_factory.mktemp("airflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_HOME", str(home))  # read when airflow is first imported: nothing under ~
+        mp.setenv(
+            "AIRFLOW__CORE__AUTH_MANAGER",
+            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        )
+        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer")
+        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
+        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(home / "passwords.json"))
+        mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "unit-test-" + "s" * 64)
+        mp.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
+        from airflow import settings as airflow_settings
+        from airflow.api_fastapi import app as airflow_app
+        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+        from airflow.models import import_all_models
+        from airflow.models.base import Base
+
+        # the tables the checks read (revoked tokens, a DAG's team), empty: no `airflow db migrate` needed
+        import_all_models()
+        Base.metadata.create_all(airflow_settings.engine)
+        airflow_app.purge_cached_app()
+        manager = airflow_app.init_auth_manager()
+        yield {
+            role: {"Authorization": f"Bearer {manager.generate_jwt(SimpleAuthManagerUser(username=role, role=role))}"}
+            for role in ("admin", "viewer")
+        }
+        airflow_app.purge_cached_app()
+
+
+def _client() -> TestClient:
+    from pipelines.airflow_ui import app
+
+    root = FastAPI()
+    root.mount("/meli", app())
+    return TestClient(root)
+
+
+def test_run_tab_redirects_to_that_runs_report_and_docs_are_served(settings, airflow_tokens):
     from pipelines.validate import validate_table
 
     report = validate_table(settings, RUN_DATE, _table(), METRICS, "crafted")
     run_id = "manual__2026-11-21T02:00:00+00:00"
     link_run(settings, "meli_retrain", run_id, report)
-    root = FastAPI()
-    root.mount("/meli", app())
-    client = TestClient(root)
+    client = _client()
+    client.headers.update(airflow_tokens["viewer"])
     url = f"/meli/runs/meli_retrain/{urllib.parse.quote(run_id, safe='')}"
     r = client.get(url, follow_redirects=False)
     assert r.status_code == 307
@@ -28,16 +76,20 @@ def test_run_tab_redirects_to_that_runs_report_and_docs_are_served(settings):
     assert target.startswith("/meli/docs/validations/listings_batch/") and target.endswith(".html")
     page = client.get(target)
     assert page.status_code == 200 and "Expectation Validation Result" in page.text
+    # GX's pages run inline scripts from the site; they may not connect anywhere
+    assert "connect-src 'none'" in page.headers["content-security-policy"]
     assert client.get("/meli/docs/index.html").status_code == 200
+    assert client.get("/meli/docs/").status_code == 200
+    assert client.get("/meli/docs/%2e%2e/%2e%2e/%2e%2e/secrets/note.key").status_code == 404
     missing = client.get("/meli/runs/meli_retrain/nope")
     assert missing.status_code == 404 and "No validation report" in missing.text
 
 
-def test_a_scoring_runs_drift_report_tab_and_note(settings, monkeypatch):
+def test_a_scoring_runs_drift_report_tab_and_note(settings, monkeypatch, airflow_tokens):
     import pipelines.airflow_ui as ui
 
-    page = settings.home / "monitor" / "r.html"
-    page.parent.mkdir(parents=True)
+    page = settings.monitor_dir / "r.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text("<!doctype html><h1>drift report</h1>")
     report = {
         "status": "drift",
@@ -49,12 +101,11 @@ def test_a_scoring_runs_drift_report_tab_and_note(settings, monkeypatch):
         "report_html": str(page),
     }
     run_id = "asset_triggered__2026-11-21T02:30:00+00:00"
-    ui.link_monitor_run(settings, run_id, report)
+    ui.link_monitor_run(settings, run_id, report, dag_id="meli_score")
     notes = {}
     monkeypatch.setattr(ui, "set_run_note", lambda dag_id, rid, note: notes.update({rid: note}))
-    root = FastAPI()
-    root.mount("/meli", app())
-    client = TestClient(root)
+    client = _client()
+    client.headers.update(airflow_tokens["admin"])  # the note needs edit access: an admin here
     q = urllib.parse.quote(run_id, safe="")
     r = client.get(f"/meli/runs/meli_score/{q}/monitor")
     assert r.status_code == 200 and "drift report" in r.text
@@ -64,3 +115,315 @@ def test_a_scoring_runs_drift_report_tab_and_note(settings, monkeypatch):
     )
     missing = client.get("/meli/runs/meli_score/other/monitor")
     assert missing.status_code == 404 and "No drift report" in missing.text
+    # the same run id of another DAG is not this record: no page, no note
+    assert client.get(f"/meli/runs/meli_retrain/{q}/monitor").status_code == 404
+    assert client.post(f"/meli/runs/meli_retrain/{q}/note").status_code == 404
+
+
+# ------------------------------------------------------------------------------------------
+# Who may: issue 35 item 2
+# ------------------------------------------------------------------------------------------
+def _decision(run_id: str, dag_id: str = "meli_retrain", **over) -> dict:
+    return {
+        "decision": "promoted",
+        "rule": "improved",
+        "reason": "better",
+        "model_name": "meli-title-classifier",
+        "challenger_version": "2",
+        "champion_version": "1",
+        "challenger_macro_recall": 0.8,
+        "champion_macro_recall": 0.7,
+        "challenger_accuracy": 0.85,
+        "champion_accuracy": 0.75,
+        "delta": 0.1,
+        "bootstrap": {"ci_low": 0.05, "ci_high": 0.15, "samples": 200},
+        "test_rows": 100,
+        "force_promote": False,
+        "dry_run": False,
+        "require_approval": True,
+        "run_date": "2026-11-21",
+        "dag_run_id": run_id,
+        "dag_id": dag_id,
+        "decided_at": "2026-11-21T03:00:00+00:00",
+        "data_manifest": "lake@v1",
+        **over,
+    }
+
+
+def _record_decision(settings, d: dict) -> None:
+    """What registry._record leaves for the UI: decision.json/.md and the run's link."""
+    from pipelines.decisions import _markdown, _run_link_path
+
+    out = settings.home / "work" / d["run_date"] / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "decision.json").write_text(json.dumps(d))
+    (out / "decision.md").write_text(_markdown(d))
+    link = _run_link_path(settings, d["dag_run_id"])
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.write_text(json.dumps({"decision_json": str(out / "decision.json"), "decision_md": str(out / "decision.md")}))
+
+
+RUN = "scheduled__2026-11-21T02:00:00+00:00"
+Q = urllib.parse.quote(RUN, safe="")
+READ_ROUTES = [
+    f"/meli/runs/meli_retrain/{Q}",
+    f"/meli/runs/meli_retrain/{Q}/decision",
+    f"/meli/runs/meli_retrain/{Q}/card",
+    f"/meli/runs/meli_retrain/{Q}/monitor",
+    "/meli/cards/2",
+    "/meli/docs/index.html",
+    "/meli/docs",
+]
+
+
+def test_every_route_needs_an_airflow_user_and_the_note_edit_access(settings, monkeypatch, airflow_tokens):
+    import pipelines.airflow_ui as ui
+
+    _record_decision(settings, _decision(RUN))
+    (settings.gx_root / "gx" / "uncommitted" / "data_docs" / "local_site").mkdir(parents=True, exist_ok=True)
+    (settings.gx_root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").write_text("<p>docs</p>")
+    notes = {}
+    monkeypatch.setattr(ui, "set_run_note", lambda dag_id, rid, note: notes.update({(dag_id, rid): note}))
+    client = _client()
+    for url in READ_ROUTES:  # anonymous: 401, a forged token 403, whatever the route
+        assert client.get(url, follow_redirects=False).status_code == 401, url
+        forged = {"Authorization": "Bearer not-a-jwt"}
+        assert client.get(url, headers=forged, follow_redirects=False).status_code == 403, url
+        assert client.get(url, headers=airflow_tokens["viewer"], follow_redirects=False).status_code in (200, 307, 404)
+    assert client.get("/meli/openapi.json").status_code == 404  # no schema of its own
+    # the browser's session cookie (what the run page's iframes carry) is a login too
+    cookie_client = _client()
+    cookie_client.cookies.set("_token", airflow_tokens["viewer"]["Authorization"].removeprefix("Bearer "))
+    assert cookie_client.get(f"/meli/runs/meli_retrain/{Q}/decision").status_code == 200
+    # the note: not anonymous, not a viewer; a user who may edit the DAG's runs may
+    note = f"/meli/runs/meli_retrain/{Q}/note"
+    assert client.post(note).status_code == 401
+    assert client.post(note, headers=airflow_tokens["viewer"]).status_code == 403
+    assert notes == {}
+    assert client.post(note, headers=airflow_tokens["admin"]).status_code == 200
+    assert notes[("meli_retrain", RUN)].startswith("**PROMOTED** v2 by rule `improved`")
+    # the record is meli_retrain's: the same run id under another DAG reads and writes nothing
+    other = f"/meli/runs/meli_score/{Q}"
+    assert client.post(f"{other}/note", headers=airflow_tokens["admin"]).status_code == 404
+    assert client.get(f"{other}/decision", headers=airflow_tokens["admin"]).status_code == 404
+    assert list(notes) == [("meli_retrain", RUN)]
+
+
+def test_the_tasks_sign_their_note_request(settings, monkeypatch, airflow_tokens):
+    """The gate's credential: an HMAC of (time, dag_id, run_id) under the per-$MELI_HOME key,
+    through post_run_note over real HTTP to the app served by uvicorn."""
+    import uvicorn
+
+    import pipelines.airflow_ui as ui
+
+    _record_decision(settings, _decision(RUN))
+    notes = {}
+    monkeypatch.setattr(ui, "set_run_note", lambda dag_id, rid, note: notes.update({(dag_id, rid): note}))
+    root = FastAPI()
+    root.mount("/meli", ui.app())
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(root, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            thread.join(0.05)
+            assert thread.is_alive()
+        assert ui.post_run_note("meli_retrain", RUN, base_url=f"http://127.0.0.1:{port}") is True
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert notes[("meli_retrain", RUN)].startswith("**PROMOTED** v2")
+    key = settings.home / "secrets" / "note.key"
+    assert key.stat().st_mode & 0o077 == 0 and len(key.read_text()) == 64
+    client = _client()
+    url = f"/meli/runs/meli_retrain/{Q}/note"
+    good = ui.note_signature(settings, "meli_retrain", RUN)
+    assert client.post(url, headers={ui.NOTE_HEADER: good}).status_code == 200
+    for bad in (
+        ui.note_signature(settings, "meli_retrain", "another_run"),  # signed for another run
+        ui.note_signature(settings, "meli_retrain", RUN, now=1_000_000_000),  # long expired
+        good[:-4] + "0000",
+        "nonsense",
+    ):
+        assert client.post(url, headers={ui.NOTE_HEADER: bad}).status_code == 403, bad
+    # a signature for another DAG's run of the same id is valid, but that run has no record
+    sig = ui.note_signature(settings, "meli_score", RUN)
+    assert client.post(f"/meli/runs/meli_score/{Q}/note", headers={ui.NOTE_HEADER: sig}).status_code == 404
+    # MELI_NOTE_SECRET, when set, is the key (api-server and workers without a shared $MELI_HOME)
+    monkeypatch.setenv("MELI_NOTE_SECRET", "shared-by-the-deployment")
+    from pipelines.settings import get_settings
+
+    assert ui.note_signature(get_settings(), "d", "r", now=1) != ui.note_signature(settings, "d", "r", now=1)
+
+
+def test_without_an_api_server_the_note_is_one_warning(settings, monkeypatch, caplog):
+    import pipelines.airflow_ui as ui
+
+    monkeypatch.setenv("MELI_AIRFLOW_API_URL", f"http://127.0.0.1:{_free_port()}")  # nobody listens
+    with caplog.at_level(logging.INFO, logger="pipelines.airflow_ui"):
+        assert ui.post_run_note("meli_retrain", RUN, timeout_s=5) is False
+    records = [r for r in caplog.records if r.name == "pipelines.airflow_ui"]
+    assert [r.levelname for r in records] == ["WARNING"] and "could not set the run note" in records[0].message
+
+
+def test_tasks_reach_the_api_server_at_the_execution_api_host(settings, monkeypatch):
+    """docker/compose.yaml: the browser's base_url is localhost (the worker's own container); the
+    tasks post where they reach the execution API (the api-server service)."""
+    import pipelines.airflow_ui as ui
+
+    monkeypatch.delenv("MELI_AIRFLOW_API_URL", raising=False)
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://localhost:8080")
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "http://airflow-apiserver:8080/execution/")
+    assert ui.task_api_url() == "http://airflow-apiserver:8080"
+    assert ui.api_base_url() == "http://localhost:8080"  # the links people click stay the browser's
+    monkeypatch.setenv("MELI_AIRFLOW_API_URL", "http://api.internal:9000/")
+    assert ui.task_api_url() == "http://api.internal:9000"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------
+# No markup from data: issue 35 item 3
+# ------------------------------------------------------------------------------------------
+def _no_markup(text: str) -> None:
+    assert "<img" not in text and "onerror=alert(1)>" not in text.replace(ESCAPED, ""), text[-2000:]
+
+
+def test_a_run_id_in_the_url_comes_back_as_text(settings, airflow_tokens):
+    client = _client()
+    client.headers.update(airflow_tokens["viewer"])
+    q = urllib.parse.quote(XSS, safe="")
+    for url in (
+        f"/meli/runs/{q}/r1/decision",
+        f"/meli/runs/meli_retrain/{q}",
+        f"/meli/runs/meli_retrain/{q}/decision",
+        f"/meli/runs/meli_retrain/{q}/card",
+        f"/meli/runs/meli_score/{q}/monitor",
+        f"/meli/cards/{q}",
+        f"/meli/docs/{q}",
+    ):
+        r = client.get(url)
+        assert r.status_code == 404, url
+        _no_markup(r.text)
+        assert ESCAPED in r.text, (url, r.text)
+        csp = r.headers["content-security-policy"]
+        assert "script-src" not in csp or "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+
+
+def test_a_reason_and_a_reviewer_name_on_the_decision_page_stay_text(settings, airflow_tokens):
+    approval = {"response": "approved", "by": XSS, "at": "2026-11-21T04:00:00", "via": "cli", "reason": XSS}
+    _record_decision(settings, _decision(RUN, reason=f"better {XSS}", approval=approval))
+    client = _client()
+    client.headers.update(airflow_tokens["viewer"])
+    r = client.get(f"/meli/runs/meli_retrain/{Q}/decision")
+    assert r.status_code == 200 and r.text.count("&lt;img") >= 3
+    _no_markup(r.text)
+    assert r.headers["content-security-policy"].startswith("default-src 'none'")
+    # raw HTML in the Markdown record itself (a decision.md from before) is shown as text too
+    (settings.home / "work" / "2026-11-21" / "evaluation" / "decision.md").write_text(f"# x\n\n{XSS}\n")
+    _no_markup(client.get(f"/meli/runs/meli_retrain/{Q}/decision").text)
+
+
+def _card_ctx() -> dict:
+    return {
+        "name": "meli-title-classifier",
+        "version": "7",
+        "tags": {"meli.decision": "promoted"},
+        "aliases": [],
+        "run_date": "2026-11-21",
+        "run_id": "abc",
+        "params": {},
+        "run_tags": {},
+        "decision": {
+            "rule": "improved",
+            "reason": XSS,
+            "approval": {"response": "approved", "by": XSS, "at": "t", "via": "cli", "reason": XSS},
+        },
+        "validation": {"passed": 1, "evaluated": 2, "warnings": [f"title {XSS} [x](javascript:alert(1))"]},
+        "per_class": {"challenger": {f"CAT {XSS}": 0.5, "OK": 0.9}},
+        "test_support": {f"CAT {XSS}": 3},
+        "confusions": [{"true": f"CAT {XSS}", "predicted": "OK", "count": 2}],
+    }
+
+
+def test_a_title_a_category_and_a_reviewer_on_the_model_card_stay_text(settings, monkeypatch, airflow_tokens):
+    import pipelines.card as card
+
+    md = card.markdown(_card_ctx())
+    page = card.render_html(md, "meli-title-classifier v7")
+    _no_markup(page)
+    assert page.count("&lt;img") >= 5 and "javascript:" not in page.replace("javascript:alert(1))", "")
+    assert "<a href" not in page
+    # the card route renders the card of a version from its records, writing nothing
+    monkeypatch.setattr(card, "gather", lambda settings, version: _card_ctx())
+    client = _client()
+    client.headers.update(airflow_tokens["viewer"])
+    r = client.get("/meli/cards/7")
+    assert r.status_code == 200 and "&lt;img" in r.text
+    _no_markup(r.text)
+    assert not card.card_paths(settings, "7")["html"].parent.exists()
+
+
+def test_a_category_and_a_reason_in_the_drift_report_stay_text(settings, airflow_tokens):
+    import pipelines.airflow_ui as ui
+    from pipelines.monitor_report import render_html
+
+    report = {
+        "model_name": "m",
+        "version": "1",
+        "run_date": "2026-11-21",
+        "scored": f"/x/{XSS}",
+        "status": "drift",
+        "reason": XSS,
+        "checks": [{"check": XSS, "value": 0.5, "threshold": 0.1, "breached": True, "message": XSS}],
+        "category": {"top_shifts": [{"category": XSS, "reference_share": 0.1, "batch_share": 0.3}]},
+        "languages": {XSS: 1.0},
+    }
+    history = [{"kind": "monitor", "report_json": "r", "run_date": XSS, "version": "1", "estimate": 0.8}]
+    page = render_html(report, history)
+    _no_markup(page)
+    assert page.count("&lt;img") >= 6 and page.count("<svg") == 3
+    path = settings.monitor_dir / "r.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    ui.link_monitor_run(settings, RUN, {**report, "report_html": str(path)}, dag_id="meli_score")
+    r = _client().get(f"/meli/runs/meli_score/{Q}/monitor", headers=airflow_tokens["viewer"])
+    assert r.status_code == 200 and "default-src 'none'" in r.headers["content-security-policy"]
+    _no_markup(r.text)
+    note = json.loads(ui._monitor_link_path(settings, RUN).read_text())["note"]
+    _no_markup_md(note)
+
+
+def _no_markup_md(md: str) -> None:
+    """Markdown that even a renderer letting raw HTML through shows as text."""
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark", {"html": True}).enable("table").render(md)
+    _no_markup(html)
+    assert 'href="javascript' not in html.lower()
+
+
+def test_the_approval_body_quotes_data_as_text(settings, monkeypatch):
+    import pipelines.card as card
+    from pipelines.approval import approval_body
+
+    ctx = _card_ctx()
+    ctx["tags"]["meli.model_type"] = XSS
+    ctx["per_class"]["champion"] = {f"CAT {XSS}": 0.9, "OK": 0.1}
+    ctx["dataset"] = {"lineage": [{"ingest_date": XSS}], "counts": {}, "data_version": XSS}
+    monkeypatch.setattr(card, "gather", lambda settings, version: ctx)
+    d = _decision(RUN, reason=f"better [click](javascript:alert(1)) {XSS}")
+    links = {"Model card": "http://127.0.0.1:8080/meli/cards/2", XSS: "http://x/a>b)<img src=x>"}
+    body = approval_body(settings, d, links)
+    _no_markup_md(body)
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark", {"html": True}).render(body)
+    assert html.count("&lt;img") >= 5 and '<a href="http://127.0.0.1:8080/meli/cards/2">Model card</a>' in html
