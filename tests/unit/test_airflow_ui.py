@@ -9,7 +9,6 @@ import logging
 import threading
 import urllib.parse
 
-import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -18,39 +17,6 @@ from tests.unit.test_validate import METRICS, RUN_DATE, _table
 
 XSS = "<img src=x onerror=alert(1)>"
 ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"
-
-
-@pytest.fixture(scope="module")
-def airflow_tokens(tmp_path_factory):
-    """Airflow's auth manager as the api-server sets it up, and a token per role."""
-    home = tmp_path_factory.mktemp("airflow")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIRFLOW_HOME", str(home))  # read when airflow is first imported: nothing under ~
-        mp.setenv(
-            "AIRFLOW__CORE__AUTH_MANAGER",
-            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        )
-        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer")
-        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
-        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(home / "passwords.json"))
-        mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "unit-test-" + "s" * 64)
-        mp.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
-        from airflow import settings as airflow_settings
-        from airflow.api_fastapi import app as airflow_app
-        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-        from airflow.models import import_all_models
-        from airflow.models.base import Base
-
-        # the tables the checks read (revoked tokens, a DAG's team), empty: no `airflow db migrate` needed
-        import_all_models()
-        Base.metadata.create_all(airflow_settings.engine)
-        airflow_app.purge_cached_app()
-        manager = airflow_app.init_auth_manager()
-        yield {
-            role: {"Authorization": f"Bearer {manager.generate_jwt(SimpleAuthManagerUser(username=role, role=role))}"}
-            for role in ("admin", "viewer")
-        }
-        airflow_app.purge_cached_app()
 
 
 def _client() -> TestClient:

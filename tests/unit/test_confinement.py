@@ -188,7 +188,7 @@ def _client():
     return TestClient(root)
 
 
-def test_link_files_naming_etc_hostname_are_not_followed(settings, monkeypatch):
+def test_link_files_naming_etc_hostname_are_not_followed(settings, monkeypatch, airflow_tokens):
     from pipelines.decisions import _run_link_path, decision_for_run
     from pipelines.validate import _run_key, run_link
 
@@ -204,7 +204,7 @@ def test_link_files_naming_etc_hostname_are_not_followed(settings, monkeypatch):
     ui._monitor_link_path(settings, run_id).write_text(json.dumps(link))
     assert ui.monitor_link(settings, run_id) is None
     q = urllib.parse.quote(run_id, safe="")
-    r = _client().get(f"/meli/runs/meli_score/{q}/monitor")
+    r = _client().get(f"/meli/runs/meli_score/{q}/monitor", headers=airflow_tokens["viewer"])
     assert r.status_code == 404 and secret.read_text()[:20] not in r.text
     # the Data Docs tab: a validation link naming a page outside the GX folder
     vpath = settings.home / "validation" / "by_run" / f"{_run_key('meli_retrain', run_id)}.json"
@@ -218,14 +218,14 @@ def test_link_files_naming_etc_hostname_are_not_followed(settings, monkeypatch):
     dpath.parent.mkdir(parents=True)
     dpath.write_text(json.dumps({"decision_json": str(outside), "decision_md": str(secret)}))
     assert decision_for_run(settings, run_id) is None
-    assert _client().get(f"/meli/runs/meli_retrain/{q}/decision").status_code == 404
+    assert _client().get(f"/meli/runs/meli_retrain/{q}/decision", headers=airflow_tokens["viewer"]).status_code == 404
     # a link inside its folder is still honoured
     page = settings.monitor_dir / "v1" / "r.html"
     page.parent.mkdir(parents=True)
     page.write_text("<h1>drift report</h1>")
     report = {"status": "ok", "version": "1", "run_date": "2026-11-21", "scored_rows": 900, "reason": ""}
     ui.link_monitor_run(settings, run_id, report | {"estimate": {"macro_recall": 0.8}, "report_html": str(page)})
-    r = _client().get(f"/meli/runs/meli_score/{q}/monitor")
+    r = _client().get(f"/meli/runs/meli_score/{q}/monitor", headers=airflow_tokens["viewer"])
     assert r.status_code == 200 and "drift report" in r.text
 
 
