@@ -30,55 +30,60 @@ class _Cut(Exception):
     """The record being read is cut: it met a line longer than the cap, or ran past the record cap."""
 
 
-def _text_lines(src: _Bytes, lf_lines: bool, cap: int) -> Iterator:
-    """The physical lines of ``src`` as text (as a text stream with newline="" gives them: the line
-    ends kept), and a ``LongLine`` in the place of each line longer than ``cap`` bytes. Undecodable
-    bytes become lone surrogates (surrogateescape); the BOM is dropped. After a truncated or corrupt
-    gzip the bytes after the last line end are held back (``src.tail``): no partial record is parsed."""
-    regions = _line_regions(src, cap, cr=not lf_lines, final_newline=False)
-    try:
-        for item in regions:
-            if isinstance(item, LongLine):
-                yield item
-                continue
-            data, a, b = item
-            yield from io.StringIO(str(memoryview(data)[a:b], "utf-8", "surrogateescape"), newline="")
-    finally:
-        regions.close()
-
-
 class _Record:
-    """The lines the csv module reads for one record, each also kept raw (``lines``); raises _Cut
-    at a line longer than the line cap (``long``) or when the record runs past ``max_lines`` lines
-    or ``max_chars`` characters (an open quote swallowing the rows after it)."""
+    """The physical lines the csv module reads, one record at a time (``lines``: the record's lines,
+    raw), from the line regions of a source (see ``_line_regions``).
 
-    def __init__(self, lines: Iterator, max_lines: int, max_chars: int):
-        self._it = lines
+    A line is what a text stream with newline="" gives (its line end kept); undecodable bytes become
+    lone surrogates (surrogateescape). In a file of \\n lines (``lf``) the pieces of a line cut by a
+    bare \\r are joined, the \\r read as a space. Raises _Cut at a line longer than the line cap
+    (``long``), and when a record runs past ``max_lines`` lines or ``max_chars`` characters (an open
+    quote swallowing the rows after it); the next call starts a fresh record at the next line."""
+
+    def __init__(self, regions: Iterator, lf: bool, max_lines: int, max_chars: int):
+        self._regions = regions
+        self._text: Iterator[str] = iter(())
+        self._lf = lf
         self.max_lines = max_lines
         self.max_chars = max_chars
         self.lines: list[str] = []
-        self.chars = 0
         self.long: LongLine | None = None
-
-    def start(self) -> None:
-        self.lines.clear()
-        self.chars = 0
-        self.long = None
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        item = next(self._it)
-        if isinstance(item, LongLine):
-            self.long = item
-            raise _Cut
-        raw, line = item
-        self.lines.append(raw)
-        self.chars += len(raw)
-        if len(self.lines) > self.max_lines or self.chars > self.max_chars:
+        line = next(self._text, None)
+        if line is None:
+            line = self._next_region()
+        raw = line
+        if self._lf and line[-1] == "\r":
+            raw, line = self._joined(line)
+        lines = self.lines
+        lines.append(raw)
+        if len(lines) > 1 and (len(lines) > self.max_lines or sum(map(len, lines)) > self.max_chars):
             raise _Cut
         return line
+
+    def _next_region(self) -> str:
+        while True:
+            item = next(self._regions)  # StopIteration: the end of the input
+            if item.__class__ is LongLine:
+                self.long = item
+                raise _Cut
+            data, a, b = item
+            self._text = iter(io.StringIO(str(memoryview(data)[a:b], "utf-8", "surrogateescape"), newline=""))
+            line = next(self._text, None)
+            if line is not None:
+                return line
+
+    def _joined(self, piece: str) -> tuple[str, str]:
+        """(raw, parsed) of a line whose pieces end in bare \\r (a region ends in \\n: they are all in it)."""
+        while (line := next(self._text, None)) is not None:
+            if line[-1] != "\r":
+                return piece + line, piece.replace("\r", " ") + line
+            piece += line
+        return piece, piece.replace("\r", " ")  # the file ends in a bare \r
 
 
 def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS, limits: Limits | None = None) -> Iterator[Chunk]:
@@ -100,9 +105,12 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS, limits: Lim
     lf = head.count(b"\n")
     lf_lines = lf > 0 and lf >= head.count(b"\r") - head.count(b"\r\n")
 
-    text = _text_lines(src, lf_lines, limits.max_line_bytes)
-    record = _Record(_physical_lines(text, lf_lines), limits.max_record_lines, limits.max_line_bytes)
+    # after a truncated or corrupt gzip the bytes after the last line end are held back (src.tail):
+    # no partial record is parsed
+    regions = _line_regions(src, limits.max_line_bytes, cr=not lf_lines, final_newline=False)
+    record = _Record(regions, lf_lines, limits.max_record_lines, limits.max_line_bytes)
     reader = csv.reader(record)
+    lines = record.lines
     names: list[str]
     try:
         if header:
@@ -122,10 +130,9 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS, limits: Lim
         chunk = Chunk(_empty_columns(), [], [])
         n = 0
         while True:
-            record.start()
+            lines.clear()
             try:
                 row = next(reader)
-                lines = record.lines
                 error = f"one CSV record spans {len(lines)} lines (an unbalanced quote?)" if len(lines) > 1 else ""
             except StopIteration:
                 break
@@ -135,7 +142,7 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS, limits: Lim
                 n = _cut_record(chunk, n, record, limits)
                 error = None
             if error:  # titles are one line: quarantine each line as it is, never a merged or split row
-                for line in record.lines or [""]:
+                for line in lines or [""]:
                     n += 1
                     chunk.rejected.append((n, "bad_csv_row", error, line.rstrip("\r\n")))
             elif error == "":
@@ -151,7 +158,7 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS, limits: Lim
         if chunk.rows or chunk.rejected:
             yield chunk
     finally:
-        text.close()
+        regions.close()
 
 
 def _cut_record(chunk: Chunk, n: int, record: _Record, limits: Limits) -> int:
@@ -174,26 +181,8 @@ def _cut_record(chunk: Chunk, n: int, record: _Record, limits: Limits) -> int:
     if record.long is not None:
         n += 1
         chunk.rejected.append((n, "line_too_long", record.long.detail(cap), record.long.text(), record.long.nbytes))
+        record.long = None
     return n
-
-
-def _physical_lines(text: Iterator, lf_lines: bool) -> Iterator:
-    """(raw line, the line the CSV parser reads) for each physical line; a LongLine passes through."""
-    cut = ""  # the pieces of a record cut by bare \r (each piece's only \r is its last char)
-    for line in text:
-        if isinstance(line, LongLine):
-            if cut:
-                yield cut, cut.replace("\r", " ")
-                cut = ""
-            yield line
-            continue
-        if lf_lines and line.endswith("\r"):
-            cut += line
-            continue
-        yield cut + line, cut.replace("\r", " ") + line
-        cut = ""
-    if cut:  # the file ends in a bare \r
-        yield cut, cut.replace("\r", " ")
 
 
 def _add_record(chunk: Chunk, n: int, row: list[str], header: bool, names: list[str], idx: dict, id_col) -> None:

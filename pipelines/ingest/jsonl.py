@@ -213,7 +213,7 @@ def _json_chunk(data: bytes, a: int, b: int, n: int, first: int, ascii_data: boo
         return Chunk(columns, list(range(first, first + n)), _LineRaw(lines, np.arange(n)))  # type: ignore[arg-type]
     cols: dict[str, list] = {f: [] for f in FIELDS}
     row_line: list[np.ndarray] = []
-    rejected: list[tuple[int, str, str, str]] = []
+    rejected: list[tuple] = []
     for i, j, arrays, slow in pieces:
         if arrays is not None:
             for f, arr in zip(FIELDS, arrays, strict=True):

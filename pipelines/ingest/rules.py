@@ -103,7 +103,7 @@ def _to_arrow(values) -> pa.Array:
 @dataclass
 class _Checked:
     good: pa.Table
-    bad: list[tuple[int, str, str, str]]
+    bad: list[tuple]  # row, reason, detail, raw[, raw_bytes]
 
 
 def check_chunk(chunk: Chunk, *, require_label: bool, dedup: _Dedup | None, source: str, run_date: str) -> _Checked:
