@@ -43,6 +43,9 @@ QUARANTINE_SCHEMA = pa.schema(
         ("detail", pa.string()),
         ("raw", pa.string()),
         ("ingest_date", pa.string()),
+        # the raw text's length in bytes: raw keeps at most the first 8 KiB (RAW_BYTES in
+        # pipelines/ingest/sources.py); null in a quarantine written before this column existed
+        ("raw_bytes", pa.int64()),
     ]
 )
 
@@ -425,7 +428,10 @@ def read_quarantine(partition: Path, version: int | None = None) -> pa.Table:
     files = sorted((data_dir(partition, version) / "quarantine").glob("part-*.parquet"))
     if not files:
         return QUARANTINE_SCHEMA.empty_table()
-    return pa.concat_tables(pq.read_table(f) for f in files)
+    table = pa.concat_tables(pq.read_table(f) for f in files)
+    if "raw_bytes" not in table.column_names:  # written before raw was capped
+        table = table.append_column("raw_bytes", pa.nulls(table.num_rows, pa.int64()))
+    return table
 
 
 def load_listings(

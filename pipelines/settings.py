@@ -188,6 +188,15 @@ class Settings:
     # workers do not share $MELI_HOME)
     airflow_api_url: str = field(default_factory=lambda: _env("MELI_AIRFLOW_API_URL", ""))
     note_secret: str = field(default_factory=lambda: _env("MELI_NOTE_SECRET", ""), repr=False)
+    # -- bounded reads (issue 35 item 6, issue 31 item 6; pipelines/ingest/sources.py Limits) --
+    # a longer input line is quarantined as line_too_long, skipped without being held in memory
+    max_line_bytes: int = field(default_factory=lambda: _int("MELI_MAX_LINE_BYTES", 1 << 20))
+    # a CSV record whose quoted field stays open past this many lines is cut (record_too_long)
+    max_record_lines: int = field(default_factory=lambda: _int("MELI_MAX_RECORD_LINES", 100))
+    # a gzip input inflating past this many bytes fails its file (a decompression bomb)
+    max_inflated_bytes: int = field(default_factory=lambda: _int("MELI_MAX_INFLATED_BYTES", 20 << 30))
+    # ... or inflating more than this many times its compressed size, judged after 64 MiB; 0 = off
+    max_inflate_ratio: float = field(default_factory=lambda: _float("MELI_MAX_INFLATE_RATIO", 100.0))
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.
@@ -205,6 +214,12 @@ class Settings:
             raise ValueError("MELI_LAKE_KEEP_VERSIONS must be >= 1")
         if self.approval_timeout_h <= 0:
             raise ValueError("MELI_APPROVAL_TIMEOUT_H must be > 0 (hours)")
+        if self.max_line_bytes < 1024 or self.max_record_lines < 1 or self.max_inflated_bytes < 1:
+            raise ValueError(
+                "MELI_MAX_LINE_BYTES must be >= 1024, MELI_MAX_RECORD_LINES and MELI_MAX_INFLATED_BYTES >= 1"
+            )
+        if self.max_inflate_ratio < 0:
+            raise ValueError("MELI_MAX_INFLATE_RATIO must be >= 0 (0: no ratio guard)")
 
     def train_threads(self, side_by_side: int) -> int:
         """Torch CPU threads for one of ``side_by_side`` training processes."""

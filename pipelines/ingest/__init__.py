@@ -2,7 +2,8 @@
 
 Every row read ends either in ``lake/listings/ingest_date=D/`` or in ``lake/quarantine/ingest_date=D/``
 with a reason code; the manifest records the counts and the conservation check
-(rows read = rows written + rows quarantined). Files are streamed in chunks, so memory is bounded.
+(rows read = rows written + rows quarantined). Files are streamed in chunks, so memory is bounded,
+also against hostile input: lines, CSV records and gzip inflation are capped (``Limits``).
 
 Speed: files are read in multi-MiB blocks (gzip inflated on a helper thread), JSON chunks are parsed
 by pyarrow in C++ (falling back to per-line parsing only for the part of a chunk holding a bad
@@ -30,6 +31,7 @@ from pipelines.ingest.sources import (
     ID_FIELDS,
     Chunk,
     IngestError,
+    Limits,
     _sha256,
     check_input_file,
     detect_format,
@@ -49,6 +51,7 @@ __all__ = [
     "Chunk",
     "IngestError",
     "IngestResult",
+    "Limits",
     "_Dedup",
     "_sha256",
     "assign_split",

@@ -1,5 +1,6 @@
 """CSV: the challenge CSV (a header naming ``title``) or headerless ``title,category`` rows; a
-record that spans lines or breaks the CSV grammar is quarantined line by line, never merged."""
+record that spans lines or breaks the CSV grammar is quarantined line by line, never merged; lines
+and records are capped (``Limits``)."""
 
 from __future__ import annotations
 
@@ -15,70 +16,87 @@ from pipelines.ingest.sources import (
     ID_FIELDS,
     Chunk,
     IngestError,
+    Limits,
+    LongLine,
     _Bytes,
     _empty_columns,
     _head,
-    _Prefetch,
+    _line_regions,
     _utf8_ok,
 )
 
 
-class _TextStream(io.RawIOBase):
-    """The bytes of a (maybe gzipped) file as a readable stream. After a truncated or corrupt gzip,
-    the bytes after the last newline are held back (``src.tail``): no partial record is parsed."""
-
-    def __init__(self, path: Path):
-        self.src = _Bytes(path)
-        self._blocks = iter(_Prefetch(self.src))
-        self._hold = b""  # bytes after the last newline seen so far
-        self._buf = memoryview(b"")
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def _fill(self) -> None:
-        while not self._buf and not self._done:
-            block = next(self._blocks, None)
-            if block is None:
-                self._done = True
-                if self.src.error is None:
-                    self._buf, self._hold = memoryview(self._hold), b""
-                else:
-                    self.src.tail, self._hold = self._hold, b""
-                return
-            data = self._hold + block if self._hold else block
-            cut = data.rfind(b"\n") + 1
-            self._buf, self._hold = memoryview(data)[:cut], data[cut:]
-
-    def readinto(self, b) -> int:
-        self._fill()
-        k = min(len(b), len(self._buf))
-        b[:k] = self._buf[:k]
-        self._buf = self._buf[k:]
-        return k
-
-    @property
-    def error(self) -> str | None:
-        return self.src.error
-
-    def close(self) -> None:
-        if not self._done:
-            self._done = True
-            close = getattr(self._blocks, "close", None)
-            if close:
-                close()
-        super().close()
+class _Cut(Exception):
+    """The record being read is cut: it met a line longer than the cap, or ran past the record cap."""
 
 
-def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
-    """Challenge CSV (header with at least ``title``) or headerless ``title,category``/``title``."""
-    csv.field_size_limit(sys.maxsize)
-    raw_stream = _TextStream(path)
-    text = io.TextIOWrapper(
-        io.BufferedReader(raw_stream, 1 << 20), encoding="utf-8-sig", errors="surrogateescape", newline=""
-    )
-    lines: list[str] = []  # the physical lines of the record being parsed
+class _Record:
+    """The physical lines the csv module reads, one record at a time (``lines``: the record's lines,
+    raw), from the line regions of a source (see ``_line_regions``).
+
+    A line is what a text stream with newline="" gives (its line end kept); undecodable bytes become
+    lone surrogates (surrogateescape). In a file of \\n lines (``lf``) the pieces of a line cut by a
+    bare \\r are joined, the \\r read as a space. Raises _Cut at a line longer than the line cap
+    (``long``), and when a record runs past ``max_lines`` lines or ``max_chars`` characters (an open
+    quote swallowing the rows after it); the next call starts a fresh record at the next line."""
+
+    def __init__(self, regions: Iterator, lf: bool, max_lines: int, max_chars: int):
+        self._regions = regions
+        self._text: Iterator[str] = iter(())
+        self._lf = lf
+        self.max_lines = max_lines
+        self.max_chars = max_chars
+        self.lines: list[str] = []
+        self.long: LongLine | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._text, None)
+        if line is None:
+            line = self._next_region()
+        raw = line
+        if self._lf and line[-1] == "\r":
+            raw, line = self._joined(line)
+        lines = self.lines
+        lines.append(raw)
+        if len(lines) > 1 and (len(lines) > self.max_lines or sum(map(len, lines)) > self.max_chars):
+            raise _Cut
+        return line
+
+    def _next_region(self) -> str:
+        while True:
+            item = next(self._regions)  # StopIteration: the end of the input
+            if item.__class__ is LongLine:
+                self.long = item
+                raise _Cut
+            data, a, b = item
+            self._text = iter(io.StringIO(str(memoryview(data)[a:b], "utf-8", "surrogateescape"), newline=""))
+            line = next(self._text, None)
+            if line is not None:
+                return line
+
+    def _joined(self, piece: str) -> tuple[str, str]:
+        """(raw, parsed) of a line whose pieces end in bare \\r (a region ends in \\n: they are all in it)."""
+        while (line := next(self._text, None)) is not None:
+            if line[-1] != "\r":
+                return piece + line, piece.replace("\r", " ") + line
+            piece += line
+        return piece, piece.replace("\r", " ")  # the file ends in a bare \r
+
+
+def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS, limits: Limits | None = None) -> Iterator[Chunk]:
+    """Challenge CSV (header with at least ``title``) or headerless ``title,category``/``title``.
+
+    Bounded: a line longer than MELI_MAX_LINE_BYTES is quarantined as ``line_too_long`` without being
+    held; a record whose quoted field is left open (a stray quote) is read for at most
+    MELI_MAX_RECORD_LINES lines and MELI_MAX_LINE_BYTES characters: past that its lines so far are
+    quarantined as ``record_too_long`` and reading starts afresh at the next line, so the rows after
+    it are kept (shorter spans are quarantined line by line as ``bad_csv_row``, as always)."""
+    limits = limits or Limits()
+    csv.field_size_limit(sys.maxsize)  # the record cap bounds fields
+    src = _Bytes(path, limits=limits)
     # newline="" ends a line at \n, \r\n or a bare \r. In a file whose lines end in \n, a bare \r
     # is part of a record (a title pasted with one): read it as a space, so the record is neither
     # split into two rows (a cut title, then a title-only row) nor quarantined as two lines.
@@ -87,11 +105,22 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
     lf = head.count(b"\n")
     lf_lines = lf > 0 and lf >= head.count(b"\r") - head.count(b"\r\n")
 
-    reader = csv.reader(_physical_lines(text, lf_lines, lines))
+    # after a truncated or corrupt gzip the bytes after the last line end are held back (src.tail):
+    # no partial record is parsed
+    regions = _line_regions(src, limits.max_line_bytes, cr=not lf_lines, final_newline=False)
+    record = _Record(regions, lf_lines, limits.max_record_lines, limits.max_line_bytes)
+    reader = csv.reader(record)
+    lines = record.lines
     names: list[str]
     try:
         if header:
-            names = [c.strip().lower().lstrip("\ufeff") for c in next(reader, [])]
+            try:
+                names = [c.strip().lower().lstrip("\ufeff") for c in next(reader, [])]
+            except _Cut:
+                raise IngestError(
+                    f"{path}: the CSV header runs past MELI_MAX_LINE_BYTES ({limits.max_line_bytes}) bytes "
+                    f"or MELI_MAX_RECORD_LINES ({limits.max_record_lines}) lines"
+                ) from None
             if "title" not in names:
                 raise IngestError(f"{path}: CSV header {names} has no 'title' column")
         else:
@@ -109,40 +138,51 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS) -> Iterator
                 break
             except csv.Error as exc:
                 error = str(exc)
+            except _Cut:
+                n = _cut_record(chunk, n, record, limits)
+                error = None
             if error:  # titles are one line: quarantine each line as it is, never a merged or split row
                 for line in lines or [""]:
                     n += 1
                     chunk.rejected.append((n, "bad_csv_row", error, line.rstrip("\r\n")))
-                continue
-            n += 1
-            _add_record(chunk, n, row, header, names, idx, id_col)
+            elif error == "":
+                n += 1
+                _add_record(chunk, n, row, header, names, idx, id_col)
             if len(chunk.rows) + len(chunk.rejected) >= chunk_rows:
                 yield chunk
                 chunk = Chunk(_empty_columns(), [], [])
-        if raw_stream.error:
-            tail = raw_stream.src.tail.decode("utf-8", "backslashreplace")
-            chunk.rejected.append(
-                (n + 1, "truncated_input", f"input ends early or is corrupt after record {n}: {raw_stream.error}", tail)
-            )
+        if src.error:
+            tail = src.tail.decode("utf-8", "backslashreplace")
+            detail = f"input ends early or is corrupt after record {n}: {src.error}"
+            chunk.rejected.append((n + 1, "truncated_input", detail, tail, src.tail_bytes))
         if chunk.rows or chunk.rejected:
             yield chunk
     finally:
-        text.close()
+        regions.close()
 
 
-def _physical_lines(text, lf_lines: bool, lines: list[str]) -> Iterator[str]:
-    """The lines the CSV parser reads, each also appended to ``lines`` (the record's raw lines)."""
-    cut = ""  # the pieces of a record cut by bare \r (each piece's only \r is its last char)
-    for line in text:
-        if lf_lines and line.endswith("\r"):
-            cut += line
-            continue
-        lines.append(cut + line)
-        yield cut.replace("\r", " ") + line
-        cut = ""
-    if cut:  # the file ends in a bare \r
-        lines.append(cut)
-        yield cut.replace("\r", " ")
+def _cut_record(chunk: Chunk, n: int, record: _Record, limits: Limits) -> int:
+    """Quarantine a cut record line by line; return the last row number used. Reading goes on at
+    the line after the cut: the csv module starts a fresh record at its next call."""
+    cap = limits.max_line_bytes
+    if record.long is not None:
+        detail = f"a quoted field left open runs into a line longer than MELI_MAX_LINE_BYTES ({cap})"
+        reason = "bad_csv_row"
+    else:
+        detail = (
+            f"one CSV record runs past MELI_MAX_RECORD_LINES ({limits.max_record_lines}) lines or "
+            f"MELI_MAX_LINE_BYTES ({cap}) characters (an unbalanced quote?): its lines so far are quarantined "
+            "and reading starts afresh at the next line"
+        )
+        reason = "record_too_long"
+    for line in record.lines:
+        n += 1
+        chunk.rejected.append((n, reason, detail, line.rstrip("\r\n")))
+    if record.long is not None:
+        n += 1
+        chunk.rejected.append((n, "line_too_long", record.long.detail(cap), record.long.text(), record.long.nbytes))
+        record.long = None
+    return n
 
 
 def _add_record(chunk: Chunk, n: int, row: list[str], header: bool, names: list[str], idx: dict, id_col) -> None:

@@ -16,12 +16,15 @@ from pipelines.ingest.sources import (
     CHUNK_ROWS,
     FIELDS,
     ID_FIELDS,
+    MAX_LINE_BYTES,
     Chunk,
+    Limits,
+    LongLine,
     _as_lists,
     _as_str,
     _Bytes,
     _empty_columns,
-    _Prefetch,
+    _line_regions,
     _utf8_ok,
 )
 
@@ -30,7 +33,6 @@ _JSON_SCHEMA = pa.schema([(f, pa.string()) for f in ("title", "language", "label
 _JSON_PARSE = pajson.ParseOptions(explicit_schema=_JSON_SCHEMA, unexpected_field_behavior="ignore")
 _JSON_BLOCK = 1 << 20  # pyarrow parses a chunk in blocks of this size, in parallel
 _FAST_MIN_LINES = 256  # a failing fast-path range is bisected down to this many lines, then parsed per line
-_BOM = b"\xef\xbb\xbf"
 
 
 def _parse_json_line(n: int, line: bytes, chunk: Chunk) -> None:
@@ -68,43 +70,26 @@ def _parse_json_line(n: int, line: bytes, chunk: Chunk) -> None:
     chunk.raw.append(text)
 
 
-def _line_blobs(src: _Bytes, chunk_rows: int) -> Iterator[tuple[bytes, int, int, int]]:
-    """(data, a, b, n): data[a:b] holds n complete lines, each ending in b"\\n", n <= chunk_rows.
+def _line_blobs(src: _Bytes, chunk_rows: int, cap: int = MAX_LINE_BYTES) -> Iterator:
+    """(data, a, b, n): data[a:b] holds n complete lines, each ending in b"\n", n <= chunk_rows; and a
+    ``LongLine`` in the place of each line longer than ``cap`` (see ``_line_regions``).
 
     Regions never span two blocks (no copying of whole chunks); a line that does is carried into
     the next block. A leading BOM is dropped. The partial last line of a truncated input is not
     yielded; it is left in ``src.tail``."""
-    carry = b""
-    bom = True
-    blocks = iter(_Prefetch(src))
-    block = next(blocks, None)
-    while block is not None:
-        following = next(blocks, None)  # look ahead: the last block takes the last line along
-        end = following is None
-        data = carry + block if carry else block
-        block = following
-        if bom:
-            if len(data) < len(_BOM) and not end:
-                carry = data
-                continue
-            if data.startswith(_BOM):
-                data = data[len(_BOM) :]
-            bom = False
-        if end and data and src.error is None and not data.endswith(b"\n"):
-            data += b"\n"  # the last line needs no newline
-        cut = data.rfind(b"\n") + 1
-        carry = data[cut:]
-        if cut == 0:
+    for item in _line_regions(src, cap):
+        if isinstance(item, LongLine):
+            yield item
             continue
-        n = data.count(b"\n", 0, cut)
+        data, a, b = item
+        n = data.count(b"\n", a, b)
         if n <= chunk_rows:
-            yield data, 0, cut, n
+            yield data, a, b, n
             continue
-        nl = _newlines(np.frombuffer(data, np.uint8, count=cut))
+        nl = _newlines(np.frombuffer(data, np.uint8, count=b - a, offset=a)) + a
         for i in range(0, n, chunk_rows):
             j = min(i + chunk_rows, n)
-            yield data, (int(nl[i - 1]) + 1 if i else 0), int(nl[j - 1]) + 1, j - i
-    src.tail = carry
+            yield data, (int(nl[i - 1]) + 1 if i else a), int(nl[j - 1]) + 1, j - i
 
 
 def _newlines(view: np.ndarray, step: int = 1 << 20) -> np.ndarray:
@@ -228,7 +213,7 @@ def _json_chunk(data: bytes, a: int, b: int, n: int, first: int, ascii_data: boo
         return Chunk(columns, list(range(first, first + n)), _LineRaw(lines, np.arange(n)))  # type: ignore[arg-type]
     cols: dict[str, list] = {f: [] for f in FIELDS}
     row_line: list[np.ndarray] = []
-    rejected: list[tuple[int, str, str, str]] = []
+    rejected: list[tuple] = []
     for i, j, arrays, slow in pieces:
         if arrays is not None:
             for f, arr in zip(FIELDS, arrays, strict=True):
@@ -245,24 +230,41 @@ def _json_chunk(data: bytes, a: int, b: int, n: int, first: int, ascii_data: boo
     return Chunk(columns, rows, _LineRaw(lines, lines_of_rows), rejected)  # type: ignore[arg-type]
 
 
-def _truncated(n: int, error: str, tail: bytes) -> Chunk:
-    detail = f"input ends early or is corrupt after record {n - 1}: {error}"
-    return Chunk(_empty_columns(), [], [], [(n, "truncated_input", detail, tail.decode("utf-8", "backslashreplace"))])
+def _truncated(n: int, src: _Bytes) -> Chunk:
+    detail = f"input ends early or is corrupt after record {n - 1}: {src.error}"
+    raw = src.tail.decode("utf-8", "backslashreplace")
+    return Chunk(_empty_columns(), [], [], [(n, "truncated_input", detail, raw, src.tail_bytes)])
 
 
-def _read_jsonl(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
-    src = _Bytes(path)
+def _read_jsonl(path: Path, chunk_rows: int = CHUNK_ROWS, limits: Limits | None = None) -> Iterator[Chunk]:
+    limits = limits or Limits()
+    src = _Bytes(path, limits=limits)
     first = 1
     seen, ascii_data = None, False
-    for data, a, b, n in _line_blobs(src, chunk_rows):
+    long: list = []  # line_too_long rows, handed over with the next chunk
+    for item in _line_blobs(src, chunk_rows, limits.max_line_bytes):
+        if isinstance(item, LongLine):
+            long.append((first, "line_too_long", item.detail(limits.max_line_bytes), item.text(), item.nbytes))
+            first += 1
+            if len(long) >= chunk_rows:
+                yield Chunk(_empty_columns(), [], [], long)
+                long = []
+            continue
+        data, a, b, n = item
         if data is not seen:  # one check per block
             seen, ascii_data = data, data.isascii()
-        yield _json_chunk(data, a, b, n, first, ascii_data)
+        chunk = _json_chunk(data, a, b, n, first, ascii_data)
+        if long:
+            chunk.rejected += long
+            long = []
+        yield chunk
         first += n
+    if long:
+        yield Chunk(_empty_columns(), [], [], long)
     if src.error is not None:
-        yield _truncated(first, src.error, src.tail)
+        yield _truncated(first, src)
 
 
-def read_jsonl(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
-    for chunk in _read_jsonl(path, chunk_rows):
+def read_jsonl(path: Path, chunk_rows: int = CHUNK_ROWS, limits: Limits | None = None) -> Iterator[Chunk]:
+    for chunk in _read_jsonl(path, chunk_rows, limits):
         yield _as_lists(chunk)

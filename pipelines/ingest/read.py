@@ -13,6 +13,7 @@ from pipelines.ingest.sources import (
     CHUNK_ROWS,
     Chunk,
     IngestError,
+    Limits,
     _as_lists,
     _Prefetch,
     check_input_file,
@@ -29,17 +30,21 @@ def _check_source(path: Path, fmt: str) -> str:
     return detect_format(path) if fmt == "auto" else fmt
 
 
-def _read(path: Path, fmt: str, chunk_rows: int) -> Iterator[Chunk]:
-    """Chunks with Arrow columns where the reader has them (ingest's path)."""
+def _read(path: Path, fmt: str, chunk_rows: int, limits: Limits | None = None) -> Iterator[Chunk]:
+    """Chunks with Arrow columns where the reader has them (ingest's path). ``limits``: the line,
+    record and inflation caps (default: the environment's settings)."""
     fmt = _check_source(path, fmt)
+    limits = limits or Limits.of()
     if fmt == "jsonl":
-        return iter(_Prefetch(_read_jsonl(path, chunk_rows), depth=1, name="ingest-parse"))
+        return iter(_Prefetch(_read_jsonl(path, chunk_rows, limits), depth=1, name="ingest-parse"))
     if fmt == "parquet":
         return _read_parquet(path, chunk_rows)
-    return read_csv(path, header=(fmt == "challenge_csv"), chunk_rows=chunk_rows)
+    return read_csv(path, header=(fmt == "challenge_csv"), chunk_rows=chunk_rows, limits=limits)
 
 
-def read_source(path: str | Path, fmt: str = "auto", chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+def read_source(
+    path: str | Path, fmt: str = "auto", chunk_rows: int = CHUNK_ROWS, limits: Limits | None = None
+) -> Iterator[Chunk]:
     """Chunks of a source with plain-list columns (errors about the source itself raise here)."""
-    chunks = _read(Path(path), fmt, chunk_rows)
+    chunks = _read(Path(path), fmt, chunk_rows, limits)
     return (_as_lists(c) for c in chunks)

@@ -17,7 +17,7 @@ from pipelines.ingest.ids import (
     _strip_or_none,
     listing_ids,
 )
-from pipelines.ingest.sources import FIELDS, Chunk
+from pipelines.ingest.sources import FIELDS, RAW_BYTES, Chunk
 from pipelines.lake import LISTING_SCHEMA, QUARANTINE_SCHEMA
 
 MAX_TITLE_CHARS = 1000  # hard ingest limit; GX applies the (softer) configured bounds
@@ -55,6 +55,15 @@ REASONS: dict[str, tuple[str, str]] = {
     "missing_category": ("row check", "labelled input without a category"),
     "duplicate": ("row check", "listing_id already ingested in this run"),
     "truncated_input": ("sources (any reader)", "the input ends early (a truncated gzip): its partial last record"),
+    "line_too_long": (
+        "jsonl, csv readers",
+        "a line longer than MELI_MAX_LINE_BYTES (1 MiB): skipped to its end unparsed; raw keeps its start",
+    ),
+    "record_too_long": (
+        "csv reader",
+        "a CSV record whose quoted field stays open past MELI_MAX_RECORD_LINES lines (100) or MELI_MAX_LINE_BYTES "
+        "characters (a stray quote): each of its lines so far; reading starts afresh at the next line",
+    ),
 }
 QUARANTINE_REASONS = tuple(REASONS)
 _CHECKS = (None, *((r, text) for r, (where, text) in REASONS.items() if where == "row check"))  # code -> reason
@@ -94,7 +103,7 @@ def _to_arrow(values) -> pa.Array:
 @dataclass
 class _Checked:
     good: pa.Table
-    bad: list[tuple[int, str, str, str]]
+    bad: list[tuple]  # row, reason, detail, raw[, raw_bytes]
 
 
 def check_chunk(chunk: Chunk, *, require_label: bool, dedup: _Dedup | None, source: str, run_date: str) -> _Checked:
@@ -169,15 +178,59 @@ def check_chunk(chunk: Chunk, *, require_label: bool, dedup: _Dedup | None, sour
     return _Checked(good, bad)
 
 
-def quarantine_table(bad: list[tuple[int, str, str, str]], source: str, run_date: str) -> pa.Table:
+def quarantine_table(bad: list[tuple], source: str, run_date: str) -> pa.Table:
+    """Quarantined rows ``(row, reason, detail, raw[, raw_bytes])`` as a QUARANTINE_SCHEMA table. ``raw``
+    is kept to its first RAW_BYTES bytes; ``raw_bytes`` is its whole length (given by a reader that
+    kept only a line's start, else measured)."""
+    raw, raw_bytes = _capped_raw([b[3] for b in bad])
+    for i, b in enumerate(bad):
+        if len(b) > 4 and b[4] is not None:
+            raw_bytes[i] = b[4]
     return pa.table(
         {
             "source_file": [source] * len(bad),
             "source_row": [b[0] for b in bad],
             "reason": [b[1] for b in bad],
             "detail": [b[2] for b in bad],
-            "raw": [b[3] for b in bad],
+            "raw": raw,
             "ingest_date": [run_date] * len(bad),
+            "raw_bytes": pa.array(raw_bytes, pa.int64()),
         },
         schema=QUARANTINE_SCHEMA,
     )
+
+
+def _capped_raw(texts: list[str]) -> tuple[pa.Array, list[int]]:
+    """The raw texts as Arrow strings cut to RAW_BYTES bytes (at a character boundary), and their lengths."""
+    try:
+        arr = pa.array(texts, pa.string())
+    except UnicodeEncodeError:  # lone surrogates (undecodable bytes of a CSV line): shown escaped
+        texts = [_printable(t) for t in texts]
+        arr = pa.array(texts, pa.string())
+    lengths = pc.binary_length(arr).to_numpy(zero_copy_only=False)
+    over = np.flatnonzero(lengths > RAW_BYTES)
+    if len(over):
+        texts = list(texts)
+        for i in over:
+            data = texts[i].encode("utf-8")
+            cut = RAW_BYTES
+            while cut and (data[cut] & 0xC0) == 0x80:  # not inside a character
+                cut -= 1
+            texts[i] = data[:cut].decode("utf-8")
+        arr = pa.array(texts, pa.string())
+    return arr, lengths.tolist()
+
+
+def _printable(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _escaped_bytes(text) else "backslashreplace").decode(
+            "utf-8", "backslashreplace"
+        )
+
+
+def _escaped_bytes(text: str) -> bool:
+    """Whether every lone surrogate in ``text`` is one surrogateescape made of an undecodable byte."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)

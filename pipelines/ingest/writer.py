@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pipelines.ingest.ids import _Dedup
 from pipelines.ingest.read import _read
 from pipelines.ingest.rules import check_chunk, quarantine_table
-from pipelines.ingest.sources import CHUNK_ROWS, IngestError, _sha256, check_input_file, detect_format
+from pipelines.ingest.sources import CHUNK_ROWS, IngestError, Limits, _sha256, check_input_file, detect_format
 from pipelines.lake import (
     LISTING_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -158,11 +158,12 @@ def _write_version(sources, run_date, settings, fmt, require_label, chunk_rows, 
     reasons_total: dict[str, int] = {}
     qdir = pending.dir / "quarantine"
     qdir.mkdir()
+    limits = Limits.of(settings)
     lw = _Writer(pending.dir / "part-00000.parquet", LISTING_SCHEMA)
     qw = _Writer(qdir / "part-00000.parquet", QUARANTINE_SCHEMA)
     try:
         for src in sources:
-            source = _write_source(src, fmt, chunk_rows, require_label, dedup, run_date, lw, qw)
+            source = _write_source(src, fmt, chunk_rows, require_label, dedup, run_date, lw, qw, limits)
             per_source.append(source)
             totals["rows_read"] += source["rows_read"]
             totals["rows_written"] += source["rows_written"]
@@ -195,11 +196,13 @@ def _write_version(sources, run_date, settings, fmt, require_label, chunk_rows, 
     return manifest
 
 
-def _write_source(src: Path, fmt, chunk_rows, require_label, dedup: _Dedup, run_date, lw: _Writer, qw: _Writer) -> dict:
+def _write_source(
+    src: Path, fmt, chunk_rows, require_label, dedup: _Dedup, run_date, lw: _Writer, qw: _Writer, limits: Limits
+) -> dict:
     """One source's chunks checked and handed to the listing and quarantine writers; its manifest entry."""
     source_fmt = detect_format(src) if fmt == "auto" else fmt
     stats = {"read": 0, "written": 0, "quarantined": 0, "reasons": {}}
-    with contextlib.closing(_read(src, source_fmt, chunk_rows)) as chunks:
+    with contextlib.closing(_read(src, source_fmt, chunk_rows, limits)) as chunks:
         for chunk in chunks:
             checked = check_chunk(chunk, require_label=require_label, dedup=dedup, source=str(src), run_date=run_date)
             if checked.good.num_rows:

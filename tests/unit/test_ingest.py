@@ -354,7 +354,8 @@ def test_deeply_nested_json_is_quarantined_not_fatal(settings, tmp_path):
     src = D.write_bytes(tmp_path / "deep.jsonl", b"\n".join(lines) + b"\n")
     r = run(settings, src)
     assert r.result.rows_written == 2 and r.reasons() == {"bad_json": 1}
-    assert r.bad[0]["raw"] == deep and r.bad[0]["source_row"] == 2  # kept whole, with its line
+    assert r.bad[0]["source_row"] == 2 and r.bad[0]["raw_bytes"] == len(deep)  # its line and length
+    assert r.bad[0]["raw"] == deep[:8192]  # the raw text kept: its first 8 KiB
     # scoring reads inputs with the same reader: the line is an unscorable row, the others score
     chunks = list(read_source(src))
     assert sum(len(c.rows) for c in chunks) == 2
@@ -522,12 +523,18 @@ def test_title_too_long_10mb(settings, tmp_path):
     ]
     src = D.write_jsonl(tmp_path / "long.jsonl.gz", lines)
     r = run(settings, src)
-    assert [(b["source_row"], b["reason"]) for b in r.bad] == [(4, "title_too_long"), (7, "title_too_long")]
-    assert len(r.bad[0]["raw"]) > 10_000_000 and huge.strip() in r.bad[0]["raw"]
+    # a 10 MB line is past MELI_MAX_LINE_BYTES (1 MiB): line_too_long, its raw text cut to 8 KiB
+    assert [(b["source_row"], b["reason"]) for b in r.bad] == [(4, "line_too_long"), (7, "title_too_long")]
+    assert r.bad[0]["raw_bytes"] > 10_000_000 and len(r.bad[0]["raw"]) == 8192
+    assert r.bad[0]["raw"].startswith('{"title": "Zapatilla Zapatilla')
     assert r.result.rows_written == 5  # 1000 characters (after trimming) is still fine
     csv_src = D.write_headerless_csv(tmp_path / "long.csv", [huge.encode() + b",SNEAKERS", b"Tenis,SNEAKERS"])
-    bad = only_bad(run(settings, csv_src, date="2024-03-02"), "title_too_long")
-    assert len(bad["raw"]) > 10_000_000
+    bad = only_bad(run(settings, csv_src, date="2024-03-02"), "line_too_long")
+    assert bad["raw_bytes"] > 10_000_000 and len(bad["raw"]) == 8192
+    # a title too long in a line under the cap is still title_too_long, its raw cut, its length kept
+    src = D.write_jsonl(tmp_path / "long2.jsonl", [{"title": "Mesa " * 100_000, "category": "X"}, *D.good_rows(2)])
+    bad = only_bad(run(settings, src, date="2024-03-03"), "title_too_long")
+    assert bad["raw_bytes"] > 500_000 and len(bad["raw"].encode()) == 8192
 
 
 def test_bad_characters(settings, tmp_path):
@@ -1092,4 +1099,13 @@ def test_load_listings_dedupes_redeliveries_keeping_the_newest(settings, tmp_pat
 
 def test_schema_has_a_pa_type_per_field():
     assert LISTING_SCHEMA.field("source_row").type == pa.int64()
-    assert QUARANTINE_SCHEMA.names == ["source_file", "source_row", "reason", "detail", "raw", "ingest_date"]
+    assert QUARANTINE_SCHEMA.names == [
+        "source_file",
+        "source_row",
+        "reason",
+        "detail",
+        "raw",
+        "ingest_date",
+        "raw_bytes",
+    ]
+    assert QUARANTINE_SCHEMA.field("raw_bytes").type == pa.int64()
