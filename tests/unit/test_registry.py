@@ -310,7 +310,7 @@ def test_evaluation_files_are_replaced_whole_or_not_at_all(settings, test_rows, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", half_then_fail)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match=f"^no space left on device writing {path}$"):  # named (issue 31 item 4)
         registry.evaluate(settings, RUN_DATE, v1)
     assert path.read_bytes() == before
     assert not [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
