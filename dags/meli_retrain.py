@@ -308,9 +308,15 @@ def _train_cfg(params) -> TrainConfig:
 def meli_retrain():
     @task
     def ingest(params=None, **context) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from pipelines.config import run_date_from_context
         from pipelines.retrain import step_ingest
 
+        try:  # the training parameters are checked before any work, as the CLI does (a retry fails the same)
+            _train_cfg(params)
+        except (TypeError, ValueError) as exc:
+            raise AirflowFailException(f"bad training parameters: {exc}") from exc
         settings = _settings()
         run_date = run_date_from_context({**context, "params": params})
         sources = list(params["sources"] or [])

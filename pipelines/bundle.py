@@ -8,6 +8,8 @@ directory logged with the model, so scoring runs exactly the preprocessing that 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,50 @@ from pipelines.batches import collate, pad_keys, pick_device
 
 TOP_K = 3
 OUTPUT_COLUMNS = ["predicted_category", "probability", "top_k_categories", "top_k_probabilities"]
+
+
+class BundleCorrupt(ValueError):
+    """A bundle file that cannot be read, in one line: ``model v2: bundle file encoder.json is corrupt:
+    <reason>`` (the version is added by whoever knows it: ``for_version``)."""
+
+    def __init__(self, file: str, reason: str, version: str | None = None):
+        self.file, self.reason, self.version = file, reason, version
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        who = f"model v{self.version}: " if self.version else ""
+        return f"{who}bundle file {self.file} is corrupt: {self.reason}"
+
+    def __reduce__(self):
+        return (type(self), (self.file, self.reason, self.version))
+
+    def for_version(self, version: str) -> BundleCorrupt:
+        return BundleCorrupt(self.file, self.reason, str(version))
+
+
+@contextmanager
+def reading(root: Path, path: Path) -> Iterator[None]:
+    """Any failure to read or parse ``path`` (a file of the bundle at ``root``) as BundleCorrupt."""
+    try:
+        yield
+    except (BundleCorrupt, ImportError):  # a missing package is not a corrupt file
+        raise
+    except Exception as exc:  # JSON, pickle/zip (torch), numpy headers, missing keys or shapes
+        try:
+            name = Path(path).relative_to(root).as_posix()
+        except ValueError:
+            name = str(path)
+        if isinstance(exc, FileNotFoundError):
+            reason = "the file is missing"
+        else:
+            first = next((line for line in str(exc).splitlines() if line.strip()), "")
+            reason = f"{type(exc).__name__}: {' '.join(first.split())[:200]}" if first else type(exc).__name__
+        raise BundleCorrupt(name, reason) from exc
+
+
+def _json(root: Path, path: Path):
+    with reading(root, path):
+        return json.loads(path.read_text())
 
 
 class Bundle:
@@ -32,9 +78,11 @@ class Bundle:
         from pipelines.features import TitleEncoder
 
         path = Path(path)
-        cfg = json.loads((path / "config.json").read_text())
-        self.labels: list[str] = json.loads((path / "labels.json").read_text())
-        self.encoder = TitleEncoder.load(path / "encoder.json")
+        self.root = path
+        cfg = _json(path, path / "config.json")
+        self.labels: list[str] = _json(path, path / "labels.json")
+        with reading(path, path / "encoder.json"):
+            self.encoder = TitleEncoder.load(path / "encoder.json")
         self.device = pick_device(device)
         # an ensemble bundle lists member bundles (same encoder and labels); its prediction is the
         # mean of the members' probabilities
@@ -49,7 +97,7 @@ class Bundle:
 
             if not (path / "sentence" / "meta.json").exists():
                 raise ValueError(f"{path}: the model reads pretrained word vectors but the bundle has no sentence/")
-            self.sentence = SentenceTable(path / "sentence")
+            self.sentence = SentenceTable(path / "sentence", root=path)
         self.max_cached_words = max_cached_words
         self._reset_token_cache()
 
@@ -58,12 +106,14 @@ class Bundle:
 
         from pipelines.models import ModelConfig, build_model, upgrade_state_dict
 
-        cfg = json.loads((path / "config.json").read_text())
-        if json.loads((path / "labels.json").read_text()) != self.labels:
+        cfg = _json(self.root, path / "config.json")
+        if _json(self.root, path / "labels.json") != self.labels:
             raise ValueError(f"{path}: labels differ from the bundle's")
-        model = build_model(ModelConfig(**cfg["model"]))
-        state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(upgrade_state_dict(state))
+        with reading(self.root, path / "config.json"):
+            model = build_model(ModelConfig(**cfg["model"]))
+        with reading(self.root, path / "weights.pt"):
+            state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+            model.load_state_dict(upgrade_state_dict(state))
         return model.to(self.device).eval()
 
     # ---- serving path: token keys and cached token features --------------------------------

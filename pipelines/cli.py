@@ -395,15 +395,30 @@ def _pending_hint(settings, d: dict) -> None:
 
 def one_line(exc: BaseException) -> str:
     """An exception as one line for an operator: what failed and where (file, URI), no traceback."""
-    import errno
-
+    full = _disk_full(exc)
+    if full is not None:  # whatever wrapped it: the full disk and the file it was writing
+        return full
     msg = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        msg = f"{msg} (under {get_settings().home})"
     mod = type(exc).__module__.split(".")[0]
     if mod in ("sqlalchemy", "mlflow", "alembic", "requests", "urllib3", "sqlite3"):
         msg = f"MLflow store {get_settings().tracking_uri}: {msg}"
     return msg[:2000]
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """``no space left on device writing <path>`` when ``exc`` (or what it wraps) is a full disk."""
+    from pipelines.lake import NoSpaceLeft, disk_full
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, NoSpaceLeft):
+            return str(exc)
+        if isinstance(exc, OSError) and disk_full(exc, exc.filename or get_settings().home):
+            where = exc.filename or f"under {get_settings().home}"
+            return str(NoSpaceLeft(where))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def entrypoint() -> None:

@@ -15,6 +15,9 @@ from pipelines.versions import CHAMPION, GateError, _alias_version, _client, _re
 
 log = logging.getLogger("pipelines.registry")  # the name the registry has always logged under
 
+# rules whose promotion is never applied by the gate alone: it waits for a person (pending approval)
+PERSON_DECIDES = ("incomparable",)
+
 
 def predict_titles(model_uri: str, titles: list[str]) -> list[str]:
     return _predict(_load_model(model_uri), titles)
@@ -23,7 +26,12 @@ def predict_titles(model_uri: str, titles: list[str]) -> list[str]:
 def _load_model(model_uri: str):
     import mlflow
 
-    return mlflow.pyfunc.load_model(model_uri)
+    from pipelines.bundle import BundleCorrupt
+
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except BundleCorrupt as exc:  # models:/<name>/<version>: one line naming the version and the file
+        raise exc.for_version(model_uri.rstrip("/").rsplit("/", 1)[-1]) from exc
 
 
 def _predict(model, titles: list[str]) -> list[str]:
@@ -71,6 +79,22 @@ def _behaviour(settings: Settings, run_date: str, model, titles: list[str]) -> d
     return out
 
 
+def _known_categories(settings: Settings, client, version: str, model) -> set[str] | None:
+    """The categories a registered version can predict: its bundle's labels, else (not one of our
+    bundles) the categories of the training split of its run date; None when neither is known."""
+    try:
+        return {str(x) for x in model.unwrap_python_model().bundle.labels}
+    except AttributeError:
+        pass
+    try:
+        run_date = client.get_model_version(settings.model_name, version).tags.get("meli.run_date", "")
+    except Exception as exc:  # the comparison goes on; only the incomparable rule cannot apply
+        log.warning("categories of v%s unknown: %s", version, exc)
+        return None
+    found = _column_values(settings.run_dir(run_date) / "dataset", "train", "category") if run_date else set()
+    return found or None
+
+
 def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict:
     """Score the challenger and the current champion on this run's frozen test rows."""
     from pipelines.evaluate import accuracy, macro_recall, per_class_recall
@@ -110,6 +134,10 @@ def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict
             "macro_recall": macro_recall(y, pred),
             "accuracy": accuracy(y, pred),
         }
+        if role == "champion":  # test rows it could never get right: a category it was not trained on
+            known = _known_categories(settings, client, version, model)
+            unseen = None if known is None else sum(c not in known for c in y) / len(y)
+            result["models"][role]["unseen_test_share"] = unseen
         log.info(
             "%s v%s on %d test rows: macro-recall %.4f", role, version, len(y), result["models"][role]["macro_recall"]
         )
@@ -149,6 +177,17 @@ def decide(
             )
     if champ is None:
         return True, "first_model", f"no champion yet and challenger {ch:.4f} >= floor {rules.min_macro_recall}"
+    unseen = champ.get("unseen_test_share")
+    if unseen is not None and unseen > rules.max_incomparable_share:
+        return (
+            True,
+            "incomparable",
+            (
+                f"{unseen:.0%} of the {evaluation.get('test_rows', '?')} test rows are in categories champion "
+                f"v{champ['version']} never saw (limit {rules.max_incomparable_share:.0%}): its macro-recall "
+                f"{champ['macro_recall']:.4f} against the challenger's {ch:.4f} compares nothing; a person decides"
+            ),
+        )
     a, b = per_class["challenger"], per_class["champion"]
     dropped = [c for c in a if b.get(c, 0.0) - a[c] > rules.max_class_drop]
     share = len(dropped) / max(1, len(a))

@@ -126,6 +126,14 @@ class TrainConfig:
 
         self.recipe = self.recipe or "default"  # an emptied form field: the default recipe
         check_name(self.recipe, "recipe")  # a file name under $MELI_HOME/tune/recipes/
+        # issue 31 (parameters validated before any work): a learning rate that is not a positive
+        # number fails here, not in the optimizer after FastText and encoding
+        for name in ("lr", "embedding_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ValueError(f"{name} must be a positive number; got {value!r}")
+        if not (0 <= self.weight_decay < float("inf")) or not 0 <= self.label_smoothing < 1 or self.patience < 1:
+            raise ValueError("weight_decay must be >= 0, label_smoothing in [0, 1) and patience >= 1")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TrainConfig:

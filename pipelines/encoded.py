@@ -183,17 +183,17 @@ def encode_dataset(
             enc, table = encode_titles(encoder, titles, table, workers=_cores())
             del titles
             y = np.fromiter((index.get(c, -1) for c in cats[split].to_pylist()), dtype=np.int32, count=len(enc))
-            np.save(tmp / f"{split}.keys.npy", enc.keys)
-            np.save(tmp / f"{split}.offsets.npy", enc.offsets)
-            np.save(tmp / f"{split}.labels.npy", y)
+            _save(tmp / f"{split}.keys.npy", enc.keys)
+            _save(tmp / f"{split}.offsets.npy", enc.offsets)
+            _save(tmp / f"{split}.labels.npy", y)
             counts[split] = {"rows": len(enc), "tokens": int(len(enc.keys))}
-        np.save(tmp / "tokens.npy", table.table())
+        _save(tmp / "tokens.npy", table.table())
         words = table.words()
         (tmp / "words.json").write_text(json.dumps(words))
         sentence_s = 0.0
         if sentence != "none":
             t1 = time.perf_counter()
-            np.save(tmp / "sentence.npy", sentence_vectors(sentence, words, cache_root))
+            _save(tmp / "sentence.npy", sentence_vectors(sentence, words, cache_root))
             sentence_s = round(time.perf_counter() - t1, 2)
         (tmp / "labels.json").write_text(json.dumps(labels))
         meta = {
@@ -214,6 +214,15 @@ def encode_dataset(
         "sentence_encoder": sentence,
         "sentence_s": sentence_s,
     }
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    """np.save, a full disk named: ``no space left on device writing <run>/encoded/<file>``."""
+    from pipelines.lake import writing
+
+    final = path.parent.parent / "encoded" / path.name  # the name it gets (path is in atomic_tree's temp dir)
+    with writing(final):
+        np.save(path, array)
 
 
 def sentence_vectors(name: str, words: list[str], cache_root: Path | None) -> np.ndarray:

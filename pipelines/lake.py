@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -75,6 +77,54 @@ LOCK_TIMEOUT_S = 900.0
 
 class LakeError(RuntimeError):
     pass
+
+
+class NoSpaceLeft(OSError):
+    """A write that ran out of disk (ENOSPC, EDQUOT, or numpy's short write on a full disk), naming
+    what was being written: ``no space left on device writing <path>``."""
+
+    def __init__(self, path, detail: str = ""):
+        super().__init__(errno.ENOSPC, "no space left on device", str(path))
+        self.path, self.detail = str(path), detail
+
+    def __str__(self) -> str:
+        return f"no space left on device writing {self.path}"
+
+    def __reduce__(self):  # crosses process pools whole (OSError pickles its args otherwise)
+        return (type(self), (self.path, self.detail))
+
+
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")  # numpy's tofile, errno lost
+
+
+def disk_full(exc: BaseException, path) -> bool:
+    """Whether ``exc`` (raised writing ``path``) means the disk (or quota) is full."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):
+        return True
+    m = _SHORT_WRITE.search(str(exc))
+    if m is None:
+        return False
+    try:  # a short write says nothing of why: full only if the missing bytes do not fit any more
+        free = shutil.disk_usage(next(p for p in Path(path).parents if p.exists())).free
+    except (OSError, StopIteration):
+        return False
+    return free < int(m.group(1)) - int(m.group(2))
+
+
+@contextmanager
+def writing(path) -> Iterator[None]:
+    """Re-raise a full disk met while writing ``path`` as NoSpaceLeft naming it (the innermost
+    ``writing`` names the file; an outer one, e.g. a tree's, keeps that name)."""
+    try:
+        yield
+    except NoSpaceLeft:
+        raise
+    except OSError as exc:
+        if disk_full(exc, path):
+            raise NoSpaceLeft(path, str(exc)) from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -186,8 +236,9 @@ def commit_partition(
         pending = Pending(partition, number, partition / f"v{number:06d}-{uuid.uuid4().hex[:8]}")
         pending.dir.mkdir()
         try:
-            yield pending
-            _fsync_tree(pending.dir)
+            with writing(partition):
+                yield pending
+                _fsync_tree(pending.dir)
             faults.point("lake.staged")
         except BaseException:
             shutil.rmtree(pending.dir, ignore_errors=True)
@@ -253,7 +304,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as fh:
+        with writing(path), open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -274,7 +325,8 @@ def atomic_file(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        yield tmp
+        with writing(path):
+            yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -290,8 +342,9 @@ def atomic_tree(final: Path) -> Iterator[Path]:
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        yield tmp
-        _fsync_tree(tmp)
+        with writing(final):
+            yield tmp
+            _fsync_tree(tmp)
         old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
         if final.exists():
             os.replace(final, old)

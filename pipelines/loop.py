@@ -385,7 +385,7 @@ def select(fit: _Fit, init: EncodedSplit, rows: EncodedSplit, epochs: int, evalu
         )
         log.info(
             "%s epoch %d/%d: train_loss %.4f val_loss %.4f val_macro_recall %.4f (%.1fs)",
-            kind, epoch, cfg.epochs, train_loss, val_loss, val_mr, epoch_s,
+            kind, epoch, epochs, train_loss, val_loss, val_mr, epoch_s,  # this pass's epochs (warm: warm_epochs)
         )  # fmt: skip
         if epoch_callback is not None:
             epoch_callback(epoch, val_mr)

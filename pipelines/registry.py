@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines import faults
+from pipelines.comparison import PERSON_DECIDES
 from pipelines.comparison import decide as decide
 from pipelines.comparison import evaluate as evaluate
 from pipelines.comparison import predict_titles as predict_titles
@@ -138,7 +139,7 @@ def _gate_locked(
     promote, rule, why = decide(evaluation, per_class, rules, boot, force_promote)
     if promote and champ_now_v == str(challenger_version):
         promote, rule, why = False, "already_champion", "the challenger already holds the champion alias"
-    pending = promote and not dry_run and require_approval
+    pending = promote and not dry_run and (require_approval or rule in PERSON_DECIDES)
     action = ("promote" if promote else "reject") if not dry_run else "none (dry run)"
     decision = {
         "decision": "pending_approval"

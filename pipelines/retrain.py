@@ -126,6 +126,13 @@ def step_prepare(settings: Settings, run_date: str, validation: dict | None, tag
 def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
     """The run's mode (full or warm, pipelines/warm.py), FastText on the training split (warm: the
     base's, continued on the new rows), then the splits encoded once as arrays for the trainings."""
+    from pipelines.train_tracking import failing_parent
+
+    with failing_parent(settings, dataset.get("parent_run_id")):
+        return _embedding(settings, dataset, cfg)
+
+
+def _embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
     from pipelines.config import load_recipe
     from pipelines.encoded import encode_dataset
     from pipelines.features import train_embedding
@@ -173,20 +180,21 @@ def step_train(
     run's recipe (``embedding["recipe"]``, step_embedding) sets this type's defaults (apply_recipe)."""
     from pipelines.config import apply_recipe
     from pipelines.train import train_classifier
+    from pipelines.train_tracking import failing_parent
 
     cfg = apply_recipe(cfg, kind, embedding.get("recipe"))
-    result = train_classifier(
-        settings,
-        dataset["dir"],
-        embedding["dir"],
-        kind,
-        cfg,
-        parent_run_id=dataset["parent_run_id"],
-        run_date=dataset["run_date"],
-        threads=settings.train_threads(side_by_side),
-        plan=embedding.get("plan"),
-        embedding_sha256=embedding.get("sha256"),
-    )
+    with failing_parent(settings, dataset["parent_run_id"]):
+        result = train_classifier(
+            settings,
+            dataset["dir"],
+            embedding["dir"],
+            kind,
+            cfg,
+            parent_run_id=dataset["parent_run_id"],
+            run_date=dataset["run_date"],
+            threads=settings.train_threads(side_by_side),
+            plan=embedding.get("plan"),
+        )
     return {**result, "recipe": cfg.recipe}
 
 
@@ -230,10 +238,12 @@ def _worker_logging(level: int, fmt: str | None) -> None:
 def step_ensemble(settings: Settings, dataset: dict, results: list[dict], cfg: TrainConfig) -> list[dict]:
     """The trained models plus, when enabled and at least two trained, their mean as a candidate."""
     from pipelines.train import train_ensemble
+    from pipelines.train_tracking import failing_parent
 
     results = list(results)
     if cfg.ensemble:
-        ens = train_ensemble(settings, dataset["dir"], results, dataset.get("parent_run_id"), dataset["run_date"])
+        with failing_parent(settings, dataset.get("parent_run_id")):
+            ens = train_ensemble(settings, dataset["dir"], results, dataset.get("parent_run_id"), dataset["run_date"])
         if ens is not None:
             results.append(ens)
     return results
@@ -244,6 +254,13 @@ def step_register(
 ) -> dict:
     """Register the run's best model; ``challenger.json`` in the run dir names it for a later
     ``python -m pipelines promote --run-date D`` (the same version the DAG or ``train`` registered)."""
+    from pipelines.train_tracking import failing_parent
+
+    with failing_parent(settings, parent_run_id):
+        return _register(settings, results, run_date, dag_run_id, parent_run_id)
+
+
+def _register(settings: Settings, results: list[dict], run_date: str, dag_run_id: str, parent_run_id: str | None):
     from pipelines.lake import atomic_write_json
     from pipelines.registry import register_challenger
     from pipelines.train import pick_challenger
@@ -295,19 +312,20 @@ def step_gate(
     pending for a person); the version's model card is rewritten with the decision."""
     from pipelines.card import try_write_card
     from pipelines.registry import gate, with_rules
+    from pipelines.train_tracking import failing_parent
 
-    decision = gate(
-        settings,
-        run_date,
-        challenger["version"],
-        with_rules(settings.gate, **rules),
-        force_promote=force_promote,
-        dry_run=dry_run,
-        dag_run_id=dag_run_id,
-        parent_run_id=parent_run_id,
-        require_approval=settings.require_approval if require_approval is None else require_approval,
-        dag_id=dag_id,
-    )
+    with failing_parent(settings, parent_run_id):
+        decision = gate(
+            settings,
+            run_date,
+            challenger["version"],
+            with_rules(settings.gate, **rules),
+            force_promote=force_promote,
+            dry_run=dry_run,
+            dag_run_id=dag_run_id,
+            parent_run_id=parent_run_id,
+            require_approval=settings.require_approval if require_approval is None else require_approval,
+        )
     try_write_card(settings, challenger["version"])
     return decision
 
@@ -324,7 +342,13 @@ def run_all(
     **rules,
 ) -> dict:
     """Ingest -> validate -> prepare -> embedding -> train each model -> register -> evaluate -> gate.
-    (prepare also validates earlier partitions never validated, and trains only on those that passed)."""
+    (prepare also validates earlier partitions never validated, and trains only on those that passed).
+    The training parameters are checked before any of it (a bad one fails in seconds, not after FastText)."""
+    from dataclasses import replace
+
+    from pipelines.train_tracking import failing_parent
+
+    cfg = replace(cfg)  # TrainConfig.__post_init__ checks every field again, before any work
     ingested = step_ingest(settings, sources, run_date, fmt)
     validation = step_validate(settings, run_date)
     dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
@@ -332,7 +356,8 @@ def run_all(
     trained = step_train_all(settings, dataset, emb, cfg)
     results = step_ensemble(settings, dataset, trained, cfg)
     challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
-    step_evaluate(settings, run_date, challenger)
+    with failing_parent(settings, dataset["parent_run_id"]):
+        step_evaluate(settings, run_date, challenger)
     decision = step_gate(
         settings,
         run_date,

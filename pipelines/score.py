@@ -91,7 +91,12 @@ def load_bundle(name: str, version: str):
     """The pyfunc of that exact version, unwrapped to its Bundle for batched inference."""
     import mlflow
 
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    from pipelines.bundle import BundleCorrupt
+
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    except BundleCorrupt as exc:  # one line naming the version and the file
+        raise exc.for_version(version) from exc
     return model.unwrap_python_model().bundle
 
 

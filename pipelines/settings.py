@@ -74,6 +74,11 @@ class Thresholds:
     category_pattern: str = field(
         default_factory=lambda: _env("MELI_VALIDATE_CATEGORY_PATTERN", r"^[A-Z0-9][A-Z0-9_]{1,79}$")
     )
+    # issue 31 item 7: the share of titles with no letter at all (only emoji, digits, symbols) above
+    # which a batch fails validation (the real 2019 sample has none of 44.6k)
+    max_no_letter_title_share: float = field(
+        default_factory=lambda: _float("MELI_VALIDATE_MAX_NO_LETTER_TITLE_SHARE", 0.05)
+    )
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,9 @@ class GateRules:
     # the reviewed minimum-function cases it gets right, is below this
     min_behaviour_pass: float = field(default_factory=lambda: _float("MELI_GATE_MIN_BEHAVIOUR_PASS", 0.90))
     behaviour_sample: int = field(default_factory=lambda: _int("MELI_GATE_BEHAVIOUR_SAMPLE", 1000))
+    # issue 31 item 8: when more than this share of the test rows are in categories the champion never
+    # saw, the comparison means nothing: the gate decides nothing and asks a person (pending approval)
+    max_incomparable_share: float = field(default_factory=lambda: _float("MELI_GATE_MAX_INCOMPARABLE_SHARE", 0.5))
 
 
 @dataclass(frozen=True)

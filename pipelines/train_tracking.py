@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,6 +48,26 @@ def start_parent_run(settings: Settings, run_date: str, dataset: dict, tags: dic
         mlflow.log_param("num_categories", dataset["num_categories"])
         mlflow.log_artifact(str(Path(dataset["dir"]) / "dataset.json"), artifact_path="data")
         return run.info.run_id
+
+
+@contextmanager
+def failing_parent(settings: Settings, parent_run_id: str | None):
+    """A step of a retraining run: if it raises, the parent MLflow run is marked FAILED (a step that
+    reopens it later, a retry, finishes it again). Its own failure to say so never hides the error."""
+    try:
+        yield
+    except BaseException:
+        if parent_run_id:
+            try:
+                import mlflow
+
+                from pipelines.tracking import configure
+
+                configure(settings)
+                mlflow.MlflowClient().set_terminated(parent_run_id, "FAILED")
+            except Exception as exc:  # the step's own error is the one to report
+                log.warning("could not mark the parent run %s FAILED: %s", parent_run_id, exc)
+        raise
 
 
 def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainConfig) -> None:

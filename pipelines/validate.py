@@ -131,7 +131,20 @@ def partition_metrics(settings: Settings, run_date: str, table, manifest: dict |
         "unseen_category_share": unseen,
         "max_category_share_shift": shift,
         "schema_version": int(manifest.get("schema_version", SCHEMA_VERSION)),
+        "no_letter_title_share": no_letter_share(table),
     }
+
+
+def no_letter_share(table) -> float:
+    """The share of titles without a single letter (any script): only emoji, digits or symbols,
+    which no model can learn a category from (0.0 for an empty table)."""
+    import pyarrow.compute as pc
+
+    titles = table.column("title") if "title" in table.column_names else None
+    if titles is None or len(titles) == 0:
+        return 0.0
+    has_letter = pc.fill_null(pc.match_substring_regex(titles, r"\pL"), False)
+    return 1.0 - (pc.sum(has_letter).as_py() or 0) / len(titles)
 
 
 def _parameters(settings: Settings) -> dict:
@@ -259,8 +272,15 @@ def validate_table(
     from great_expectations.core.run_identifier import RunIdentifier
 
     ctx = gx_context(settings)
+    metrics = {"no_letter_title_share": no_letter_share(table), **metrics}  # a caller's own wins
     metrics_df = pd.DataFrame([metrics])
-    for col in ("volume_ratio", "unseen_category_share", "max_category_share_shift", "quarantine_ratio"):
+    for col in (
+        "volume_ratio",
+        "unseen_category_share",
+        "max_category_share_shift",
+        "quarantine_ratio",
+        "no_letter_title_share",
+    ):
         metrics_df[col] = metrics_df[col].astype("float64")
     batches = {"listings_partition": table.to_pandas(), "listings_partition_metrics": metrics_df}
     run_id = RunIdentifier(run_name=f"{run_name}__{run_date}")

@@ -29,6 +29,7 @@ from pipelines.lake import (
     current_version,
     partition_dir,
     read_manifest,
+    writing,
 )
 from pipelines.settings import Settings
 
@@ -60,6 +61,7 @@ class _Writer:
 
     def __init__(self, path: Path, schema: pa.Schema):
         dictionary = [c for c in self._DICTIONARY if c in schema.names]
+        self._path = path
         self._writer = pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary)
         self._q: queue.Queue = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
@@ -70,7 +72,8 @@ class _Writer:
         while (table := self._q.get()) is not None:
             if self._error is None:
                 try:
-                    self._writer.write_table(table)
+                    with writing(self._path):  # a full disk: one line naming the file
+                        self._writer.write_table(table)
                 except BaseException as exc:  # raised in the caller's thread
                     self._error = exc
 
@@ -85,7 +88,8 @@ class _Writer:
             self._q.put(None)
             self._thread.join()
         try:
-            self._writer.close()
+            with writing(self._path):
+                self._writer.close()
         except BaseException:
             if not discard:
                 raise

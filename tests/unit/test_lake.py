@@ -148,3 +148,35 @@ def test_lake_status_cli(settings, tmp_path, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^2026-01-02\s+2\s+8\s+1\s", out, re.M) and "2026-01-01" not in out
     assert main(["lake", "status", "--run-date", "2026-03-03"]) == 1
+
+
+def test_a_full_disk_names_the_file_being_written_and_leaves_no_temp_file(settings, tmp_path, monkeypatch):
+    """ENOSPC from any writer (an fsync here; numpy's short write without errno too) is one line
+    ``no space left on device writing <path>``, through the CLI's error handler, and no temp file stays."""
+    import errno
+    import os
+
+    from pipelines import cli
+    from pipelines.lake import NoSpaceLeft, atomic_write_json, disk_full
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "out" / "report.json"
+    with pytest.raises(NoSpaceLeft) as err:
+        atomic_write_json(target, {"a": 1})
+    assert str(err.value) == f"no space left on device writing {target}"
+    assert list(target.parent.iterdir()) == []
+    assert cli.one_line(RuntimeError("step failed")) == "step failed"  # anything else: as before
+    wrapped = RuntimeError("task failed")
+    wrapped.__cause__ = err.value
+    assert cli.one_line(wrapped) == f"no space left on device writing {target}"  # found under a wrapper
+    plain = OSError(errno.ENOSPC, "No space left on device", str(target))
+    assert cli.one_line(plain) == f"no space left on device writing {target}"
+    # numpy's tofile: "N requested and M written", no errno: full only if the rest no longer fits
+    short = OSError("4901888 requested and 812992 written")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(60 << 20, 60 << 20, 4096))
+    assert disk_full(short, target)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(60 << 30, 1 << 30, 50 << 30))
+    assert not disk_full(short, target)

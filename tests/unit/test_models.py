@@ -289,3 +289,29 @@ def test_cuda_training_and_serving_match_the_cpu(settings, synthetic_jsonl):
         np.testing.assert_allclose(p_gpu, p_cpu, atol=5e-3)  # cuDNN convolutions use TF32
         out = on_cpu.predict(titles)
         assert list(out.columns) == OUTPUT_COLUMNS and len(out) == len(titles)
+
+
+def test_a_warm_pass_logs_its_own_epoch_count(caplog):
+    """`--warm-epochs 3 --epochs 2`: a warm pass runs 3 epochs and says "epoch 3/3", not "3/2"."""
+    from types import SimpleNamespace
+
+    from pipelines.loop import select
+
+    def run(model, rows, epochs, on_epoch):
+        for epoch in range(1, epochs + 1):
+            if not on_epoch(model, epoch, 1.0, 0.1):
+                break
+        return len(rows) * epochs, 0.3
+
+    fit = SimpleNamespace(
+        cfg=TrainConfig(models=["mlp"], epochs=2, warm_epochs=3, patience=5),
+        model_cfg=SimpleNamespace(kind="mlp"),
+        new_model=lambda init: torch.nn.Linear(2, 2),
+        run=run,
+    )
+    scores = iter([0.5, 0.6, 0.7])
+    caplog.set_level("INFO", logger="pipelines.train")
+    best = select(fit, None, [0] * 10, 3, lambda m: (next(scores), 1.0, None), lambda *a, **k: None)
+    assert best.epoch == 3
+    lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert [line.split(":")[0] for line in lines] == ["mlp epoch 1/3", "mlp epoch 2/3", "mlp epoch 3/3"]

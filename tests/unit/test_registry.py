@@ -310,7 +310,7 @@ def test_evaluation_files_are_replaced_whole_or_not_at_all(settings, test_rows, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", half_then_fail)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match=f"^no space left on device writing {path}$"):  # named (issue 31 item 4)
         registry.evaluate(settings, RUN_DATE, v1)
     assert path.read_bytes() == before
     assert not [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
@@ -528,3 +528,56 @@ def test_the_approval_task_applies_a_timeout_as_a_rejection(settings, test_rows)
         "timeout",
     )
     assert champion(settings) == (None, None)
+
+
+class KnownLabelsModel(LookupModel):
+    """A lookup double that, like our bundles, says which categories it was trained on."""
+
+    def __init__(self, table: dict[str, str], labels: list[str]):
+        super().__init__(table)
+        import types
+
+        self.bundle = types.SimpleNamespace(labels=list(labels))
+
+
+def test_a_champion_that_never_saw_the_test_categories_is_not_compared_a_person_decides(settings, test_rows):
+    """Issue 31 item 8: every test row in a category the champion never saw: its recall is 0 by
+    construction, and `improved` would promote on a comparison that means nothing."""
+    from pipelines.tracking import configure
+
+    configure(settings)
+    with mlflow.start_run() as run:
+        old = KnownLabelsModel({}, ["OLD_SEGMENT_A", "OLD_SEGMENT_B"])
+        info = mlflow.pyfunc.log_model(name="model", python_model=old, pip_requirements=["mlflow"])
+    v1 = registry.register_challenger(
+        settings,
+        {"model_uri": info.model_uri, "run_id": run.info.run_id, "model_type": "lookup", "val_macro_recall": 0.0},
+        RUN_DATE,
+    )["version"]
+    run_gate(settings, v1, force_promote=True)
+    v2 = make_version(settings, test_rows, 0.8)
+    d = run_gate(settings, v2)
+    assert (d["decision"], d["rule"], d["action"]) == ("pending_approval", "incomparable", "await approval")
+    assert f"100% of the {len(test_rows)} test rows are in categories champion v{v1} never saw" in d["reason"]
+    assert champion(settings) == (v1, None)  # nothing moved: a person decides
+    ev = json.loads((settings.run_dir(RUN_DATE) / "evaluation" / "evaluation.json").read_text())
+    assert ev["models"]["champion"]["unseen_test_share"] == 1.0
+    a = registry.respond(settings, v2, approve=True, reason="new catalog segment", by="ana")
+    assert a["decision"] == "promoted" and champion(settings) == (v2, v1)
+
+
+def test_the_incomparable_rule_applies_above_its_share_only():
+    ev = {
+        "test_rows": 100,
+        "models": {
+            "challenger": {"version": "2", "macro_recall": 0.8},
+            "champion": {"version": "1", "macro_recall": 0.5, "unseen_test_share": 0.4},
+        },
+    }
+    per_class = {"challenger": {"A": 0.8}, "champion": {"A": 0.5}}
+    assert registry.decide(ev, per_class, _gate_rules(), None)[1] == "improved"
+    ev["models"]["champion"]["unseen_test_share"] = 0.6
+    promote, rule, why = registry.decide(ev, per_class, _gate_rules(), None)
+    assert (promote, rule) == (True, "incomparable") and "60% of the 100 test rows" in why
+    assert registry.decide(ev, per_class, _gate_rules(max_incomparable_share=0.7), None)[1] == "improved"
+    assert registry.decide(ev, per_class, _gate_rules(), None, force_promote=True)[1] == "force_promote"

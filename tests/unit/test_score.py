@@ -232,3 +232,33 @@ def test_a_missing_input_fails_before_the_model_is_loaded(tmp_path, monkeypatch)
     with pytest.raises(IngestError, match="no such file"):
         score(get_settings(), tmp_path / "nope.jsonl", tmp_path / "o.parquet", progress=False)
     assert not (tmp_path / "empty-home" / "mlflow").exists()
+
+
+@pytest.mark.parametrize("name", ["encoder.json", "weights.pt", "labels.json"])
+def test_a_corrupt_bundle_file_is_one_line_naming_the_file_and_the_version(s, tmp_path, monkeypatch, capsys, name):
+    """A bundle file overwritten in the artifact store: `model v2: bundle file encoder.json is corrupt: ...`
+    (before: `error: Expecting value: line 1 column 1`, naming neither)."""
+    import sys
+
+    from pipelines import cli
+
+    mv = mlflow.MlflowClient(s.tracking_uri).get_model_version(s.model_name, "2")
+    model_id = mv.model_id or mv.source.rstrip("/").rsplit("/", 1)[-1]  # models:/m-...
+    found = sorted(s.mlflow_artifacts.rglob(f"bundle/{name}"))
+    paths = [p for p in found if model_id in str(p)]
+    assert len(paths) == 1, (mv.source, found)
+    path = paths[0]
+    original = path.read_bytes()
+    path.write_bytes(b"\x00 not what was logged")
+    try:
+        src, _ = _input(tmp_path)
+        argv = ["pipelines", "score", str(src), "--model", "2", "--output", str(tmp_path / "o.parquet")]
+        monkeypatch.setattr(sys, "argv", [*argv, "--no-progress"])
+        with pytest.raises(SystemExit) as exit_:
+            cli.entrypoint()
+    finally:
+        path.write_bytes(original)
+    assert exit_.value.code == 1
+    [line] = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith(f"error: model v2: bundle file {name} is corrupt: "), line
+    assert not (tmp_path / "o.parquet").exists()

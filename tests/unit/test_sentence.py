@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import numpy as np
 import pytest
@@ -185,3 +186,82 @@ def test_a_sentence_model_refuses_to_run_without_its_vectors(tmp_path):
     out = model(ids, torch.tensor([3, 3]), sentence=torch.zeros(2, USE_DIM))
     assert out.shape == (2, 3)
     assert EMB.dim == model.cfg.dim
+
+
+class _CountingEncoder:
+    """A stand-in for WordEncoder: 8-dim vectors made from the word, every call recorded."""
+
+    name, dim, version = "use", 8, "test"
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def encode_words(self, words):
+        self.calls.append(list(words))
+        return np.array([[len(w) + sum(map(ord, w)) % 97 + i / 8 for i in range(8)] for w in words], dtype=np.float16)
+
+
+def _rows_at(path, rows, dim):
+    """Byte offsets of ``rows`` of a float16 [N, dim] .npy file."""
+    arr = np.load(path)
+    start = path.stat().st_size - arr.nbytes
+    return [start + r * dim * 2 for r in rows]
+
+
+def test_a_corrupt_cache_is_reported_in_one_line_and_only_its_corrupt_words_encoded_again(tmp_path, caplog):
+    enc = _CountingEncoder()
+    words = [f"palabra{i}" for i in range(50)]
+    first = WordVectorCache(tmp_path / "cache", enc).lookup(words)
+    cache = WordVectorCache(tmp_path / "cache", enc)
+    vec = cache.dir / "vectors.npy"
+    with open(vec, "r+b") as fh:  # two rows' bytes overwritten on disk
+        for off in _rows_at(vec, [3, 7], enc.dim):
+            fh.seek(off)
+            fh.write(b"\xff\x7f" * enc.dim)
+    caplog.set_level("INFO", logger="pipelines.sentence")
+    again = cache.lookup(words)
+    assert enc.calls[1:] == [["palabra3", "palabra7"]]  # only the corrupt words, not the whole cache
+    np.testing.assert_array_equal(again, first)
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "2 of 50" in warned[0].getMessage() and "checksum" in warned[0].getMessage()
+    WordVectorCache(tmp_path / "cache", enc).lookup(words)  # repaired: nothing encoded, nothing said
+    assert len(enc.calls) == 2 and len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+
+
+def test_an_unreadable_vectors_file_is_reported_not_silently_rebuilt(tmp_path, caplog):
+    enc = _CountingEncoder()
+    cache = WordVectorCache(tmp_path / "cache", enc)
+    cache.lookup(["uno", "dos"])
+    (cache.dir / "vectors.npy").write_bytes(b"garbage")
+    caplog.set_level("WARNING", logger="pipelines.sentence")
+    cache.lookup(["uno", "dos"])
+    assert enc.calls == [["uno", "dos"], ["uno", "dos"]]
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "vectors.npy is corrupt" in line and str(cache.dir) in line
+
+
+def test_a_full_disk_while_caching_names_the_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    from pipelines.lake import NoSpaceLeft
+
+    enc = _CountingEncoder()
+    cache = WordVectorCache(tmp_path / "cache", enc)
+    cache.lookup(["uno"])
+    real_save = np.save
+
+    def full(file, arr, *a, **kw):  # half the bytes land, then the disk is full
+        fh = open(file, "wb") if isinstance(file, (str, os.PathLike)) else file
+        fh.write(b"\x93NUMPY partial")
+        fh.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(NoSpaceLeft) as err:
+        cache.lookup(["uno", "dos"])
+    assert str(err.value) == f"no space left on device writing {cache.dir / 'vectors.npy'}"
+    assert sorted(p.name for p in cache.dir.iterdir()) == ["checksums.npy", "vectors.npy", "words.json"]
+    monkeypatch.setattr(np, "save", real_save)
+    (cache.dir / f".vectors.{os.getpid() + 1}.npy").write_bytes(b"left by a killed run")
+    assert cache.lookup(["uno", "dos"]).shape == (2, enc.dim)  # the next run works and sweeps it away
+    assert not [p for p in cache.dir.iterdir() if p.name.startswith(".")]

@@ -146,3 +146,43 @@ def test_cli_validate_preflights_a_raw_file_without_touching_the_lake(settings, 
     assert main(["validate", str(tiny), "--run-date", "2026-11-30"]) == 1
     assert "FAILED" in capsys.readouterr().out
     assert snapshot(settings.listings_dir) == {}
+
+
+def _nonsense_jsonl(path, n=600):
+    """n listings whose titles hold no letter at all: only emoji, or only digits (issue 31 item 7)."""
+    emoji = ["\U0001f600", "\U0001f525", "\U0001f4f1", "\u2b50", "\U0001f45f"]
+    cats = ["CELLPHONES", "SNEAKERS", "NOTEBOOKS"]
+    rows = [
+        {
+            "title": " ".join(emoji[(i + k) % 5] for k in range(3 + i % 4)) + f" {i}" if i % 2 else f"{i:05d} {i * 37}",
+            "category": cats[i % 3],
+            "language": "spanish",
+            "label_quality": "reliable",
+        }
+        for i in range(n)
+    ]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    return path
+
+
+def test_titles_with_no_letters_fail_validation(settings, tmp_path):
+    """600 titles of only emoji or only digits were written and passed every expectation."""
+    ingest([_nonsense_jsonl(tmp_path / "nonsense.jsonl")], RUN_DATE, settings)
+    with pytest.raises(ValidationFailed, match="no_letter_title_share") as err:
+        validate_partition(settings, RUN_DATE)
+    [line] = [x for x in err.value.report["critical_failures"] if "no_letter_title_share" in x]
+    assert "observed=1" in line or "100" in line, line
+    assert err.value.report["metrics"]["no_letter_title_share"] == 1.0
+
+
+def test_a_few_titles_with_no_letters_pass_and_the_threshold_is_a_setting(settings, monkeypatch):
+    from pipelines.settings import get_settings
+    from pipelines.validate import no_letter_share
+
+    titles = [f"Zapatillas Nike modelo {i}" for i in range(196)] + ["12345", "\U0001f600\U0001f600", "###", "2020"]
+    t = _with(_table(), "title", titles)
+    assert no_letter_share(t) == pytest.approx(0.02)
+    assert validate_table(settings, RUN_DATE, t, METRICS, "crafted")["success"]  # under the default 5%
+    monkeypatch.setenv("MELI_VALIDATE_MAX_NO_LETTER_TITLE_SHARE", "0.01")
+    with pytest.raises(ValidationFailed, match="no_letter_title_share"):
+        validate_table(get_settings(), RUN_DATE, t, METRICS, "crafted")
