@@ -169,6 +169,10 @@ class Settings:
     retrain_deadline_h: float = field(default_factory=lambda: _float("MELI_RETRAIN_DEADLINE_H", 6.0))
     # optional: alerts are also POSTed (JSON) to this URL
     alert_webhook_url: str = field(default_factory=lambda: _env("MELI_ALERT_WEBHOOK_URL", ""))
+    # issue 31 (a missing store is an error): when MELI_HOME holds model cards, scored batches, a
+    # registered challenger or MLflow artifacts but the tracking store is missing or empty, every
+    # command that reads it fails naming it; set this to create a new, empty store there instead
+    create_store: bool = field(default_factory=lambda: _bool("MELI_CREATE_STORE", False))
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.
