@@ -39,6 +39,14 @@ def _registry(home: Path) -> dict:
     return json.loads(r.stdout)
 
 
+def _start_logged(home: Path, args: list[str], log: Path, **env) -> subprocess.Popen:
+    """A command in the background, its output to ``log`` (not a pipe: a full pipe would stall it)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipelines", *args], env=_env(home, **env), stdout=out, stderr=subprocess.STDOUT
+        )
+
+
 # ------------------------------------------------------------------------------------------
 # item 1: register and gate as recoverable steps
 # ------------------------------------------------------------------------------------------
@@ -48,8 +56,14 @@ def test_retrain_killed_after_register_resumes_its_version(tmp_path, synthetic_j
     r = cli(home, "retrain", str(a), "--run-date", D1, *TINY, "--force-promote", **NO_BEHAVIOUR)
     assert r.returncode == 0, r.stderr[-3000:]
     args = ["retrain", str(b), "--run-date", D2, *TINY, "--force-promote"]
-    r = cli(home, *args, MELI_FAULT="register.registered", **NO_BEHAVIOUR)
-    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    # killed right after "registered ... version 2": at the fault point, or (where there is none) as
+    # soon as the line is logged
+    p = _start_logged(home, args, tmp_path / "killed.log", MELI_FAULT="register.registered", **NO_BEHAVIOUR)
+    while p.poll() is None:
+        if "registered meli-title-classifier version 2" in (tmp_path / "killed.log").read_text():
+            p.send_signal(signal.SIGKILL)
+        time.sleep(0.05)
+    assert p.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
     st = _registry(home)
     assert [(v["version"], v["decision"]) for v in st["versions"]] == [("1", "promoted"), ("2", "pending")]
 
@@ -172,13 +186,7 @@ def test_a_killed_training_run_is_marked_failed_at_the_next_start(tmp_path, synt
     args = ["retrain", str(a), "--run-date", D1, *TINY]
     # killed while its model's run is open: at the fault point, or (where there is none) as soon as
     # the run shows RUNNING in the store
-    with open(tmp_path / "killed.log", "w") as log:  # not a pipe: a full pipe would stall it
-        p = subprocess.Popen(
-            [sys.executable, "-m", "pipelines", *args],
-            env=_env(home, MELI_FAULT="train.model_run", **NO_BEHAVIOUR),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    p = _start_logged(home, args, tmp_path / "killed.log", MELI_FAULT="train.model_run", **NO_BEHAVIOUR)
     killed = []
     while p.poll() is None and not killed:
         killed = _running_model_runs(db)
