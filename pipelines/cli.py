@@ -321,6 +321,9 @@ def _cmd_monitor(settings, args, run_date: str) -> int:
 
 
 def _cmd_summary(settings, args, run_date: str) -> int:
+    from pipelines.tracking import check_store
+
+    check_store(settings)  # the summary names the store's run: a lost store is an error, as elsewhere
     print(run_summary(settings, run_date))
     return 0
 

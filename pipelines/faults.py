@@ -8,7 +8,12 @@ one dictionary lookup.
 * ``lake.committed``: the pointer names the new version; superseded versions not yet removed
 * ``gate.decided``: the gate's decision is on disk as 'promoting'; no alias has moved
 * ``gate.previous_moved``: alias 'previous' has moved, 'champion' not yet
-* ``approval.decided``, ``approval.previous_moved``: the same two steps of a person's approval
+* ``gate.champion_moved``: alias 'champion' has moved (journaled), the decision is not yet recorded
+* ``approval.decided``, ``approval.previous_moved``, ``approval.champion_moved``: the same steps of a
+  person's approval
+* ``rollback.champion_moved``: a rollback moved 'champion' (journaled), not 'previous' nor its record
+* ``register.registered``: a new version is registered and tagged; nothing evaluated or gated
+* ``train.model_run``: a model's MLflow run is open (training under way)
 """
 
 from __future__ import annotations
@@ -21,8 +26,13 @@ POINTS = (
     "lake.committed",
     "gate.decided",
     "gate.previous_moved",
+    "gate.champion_moved",
     "approval.decided",
     "approval.previous_moved",
+    "approval.champion_moved",
+    "rollback.champion_moved",
+    "register.registered",
+    "train.model_run",
 )
 
 

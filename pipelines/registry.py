@@ -7,6 +7,9 @@
 * Every decision (and every rollback) is written as tags on the model version, a JSON + Markdown
   report, and a run in the ``<experiment>-promotions`` MLflow experiment: the promotion history,
   readable from any machine that reaches the tracking server (``python -m pipelines registry history``).
+* Every alias move is journaled first (``$MELI_HOME/registry/journal/``): a process killed between the
+  move and its record leaves an entry that the next registry command completes (``replay_journal``),
+  so the history never misses a change of ``champion``.
 
 This module holds what moves the aliases and records it (``gate``, ``respond``, ``rollback``); the
 comparison and its rules are in pipelines/comparison.py, the read-back views (decision reports,
@@ -73,6 +76,7 @@ def gate(
         )
     per_class = json.loads((eval_dir / "per_class_recall.json").read_text())
     with registry_lock(settings):  # decide and move the alias with no other gate in between
+        _replay_locked(settings, client)  # a gate killed before it recorded its move: recorded first
         return _gate_locked(
             settings,
             client,
@@ -168,7 +172,7 @@ def _gate_locked(
     if pending:
         log.info("%s v%s would be promoted (%s): waiting for a person to approve", name, challenger_version, why)
     elif promote and not dry_run:
-        _move_champion(client, name, champ_now, str(challenger_version), decision, eval_dir, "gate")
+        _move_champion(client, name, champ_now, str(challenger_version), decision, eval_dir, "gate", settings)
     else:
         log.info("%s: %s v%s (%s)", decision["decision"], name, challenger_version, why)
     _record(settings, client, decision, eval_dir, parent_run_id)
@@ -209,10 +213,13 @@ def _scores(evaluation: dict) -> dict:
     }
 
 
-def _move_champion(client, name: str, champ_now, version: str, decision: dict, eval_dir: Path, step: str) -> None:
+def _move_champion(
+    client, name: str, champ_now, version: str, decision: dict, eval_dir: Path, step: str, settings: Settings
+) -> None:
     """Move ``champion`` to ``version`` (and ``previous`` to the old champion) after writing the
     decision as "promoting", so a retry after the moves completes the record instead of deciding again
-    against a champion that is now the challenger itself."""
+    against a champion that is now the challenger itself; and after writing the move in the journal,
+    so the next start of any registry command records it if this process dies before ``_record``."""
     champ_now_v = str(champ_now.version) if champ_now else None
     atomic_write_json(eval_dir / "decision.json", {**decision, "decision": "promoting"})
     faults.point(f"{step}.decided")
@@ -223,10 +230,12 @@ def _move_champion(client, name: str, champ_now, version: str, decision: dict, e
             "while deciding; re-run evaluate so both are compared on the same rows"
         )
     # 'previous' first: if the champion move then fails, the champion is still the old one.
+    _journal_begin(settings, step, champ_now_v, {**decision, "decision": "promoted"}, eval_dir)
     if champ_now is not None:
         client.set_registered_model_alias(name, PREVIOUS, champ_now.version)
         faults.point(f"{step}.previous_moved")
     client.set_registered_model_alias(name, CHAMPION, version)
+    faults.point(f"{step}.champion_moved")
     log.info("promoted %s v%s to champion (previous: %s)", name, version, champ_now_v)
 
 
@@ -249,6 +258,7 @@ def respond(
     eval_dir = settings.run_dir(run_date) / "evaluation"
     response = "approved" if approve else ("timeout" if timed_out else "rejected")
     with registry_lock(settings):
+        _replay_locked(settings, client)
         prior = _read_json(eval_dir / "decision.json") if run_date else None
         if prior is None or prior.get("challenger_version") != version:
             raise GateError(f"{name} v{version} has no gate decision on record (run date {run_date or '?'})")
@@ -259,7 +269,7 @@ def respond(
             if champ_v != version:  # before (or between) the alias moves
                 if champ_v != prior.get("champion_at_evaluation"):
                     raise GateError(f"champion moved to {champ_v} while v{version}'s approval was applied")
-                _move_champion(client, name, champ, version, prior, eval_dir, "approval")
+                _move_champion(client, name, champ, version, prior, eval_dir, "approval", settings)
             d = {**prior, "decision": "promoted"}
             _record(settings, client, d, eval_dir, prior.get("mlflow_run_id") or None)
             return d
@@ -289,7 +299,7 @@ def respond(
                 )
             said = f": {reason}" if reason else ""
             d.update(decision="promoted", action="promote", reason=f"{prior['reason']}; approved by {who}{said}")
-            _move_champion(client, name, champ, version, d, eval_dir, "approval")
+            _move_champion(client, name, champ, version, d, eval_dir, "approval", settings)
         else:
             rule = "approval_timeout" if timed_out else "approval_rejected"
             what = "no answer in time" if timed_out else f"rejected by {who}"
@@ -357,7 +367,9 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
             },
         )
     if parent_run_id:
-        with mlflow.start_run(run_id=parent_run_id):
+        from pipelines.tracking import open_run
+
+        with open_run(settings, run_id=parent_run_id):
             mlflow.log_artifact(str(out_dir / "decision.json"), "gate")
             mlflow.log_artifact(str(out_dir / "decision.md"), "gate")
             mlflow.set_tags(
@@ -367,6 +379,7 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
                 }
             )
     _history_event(settings, d, [out_dir / "decision.json", out_dir / "decision.md"])
+    _journal_path(settings, d).unlink(missing_ok=True)  # the move, if any, is on record
 
 
 def _history_event(settings: Settings, d: dict, files: list[Path] = ()) -> None:
@@ -413,8 +426,10 @@ def f(x) -> str:
 # ------------------------------------------------------------------------------------------
 def rollback(settings: Settings, to_version: str | None = None, reason: str = "operator rollback") -> dict:
     """Move ``champion`` back to ``previous`` (or ``to_version``); the old champion becomes ``previous``."""
+    client = _client(settings)
     with registry_lock(settings):
-        return _rollback_locked(settings, _client(settings), to_version, reason)
+        _replay_locked(settings, client)
+        return _rollback_locked(settings, client, to_version, reason)
 
 
 def _rollback_locked(settings: Settings, client, to_version: str | None, reason: str) -> dict:
@@ -428,11 +443,6 @@ def _rollback_locked(settings: Settings, client, to_version: str | None, reason:
     client.get_model_version(name, str(to_version))  # fails clearly if it does not exist
     if current is not None and str(current.version) == str(to_version):
         raise GateError(f"version {to_version} is already the champion")
-    # 'champion' first: if the second move fails, serving is already right and the target is not lost
-    # (moving 'previous' first would leave both aliases on the version being rolled back from)
-    client.set_registered_model_alias(name, CHAMPION, str(to_version))
-    if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, current.version)
     d = {
         "decision": "rollback",
         "rule": "rollback",
@@ -447,7 +457,114 @@ def _rollback_locked(settings: Settings, client, to_version: str | None, reason:
         "dag_run_id": "",
         "run_date": "",
     }
-    client.set_model_version_tag(name, str(to_version), "meli.rolled_back_at", d["decided_at"])
-    _history_event(settings, d)
+    _journal_begin(settings, "rollback", d["champion_version"], d)
+    # 'champion' first: if the second move fails, serving is already right and the target is not lost
+    # (moving 'previous' first would leave both aliases on the version being rolled back from)
+    client.set_registered_model_alias(name, CHAMPION, str(to_version))
+    faults.point("rollback.champion_moved")
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, current.version)
+    _record_rollback(settings, client, d)
     log.info("rolled back %s champion %s -> %s", name, d["champion_version"], to_version)
     return d
+
+
+def _record_rollback(settings: Settings, client, d: dict) -> None:
+    client.set_model_version_tag(d["model_name"], d["challenger_version"], "meli.rolled_back_at", d["decided_at"])
+    _history_event(settings, d)
+    _journal_path(settings, d).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------
+# The journal of alias moves: an entry is written before ``champion`` moves and removed once the move
+# is on record (version tags, decision files, the promotion history). An entry left by a killed
+# process is completed by the next registry command of any kind (``_client`` calls replay_journal).
+# ------------------------------------------------------------------------------------------
+_REPLAYING = False
+
+
+def _journal_dir(settings: Settings) -> Path:
+    return settings.home / "registry" / "journal" / settings.model_name
+
+
+def _journal_path(settings: Settings, d: dict) -> Path:
+    import re
+
+    stamp = re.sub(r"[^0-9A-Za-z]+", "", d["decided_at"])
+    return _journal_dir(settings) / f"v{d['challenger_version']}-{stamp}.json"
+
+
+def _journal_begin(settings: Settings, step: str, from_version: str | None, d: dict, eval_dir: Path | None = None):
+    """Write, before ``champion`` moves from ``from_version`` to ``d["challenger_version"]``, what the
+    move is and the record it completes as (``d``)."""
+    path = _journal_path(settings, d)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "step": step,
+        "from": from_version,
+        "to": d["challenger_version"],
+        "decision": d,
+        "eval_dir": str(eval_dir) if eval_dir else "",
+        "parent_run_id": d.get("mlflow_run_id") or None,
+    }
+    atomic_write_json(path, entry)
+
+
+def replay_journal(settings: Settings, client) -> None:
+    """Complete what a killed gate, approval or rollback left between its alias move and its record;
+    without waiting: a process holding the registry lock is alive and completes its own entry."""
+    global _REPLAYING
+    d = _journal_dir(settings)
+    if _REPLAYING or not d.is_dir() or not any(d.glob("*.json")):
+        return
+    from pipelines.locks import LockTimeout
+
+    _REPLAYING = True
+    try:
+        with registry_lock(settings, timeout_s=0):
+            _replay_locked(settings, client)
+    except LockTimeout:
+        log.debug("the registry is locked: its holder completes its own journal entry")
+    except Exception as exc:  # a registry that fails now: the entry stays for the next start
+        log.warning("could not complete the registry journal under %s: %s", d, exc)
+    finally:
+        _REPLAYING = False
+
+
+def _replay_locked(settings: Settings, client) -> None:
+    """Each journal entry (the registry lock held): when ``champion`` is on the entry's version the
+    move happened, so finish it ('previous') and record it; when it is still on the old one the
+    process died before moving: nothing changed, and the entry goes."""
+    for path in sorted(_journal_dir(settings).glob("*.json")):
+        entry = json.loads(path.read_text())
+        d, name = entry["decision"], settings.model_name
+        champ = _alias_version(client, name, CHAMPION)
+        champ_v = str(champ.version) if champ else None
+        prev = _alias_version(client, name, PREVIOUS)
+        prev_v = str(prev.version) if prev else None
+        if champ_v == entry["to"] or (champ_v != entry["from"] and prev_v == entry["to"]):  # it moved
+            if champ_v == entry["to"] and entry["from"] is not None and prev_v != entry["from"]:
+                client.set_registered_model_alias(name, PREVIOUS, entry["from"])  # a rollback's second move
+            log.warning(
+                "completing the record of an interrupted %s: %s v%s became champion (was v%s) at %s",
+                entry["step"],
+                name,
+                entry["to"],
+                entry["from"],
+                d["decided_at"],
+            )
+            if entry["step"] == "rollback":
+                _record_rollback(settings, client, d)
+            else:
+                _record(settings, client, d, Path(entry["eval_dir"]), entry.get("parent_run_id"))
+        elif champ_v == entry["from"]:
+            log.info("%s of v%s was interrupted before champion moved: nothing to record", entry["step"], entry["to"])
+        else:
+            log.warning(
+                "journal entry %s: champion is v%s, neither v%s nor v%s; dropped",
+                path,
+                champ_v,
+                entry["from"],
+                entry["to"],
+            )
+        path.unlink(missing_ok=True)

@@ -108,9 +108,11 @@ def step_prepare(settings: Settings, run_date: str, validation: dict | None, tag
         except FileNotFoundError:
             validation = None
     dataset = prepare_dataset(settings, run_date)
+    from pipelines.tracking import open_run
+
     parent = start_parent_run(settings, run_date, dataset, tags)
     if validation:
-        with mlflow.start_run(run_id=parent):
+        with open_run(settings, run_id=parent):
             docs = Path(validation["data_docs_dir"])
             if docs.is_dir():
                 mlflow.log_artifacts(str(docs), artifact_path="validation/data_docs")
@@ -162,10 +164,10 @@ def _record_recipe(settings: Settings, parent_run_id: str, recipe: dict | None) 
     "default"), and a tuned recipe's JSON as an artifact."""
     import mlflow
 
-    from pipelines.tracking import configure
+    from pipelines.tracking import configure, open_run
 
     configure(settings)
-    with mlflow.start_run(run_id=parent_run_id):
+    with open_run(settings, run_id=parent_run_id):
         rid = recipe["id"] if recipe else "default"
         mlflow.set_tag("meli.recipe", rid)
         mlflow.log_param("recipe", rid)
@@ -274,14 +276,36 @@ def _register(settings: Settings, results: list[dict], run_date: str, dag_run_id
         [(r["model_type"], r["val_macro_recall"]) for r in results],
     )
     challenger = register_challenger(settings, best, run_date, dag_run_id)
-    recipe = next((r["recipe"] for r in results if r.get("recipe")), "default")  # one recipe per run
-    import mlflow
+    if not challenger.get("resumed"):  # a resumed version keeps the recipe it was trained with
+        recipe = next((r["recipe"] for r in results if r.get("recipe")), "default")  # one recipe per run
+        import mlflow
 
-    mlflow.MlflowClient().set_model_version_tag(settings.model_name, challenger["version"], "meli.recipe", recipe)
+        mlflow.MlflowClient().set_model_version_tag(settings.model_name, challenger["version"], "meli.recipe", recipe)
     atomic_write_json(settings.run_dir(run_date) / "challenger.json", {**challenger, "parent_run_id": parent_run_id})
     from pipelines.card import try_write_card
 
     try_write_card(settings, challenger["version"])  # data, validation, training; the gate adds the rest
+    return challenger
+
+
+def step_resume(settings: Settings, run_date: str, parent_run_id: str | None) -> dict | None:
+    """A rerun of a run killed after it registered: the version it registered for this date and
+    data, still undecided (pipelines/versions.py pending_version), as the challenger to evaluate and
+    gate; None when there is none (train and register as usual)."""
+    from pipelines.lake import atomic_write_json
+    from pipelines.versions import challenger_of, pending_version
+
+    mv = pending_version(settings, run_date)
+    if mv is None:
+        return None
+    challenger = challenger_of(mv)
+    log.info(
+        "%s v%s was registered for %s on this data and never decided: resuming it (evaluate, gate), not training",
+        settings.model_name,
+        challenger["version"],
+        run_date,
+    )
+    atomic_write_json(settings.run_dir(run_date) / "challenger.json", {**challenger, "parent_run_id": parent_run_id})
     return challenger
 
 
@@ -352,10 +376,14 @@ def run_all(
     ingested = step_ingest(settings, sources, run_date, fmt)
     validation = step_validate(settings, run_date)
     dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
-    emb = step_embedding(settings, dataset, cfg)
-    trained = step_train_all(settings, dataset, emb, cfg)
-    results = step_ensemble(settings, dataset, trained, cfg)
-    challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
+    challenger = step_resume(settings, run_date, dataset["parent_run_id"])
+    if challenger is None:
+        emb = step_embedding(settings, dataset, cfg)
+        trained = step_train_all(settings, dataset, emb, cfg)
+        results = step_ensemble(settings, dataset, trained, cfg)
+        challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
+    else:
+        results = []
     with failing_parent(settings, dataset["parent_run_id"]):
         step_evaluate(settings, run_date, challenger)
     decision = step_gate(

@@ -205,6 +205,10 @@ class Settings:
     max_inflated_bytes: int = field(default_factory=lambda: _int("MELI_MAX_INFLATED_BYTES", 20 << 30))
     # ... or inflating more than this many times its compressed size, judged after 64 MiB; 0 = off
     max_inflate_ratio: float = field(default_factory=lambda: _float("MELI_MAX_INFLATE_RATIO", 100.0))
+    # issue 31 (a missing store is an error): when MELI_HOME holds model cards, scored batches, a
+    # registered challenger or MLflow artifacts but the tracking store is missing or empty, every
+    # command that reads it fails naming it; set this to create a new, empty store there instead
+    create_store: bool = field(default_factory=lambda: _bool("MELI_CREATE_STORE", False))
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.

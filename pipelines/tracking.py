@@ -15,6 +15,73 @@ log = logging.getLogger(__name__)
 
 
 _READY: set[str] = set()
+_CHECKED: set[tuple[str, str]] = set()
+
+
+class StoreMissing(RuntimeError):
+    """The tracking store is gone, empty or another home's, while MELI_HOME holds what it recorded."""
+
+
+def _home_evidence(settings: Settings) -> str:
+    """What in MELI_HOME shows a tracking store was used with it ('' for nothing): model cards,
+    scored batches, a registered challenger, and (with a local store) MLflow artifacts. A lake of
+    ingested listings alone is not: ingest and validate never touch the store."""
+    places = [
+        (settings.cards_dir.parent, "model cards"),
+        (settings.scored_dir, "scored batches"),
+        *((p.parent, "a registered challenger") for p in settings.work_dir.glob("*/challenger.json")),
+    ]
+    if not settings.tracking_uri.startswith(("http://", "https://", "databricks")):
+        places.append((settings.mlflow_artifacts, "MLflow artifacts"))
+    for path, what in places:
+        if path.is_dir() and any(path.iterdir()):
+            return f"{what} ({path})"
+    return ""
+
+
+def _missing(settings: Settings, what: str, evidence: str) -> StoreMissing:
+    return StoreMissing(
+        f"MLflow store {settings.tracking_uri} {what}, but {settings.home} holds {evidence}: restore the store "
+        "(or point MLFLOW_TRACKING_URI at it); to start a new, empty store for this home set MELI_CREATE_STORE=1"
+    )
+
+
+def check_store(settings: Settings) -> None:
+    """A missing or empty SQLite store is an error, not a fresh start, when the home holds what a
+    store recorded (``_home_evidence``); it is never created then, unless MELI_CREATE_STORE=1."""
+    if settings.create_store or not settings.tracking_uri.startswith("sqlite:///"):
+        return
+    db = Path(settings.tracking_uri.removeprefix("sqlite:///"))
+    if db.is_file() and db.stat().st_size > 0:
+        return
+    evidence = _home_evidence(settings)
+    if evidence:
+        raise _missing(settings, "is missing" if not db.exists() else "is empty", evidence)
+
+
+def _check_store_holds(settings: Settings, client, exp) -> None:
+    """A store that answers but lacks this home's experiment or registered model (one created afresh
+    after the old was lost, or another home's) is an error like a missing one (once per process)."""
+    key = (settings.tracking_uri, str(settings.home))
+    if settings.create_store or key in _CHECKED:
+        return
+    evidence = _home_evidence(settings)
+    if evidence:
+        lacks = ""
+        if exp is None and not [e for e in client.search_experiments(max_results=5) if e.name != "Default"]:
+            lacks = "is empty (no experiments)"  # (another experiment, e.g. tuning's first, may be new)
+        elif settings.cards_dir.is_dir() and any(settings.cards_dir.iterdir()):
+            from mlflow.exceptions import MlflowException
+
+            try:
+                client.get_registered_model(settings.model_name)
+            except MlflowException:
+                lacks = f"has no registered model {settings.model_name!r}"
+        if lacks:
+            raise _missing(settings, lacks, evidence)
+    _CHECKED.add(key)
+
+
 PROBE_TIMEOUT_S = 5.0
 PROBE_TRIES = 3
 
@@ -51,6 +118,7 @@ def configure(settings: Settings) -> str:
     import mlflow
 
     settings.ensure()
+    check_store(settings)  # before MLflow opens (and so creates) a SQLite file
     # mlflow.set_*_uri also export MLFLOW_*_URI; Settings reads those variables, so restore them:
     # otherwise the first configure() in a process would pin every later Settings to its store.
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -76,6 +144,7 @@ def configure(settings: Settings) -> str:
     else:
         client = mlflow.MlflowClient()
         exp = client.get_experiment_by_name(settings.experiment)
+    _check_store_holds(settings, client, exp)
     if exp is None:
         location = None
         if not settings.tracking_uri.startswith(("http://", "https://", "databricks")):
@@ -112,6 +181,133 @@ def side_experiment(settings: Settings, suffix: str, client=None) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+# ------------------------------------------------------------------------------------------
+# Run leases (issue 31): a process holds a shared flock on $MELI_HOME/mlflow/leases/<run id>.lease
+# while an MLflow run of its is open. The kernel drops it when the process dies, so a run still
+# RUNNING whose lease nobody holds was left by a killed process: the next run opened marks it FAILED.
+# ------------------------------------------------------------------------------------------
+_LEASES: dict[str, list[int]] = {}  # run id -> [fd, depth] held by this process
+
+
+def _lease_dir(settings: Settings) -> Path:
+    return settings.home / "mlflow" / "leases"
+
+
+def _take_lease(path: Path) -> int:
+    """A shared flock on ``path`` (created if missing), on a file still linked (a releasing holder
+    may unlink it between our open and our lock)."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.fstat(fd).st_nlink > 0:
+            return fd
+        os.close(fd)
+
+
+def _drop_lease(path: Path, fd: int) -> None:
+    """Release; the last holder removes the file."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # another process holds it too
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def run_lease(settings: Settings, run_id: str):
+    """Hold ``run_id``'s lease for the block (re-entrant in a process); runs killed earlier are
+    marked FAILED first (``fail_abandoned_runs``)."""
+    if not run_id:
+        yield
+        return
+    held = _LEASES.get(run_id)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    try:
+        fail_abandoned_runs(settings)
+    except Exception as exc:  # never fail a run over another's bookkeeping
+        log.warning("could not check for MLflow runs left RUNNING by a killed process: %s", exc)
+    path = _lease_dir(settings) / f"{run_id}.lease"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _take_lease(path)
+    _LEASES[run_id] = [fd, 1]
+    try:
+        yield
+    finally:
+        if _LEASES[run_id][1] <= 1:
+            del _LEASES[run_id]
+            _drop_lease(path, fd)
+        else:
+            _LEASES[run_id][1] -= 1
+
+
+@contextmanager
+def open_run(settings: Settings, **start_run_kwargs):
+    """``mlflow.start_run`` (a new run or ``run_id=`` reopened) holding its lease while open."""
+    import mlflow
+
+    with mlflow.start_run(**start_run_kwargs) as run:
+        with run_lease(settings, run.info.run_id):
+            yield run
+
+
+def fail_abandoned_runs(settings: Settings, client=None) -> list[str]:
+    """Mark FAILED every run still RUNNING whose lease no live process holds; returns their ids."""
+    import fcntl
+
+    leases = _lease_dir(settings)
+    if not leases.is_dir():
+        return []
+    failed = []
+    for path in sorted(leases.glob("*.lease")):
+        run_id = path.stem
+        if run_id in _LEASES:
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its process is alive
+            if os.fstat(fd).st_nlink == 0:
+                continue
+            import mlflow
+
+            client = client or mlflow.MlflowClient()
+            try:
+                run = client.get_run(run_id)
+            except Exception as exc:  # a run of another store, or deleted
+                log.debug("lease of unknown MLflow run %s: %s", run_id, exc)
+                run = None
+            if run is not None and run.info.status == "RUNNING":
+                client.set_tag(run_id, "meli.failed_reason", "its process died while the run was open")
+                client.set_terminated(run_id, "FAILED")
+                log.warning(
+                    "MLflow run %s (%s) was left RUNNING by a process that died: marked FAILED",
+                    run_id,
+                    run.info.run_name,
+                )
+                failed.append(run_id)
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    return failed
 
 
 @contextmanager

@@ -292,7 +292,9 @@ def train_ensemble(
     run_kwargs = {"run_name": "ensemble"}
     if parent_run_id:
         run_kwargs.update(parent_run_id=parent_run_id, nested=True)
-    with mlflow.start_run(**run_kwargs) as run:
+    from pipelines.tracking import open_run
+
+    with open_run(settings, **run_kwargs) as run:
         mlflow.set_tags({"meli.model_type": "ensemble", "meli.run_date": run_date, **_lineage(Path(dataset_dir))})
         mlflow.log_params({"model_type": "ensemble", "members": best, "candidates": ",".join(sorted(sources))})
         mlflow.log_metrics(

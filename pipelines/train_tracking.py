@@ -37,10 +37,10 @@ def start_parent_run(settings: Settings, run_date: str, dataset: dict, tags: dic
     """The retraining run that groups the embedding, each classifier and the gate decision."""
     import mlflow
 
-    from pipelines.tracking import configure
+    from pipelines.tracking import configure, open_run
 
     configure(settings)
-    with mlflow.start_run(run_name=f"retrain-{run_date}") as run:
+    with open_run(settings, run_name=f"retrain-{run_date}") as run:
         mlflow.set_tags(
             {"meli.run_date": run_date, "meli.stage": "retrain", **_lineage(Path(dataset["dir"])), **(tags or {})}
         )
@@ -74,11 +74,11 @@ def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainC
     import mlflow
 
     from pipelines.features import EMBEDDING_SHA_TAG
-    from pipelines.tracking import configure
+    from pipelines.tracking import configure, open_run
     from pipelines.train import embedding_config
 
     configure(settings)
-    with mlflow.start_run(run_id=parent_run_id):
+    with open_run(settings, run_id=parent_run_id):
         mlflow.log_params({f"embedding_{k}": v for k, v in asdict(embedding_config(cfg)).items()})
         mlflow.log_metrics({"embedding_vocab_size": emb["vocab_size"], "embedding_train_seconds": emb["seconds"]})
         if emb.get("sha256"):  # the saved FastText's files, checked before a warm start unpickles them
@@ -128,16 +128,23 @@ def _hardware(device) -> str:
 
 
 def start_model_run(settings: Settings, kind: str, run_date: str, parent_run_id: str | None):
-    """The MLflow run of one model type (nested under the retraining run when there is one)."""
-    import mlflow
-
-    from pipelines.tracking import configure
+    """The MLflow run of one model type (nested under the retraining run when there is one), a
+    context manager holding the run's lease (pipelines/tracking.py open_run)."""
+    from pipelines import faults
+    from pipelines.tracking import configure, open_run
 
     configure(settings)
     run_kwargs = {"run_name": f"{kind}-{run_date}" if run_date else kind}
     if parent_run_id:
         run_kwargs.update(parent_run_id=parent_run_id, nested=True)
-    return mlflow.start_run(**run_kwargs)
+    return _faulted(open_run(settings, **run_kwargs), faults)
+
+
+@contextmanager
+def _faulted(cm, faults):
+    with cm as run:
+        faults.point("train.model_run")
+        yield run
 
 
 def log_model_run(dataset_dir: Path, run_date: str, fit, mode: str, lineage: dict, train_df) -> None:

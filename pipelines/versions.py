@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipelines import faults
 from pipelines.locks import advisory_lock, file_lock
 from pipelines.settings import Settings
 
@@ -24,12 +25,18 @@ class GateError(RuntimeError):
 
 
 def _client(settings: Settings):
+    """The registry's client; first, what a killed gate or rollback left half recorded is completed
+    (pipelines/registry.py replay_journal), so no reader sees a champion its history lacks."""
     import mlflow
 
     from pipelines.tracking import configure
 
     configure(settings)
-    return mlflow.MlflowClient()
+    client = mlflow.MlflowClient()
+    from pipelines.registry import replay_journal
+
+    replay_journal(settings, client)
+    return client
 
 
 def _alias_version(client, name: str, alias: str):
@@ -45,21 +52,88 @@ def _alias_version(client, name: str, alias: str):
 
 
 @contextmanager
-def registry_lock(settings: Settings) -> Iterator[None]:
+def registry_lock(settings: Settings, timeout_s: float | None = None) -> Iterator[None]:
     """One gate (or rollback) of this model at a time: an advisory lock in Postgres when
     MELI_LOCK_URI names one (writers on several hosts), else a lock file beside the SQLite store
-    (or under MELI_HOME)."""
+    (or under MELI_HOME). ``timeout_s``: how long to wait (default ``MELI_LOCK_TIMEOUT_S``)."""
     what = f"the registry of {settings.model_name}"
+    wait = settings.lock_timeout_s if timeout_s is None else timeout_s
     if settings.lock_uri.startswith("postgresql"):
-        lock = advisory_lock(settings.lock_uri, f"meli-gate:{settings.model_name}", settings.lock_timeout_s, what)
+        lock = advisory_lock(settings.lock_uri, f"meli-gate:{settings.model_name}", wait, what)
     else:
-        lock = file_lock(settings.registry_lock_path, settings.lock_timeout_s, what)
+        lock = file_lock(settings.registry_lock_path, wait, what)
     with lock:
         yield
 
 
+@contextmanager
+def register_lock(settings: Settings) -> Iterator[None]:
+    """One registration of this model at a time (looking for the run's pending version and
+    registering are one step): like ``registry_lock``, on its own lock so a long gate does not hold
+    registrations up."""
+    what = f"registrations of {settings.model_name}"
+    if settings.lock_uri.startswith("postgresql"):
+        lock = advisory_lock(settings.lock_uri, f"meli-register:{settings.model_name}", settings.lock_timeout_s, what)
+    else:
+        lock = file_lock(settings.registry_lock_path.with_suffix(".register.lock"), settings.lock_timeout_s, what)
+    with lock:
+        yield
+
+
+def data_fingerprint(dataset_info: dict) -> str:
+    """What a run trained on, by content: each partition's date, rows and source files' SHA-256.
+    A re-ingest of the same files (a new lake version) keeps it; different data changes it."""
+    import hashlib
+
+    parts = [
+        [p["ingest_date"], p.get("rows"), sorted(str(s.get("sha256") or s.get("path")) for s in p.get("sources", []))]
+        for p in sorted(dataset_info.get("lineage", []), key=lambda p: p["ingest_date"])
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16] if parts else ""
+
+
+def pending_version(settings: Settings, run_date: str, client=None):
+    """The version a run of ``run_date`` on the same data (``data_fingerprint``) registered and no
+    gate has decided yet (tag ``meli.decision`` still "pending"): a killed run's, to resume."""
+    info = _read_json(settings.run_dir(run_date) / "dataset" / "dataset.json") or {}
+    fingerprint = data_fingerprint(info)
+    if not fingerprint:
+        return None
+    client = client or _client(settings)
+    try:
+        versions = client.search_model_versions(f"name='{settings.model_name}'")
+    except Exception as exc:  # no registered model yet
+        log.debug("no versions of %s to resume: %s", settings.model_name, exc)
+        return None
+    same = [
+        v
+        for v in versions
+        if v.tags.get("meli.run_date") == run_date
+        and v.tags.get("meli.data_fingerprint") == fingerprint
+        and v.tags.get("meli.decision") == "pending"
+    ]
+    return max(same, key=lambda v: int(v.version)) if same else None
+
+
+def challenger_of(mv) -> dict:
+    """A registered version as ``register_challenger`` returns it (from its tags)."""
+    return {
+        "name": mv.name,
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "model_type": mv.tags.get("meli.model_type", ""),
+        "members": [m for m in mv.tags.get("meli.members", "").split("+") if m],
+        "val_macro_recall": float(mv.tags.get("meli.val_macro_recall") or 0.0),
+        "resumed": True,
+    }
+
+
 def register_challenger(settings: Settings, trained: dict, run_date: str, dag_run_id: str = "") -> dict:
-    """Register the run's best model as a new version of the model (not yet champion)."""
+    """Register the run's best model as a new version of the model (not yet champion).
+
+    At most one version per run date and data (``data_fingerprint``): when a run of the same date on
+    the same data registered a version no gate has decided yet (it was killed, or its evaluate or
+    gate failed), that version is returned (``"resumed": True``) and nothing is registered."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -75,16 +149,6 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
             )
         except MlflowException:
             pass  # created concurrently
-    mv = _registered_from(client, settings.model_name, trained)
-    if mv is not None:  # a retried or cleared register task: the same trained model, the same version
-        log.info(
-            "%s version %s already holds %s; not registering it again",
-            settings.model_name,
-            mv.version,
-            trained["model_uri"],
-        )
-    else:
-        mv = mlflow.register_model(trained["model_uri"], settings.model_name)
     tags = {
         "meli.model_type": trained["model_type"],
         "meli.run_date": run_date,
@@ -103,9 +167,35 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
         tags["meli.lake_versions"] = ",".join(
             f"{d}@v{v}" for d, v in sorted(dataset_info.get("lake_versions", {}).items())
         )[:4000]
+    if data_fingerprint(dataset_info):  # the key a rerun finds this version by (pending_version)
+        tags["meli.data_fingerprint"] = data_fingerprint(dataset_info)
+    with register_lock(settings):  # look and register with no other registration in between
+        mv = _registered_from(client, settings.model_name, trained)
+        if mv is not None:  # a retried or cleared register task: the same trained model, the same version
+            log.info(
+                "%s version %s already holds %s; not registering it again",
+                settings.model_name,
+                mv.version,
+                trained["model_uri"],
+            )
+        else:
+            pending = pending_version(settings, run_date, client)
+            if pending is not None:  # a killed (or failed) run of this date and data: resume its version
+                log.info(
+                    "%s version %s was registered for %s on the same data (%s) and has no decision yet: "
+                    "resuming it instead of registering another",
+                    settings.model_name,
+                    pending.version,
+                    run_date,
+                    tags["meli.data_fingerprint"],
+                )
+                return challenger_of(pending)
+            # tagged as it is created: a crash right after cannot leave a version its rerun would not find
+            mv = mlflow.register_model(trained["model_uri"], settings.model_name, tags=tags)
     for k, v in tags.items():
         client.set_model_version_tag(settings.model_name, mv.version, k, v)
     log.info("registered %s version %s from %s", settings.model_name, mv.version, trained["model_uri"])
+    faults.point("register.registered")
     return {
         "name": settings.model_name,
         "version": str(mv.version),
