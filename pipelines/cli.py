@@ -76,7 +76,11 @@ def run_summary(settings, run_date: str) -> str:
     import pyarrow.parquet as pq
 
     from pipelines.lake import partition_dir, resolve
+    from pipelines.retrain import skipped_run
 
+    skipped = skipped_run(settings, run_date)
+    if skipped is not None:
+        return _skipped_summary(settings, run_date, skipped)
     decision_path = settings.run_dir(run_date) / "evaluation" / "decision.json"
     if not decision_path.exists():
         raise FileNotFoundError(f"no gate decision for {run_date} at {decision_path}")
@@ -122,6 +126,20 @@ def run_summary(settings, run_date: str) -> str:
     if card.exists():
         lines.append(f"model card:          {card}")
     return "\n".join(lines)
+
+
+def _skipped_summary(settings, run_date: str, s: dict) -> str:
+    """The summary of a run that trained nothing (pipelines/retrain.py record_skip)."""
+    return "\n".join(
+        [
+            f"== meli-retrain summary for {run_date} (MELI_HOME={settings.home}) ==",
+            f"decision:            SKIPPED by rule '{s['rule']}': {s['reason']}",
+            f"champion:            v{s['champion_version']} (unchanged)"
+            if s.get("champion_version")
+            else "champion:            none",
+            f"MLflow run id:       {s.get('mlflow_run_id') or 'n/a'} (tracking: {settings.tracking_uri})",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +223,9 @@ def _cmd_train(settings, args, run_date: str) -> int:
     # validates what was never validated (as the DAG does), then reads only versions that passed
     dataset = step_prepare(settings, run_date, None, {"meli.trigger": "cli"})
     emb = step_embedding(settings, dataset, cfg)
+    if emb.get("skipped"):
+        print(f"skipped: {emb['skipped']['reason']}")
+        return 0
     trained = step_train_all(settings, dataset, emb, cfg)
     results = step_ensemble(settings, dataset, trained, cfg)
     challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
@@ -274,6 +295,9 @@ def _cmd_retrain(settings, args, run_date: str) -> int:
         require_approval=args.require_approval,
         **_gate_rules(args),
     )
+    if out.get("skipped"):
+        print(f"skipped: {out['skipped']['reason']}")
+        return 0
     d = out["decision"]
     _print(
         {

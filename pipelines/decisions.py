@@ -18,6 +18,15 @@ def _run_link_path(settings: Settings, run_id: str) -> Path:
     return settings.home / "registry" / "by_run" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id) + ".json")
 
 
+def link_run_record(settings: Settings, run_id: str, record_json: Path, record_md: Path | None = None) -> None:
+    """Name the record a DAG run left (a gate decision, or a skipped run's ``skipped.json``) for its
+    note and "Gate decision" tab."""
+    from pipelines.lake import atomic_write_json
+
+    md = record_md or Path(record_json).with_suffix(".md")
+    atomic_write_json(_run_link_path(settings, run_id), {"decision_json": str(record_json), "decision_md": str(md)})
+
+
 def decision_for_run(settings: Settings, run_id: str) -> dict | None:
     """{"decision": ..., "markdown": ..., "path": ...} of the gate decision a DAG run recorded."""
     link = _read_json(_run_link_path(settings, run_id))
@@ -36,6 +45,8 @@ def decision_note(d: dict) -> str:
     def f4(x):
         return "n/a" if x is None else f"{x:.4f}"
 
+    if d["decision"] == "skipped":  # a run with nothing new to train on (pipelines/retrain.py record_skip)
+        return f"**SKIPPED** by rule `{d['rule']}`: {d['reason']}"[:1000]
     b = d.get("bootstrap") or {}
     ci = f"[{f4(b.get('ci_low'))}, {f4(b.get('ci_high'))}]" if b else "n/a"
     return (
@@ -50,6 +61,12 @@ def _markdown(d: dict) -> str:
     def f(x):
         return "n/a" if x is None else (f"{x:.4f}" if isinstance(x, float) else str(x))
 
+    if d["decision"] == "skipped":
+        return (
+            f"# {d['run_date']}: SKIPPED\n\n- rule: `{d['rule']}` — {d['reason']}\n"
+            f"- DAG run: {d['dag_run_id'] or 'n/a'}, decided at {d['decided_at']}\n"
+            f"- champion: v{d.get('champion_version') or '-'} (unchanged)\n"
+        )
     b = d.get("bootstrap") or {}
     return (
         "\n".join(

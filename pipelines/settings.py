@@ -169,6 +169,12 @@ class Settings:
     retrain_deadline_h: float = field(default_factory=lambda: _float("MELI_RETRAIN_DEADLINE_H", 6.0))
     # optional: alerts are also POSTed (JSON) to this URL
     alert_webhook_url: str = field(default_factory=lambda: _env("MELI_ALERT_WEBHOOK_URL", ""))
+    # issue 33 (operator view): meli_retrain's time schedule, a cron in UTC ("0 2 * * *" nightly at 02:00);
+    # empty (the embedded profile): no time schedule, only drift-triggered and manual runs
+    retrain_schedule: str = field(default_factory=lambda: _env("MELI_RETRAIN_SCHEDULE", "").strip())
+    # the MLflow UI's base URL (e.g. http://localhost:5000): model cards, drift reports and run notes
+    # link to runs and model versions there; empty: they show the ids
+    mlflow_ui_url: str = field(default_factory=lambda: _env("MELI_MLFLOW_UI_URL", "").strip().rstrip("/"))
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.
