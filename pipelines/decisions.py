@@ -102,10 +102,26 @@ def _markdown(d: dict) -> str:
     )
 
 
+class NoSuchModel(LookupError):
+    """The registered model (MELI_MODEL_NAME) does not exist while others do: a typo, most likely."""
+
+
 def status(settings: Settings) -> dict:
+    """The aliases and every version's decision; raises NoSuchModel when the store holds other models
+    but not this one (an empty store: nothing trained yet, ``versions`` empty)."""
     client = _client(settings)
     name = settings.model_name
     out = {"model_name": name, "tracking_uri": settings.tracking_uri}
+    try:
+        client.get_registered_model(name)
+        others = []
+    except Exception:  # not registered: a typo if the store holds other models
+        others = [m.name for m in client.search_registered_models(max_results=20)]
+    if others:
+        raise NoSuchModel(
+            f"registered model {name!r} does not exist in {settings.tracking_uri} (it holds: "
+            f"{', '.join(sorted(others))}); check MELI_MODEL_NAME"
+        )
     for alias in (CHAMPION, PREVIOUS):
         mv = _alias_version(client, name, alias)
         out[alias] = (
@@ -129,6 +145,9 @@ def status(settings: Settings) -> dict:
                 "version": str(v.version),
                 "decision": v.tags.get("meli.decision"),
                 "run_date": v.tags.get("meli.run_date"),
+                "model_type": v.tags.get("meli.model_type"),
+                "macro_recall": v.tags.get("meli.challenger_macro_recall"),
+                "review": " ".join(x for x in (v.tags.get("meli.review"), v.tags.get("meli.reviewed_by")) if x),
             }
             for v in versions
         ),

@@ -188,6 +188,9 @@ def record_skip(settings: Settings, dataset: dict, plan: dict, dag_run_id: str =
             mlflow.set_tags(
                 {"meli.mode": "skip", "meli.decision": "skipped", "mlflow.note.content": f"Skipped: {plan['reason']}"}
             )
+        from pipelines.train_tracking import rename_parent_run
+
+        rename_parent_run(dataset["parent_run_id"], "skip")
     log.info("run of %s skipped: %s", dataset["run_date"], plan["reason"])
     return record
 
