@@ -46,6 +46,7 @@ def _status_table(st: dict) -> str:
     if not st["versions"]:
         return "\n".join(out + ["no versions registered yet"])
     cols = ["version", "run_date", "model_type", "decision", "macro_recall", "review"]
+
     def cell(v: dict, c: str) -> str:
         x = v.get(c) or "-"
         return f"{float(x):.4f}" if c == "macro_recall" and x != "-" else str(x)[:40]

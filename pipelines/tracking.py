@@ -27,6 +27,22 @@ DESCRIPTIONS = {
 }
 
 
+def ui_run_url(settings: Settings, run_id: str, experiment_id: str | None) -> str:
+    """The run's page in the MLflow UI (``MELI_MLFLOW_UI_URL``); "" when no UI URL is configured."""
+    if not settings.mlflow_ui_url or not run_id or not experiment_id:
+        return ""
+    return f"{settings.mlflow_ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_version_url(settings: Settings, version: str) -> str:
+    """The model version's page in the MLflow UI; "" when no UI URL is configured."""
+    from urllib.parse import quote
+
+    if not settings.mlflow_ui_url:
+        return ""
+    return f"{settings.mlflow_ui_url}/#/models/{quote(settings.model_name, safe='')}/versions/{version}"
+
+
 def quiet_libraries() -> None:
     """Library INFO chatter nobody acts on stays out of task logs (gensim's load/save lines, alembic)."""
     for noisy in ("gensim", "alembic", "smart_open"):

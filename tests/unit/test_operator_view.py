@@ -187,6 +187,20 @@ def test_the_logged_model_has_outputs_params_an_example_and_system_metrics(s):
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
 
 
+def test_the_card_links_to_the_mlflow_ui_when_its_url_is_set(s, monkeypatch):
+    import mlflow
+
+    from pipelines.card import gather, markdown
+
+    assert "MLflow run: `" in markdown(gather(s, "1"))  # no UI URL: the id
+    monkeypatch.setenv("MELI_MLFLOW_UI_URL", "http://mlflow.example:5000/")
+    ctx = gather(s, "1")
+    exp = mlflow.get_run(ctx["run_id"]).info.experiment_id
+    md = markdown(ctx)
+    assert f"[{ctx['run_id']}](http://mlflow.example:5000/#/experiments/{exp}/runs/{ctx['run_id']})" in md
+    assert "(http://mlflow.example:5000/#/models/meli-title-classifier/versions/1)" in md
+
+
 # ------------------------------------------------------------------------------------------
 # 9: CLI edges
 # ------------------------------------------------------------------------------------------
