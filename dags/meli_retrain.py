@@ -15,7 +15,9 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
 4. **embedding**: decides the training mode (Param `mode`: auto/full/warm, `pipelines/warm.py`), trains
    gensim FastText on the training split (warm: continues the champion's on the new rows), then encodes
    every split once as int32 arrays the training tasks memory-map, with each distinct word's pretrained
-   multilingual vector (Param `sentence_encoder`; cached across runs, `pipelines/sentence.py`)
+   multilingual vector (Param `sentence_encoder`; cached across runs, `pipelines/sentence.py`). A warm
+   run with no new or changed rows (the same files ingested again) stops here: the rest is skipped,
+   nothing is trained or registered, and the reason is in the log, the run's note and `summary`
 5. **train** one classifier per selected model type (dynamic task mapping; queue `gpu`;
    `MELI_TRAIN_CONCURRENCY` at once): early stopping on validation, then (Param `refit`) the served
    model is retrained on train + validation for the chosen epoch count
@@ -31,8 +33,11 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
    Skipped when no approval is required or the gate rejected
 11. **announce_champion** emits the `meli_champion` asset only when a new champion was promoted
 
-Schedule: nightly at 02:00 UTC **or** when `meli_score`'s monitor finds drift (the `meli_drift` asset,
-reason in the event's extra). A drift-triggered run takes the landing files like a nightly one; with
+Schedule: the cron `MELI_RETRAIN_SCHEDULE` (UTC; the distributed profile sets `0 2 * * *`, nightly at
+02:00) **or** when `meli_score`'s monitor finds drift (the `meli_drift` asset, reason in the event's
+extra). Empty (the embedded profile): drift and manual runs only, so unpausing the DAG to let a manual
+run start schedules no nightly run. The next nightly run is always in the future (no start date: the
+latest past 02:00 is never run on unpausing). A drift-triggered run takes the landing files like a nightly one; with
 nothing in the landing it skips (the lake has not changed since the last retrain, which already
 trained on every partition; the log says so) rather than retrain on the same rows. A run not finished
 `MELI_RETRAIN_DEADLINE_H` hours after it was queued alerts (DeadlineAlert: log, `$MELI_HOME/alerts/`,
@@ -47,7 +52,6 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import (
     Asset,
     AssetOrTimeSchedule,
@@ -74,12 +78,12 @@ from pipelines.config import (
     TrainConfig,
 )
 from pipelines.paths import NAME_RE
+from pipelines.schedules import retrain_schedule_text
 from pipelines.settings import RULE_OVERRIDES, GateRules, Settings
 
 LISTINGS = Asset("meli_lake_listings")
 CHAMPION = Asset("meli_champion")
 DRIFT = Asset("meli_drift")  # emitted by meli_score's monitor on a breach
-NIGHTLY = "0 2 * * *"
 TRAIN_QUEUE = os.environ.get("MELI_TRAIN_QUEUE", "gpu")
 TRAIN_POOL = os.environ.get("MELI_TRAIN_POOL", "default_pool")
 TRAIN_CONCURRENCY = Settings().train_concurrency  # mapped train tasks at once (MELI_TRAIN_CONCURRENCY)
@@ -91,6 +95,12 @@ _T = TrainConfig()
 _B = TRAIN_BOUNDS  # the numeric fields' bounds: the form's, the CLI's and a recipe's (pipelines/config.py)
 _G = GateRules()
 _S = Settings()
+# MELI_RETRAIN_SCHEDULE (a cron, UTC) or drift; empty: drift only (manual runs need no schedule)
+SCHEDULE = (
+    AssetOrTimeSchedule(timetable=CronTriggerTimetable(_S.retrain_schedule, timezone="UTC"), assets=DRIFT)
+    if _S.retrain_schedule
+    else DRIFT
+)
 
 
 def _settings():
@@ -107,7 +117,9 @@ def _train_cfg(params) -> TrainConfig:
 
 @dag(
     dag_id="meli_retrain",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(NIGHTLY, timezone="UTC"), assets=DRIFT),
+    schedule=SCHEDULE,
+    # Airflow's DAG list shows an asset-scheduled DAG's assets only: the time part in the description and a tag
+    description=f"Retrains the title classifier: {retrain_schedule_text(_S.retrain_schedule)}",
     # the nightly run alerts when it is not done in time (the callback runs in the triggerer); 0 = none
     deadline=DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
@@ -120,11 +132,12 @@ def _train_cfg(params) -> TrainConfig:
     )
     if _S.retrain_deadline_h > 0
     else None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    # no start_date: with one (and catchup off) Airflow's next run is the latest *past* 02:00, which
+    # unpausing runs at once; without, the next run is the next 02:00 to come
     catchup=False,
     max_active_runs=1,
     max_active_tasks=MAX_ACTIVE_TASKS,
-    tags=["meli", "training", "mlflow", "great-expectations"],
+    tags=["meli", "training", "mlflow", "great-expectations", retrain_schedule_text(_S.retrain_schedule)],
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "owner": "meli-ml"},
     params={
@@ -408,16 +421,22 @@ def meli_retrain():
             raise AirflowFailException(str(exc)) from exc
 
     @task
-    def embedding(dataset: dict, params=None) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
+    def embedding(dataset: dict, params=None, dag_run=None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from pipelines.retrain import step_embedding
         from pipelines.warm import WarmStartError
 
         try:
-            return step_embedding(_settings(), dataset, _train_cfg(params))
+            emb = step_embedding(_settings(), dataset, _train_cfg(params), dag_run.run_id)
         except WarmStartError as exc:  # mode=warm with nothing to start from: a retry would fail the same
             raise AirflowFailException(str(exc)) from exc
+        if emb.get("skipped"):  # no new or changed rows: train, register and gate are skipped too
+            from pipelines.airflow_ui import post_run_note
+
+            post_run_note(dag_run.dag_id, dag_run.run_id)  # signed; the note says why nothing was trained
+            raise AirflowSkipException(emb["skipped"]["reason"])
+        return emb
 
     @task
     def model_types(params=None) -> list[str]:

@@ -125,10 +125,9 @@ def meli_score():
             shadow=params.get("shadow"),
         )
         sh = result.shadow
-        if sh is None:
-            on = settings.shadow if params.get("shadow") is None else params["shadow"]
-            why = f"no registered version above v{result.model_version}" if on else "off"
-            logging.getLogger("meli_score").info("shadow: %s", why)
+        if sh is None:  # on with no version above the served one: run_shadow said so, once
+            if not (settings.shadow if params.get("shadow") is None else params["shadow"]):
+                logging.getLogger("meli_score").info("shadow: off")
         elif "error" in sh:
             logging.getLogger("meli_score").warning("shadow: FAILED (served scores kept): %s", sh["error"])
         else:

@@ -58,6 +58,19 @@ def _read(path: Path) -> dict | None:
         return None
 
 
+def _mlflow_line(ctx: dict) -> str:
+    """The version's MLflow run and page: links when MELI_MLFLOW_UI_URL is set, else the run id."""
+    from pipelines.settings import get_settings
+    from pipelines.tracking import ui_run_url, ui_version_url
+
+    settings = get_settings()
+    run_url = ui_run_url(settings, ctx["run_id"], ctx.get("experiment_id"))
+    run = f"[{md_text(ctx['run_id'])}]({run_url})" if run_url else md_text(ctx["run_id"])
+    version_url = ui_version_url(settings, ctx["version"])
+    version = f"; [the version in MLflow]({version_url})" if version_url else ""
+    return f"- MLflow run: {run}{version}; registered run date {md_text(ctx['run_date'] or 'n/a')}"
+
+
 def _f4(x) -> str:
     return "n/a" if x is None or x == "" else f"{float(x):.4f}"
 
@@ -82,6 +95,7 @@ def gather(settings: Settings, version: str) -> dict:
     try:
         run = mlflow.get_run(mv.run_id)
         ctx["params"], ctx["run_tags"] = dict(run.data.params), dict(run.data.tags)
+        ctx["experiment_id"] = run.info.experiment_id
     except Exception as exc:  # a run deleted from the store: the card says so
         ctx["params"], ctx["run_tags"] = {}, {}
         ctx["run_error"] = str(exc)
@@ -175,7 +189,7 @@ def markdown(ctx: dict) -> str:
         )
     elif d.get("decision") == "pending_approval":
         out.append("- human review: **pending approval**")
-    out += [f"- MLflow run: {md_text(ctx['run_id'])}; registered run date {md_text(ctx['run_date'] or 'n/a')}", ""]
+    out += [_mlflow_line(ctx), ""]
     out += _data_section(ctx) + _validation_section(ctx) + _training_section(ctx, kind)
     out += _evaluation_section(ctx) + _per_class_section(ctx) + _confusion_section(ctx)
     out += _behaviour_section(ctx) + _shadow_section(ctx) + _limits_section(ctx)

@@ -26,6 +26,35 @@ def _print(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+def _table(heads: list[str], data: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(d[i]) for d in data)) for i, h in enumerate(heads)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return [line(heads), line(["-" * w for w in widths])] + [line(d) for d in data]
+
+
+def _status_table(st: dict) -> str:
+    """``registry status`` for a person: who serves, the rollback target, every version's decision."""
+
+    def alias(a: str) -> str:
+        v = st.get(a)
+        if not v:
+            return f"{a + ':':10s}none"
+        mr = f", test macro-recall {float(v['macro_recall']):.4f}" if v.get("macro_recall") else ""
+        return f"{a + ':':10s}v{v['version']} ({v.get('model_type') or '?'}, run date {v.get('run_date') or '?'}{mr})"
+
+    out = [f"model {st['model_name']} ({st['tracking_uri']})", alias("champion"), alias("previous")]
+    if not st["versions"]:
+        return "\n".join(out + ["no versions registered yet"])
+    cols = ["version", "run_date", "model_type", "decision", "macro_recall", "review"]
+
+    def cell(v: dict, c: str) -> str:
+        x = v.get(c) or "-"
+        return f"{float(x):.4f}" if c == "macro_recall" and x != "-" else str(x)[:40]
+
+    data = [[cell(v, c) for c in cols] for v in st["versions"]]
+    return "\n".join(out + [""] + _table(cols, data))
+
+
 def _history_table(rows: list[dict]) -> str:
     if not rows:
         return "no promotion decisions recorded yet"
@@ -38,26 +67,31 @@ def _history_table(rows: list[dict]) -> str:
         "challenger_macro_recall",
         "champion_macro_recall",
         "delta",
+        "review_response",
+        "review_by",
+        "reason",
     ]
     short = {
+        "review_response": "review",
+        "review_by": "by",
+        "reason": "why",
         "challenger_version": "chall_v",
         "champion_version": "champ_v",
         "challenger_macro_recall": "chall_mr",
         "champion_macro_recall": "champ_mr",
     }
 
-    def cell(c, v):
+    def cell(c, v, r=None):
         if c == "decided_at":
             return v[:19]
         if c in ("challenger_macro_recall", "champion_macro_recall", "delta") and v not in ("", "None"):
             return f"{float(v):+.4f}" if c == "delta" else f"{float(v):.4f}"
+        if c == "reason":  # a review's own reason when there is one, else the gate's
+            return (r.get("review_reason") or v or "-")[:70]
         return v or "-"
 
-    data = [[cell(c, r.get(c, "")) for c in cols] for r in rows]
-    heads = [short.get(c, c) for c in cols]
-    widths = [max(len(h), *(len(d[i]) for d in data)) for i, h in enumerate(heads)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
-    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(d) for d in data])
+    data = [[cell(c, r.get(c, ""), r) for c in cols] for r in rows]
+    return "\n".join(_table([short.get(c, c) for c in cols], data))
 
 
 def _lake_table(st: dict) -> str:
@@ -71,12 +105,28 @@ def _lake_table(st: dict) -> str:
     return "\n".join([f"lake {st['root']}", line(cols), line(["-" * w for w in widths]), *rows])
 
 
+def _champion_line(d: dict) -> str:
+    """Who serves after the decision: the challenger when promoted (and the one it replaced), else the champion."""
+    before = (
+        "none before this run"
+        if d["champion_macro_recall"] is None
+        else f"v{d['champion_version']} (test macro-recall {d['champion_macro_recall']:.4f})"
+    )
+    if d["decision"] == "promoted":  # the challenger serves now; the one it replaced is 'previous'
+        return f"v{d['challenger_version']} (this run's challenger, promoted); it replaced {before}"
+    return f"{before}, unchanged" if d["champion_macro_recall"] is not None else "none (nothing promoted)"
+
+
 def run_summary(settings, run_date: str) -> str:
     """The human summary `make demo` prints; raises if an expected output is missing."""
     import pyarrow.parquet as pq
 
     from pipelines.lake import partition_dir, resolve
+    from pipelines.retrain import skipped_run
 
+    skipped = skipped_run(settings, run_date)
+    if skipped is not None:
+        return _skipped_summary(settings, run_date, skipped)
     decision_path = settings.run_dir(run_date) / "evaluation" / "decision.json"
     if not decision_path.exists():
         raise FileNotFoundError(f"no gate decision for {run_date} at {decision_path}")
@@ -95,11 +145,7 @@ def run_summary(settings, run_date: str) -> str:
     scored_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     if not scored_rows:
         raise FileNotFoundError(f"no scored rows under {scored}")
-    champ = (
-        "n/a (no champion before this run)"
-        if d["champion_macro_recall"] is None
-        else (f"{d['champion_macro_recall']:.4f} (v{d['champion_version']})")
-    )
+    champ = _champion_line(d)
     plan_path = settings.run_dir(run_date) / "embedding" / "warm.json"
     plan = json.loads(plan_path.read_text()) if plan_path.exists() else {"mode": "full", "reason": "no warm plan"}
     lines = [
@@ -122,6 +168,20 @@ def run_summary(settings, run_date: str) -> str:
     if card.exists():
         lines.append(f"model card:          {card}")
     return "\n".join(lines)
+
+
+def _skipped_summary(settings, run_date: str, s: dict) -> str:
+    """The summary of a run that trained nothing (pipelines/retrain.py record_skip)."""
+    return "\n".join(
+        [
+            f"== meli-retrain summary for {run_date} (MELI_HOME={settings.home}) ==",
+            f"decision:            SKIPPED by rule '{s['rule']}': {s['reason']}",
+            f"champion:            v{s['champion_version']} (unchanged)"
+            if s.get("champion_version")
+            else "champion:            none",
+            f"MLflow run id:       {s.get('mlflow_run_id') or 'n/a'} (tracking: {settings.tracking_uri})",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +265,9 @@ def _cmd_train(settings, args, run_date: str) -> int:
     # validates what was never validated (as the DAG does), then reads only versions that passed
     dataset = step_prepare(settings, run_date, None, {"meli.trigger": "cli"})
     emb = step_embedding(settings, dataset, cfg)
+    if emb.get("skipped"):
+        print(f"skipped: {emb['skipped']['reason']}")
+        return 0
     trained = step_train_all(settings, dataset, emb, cfg)
     results = step_ensemble(settings, dataset, trained, cfg)
     challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
@@ -274,6 +337,9 @@ def _cmd_retrain(settings, args, run_date: str) -> int:
         require_approval=args.require_approval,
         **_gate_rules(args),
     )
+    if out.get("skipped"):
+        print(f"skipped: {out['skipped']['reason']}")
+        return 0
     d = out["decision"]
     _print(
         {
@@ -332,7 +398,14 @@ def _cmd_registry(settings, args, run_date: str) -> int:
     from pipelines import registry
 
     if args.action == "status":
-        _print(registry.status(settings))
+        from pipelines.decisions import NoSuchModel
+
+        try:
+            st = registry.status(settings)
+        except NoSuchModel as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(st, indent=2, default=str) if args.json else _status_table(st))
     elif args.action == "history":
         rows = registry.history(settings)
         print(json.dumps(rows, indent=2) if args.json else _history_table(rows))

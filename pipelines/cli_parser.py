@@ -107,12 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_training_commands(sub)
     _add_serving_commands(sub)
+    for choice in sub._choices_actions:  # `COMMAND --help` says what the command does, as the list does
+        p = sub.choices[choice.dest]
+        p.description = p.description or choice.help
     return ap
 
 
 def _add_data_commands(sub) -> None:
     """settings, demo-data, ingest, lake, validate."""
-    sub.add_parser("settings", help="print the resolved settings")
+    sub.add_parser(
+        "settings",
+        help="print the resolved settings as JSON: every MELI_* variable's value (or its default), the MLflow "
+        "tracking and registry URIs, the gate, validation and monitor thresholds (README: Configuration)",
+    )
 
     p = sub.add_parser("demo-data", help="write SYNTHETIC MeLi-like listings (DiploDatos jsonl[.gz])")
     p.add_argument("out", help="output path (.jsonl or .jsonl.gz)")
@@ -130,8 +137,12 @@ def _add_data_commands(sub) -> None:
         help="commit the partition even if the input holds no rows (default: refuse, the partition stays)",
     )
 
-    p = sub.add_parser("lake", help="what readers of the lake see: partitions, rows, versions")
-    p.add_argument("action", choices=["status"])
+    p = sub.add_parser(
+        "lake",
+        help="what readers of the lake see: each listings partition's committed version, rows, quarantined "
+        "rows, validation outcome and commit time",
+    )
+    p.add_argument("action", choices=["status"], help="status: the table (or --json)")
     p.add_argument("--run-date", type=_date, default=None, help="only this partition (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -229,7 +240,12 @@ def _add_serving_commands(sub) -> None:
     p = sub.add_parser(
         "registry", help="champion status, promotion history, rollback, approve/reject a pending promotion, model card"
     )
-    p.add_argument("action", choices=["status", "history", "rollback", "approve", "reject", "card"])
+    p.add_argument(
+        "action",
+        choices=["status", "history", "rollback", "approve", "reject", "card"],
+        help="status: champion, previous and every version (a table; --json for machines); history: the "
+        "promotion history with who approved and why",
+    )
     p.add_argument("version", nargs="?", default=None, help="the version to approve, reject or show the card of")
     p.add_argument("--to-version", default=None, help="rollback target (default: alias 'previous')")
     p.add_argument(

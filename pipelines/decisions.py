@@ -19,6 +19,15 @@ def _run_link_path(settings: Settings, run_id: str) -> Path:
     return settings.home / "registry" / "by_run" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id) + ".json")
 
 
+def link_run_record(settings: Settings, run_id: str, record_json: Path, record_md: Path | None = None) -> None:
+    """Name the record a DAG run left (a gate decision, or a skipped run's ``skipped.json``) for its
+    note and "Gate decision" tab."""
+    from pipelines.lake import atomic_write_json
+
+    md = record_md or Path(record_json).with_suffix(".md")
+    atomic_write_json(_run_link_path(settings, run_id), {"decision_json": str(record_json), "decision_md": str(md)})
+
+
 # the DAG that gates: a decision recorded before decisions named their DAG belongs to it
 GATE_DAG_ID = "meli_retrain"
 
@@ -49,6 +58,8 @@ def decision_note(d: dict) -> str:
     def f4(x):
         return "n/a" if x is None else f"{x:.4f}"
 
+    if d["decision"] == "skipped":  # a run with nothing new to train on (pipelines/retrain.py record_skip)
+        return f"**SKIPPED** by rule `{d['rule']}`: {d['reason']}"[:1000]
     b = d.get("bootstrap") or {}
     ci = f"[{f4(b.get('ci_low'))}, {f4(b.get('ci_high'))}]" if b else "n/a"
     return (
@@ -64,6 +75,12 @@ def _markdown(d: dict) -> str:
     def f(x):
         return "n/a" if x is None else (f"{x:.4f}" if isinstance(x, float) else str(x))
 
+    if d["decision"] == "skipped":
+        return (
+            f"# {d['run_date']}: SKIPPED\n\n- rule: `{d['rule']}` — {d['reason']}\n"
+            f"- DAG run: {d['dag_run_id'] or 'n/a'}, decided at {d['decided_at']}\n"
+            f"- champion: v{d.get('champion_version') or '-'} (unchanged)\n"
+        )
     b = d.get("bootstrap") or {}
     return (
         "\n".join(
@@ -100,10 +117,26 @@ def _markdown(d: dict) -> str:
     )
 
 
+class NoSuchModel(LookupError):
+    """The registered model (MELI_MODEL_NAME) does not exist while others do: a typo, most likely."""
+
+
 def status(settings: Settings) -> dict:
+    """The aliases and every version's decision; raises NoSuchModel when the store holds other models
+    but not this one (an empty store: nothing trained yet, ``versions`` empty)."""
     client = _client(settings)
     name = settings.model_name
     out = {"model_name": name, "tracking_uri": settings.tracking_uri}
+    try:
+        client.get_registered_model(name)
+        others = []
+    except Exception:  # not registered: a typo if the store holds other models
+        others = [m.name for m in client.search_registered_models(max_results=20)]
+    if others:
+        raise NoSuchModel(
+            f"registered model {name!r} does not exist in {settings.tracking_uri} (it holds: "
+            f"{', '.join(sorted(others))}); check MELI_MODEL_NAME"
+        )
     for alias in (CHAMPION, PREVIOUS):
         mv = _alias_version(client, name, alias)
         out[alias] = (
@@ -127,6 +160,9 @@ def status(settings: Settings) -> dict:
                 "version": str(v.version),
                 "decision": v.tags.get("meli.decision"),
                 "run_date": v.tags.get("meli.run_date"),
+                "model_type": v.tags.get("meli.model_type"),
+                "macro_recall": v.tags.get("meli.challenger_macro_recall"),
+                "review": " ".join(x for x in (v.tags.get("meli.review"), v.tags.get("meli.reviewed_by")) if x),
             }
             for v in versions
         ),

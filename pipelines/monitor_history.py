@@ -69,6 +69,9 @@ def _record(settings: Settings, report: dict, stem: str) -> dict:
         },
     )
     report["mlflow_run_id"] = run.info.run_id
+    from pipelines.tracking import ui_run_url
+
+    report["mlflow_run_url"] = ui_run_url(settings, run.info.run_id, run.info.experiment_id)  # "" without a UI URL
     with finished_run(client, run.info.run_id):
         atomic_write_json(Path(report["report_json"]), report)
         _append_history(

@@ -5,6 +5,8 @@ scoring itself is pipelines/bundle.py's ``Bundle``.
 
 from __future__ import annotations
 
+import pandas as pd
+
 from pipelines.batches import collate, pick_device
 from pipelines.bundle import OUTPUT_COLUMNS, TOP_K, Bundle
 
@@ -24,9 +26,8 @@ class TitleClassifierModel(PythonModel):
 
         self.bundle = Bundle(context.artifacts["bundle"], device=os.environ.get("MELI_DEVICE", "auto"))
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """``params={"top_k": k}`` (the signature's params schema): k categories a row."""
         if isinstance(model_input, pd.DataFrame):
             if "title" not in model_input.columns:
                 raise ValueError(f"input needs a 'title' column; got {list(model_input.columns)}")

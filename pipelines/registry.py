@@ -43,7 +43,7 @@ from pipelines.versions import PREVIOUS as PREVIOUS
 from pipelines.versions import GateError as GateError
 from pipelines.versions import _alias_version as _alias_version
 from pipelines.versions import _client as _client
-from pipelines.versions import _read_json
+from pipelines.versions import _read_json, describe_decision
 from pipelines.versions import register_challenger as register_challenger
 from pipelines.versions import registry_lock as registry_lock
 
@@ -329,16 +329,11 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
     import mlflow
 
     name, version = d["model_name"], d["challenger_version"]
+    # few tags (those code and filters read); the rest is the version's description (describe_decision)
     tags = {
         "meli.decision": d["decision"],
         "meli.rule": d["rule"],
-        "meli.reason": d["reason"][:4000],
         "meli.challenger_macro_recall": f(d["challenger_macro_recall"]),
-        "meli.champion_macro_recall": f(d["champion_macro_recall"]),
-        "meli.delta": f(d["delta"]),
-        "meli.ci": f"[{f((d['bootstrap'] or {}).get('ci_low'))}, {f((d['bootstrap'] or {}).get('ci_high'))}]",
-        "meli.gate_dag_run_id": d["dag_run_id"],
-        "meli.data_manifest": d["data_manifest"][:4000],
     }
     review = d.get("approval") or {}
     if review:
@@ -346,11 +341,10 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
             {
                 "meli.review": review["response"],
                 "meli.reviewed_by": str(review["by"]),
-                "meli.reviewed_at": review["at"],
                 "meli.review_reason": (review.get("reason") or "")[:4000],
-                "meli.review_via": review.get("via") or "",
             }
         )
+    describe_decision(settings, client, d, parent_run_id)
     if d["rule"] != "already_champion":  # never relabel the serving version with a no-op's "rejected"
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)

@@ -125,26 +125,34 @@ def step_prepare(settings: Settings, run_date: str, validation: dict | None, tag
     return {**dataset, "parent_run_id": parent}
 
 
-def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
+def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig, dag_run_id: str = "") -> dict:
     """The run's mode (full or warm, pipelines/warm.py), FastText on the training split (warm: the
-    base's, continued on the new rows), then the splits encoded once as arrays for the trainings."""
+    base's, continued on the new rows), then the splits encoded once as arrays for the trainings.
+    Mode ``skip`` (a warm run with no new or changed rows): nothing is trained; returns
+    ``{"plan": ..., "skipped": <record>}`` and the caller stops (the DAG skips the rest)."""
     from pipelines.train_tracking import failing_parent
 
     with failing_parent(settings, dataset.get("parent_run_id")):
-        return _embedding(settings, dataset, cfg)
+        return _embedding(settings, dataset, cfg, dag_run_id)
 
 
-def _embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
+def _embedding(settings: Settings, dataset: dict, cfg: TrainConfig, dag_run_id: str) -> dict:
     from pipelines.config import load_recipe
     from pipelines.encoded import encode_dataset
     from pipelines.features import train_embedding
     from pipelines.lake import atomic_write_json
     from pipelines.text import TextConfig
+    from pipelines.tracking import quiet_libraries
     from pipelines.train import embedding_config, log_embedding
     from pipelines.warm import PLAN_FILE, plan_run, warm_embedding
 
+    quiet_libraries()  # gensim's load/save INFO lines
     recipe = load_recipe(settings.recipes_dir, cfg.recipe)  # a missing recipe fails here, before FastText
     plan = plan_run(settings, dataset, cfg, dataset["run_date"])
+    skip_path = settings.run_dir(dataset["run_date"]) / SKIP_FILE
+    if plan["mode"] == "skip":  # nothing new: no embedding, no training, nothing registered
+        return {"plan": plan, "skipped": record_skip(settings, dataset, plan, dag_run_id)}
+    skip_path.unlink(missing_ok=True)  # an earlier skipped run of this date no longer describes it
     if plan["mode"] == "warm":
         emb = warm_embedding(dataset["dir"], plan, cfg.seed)
     else:
@@ -157,6 +165,67 @@ def _embedding(settings: Settings, dataset: dict, cfg: TrainConfig) -> dict:
     emb["recipe"] = recipe  # pinned for the run's train tasks ("tuned" resolved once, here)
     _record_recipe(settings, dataset["parent_run_id"], recipe)
     return emb
+
+
+SKIP_FILE = "skipped.json"  # in the run dir: the run trained nothing, and why
+
+
+def skipped_run(settings: Settings, run_date: str) -> dict | None:
+    """The record of a run of ``run_date`` that trained nothing (``record_skip``), if the last one did."""
+    import json
+
+    path = settings.run_dir(run_date) / SKIP_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def record_skip(settings: Settings, dataset: dict, plan: dict, dag_run_id: str = "") -> dict:
+    """A run with nothing new to train on: its reason in the log, ``skipped.json`` (the summary, the
+    run's note and "Gate decision" tab) and on its parent MLflow run (description and tags)."""
+    from datetime import UTC, datetime
+
+    import mlflow
+
+    from pipelines.lake import atomic_write_json
+    from pipelines.tracking import configure
+
+    champion = _champion_version(settings)
+    record = {
+        "decision": "skipped",
+        "rule": "nothing_new",
+        "reason": plan["reason"],
+        "run_date": dataset["run_date"],
+        "dag_run_id": dag_run_id or dataset.get("dag_run_id", ""),
+        "mlflow_run_id": dataset.get("parent_run_id") or "",
+        "champion_version": champion,
+        "base_version": plan["base"]["version"],
+        "decided_at": datetime.now(UTC).isoformat(),
+    }
+    atomic_write_json(settings.run_dir(dataset["run_date"]) / SKIP_FILE, record)
+    if record["dag_run_id"]:  # the run page's note and "Gate decision" tab find it from the run id
+        from pipelines.decisions import link_run_record
+
+        link_run_record(settings, record["dag_run_id"], settings.run_dir(dataset["run_date"]) / SKIP_FILE)
+    if dataset.get("parent_run_id"):
+        configure(settings)
+        with mlflow.start_run(run_id=dataset["parent_run_id"]):
+            mlflow.set_tags(
+                {"meli.mode": "skip", "meli.decision": "skipped", "mlflow.note.content": f"Skipped: {plan['reason']}"}
+            )
+        from pipelines.train_tracking import rename_parent_run
+
+        rename_parent_run(dataset["parent_run_id"], "skip")
+    log.info("run of %s skipped: %s", dataset["run_date"], plan["reason"])
+    return record
+
+
+def _champion_version(settings: Settings) -> str | None:
+    from pipelines.versions import CHAMPION, _alias_version, _client
+
+    try:
+        mv = _alias_version(_client(settings), settings.model_name, CHAMPION)
+    except Exception:  # the record is informative; the skip does not depend on it
+        return None
+    return str(mv.version) if mv else None
 
 
 def _record_recipe(settings: Settings, parent_run_id: str, recipe: dict | None) -> None:
@@ -181,9 +250,11 @@ def step_train(
     """Train one model type; ``side_by_side``: trainings sharing this machine's cores at once. The
     run's recipe (``embedding["recipe"]``, step_embedding) sets this type's defaults (apply_recipe)."""
     from pipelines.config import apply_recipe
+    from pipelines.tracking import quiet_libraries
     from pipelines.train import train_classifier
     from pipelines.train_tracking import failing_parent
 
+    quiet_libraries()  # gensim's load INFO lines
     cfg = apply_recipe(cfg, kind, embedding.get("recipe"))
     with failing_parent(settings, dataset["parent_run_id"]):
         result = train_classifier(
@@ -196,6 +267,7 @@ def step_train(
             run_date=dataset["run_date"],
             threads=settings.train_threads(side_by_side),
             plan=embedding.get("plan"),
+            embedding_sha256=embedding.get("sha256"),
         )
     return {**result, "recipe": cfg.recipe}
 
@@ -313,6 +385,9 @@ def step_evaluate(settings: Settings, run_date: str, challenger: dict) -> dict:
     from pipelines.registry import evaluate
 
     ev = evaluate(settings, run_date, challenger["version"])
+    from pipelines.versions import log_test_metrics
+
+    log_test_metrics(settings, run_date, challenger["version"], ev)  # on the challenger's LoggedModel
     from pipelines.monitor import try_build_reference
 
     # what the drift monitor compares scored batches with (best effort: built on first monitor if missing)
@@ -349,6 +424,7 @@ def step_gate(
             dag_run_id=dag_run_id,
             parent_run_id=parent_run_id,
             require_approval=settings.require_approval if require_approval is None else require_approval,
+            dag_id=dag_id,
         )
     try_write_card(settings, challenger["version"])
     return decision
@@ -379,6 +455,8 @@ def run_all(
     challenger = step_resume(settings, run_date, dataset["parent_run_id"])
     if challenger is None:
         emb = step_embedding(settings, dataset, cfg)
+        if emb.get("skipped"):  # nothing new to train on: nothing trained, registered or gated
+            return {"ingest": ingested, "validation": validation, "dataset": dataset, "skipped": emb["skipped"]}
         trained = step_train_all(settings, dataset, emb, cfg)
         results = step_ensemble(settings, dataset, trained, cfg)
         challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])

@@ -81,10 +81,23 @@ def resolve_model(settings: Settings, model: str = "champion") -> tuple[str, str
         try:
             mv = client.get_model_version_by_alias(settings.model_name, model)
         except Exception as exc:
-            raise LookupError(
-                f"model {settings.model_name}@{model} not found in {settings.tracking_uri}: run the retraining first"
-            ) from exc
+            raise LookupError(_not_found(client, settings, model)) from exc
     return settings.model_name, str(mv.version)
+
+
+def _not_found(client, settings: Settings, model: str) -> str:
+    """Why ``model`` names no version: no such registered model, no champion yet, or a typo."""
+    name = settings.model_name
+    try:
+        rm = client.get_registered_model(name)
+    except Exception:
+        return f"model {name} not found in {settings.tracking_uri}: run the retraining first (or check MELI_MODEL_NAME)"
+    aliases = sorted((rm.aliases or {}).keys())
+    if model == "champion" and not aliases:
+        return f"{name} has no champion yet (no version was promoted): pass --model VERSION, or promote one"
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    known = f"aliases: {', '.join(aliases) or 'none'}; versions: {', '.join(map(str, versions)) or 'none'}"
+    return f"--model {model!r} is not a version or alias of {name} ({known})"
 
 
 def load_bundle(name: str, version: str):

@@ -209,6 +209,12 @@ class Settings:
     # registered challenger or MLflow artifacts but the tracking store is missing or empty, every
     # command that reads it fails naming it; set this to create a new, empty store there instead
     create_store: bool = field(default_factory=lambda: _bool("MELI_CREATE_STORE", False))
+    # issue 33 (operator view): meli_retrain's time schedule, a cron in UTC ("0 2 * * *" nightly at 02:00);
+    # empty (the embedded profile): no time schedule, only drift-triggered and manual runs
+    retrain_schedule: str = field(default_factory=lambda: _env("MELI_RETRAIN_SCHEDULE", "").strip())
+    # the MLflow UI's base URL (e.g. http://localhost:5000): model cards, drift reports and run notes
+    # link to runs and model versions there; empty: they show the ids
+    mlflow_ui_url: str = field(default_factory=lambda: _env("MELI_MLFLOW_UI_URL", "").strip().rstrip("/"))
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.

@@ -82,6 +82,48 @@ def _check_store_holds(settings: Settings, client, exp) -> None:
     _CHECKED.add(key)
 
 
+# the experiments' descriptions (mlflow.note.content), issue 33
+DESCRIPTIONS = {
+    "": "Retraining runs of the title classifier: one parent run per retraining (named `retrain <date> <mode> "
+    "<time>Z`; dataset lineage, Data Docs, the gate's decision in its description) with a child run per "
+    "classifier (per-epoch curves, system metrics, the logged model).",
+    "promotions": "The audit trail: one run per gate decision, approval, rejection and rollback "
+    "(`python -m pipelines registry history`).",
+    "shadow": "One run per shadow agreement report (the challenger scored beside the champion).",
+    "monitor": "One run per drift report of a scored batch (pipelines/monitor.py).",
+}
+
+
+def ui_run_url(settings: Settings, run_id: str, experiment_id: str | None) -> str:
+    """The run's page in the MLflow UI (``MELI_MLFLOW_UI_URL``); "" when no UI URL is configured."""
+    if not settings.mlflow_ui_url or not run_id or not experiment_id:
+        return ""
+    return f"{settings.mlflow_ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_version_url(settings: Settings, version: str) -> str:
+    """The model version's page in the MLflow UI; "" when no UI URL is configured."""
+    from urllib.parse import quote
+
+    if not settings.mlflow_ui_url:
+        return ""
+    return f"{settings.mlflow_ui_url}/#/models/{quote(settings.model_name, safe='')}/versions/{version}"
+
+
+def quiet_libraries() -> None:
+    """Library INFO chatter nobody acts on stays out of task logs (gensim's load/save lines, alembic)."""
+    for noisy in ("gensim", "alembic", "smart_open"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _describe(client, exp_id: str, tags: dict | None, suffix: str) -> None:
+    if DESCRIPTIONS.get(suffix) and not (tags or {}).get("mlflow.note.content"):
+        try:
+            client.set_experiment_tag(exp_id, "mlflow.note.content", DESCRIPTIONS[suffix])
+        except Exception as exc:  # a description is not worth failing a run for
+            log.info("could not describe experiment %s: %s", exp_id, exc)
+
+
 PROBE_TIMEOUT_S = 5.0
 PROBE_TRIES = 3
 
@@ -117,6 +159,7 @@ def configure(settings: Settings) -> str:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     import mlflow
 
+    quiet_libraries()
     settings.ensure()
     check_store(settings)  # before MLflow opens (and so creates) a SQLite file
     # mlflow.set_*_uri also export MLFLOW_*_URI; Settings reads those variables, so restore them:
@@ -159,6 +202,7 @@ def configure(settings: Settings) -> str:
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
+    _describe(client, exp_id, exp.tags if exp is not None else None, "")
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -172,10 +216,12 @@ def side_experiment(settings: Settings, suffix: str, client=None) -> str:
     name = f"{settings.experiment}-{suffix}"
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        _describe(client, exp.experiment_id, exp.tags, suffix)
         return exp.experiment_id
     location = None if settings.tracking_uri.startswith("http") else (settings.mlflow_artifacts / suffix).as_uri()
+    tags = {"mlflow.note.content": DESCRIPTIONS[suffix]} if suffix in DESCRIPTIONS else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=tags)
     except Exception:  # created concurrently
         exp = client.get_experiment_by_name(name)
         if exp is None:

@@ -152,7 +152,7 @@ def train_classifier(
 
         bundle_dir = Path(settings.run_dir(run_date or "adhoc")) / "models" / kind / "bundle"
         _save_bundle(bundle_dir, state, fit, embedding_dir, encoded)
-        info = log_served_model(bundle_dir, val_df, best.probs)
+        info = log_served_model(bundle_dir, val_df, best.probs, dataset_dir)
         mlflow.set_tag("meli.model_uri", info.model_uri)  # a later warm run may start from it
         result = _result(kind, run.info.run_id, info.model_uri, best, train_seconds, fit, rows)
         log.info("%s trained: %s", kind, result)
@@ -302,7 +302,7 @@ def train_ensemble(
             | {f"val_macro_recall_{s.replace('+', '_')}": v for s, v in scores.items()}
             | {f"val_macro_recall_{r['model_type']}": r["val_macro_recall"] for r in results}
         )
-        info = log_served_model(bundle_dir, val_df, sum(probs[k] for k in members) / len(members))
+        info = log_served_model(bundle_dir, val_df, sum(probs[k] for k in members) / len(members), Path(dataset_dir))
         result = {
             "model_type": "ensemble",
             "members": members,

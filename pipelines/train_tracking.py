@@ -33,16 +33,40 @@ def _pip_requirements(bundle_dir: Path | None = None) -> list[str]:
     return pins
 
 
+def parent_run_name(run_date: str, mode: str, started: str) -> str:
+    """``retrain 2026-12-02 full 10:42:07Z``: the run date, the mode and the UTC start time (unique
+    among a date's runs; ``started`` an ISO time)."""
+    return f"retrain {run_date} {mode} {started[11:19]}Z"
+
+
 def start_parent_run(settings: Settings, run_date: str, dataset: dict, tags: dict | None = None) -> str:
-    """The retraining run that groups the embedding, each classifier and the gate decision."""
+    """The retraining run that groups the embedding, each classifier and the gate decision. Named
+    ``retrain <date> <mode> <time>Z`` (the mode "pending" until the embedding step decides it)."""
+    from datetime import UTC, datetime
+
     import mlflow
 
     from pipelines.tracking import configure, open_run
 
     configure(settings)
-    with open_run(settings, run_name=f"retrain-{run_date}") as run:
+    started = datetime.now(UTC).isoformat()
+    info = json.loads((Path(dataset["dir"]) / "dataset.json").read_text())
+    trigger = (tags or {}).get("meli.trigger", "")
+    note = (
+        f"Retraining on the lake as of {run_date} (data version {info.get('data_version', '?')}: "
+        + ", ".join(f"{n} {k} rows" for k, n in dataset["counts"].items())
+        + f"; started {started[:19]}Z{' by ' + trigger if trigger else ''}). The gate's decision is added here."
+    )
+    with open_run(settings, run_name=parent_run_name(run_date, "pending", started)) as run:
         mlflow.set_tags(
-            {"meli.run_date": run_date, "meli.stage": "retrain", **_lineage(Path(dataset["dir"])), **(tags or {})}
+            {
+                "meli.run_date": run_date,
+                "meli.stage": "retrain",
+                "meli.started_at": started,
+                "mlflow.note.content": note,
+                **_lineage(Path(dataset["dir"])),
+                **(tags or {}),
+            }
         )
         mlflow.log_params({f"rows_{k}": v for k, v in dataset["counts"].items()})
         mlflow.log_param("num_categories", dataset["num_categories"])
@@ -92,11 +116,39 @@ def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainC
         plan = emb.get("plan")
         if plan:
             mlflow.set_tags({"meli.mode": plan["mode"], "meli.mode_reason": plan["reason"][:4000]})
+            rename_parent_run(parent_run_id, plan["mode"])
             if plan["mode"] == "warm":
                 mlflow.set_tag("meli.base_version", plan["base"]["version"])
                 mlflow.log_metrics(
                     {"vocab_growth": plan["vocab_growth"], "new_partitions": len(plan["new_partitions"])}
                 )
+
+
+def rename_parent_run(parent_run_id: str, mode: str) -> None:
+    """The parent run's name once the mode is known (``retrain <date> <mode> <time>Z``)."""
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(parent_run_id)
+    started = run.data.tags.get("meli.started_at")
+    if started:
+        name = parent_run_name(run.data.tags.get("meli.run_date", ""), mode, started)
+        mlflow.MlflowClient().set_tag(parent_run_id, "mlflow.runName", name)
+
+
+def split_dataset(dataset_dir: Path, split: str, df):
+    """A split as an MLflow dataset named ``<split>@<data version>`` (the lake snapshot it was cut
+    from), its source the split's Parquet file."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    info = json.loads((Path(dataset_dir) / "dataset.json").read_text())
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice: both readings are the same
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        source = resolve_dataset_source((Path(dataset_dir) / f"{split}.parquet").resolve().as_uri())
+    targets = "category" if "category" in df.columns else None
+    return mlflow.data.from_pandas(df, source=source, name=f"{split}@{info.get('data_version', '?')}", targets=targets)
 
 
 def _lineage(dataset_dir: Path) -> dict:
@@ -134,7 +186,8 @@ def start_model_run(settings: Settings, kind: str, run_date: str, parent_run_id:
     from pipelines.tracking import configure, open_run
 
     configure(settings)
-    run_kwargs = {"run_name": f"{kind}-{run_date}" if run_date else kind}
+    # CPU, memory, disk and network (GPU with pynvml) every 10 s beside the epochs: trainings run for hours
+    run_kwargs = {"run_name": f"{kind}-{run_date}" if run_date else kind, "log_system_metrics": True}
     if parent_run_id:
         run_kwargs.update(parent_run_id=parent_run_id, nested=True)
     return _faulted(open_run(settings, **run_kwargs), faults)
@@ -179,17 +232,38 @@ def log_model_run(dataset_dir: Path, run_date: str, fit, mode: str, lineage: dic
         }
     )
     try:
-        mlflow.log_input(
-            mlflow.data.from_pandas(
-                train_df, source=str(dataset_dir / "train.parquet"), name=f"train-{run_date}", targets="category"
-            ),
-            context="training",
-        )
+        mlflow.log_input(split_dataset(dataset_dir, "train", train_df), context="training")
     except Exception as exc:  # lineage tags above still hold the manifest data
         log.warning("mlflow.log_input failed: %s", exc)
 
 
-def log_served_model(bundle_dir: Path, val_df, val_probs: np.ndarray):
+def model_signature():
+    """The logged model's signature: a ``title`` column in; the documented columns out; the params
+    schema that lets ``predict(df, params={"top_k": k})`` reach the model."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    from pipelines.bundle import TOP_K
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "title")]),
+        outputs=Schema(
+            [
+                ColSpec("string", "predicted_category"),
+                ColSpec("double", "probability"),
+                ColSpec(Array("string"), "top_k_categories"),
+                ColSpec(Array("double"), "top_k_probabilities"),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("top_k", "long", TOP_K)]),
+    )
+
+
+INPUT_EXAMPLE_TITLES = ["Zapatillas Nike Air Max talle 42", "Capinha celular Motorola G8 silicone"]
+
+
+def log_served_model(bundle_dir: Path, val_df, val_probs: np.ndarray, dataset_dir: Path | None = None):
     """In the active MLflow run: validation diagnostics, then the bundle as a pyfunc model.
 
     ``val_probs`` are the selection pass's validation probabilities (columns = the bundle's labels;
@@ -199,11 +273,8 @@ def log_served_model(bundle_dir: Path, val_df, val_probs: np.ndarray):
     import tempfile
 
     import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
 
     from pipelines.evaluate import confusion_summary, per_class_recall
-    from pipelines.pyfunc import TitleClassifierModel
 
     labels = np.asarray(json.loads((bundle_dir / "labels.json").read_text()), dtype=object)
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,14 +290,26 @@ def log_served_model(bundle_dir: Path, val_df, val_probs: np.ndarray):
         {"top_confusions": confusion_summary(val_df["category"].tolist(), val_pred)},
         "diagnostics/val_confusions.json",
     )
-    return mlflow.pyfunc.log_model(
+    import pandas as pd
+
+    info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=TitleClassifierModel(),
+        python_model=str(REPO_ROOT / "pipelines" / "pyfunc_model.py"),  # code, not a pickled object
         artifacts={"bundle": str(bundle_dir)},
         code_paths=[str(REPO_ROOT / "pipelines")],
         pip_requirements=_pip_requirements(bundle_dir),
-        signature=ModelSignature(inputs=Schema([ColSpec("string", "title")])),
+        signature=model_signature(),
+        input_example=pd.DataFrame({"title": INPUT_EXAMPLE_TITLES}),
     )
+    if dataset_dir is not None:  # the selection pass's validation score, on the LoggedModel with its dataset
+        from pipelines.evaluate import accuracy, macro_recall
+
+        y = val_df["category"].tolist()
+        val = split_dataset(dataset_dir, "validation", val_df[["category"]])
+        mlflow.log_input(val, context="validation")
+        for key, fn in (("val_macro_recall", macro_recall), ("val_accuracy", accuracy)):
+            mlflow.log_metric(key, float(fn(y, val_pred)), model_id=info.model_id, dataset=val)
+    return info
 
 
 def member_val_probs(result: dict, n_rows: int) -> np.ndarray:

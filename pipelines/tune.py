@@ -154,13 +154,17 @@ def storage(settings: Settings):
         kwargs = {"connect_args": {"timeout": 60}}
     else:
         kwargs = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=kwargs,
-        heartbeat_interval=60,
-        grace_period=180,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-    )
+    import warnings
+
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5: nothing for a person to act on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=60,
+            grace_period=180,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
 
 
 def _pruner(tcfg: TuneConfig, epochs: int):

@@ -149,13 +149,13 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
             )
         except MlflowException:
             pass  # created concurrently
-    tags = {
+    tags = {  # read back by warm starts, the card and status (val macro-recall: a metric of its LoggedModel)
         "meli.model_type": trained["model_type"],
         "meli.run_date": run_date,
-        "meli.val_macro_recall": str(trained["val_macro_recall"]),
-        "meli.dag_run_id": dag_run_id,
         "meli.decision": "pending",
     }
+    if dag_run_id:
+        tags["meli.dag_run_id"] = dag_run_id
     if trained.get("members"):
         tags["meli.members"] = "+".join(trained["members"])
     for key in ("mode", "parent_version", "full_run_date"):  # warm-start lineage (pipelines/warm.py)
@@ -194,6 +194,13 @@ def register_challenger(settings: Settings, trained: dict, run_date: str, dag_ru
             mv = mlflow.register_model(trained["model_uri"], settings.model_name, tags=tags)
     for k, v in tags.items():
         client.set_model_version_tag(settings.model_name, mv.version, k, v)
+    client.update_model_version(
+        settings.model_name,
+        mv.version,
+        description=f"{trained['model_type']} trained on the lake as of {run_date} "
+        f"({trained.get('mode') or 'full'}; validation macro-recall {float(trained['val_macro_recall']):.4f}). "
+        "Awaiting the gate.",
+    )
     log.info("registered %s version %s from %s", settings.model_name, mv.version, trained["model_uri"])
     faults.point("register.registered")
     return {
@@ -219,3 +226,80 @@ def _registered_from(client, name: str, trained: dict):
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+# ------------------------------------------------------------------------------------------
+# What a version says in MLflow (issue 33): its test metrics on the LoggedModel, its description
+# ------------------------------------------------------------------------------------------
+def log_test_metrics(settings: Settings, run_date: str, version: str, evaluation: dict) -> None:
+    """The challenger's test macro-recall and accuracy on its LoggedModel, with the test split as an
+    MLflow dataset named by the data version (``get_logged_model(model_id).metrics``). Best effort."""
+    try:
+        import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
+
+        from pipelines.train_tracking import split_dataset
+
+        client = _client(settings)
+        mv = client.get_model_version(settings.model_name, str(version))
+        model_id = getattr(mv, "model_id", None) or _logged_model_id(mv.source)
+        ch = evaluation["models"]["challenger"]
+        if not model_id or not mv.run_id:
+            return
+        dataset_dir = settings.run_dir(run_date) / "dataset"
+        test = split_dataset(dataset_dir, "test", pd.read_parquet(dataset_dir / "test.parquet", columns=["category"]))
+        entity = test._to_mlflow_entity()
+        client.log_inputs(mv.run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", "test")])])
+        for key in ("macro_recall", "accuracy"):
+            if ch.get(key) is not None:
+                client.log_metric(
+                    mv.run_id, f"test_{key}", float(ch[key]), dataset_name=entity.name,
+                    dataset_digest=entity.digest, model_id=model_id,
+                )  # fmt: skip
+    except Exception as exc:  # the evaluation files and the decision hold the same figures
+        log.warning("could not log v%s's test metrics on its MLflow model: %s", version, exc)
+
+
+def _logged_model_id(source: str | None) -> str | None:
+    """``models:/m-<id>`` (a version registered from a LoggedModel) -> ``m-<id>``."""
+    src = source or ""
+    return src.removeprefix("models:/") if src.startswith("models:/m-") and "/" not in src[9:] else None
+
+
+def decision_description(d: dict) -> str:
+    """A gate decision (and its approval) as a few Markdown lines: the version's and the run's description."""
+
+    def f4(x, sign: str = ""):
+        return "n/a" if x is None else f"{x:{sign}.4f}"
+
+    b = d.get("bootstrap") or {}
+    lines = [
+        f"**{d['decision'].upper()}** by rule `{d['rule']}` ({str(d.get('decided_at', ''))[:16]}Z): {d['reason']}",
+        "",
+        f"Test macro-recall {f4(d.get('challenger_macro_recall'))}"
+        + (
+            f" vs champion v{d['champion_version']} {f4(d.get('champion_macro_recall'))}, "
+            f"delta {f4(d.get('delta'), '+')}" + (f", 95% CI [{b['ci_low']:.4f}, {b['ci_high']:.4f}]" if b else "")
+            if d.get("champion_version")
+            else " (no champion before)"
+        )
+        + f"; {d.get('test_rows', '?')} test rows. Run date {d.get('run_date') or '-'}, "
+        f"DAG run {d.get('dag_run_id') or '-'}.",
+    ]
+    if r := d.get("approval"):
+        lines += ["", f"Review: **{r['response']}** by {r['by']} ({r.get('via')}) at {str(r['at'])[:16]}Z: "
+                  f"{r.get('reason') or 'no reason given'}"]  # fmt: skip
+    return "\n".join(lines)[:5000]
+
+
+def describe_decision(settings: Settings, client, d: dict, parent_run_id: str | None) -> None:
+    """Write the decision as the version's description and on the retraining run's (``mlflow.note.content``)."""
+    text = decision_description(d)
+    try:
+        if d["rule"] != "already_champion":  # never relabel the serving version with a no-op
+            client.update_model_version(d["model_name"], str(d["challenger_version"]), description=text)
+        if parent_run_id:
+            note = client.get_run(parent_run_id).data.tags.get("mlflow.note.content", "").split("\n\nGate: ")[0]
+            client.set_tag(parent_run_id, "mlflow.note.content", f"{note}\n\nGate: {text}")
+    except Exception as exc:  # the decision's files and tags already hold it
+        log.warning("could not describe v%s's decision in MLflow: %s", d["challenger_version"], exc)

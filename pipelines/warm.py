@@ -202,6 +202,51 @@ def new_partitions(dataset_snap: dict[str, int], parent_snap: dict[str, int]) ->
     return sorted(d for d, v in dataset_snap.items() if parent_snap.get(d) != v)
 
 
+_ROW_COLUMNS = ["listing_id", "title", "language", "label_quality", "category", "split"]
+
+
+def same_rows(root: Path, run_date: str, version_a: int, version_b: int) -> bool:
+    """Whether two committed versions of a listings partition hold the same rows (a re-ingest of the
+    same files); False when either is no longer kept (the lake keeps a few versions)."""
+    from pipelines.lake import partition_dir, read_partition
+
+    part = partition_dir(root, run_date)
+    try:
+        a, b = (read_partition(part, _ROW_COLUMNS, v) for v in (version_a, version_b))
+    except (FileNotFoundError, OSError):
+        return False
+    if a.num_rows != b.num_rows:
+        return False
+    order = [(c, "ascending") for c in _ROW_COLUMNS]
+    return a.sort_by(order).equals(b.sort_by(order))
+
+
+def changed_partitions(root: Path, dataset_snap: dict[str, int], parent_snap: dict[str, int]) -> list[str]:
+    """``new_partitions`` less those re-ingested with exactly the rows the parent trained on."""
+    return [
+        d
+        for d in new_partitions(dataset_snap, parent_snap)
+        if d not in parent_snap or not same_rows(root, d, parent_snap[d], dataset_snap[d])
+    ]
+
+
+def skip_plan(plan: dict) -> dict | None:
+    """A warm plan with nothing to train: every type warm and no new or changed rows for any (e.g.
+    the same files ingested again). The run then trains and registers nothing (``mode: skip``)."""
+    if plan.get("mode") != "warm" or any(t != "warm" for t in plan["types"].values()):
+        return None
+    if any(p["new_partitions"] for p in plan["parents"].values()):
+        return None
+    base = plan["base"]
+    reason = (
+        f"nothing new to train on: no new or changed rows since version {base['version']} "
+        f"(lake {','.join(f'{d}@v{v}' for d, v in sorted(base['lake_versions'].items()))}); "
+        "no model trained or registered, the champion stays"
+    )
+    log.info("training skipped: %s", reason)
+    return {**plan, "mode": "skip", "reason": reason, "warm_reason": plan["reason"]}
+
+
 def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
     """Full or warm for this run, and why; for warm the base and each type's parent."""
     from pipelines.features import EmbeddingIntegrityError, TitleEncoder, verify_embedding
@@ -243,7 +288,7 @@ def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
             f"(this run: {cfg.sentence_encoder})"
         )
     age = (date.fromisoformat(run_date) - date.fromisoformat(base["full_run_date"])).days
-    fresh = new_partitions(snap, base["lake_versions"])
+    fresh = changed_partitions(settings.listings_dir, snap, base["lake_versions"])
     growth = vocab_growth(Path(dataset["dir"]), old, fresh)
     if cfg.mode == "auto":
         if age > settings.warm_max_age_days:
@@ -254,18 +299,18 @@ def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
         if growth > settings.warm_max_vocab_growth:
             return full(f"the vocabulary grew by {growth:.1%} (max {settings.warm_max_vocab_growth:.0%})")
     types, plan_parents = {}, {}
+    root = settings.listings_dir
     for kind, parent in parents.items():
         types[kind] = "warm" if parent is not None else "full"
-        if parent is not None:
-            plan_parents[kind] = {**parent, "new_partitions": new_partitions(snap, parent["lake_versions"])}
+        if parent is not None:  # a partition re-ingested with the same rows is nothing new
+            plan_parents[kind] = {**parent, "new_partitions": changed_partitions(root, snap, parent["lake_versions"])}
     reason = (
         f"warm from version {base['version']} ({base['model_type']}, last full retrain {base['full_run_date']}): "
         f"{len(fresh)} new partition(s), vocabulary +{growth:.1%}"
     )
     if any(t == "full" for t in types.values()):
         reason += f"; no parent for {[k for k, t in types.items() if t == 'full']}: trained full"
-    log.info("training mode warm: %s", reason)
-    return {
+    plan = {
         "mode": "warm",
         "reason": reason,
         "base": base,
@@ -275,6 +320,11 @@ def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
         "types": types,
         "parents": plan_parents,
     }
+    skipped = skip_plan(plan)
+    if skipped is not None:
+        return skipped
+    log.info("training mode warm: %s", reason)
+    return plan
 
 
 def _train_titles(dataset_dir: Path, partitions: list[str]) -> list[str]:

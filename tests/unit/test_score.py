@@ -152,7 +152,8 @@ def test_scores_a_lake_partition_and_resolves_inputs(s, tmp_path):
 
 def test_unknown_model_is_a_clear_error(s, tmp_path):
     src, _ = _input(tmp_path)
-    with pytest.raises(LookupError, match="not found"):
+    # a name that is no alias is a typo (issue 33), not a model to train first
+    with pytest.raises(LookupError, match=r"'staging' is not a version or alias of meli-title-classifier \(aliases"):
         score(s, src, tmp_path / "x.parquet", model="staging", progress=False)
 
 
