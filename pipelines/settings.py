@@ -45,6 +45,11 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
 
 
+def _names(name: str) -> tuple[str, ...]:
+    """A comma-separated list of names (blanks around them and empty entries dropped)."""
+    return tuple(dict.fromkeys(n.strip() for n in _env(name, "").split(",") if n.strip()))
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Validation thresholds (MELI_VALIDATE_*); the GX suites reference them as $PARAMETERs."""
@@ -169,6 +174,14 @@ class Settings:
     retrain_deadline_h: float = field(default_factory=lambda: _float("MELI_RETRAIN_DEADLINE_H", 6.0))
     # optional: alerts are also POSTed (JSON) to this URL
     alert_webhook_url: str = field(default_factory=lambda: _env("MELI_ALERT_WEBHOOK_URL", ""))
+    # --- issue 35 item 4: who may answer an approval, and which version writes lake/scored ---
+    # the Airflow user names (the simple auth manager's user ids) who may approve or reject a promotion
+    # (the HITL task's assigned_users) and the OS logins `registry approve|reject` accepts; empty: any
+    # user allowed on the DAG (Airflow) or any shell user (CLI), with a warning in the task log
+    approvers: tuple[str, ...] = field(default_factory=lambda: _names("MELI_APPROVERS"))
+    # a version that may write the lake's scored partition besides the champion (e.g. pinned during an
+    # incident); every other version scores to ad-hoc files only
+    scoring_version: str = field(default_factory=lambda: _env("MELI_SCORING_VERSION", "").strip())
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.
@@ -186,6 +199,8 @@ class Settings:
             raise ValueError("MELI_LAKE_KEEP_VERSIONS must be >= 1")
         if self.approval_timeout_h <= 0:
             raise ValueError("MELI_APPROVAL_TIMEOUT_H must be > 0 (hours)")
+        if self.scoring_version and not self.scoring_version.isdigit():
+            raise ValueError(f"MELI_SCORING_VERSION={self.scoring_version!r} is not a version number (or empty)")
 
     def train_threads(self, side_by_side: int) -> int:
         """Torch CPU threads for one of ``side_by_side`` training processes."""
