@@ -27,10 +27,12 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
 9. **gate**: promote (alias `champion`, old one keeps `previous`) or reject, and record why: the
    decision (rule, both macro-recalls, CI, behavioural checks) becomes the run's note, and the run's
    *Gate decision* tab shows its full report. Every version has a *model card* (`/meli/cards/<version>`)
-10. **approve_promotion** (Param `require_approval`, `MELI_REQUIRE_APPROVAL`): a promotion the gate decided
+10. **approve_promotion** (`MELI_REQUIRE_APPROVAL`, or Param `require_approval`: the Param can add approval,
+   never remove the deployment's; `force_promote` waits too): a promotion the gate decided
    waits here, on the *Required Actions* page, with the evidence; Approve moves the alias, Reject (or no
    answer within `MELI_APPROVAL_TIMEOUT_H` hours) keeps the champion; who, when and why are recorded.
-   Skipped when no approval is required or the gate rejected
+   Only the users in `MELI_APPROVERS` may answer (but not the one who triggered the run, when another
+   approver remains). Skipped when no approval is required or the gate rejected
 11. **announce_champion** emits the `meli_champion` asset only when a new champion was promoted
 
 Schedule: the cron `MELI_RETRAIN_SCHEDULE` (UTC; the distributed profile sets `0 2 * * *`, nightly at
@@ -307,13 +309,16 @@ def _train_cfg(params) -> TrainConfig:
             type="boolean",
             title="Require a person's approval",
             description="A promotion the gate decides waits on the Required Actions page (task approve_promotion) "
-            f"with the evidence; Reject or no answer within {_S.approval_timeout_h:g} h keeps the champion.",
+            f"with the evidence; Reject or no answer within {_S.approval_timeout_h:g} h keeps the champion. "
+            "This can only add approval: when the deployment requires it (MELI_REQUIRE_APPROVAL), unticking it "
+            "changes nothing.",
         ),
         "force_promote": Param(
             False,
             type="boolean",
             title="Force promotion",
-            description="Operator override: promote whatever the rules say (recorded).",
+            description="Operator override: promote whatever the rules say (recorded); still waits for a "
+            "person's approval when approval is required.",
         ),
         "dry_run": Param(False, type="boolean", title="Dry run", description="Decide and record, move no alias."),
     },

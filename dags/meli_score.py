@@ -8,7 +8,9 @@ version scores every row. Unscorable rows are kept with a null prediction and a 
 
 Output: the given `.parquet` file, or `lake/scored/run_date=<date>/` (replaced atomically on rerun),
 where the date is the form's `run_date`, else the run date of the retrain run whose partition is
-scored, else the run's own date.
+scored, else the run's own date. Only the champion (or `MELI_SCORING_VERSION`) writes `lake/scored`:
+a `model` naming another version scores to `$MELI_HOME/adhoc/scored/<input>-<UTC time>.parquet`
+instead, and the task log says so.
 
 Shadow (`shadow`, default `MELI_SHADOW`, on): when a version newer than the served one is registered
 (rejected by the gate, pending approval, or not yet gated), it also scores the batch, into
@@ -69,7 +71,8 @@ DRIFT = Asset("meli_drift")
             "champion",
             type="string",
             title="Model alias or version",
-            description="Resolved to one version at the start of the run",
+            description="Resolved to one version at the start of the run. Only the champion (or "
+            "MELI_SCORING_VERSION) writes lake/scored; another version scores to $MELI_HOME/adhoc/scored/",
         ),
         "input_format": Param("auto", enum=list(INPUT_FORMATS), title="Input format"),
         "run_date": Param(
@@ -123,6 +126,7 @@ def meli_score():
             run_date=run_date,
             progress=False,
             shadow=params.get("shadow"),
+            adhoc_unless_served=True,  # another version than the champion: an ad-hoc file, logged
         )
         sh = result.shadow
         if sh is None:  # on with no version above the served one: run_shadow said so, once

@@ -8,16 +8,77 @@
   standard provider, Airflow >= 3.1). Its answer is applied by ``registry.respond`` (the same function
   ``python -m pipelines registry approve|reject`` calls): Approve moves ``champion``; Reject, or no
   answer within ``MELI_APPROVAL_TIMEOUT_H`` hours, keeps the champion.
+
+Who may answer (``MELI_APPROVERS``, ``hitl_assignees``): the listed Airflow users are the task's
+``assigned_users``; the user who triggered the run is left out when another approver remains (four
+eyes; a lone approver answers their own run, with a warning); with no list, any user allowed on the DAG
+answers (a warning in the task log). The CLI answers as the OS login of its effective uid
+(``os_identity``), which must be in the list when there is one (``check_approver``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from datetime import timedelta
 from urllib.parse import quote
 
 from pipelines.settings import Settings
 
 SUBJECT = "Promote {name} v{version} to champion?"
+
+log = logging.getLogger(__name__)
+
+
+def os_identity() -> str:
+    """Who the CLI runs as: the login name of the effective uid (never $USER/$LOGNAME, which anyone
+    sets); ``uid:N`` when the uid has no passwd entry (a container's arbitrary uid)."""
+    try:
+        import pwd
+    except ImportError:  # not POSIX
+        import getpass
+
+        return getpass.getuser()
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
+
+
+def check_approver(settings: Settings, who: str) -> None:
+    """Refuse (PermissionError, one line) an answer by someone not in ``MELI_APPROVERS`` when it is set."""
+    if settings.approvers and who not in settings.approvers:
+        raise PermissionError(
+            f"{who or 'an unknown user'} may not approve or reject promotions: not in MELI_APPROVERS "
+            f"({', '.join(settings.approvers)})"
+        )
+
+
+def hitl_assignees(settings: Settings, triggered_by: str | None) -> tuple[list[dict] | None, str]:
+    """The approval task's ``assigned_users`` (HITLUser dicts, id = name: the simple auth manager's user
+    id is its user name) and why, in a line for the task log. ``None``: no list, anyone allowed on the DAG.
+
+    The user who triggered the run is left out when another approver remains, so a manual run (say a
+    forced promotion) is approved by a second person; a lone approver keeps answering their own runs."""
+    approvers = list(settings.approvers)
+    if not approvers:
+        return None, (
+            "MELI_APPROVERS is empty: any user allowed on this DAG may answer, the one who triggered the run "
+            "included; set MELI_APPROVERS to name the approvers"
+        )
+    why = f"approvers (MELI_APPROVERS): {', '.join(approvers)}"
+    if triggered_by and triggered_by in approvers:
+        others = [a for a in approvers if a != triggered_by]
+        if others:
+            approvers = others
+            why = f"{triggered_by} triggered this run: the other approvers answer (four eyes): {', '.join(others)}"
+        else:
+            why = (
+                f"{triggered_by} triggered this run and is the only approver (MELI_APPROVERS): they answer "
+                "their own run; name a second approver for four eyes"
+            )
+    return [{"id": a, "name": a} for a in approvers], why
 
 
 def card_url(base_url: str, version: str) -> str:
@@ -142,12 +203,22 @@ def approval_operator(task_id: str, gate_task_id: str, timeout_h: float, **kwarg
         """Approve / Reject with a reason; the answer (or the timeout's Reject) is applied to the
         registry before the downstream tasks are released or skipped."""
 
+        def _assignees(self, context) -> tuple[list[dict] | None, str, str]:
+            """Who may answer this run (read at run time, on the worker: MELI_APPROVERS and the user
+            who triggered the run), why, and that user."""
+            from pipelines.settings import get_settings
+
+            triggered_by = str(getattr(context.get("dag_run"), "triggering_user_name", None) or "")
+            return (*hitl_assignees(get_settings(), triggered_by), triggered_by)
+
         def execute(self, context):
             from airflow.sdk.exceptions import AirflowSkipException
 
             decision = context["ti"].xcom_pull(task_ids=gate_task_id)
             if decision["decision"] != "pending_approval":  # the gate decided alone: nobody is asked
                 raise AirflowSkipException(f"no approval needed: the gate decided {decision['decision']}")
+            self.assigned_users, why, _ = self._assignees(context)
+            (log.warning if self.assigned_users is None or "only approver" in why else log.info)("%s", why)
             return super().execute(context)
 
         def execute_complete(self, context, event):
@@ -155,12 +226,28 @@ def approval_operator(task_id: str, gate_task_id: str, timeout_h: float, **kwarg
                 self.validate_chosen_options(event["chosen_options"])
                 decision = context["ti"].xcom_pull(task_ids=gate_task_id)
                 user = event.get("responded_by_user") or {}
+                timed_out = bool(event.get("timedout")) or not user
+                by = str(user.get("name") or user.get("id") or "")
+                assignees, _, triggered_by = self._assignees(context)
+                if (
+                    not timed_out
+                    and assignees
+                    and not {user.get("id"), user.get("name")} & {a["id"] for a in assignees}
+                ):
+                    # Airflow checks assigned_users itself, except where an auth manager lets everyone
+                    # answer (the simple auth manager's all_admins): the answer is not applied
+                    raise PermissionError(
+                        f"the answer of {by} was not applied: not an assigned approver of this run "
+                        f"({', '.join(a['id'] for a in assignees)}); v{decision['challenger_version']} stays "
+                        "pending (answer with `python -m pipelines registry approve|reject`)"
+                    )
                 apply_answer(
                     decision["challenger_version"],
                     approve=event["chosen_options"][0] == self.APPROVE,
                     reason=str((event.get("params_input") or {}).get("reason") or ""),
-                    by=str(user.get("name") or user.get("id") or ""),
-                    timed_out=bool(event.get("timedout")) or not user,
+                    by=by,
+                    timed_out=timed_out,
+                    triggered_by=triggered_by,
                 )
                 from pipelines.airflow_ui import post_run_note
 
@@ -187,13 +274,22 @@ def approval_operator(task_id: str, gate_task_id: str, timeout_h: float, **kwarg
     )
 
 
-def apply_answer(version: str, approve: bool, reason: str, by: str, timed_out: bool) -> dict:
+def apply_answer(version: str, approve: bool, reason: str, by: str, timed_out: bool, triggered_by: str = "") -> dict:
     from pipelines.card import try_write_card
     from pipelines.registry import respond
     from pipelines.settings import get_settings
 
     settings = get_settings()
-    d = respond(settings, version, approve, reason, by, via="airflow", timed_out=timed_out and not approve)
+    d = respond(
+        settings,
+        version,
+        approve,
+        reason,
+        by,
+        via="airflow",
+        timed_out=timed_out and not approve,
+        triggered_by=triggered_by,
+    )
     try_write_card(settings, version)
     print(f"{d['decision'].upper()} v{version}: {d['reason']}")
     return d

@@ -357,13 +357,11 @@ def _cmd_retrain(settings, args, run_date: str) -> int:
 
 
 def _cmd_score(settings, args, run_date: str) -> int:
-    from pipelines.score import score
+    from pipelines.score import adhoc_output, score
 
     output = args.output
     if output is None and args.run_date is None:  # ad hoc: never replaces the nightly partition
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        stem = Path(args.input.rstrip("/")).name.split(".")[0] or "input"
-        output = settings.home / "adhoc" / "scored" / f"{stem}-{stamp}.parquet"
+        output = adhoc_output(settings, args.input)
     r = score(
         settings,
         args.input,
@@ -421,16 +419,23 @@ def _cmd_registry(settings, args, run_date: str) -> int:
             card = write_card(settings, args.version)
             print(card["html"] if args.html else card["markdown"], end="" if not args.html else "\n")
             return 0
-        import getpass
+        from pipelines.approval import check_approver, os_identity
 
-        d = registry.respond(
-            settings,
-            args.version,
-            approve=args.action == "approve",
-            reason=args.reason or "",
-            by=args.by or getpass.getuser(),
-            via="cli",
-        )
+        who = os_identity()
+        if args.by is not None:
+            print(
+                f"error: --by is not accepted: an answer is recorded as the OS login running the command ({who})",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            check_approver(settings, who)
+            d = registry.respond(
+                settings, args.version, approve=args.action == "approve", reason=args.reason or "", by=who, via="cli"
+            )
+        except PermissionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         write_card(settings, args.version)
         _print(d)
     return 0

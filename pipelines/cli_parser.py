@@ -252,8 +252,11 @@ def _add_serving_commands(sub) -> None:
         "--reason",
         default=None,
         help="recorded with the rollback, approval or rejection (default: rollback: "
-        "'operator rollback', approve/reject: none)",
+        "'operator rollback', approve/reject: none); approve/reject are recorded as the OS login "
+        "running the command, which must be in MELI_APPROVERS when that is set",
     )
-    p.add_argument("--by", default=None, help="who approves or rejects (default: the login name)")
+    # approve/reject are recorded as the OS login running the command (pipelines/approval.py
+    # os_identity); --by is kept only to refuse it with a clear message
+    p.add_argument("--by", default=None, help=argparse.SUPPRESS)
     p.add_argument("--html", action="store_true", help="card: print the path of its HTML page instead")
     p.add_argument("--json", action="store_true", help="machine-readable output")

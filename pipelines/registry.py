@@ -64,8 +64,15 @@ def gate(
 ) -> dict:
     """Decide and (unless dry_run) apply: move ``champion`` to the challenger or leave it. With
     ``require_approval`` a promotion is recorded as ``pending_approval`` and no alias moves until
-    ``respond`` (a person, through the Airflow approval task or ``registry approve|reject``)."""
+    ``respond`` (a person, through the Airflow approval task or ``registry approve|reject``).
+
+    The deployment's ``MELI_REQUIRE_APPROVAL`` is a floor: a run (DAG Param, CLI flag) can add approval,
+    never remove it, and ``force_promote`` then waits for a person too. The record says who required it
+    (``approval_required_by``: "deployment" or "run")."""
     rules = rules or settings.gate
+    required_by = "deployment" if settings.require_approval else ("run" if require_approval else "")
+    if settings.require_approval and not require_approval:
+        log.info("approval required by the deployment (MELI_REQUIRE_APPROVAL): the run's opt-out is ignored")
     client = _client(settings)
     eval_dir = settings.run_dir(run_date) / "evaluation"
     evaluation = json.loads((eval_dir / "evaluation.json").read_text())
@@ -90,7 +97,7 @@ def gate(
             dry_run,
             dag_run_id,
             parent_run_id,
-            require_approval,
+            required_by,
             dag_id=dag_id,
         )
 
@@ -108,9 +115,11 @@ def _gate_locked(
     dry_run: bool,
     dag_run_id: str,
     parent_run_id: str | None,
-    require_approval: bool = False,
+    required_by: str = "",
     dag_id: str = "",
 ) -> dict:
+    """``required_by``: who requires a person's approval of a promotion ("deployment", "run"; "" = nobody)."""
+    require_approval = bool(required_by)
     name = settings.model_name
     champ_now = _alias_version(client, name, CHAMPION)
     champ_now_v = str(champ_now.version) if champ_now else None
@@ -161,6 +170,7 @@ def _gate_locked(
         "force_promote": force_promote,
         "dry_run": dry_run,
         "require_approval": require_approval,
+        "approval_required_by": required_by,
         "champion_at_evaluation": champ_now_v,
         "run_date": run_date,
         "dag_run_id": dag_run_id,
@@ -247,10 +257,17 @@ def respond(
     by: str = "",
     via: str = "cli",
     timed_out: bool = False,
+    triggered_by: str = "",
 ) -> dict:
     """A person's answer to a promotion pending approval: approve moves the alias (if the champion is
     still the one it was compared with), reject or a timeout keeps the champion. Who, when, why and
-    through what are recorded on the version, in the decision JSON and in the promotion history."""
+    through what are recorded on the version, in the decision JSON and in the promotion history
+    (``triggered_by``: the user who triggered the run, when known). ``by`` must be in
+    ``MELI_APPROVERS`` when that is set (PermissionError), unless nobody answered in time."""
+    if not timed_out:
+        from pipelines.approval import check_approver
+
+        check_approver(settings, by)
     client = _client(settings)
     name, version = settings.model_name, str(version)
     mv = client.get_model_version(name, version)  # fails clearly if it does not exist
@@ -287,7 +304,14 @@ def respond(
         who = by or ("nobody (timeout)" if timed_out else "unknown")
         d = {
             **prior,
-            "approval": {"response": response, "by": who, "at": now, "reason": reason, "via": via},
+            "approval": {
+                "response": response,
+                "by": who,
+                "at": now,
+                "reason": reason,
+                "via": via,
+                **({"triggered_by": triggered_by} if triggered_by else {}),
+            },
             "gated_at": prior["decided_at"],
             "decided_at": now,
         }

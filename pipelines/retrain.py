@@ -407,8 +407,9 @@ def step_gate(
     dag_id: str = "",
     **rules,
 ) -> dict:
-    """Decide (and apply, or with ``require_approval`` — default ``MELI_REQUIRE_APPROVAL`` — leave
-    pending for a person); the version's model card is rewritten with the decision."""
+    """Decide (and apply, or with ``require_approval`` leave pending for a person); the version's
+    model card is rewritten with the decision. ``MELI_REQUIRE_APPROVAL`` is a floor (``registry.gate``):
+    ``require_approval`` (None = the deployment's) can add approval, never remove it."""
     from pipelines.card import try_write_card
     from pipelines.registry import gate, with_rules
     from pipelines.train_tracking import failing_parent

@@ -48,6 +48,27 @@ class NothingScorable(ValueError):
     """Not one row of the input could be scored (wrong file, wrong format, all titles empty)."""
 
 
+class NotServed(ValueError):
+    """A version other than the champion (or ``MELI_SCORING_VERSION``) was asked to write the lake's
+    scored partition, or an output file was placed inside it."""
+
+
+def served_versions(settings: Settings) -> set[str]:
+    """The versions that may write the lake's ``scored`` partition: the champion's, and the one named
+    by ``MELI_SCORING_VERSION``."""
+    from pipelines.versions import CHAMPION, _alias_version, _client
+
+    champ = _alias_version(_client(settings), settings.model_name, CHAMPION)
+    return {v for v in (str(champ.version) if champ else "", settings.scoring_version) if v}
+
+
+def adhoc_output(settings: Settings, input_path: str | Path) -> Path:
+    """An ad-hoc output file of its own: ``$MELI_HOME/adhoc/scored/<input>-<UTC time>.parquet``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stem = Path(str(input_path).rstrip("/")).name.split(".")[0] or "input"
+    return settings.home / "adhoc" / "scored" / f"{stem}-{stamp}.parquet"
+
+
 @dataclass
 class ScoreResult:
     output: str
@@ -158,6 +179,7 @@ def score(
     progress: bool = True,
     on_resolved: Callable[[str, str], None] | None = None,
     shadow: bool | None = None,
+    adhoc_unless_served: bool = False,
 ) -> ScoreResult:
     """Score ``input_path`` into ``output`` (a .parquet file) or, without it, into the lake's
     ``scored/run_date=D`` partition (a new version, committed atomically). An input with no
@@ -165,10 +187,29 @@ def score(
 
     ``shadow`` (None = ``settings.shadow``): once these scores are committed, a registered version
     newer than the one served also scores the input, beside them, and an agreement report is
-    written (pipelines/shadow.py); a failure there is logged and returned, never raised."""
+    written (pipelines/shadow.py); a failure there is logged and returned, never raised.
+
+    Only the champion (or ``MELI_SCORING_VERSION``) writes the scored partition: another version
+    raises ``NotServed`` before anything is loaded, or with ``adhoc_unless_served`` (the DAG) scores
+    to an ad-hoc file instead (``adhoc_output``) and says so. An output file inside ``lake/scored``
+    is refused for every version: the partition is written only as a committed version."""
     if not Path(input_path).is_dir():  # a bad input fails before the model is loaded
         check_input_file(Path(input_path))
+    if output is not None and Path(output).resolve().is_relative_to(settings.scored_dir.resolve()):
+        raise NotServed(
+            f"output {output} lies in the lake's scored partitions ({settings.scored_dir}): they are written "
+            "only as committed versions (give a run date and no output)"
+        )
     name, version = resolve_model(settings, model)
+    if output is None and model != "champion" and version not in (served := served_versions(settings)):
+        rule = (
+            f"v{version} is not the champion ({', '.join(f'v{v}' for v in sorted(served)) or 'none'}): only the "
+            "champion or MELI_SCORING_VERSION writes lake/scored"
+        )
+        if not adhoc_unless_served:
+            raise NotServed(f"{rule}; score it to a file instead (an output, or the CLI without --run-date)")
+        output = adhoc_output(settings, input_path)
+        log.warning("%s; scoring to the ad-hoc file %s instead", rule, output)
     if on_resolved:
         on_resolved(name, version)  # hook for tests: e.g. move the alias mid-run
     log.info("scoring %s with %s version %s", input_path, name, version)

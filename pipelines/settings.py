@@ -55,6 +55,11 @@ def _paths(name: str) -> tuple[Path, ...]:
     return tuple(Path(p) for p in raw)
 
 
+def _names(name: str) -> tuple[str, ...]:
+    """A comma-separated list of names (blanks around them and empty entries dropped)."""
+    return tuple(dict.fromkeys(n.strip() for n in _env(name, "").split(",") if n.strip()))
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Validation thresholds (MELI_VALIDATE_*); the GX suites reference them as $PARAMETERs."""
@@ -215,6 +220,14 @@ class Settings:
     # the MLflow UI's base URL (e.g. http://localhost:5000): model cards, drift reports and run notes
     # link to runs and model versions there; empty: they show the ids
     mlflow_ui_url: str = field(default_factory=lambda: _env("MELI_MLFLOW_UI_URL", "").strip().rstrip("/"))
+    # --- issue 35 item 4: who may answer an approval, and which version writes lake/scored ---
+    # the Airflow user names (the simple auth manager's user ids) who may approve or reject a promotion
+    # (the HITL task's assigned_users) and the OS logins `registry approve|reject` accepts; empty: any
+    # user allowed on the DAG (Airflow) or any shell user (CLI), with a warning in the task log
+    approvers: tuple[str, ...] = field(default_factory=lambda: _names("MELI_APPROVERS"))
+    # a version that may write the lake's scored partition besides the champion (e.g. pinned during an
+    # incident); every other version scores to ad-hoc files only
+    scoring_version: str = field(default_factory=lambda: _env("MELI_SCORING_VERSION", "").strip())
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.
@@ -238,6 +251,8 @@ class Settings:
             )
         if self.max_inflate_ratio < 0:
             raise ValueError("MELI_MAX_INFLATE_RATIO must be >= 0 (0: no ratio guard)")
+        if self.scoring_version and not self.scoring_version.isdigit():
+            raise ValueError(f"MELI_SCORING_VERSION={self.scoring_version!r} is not a version number (or empty)")
 
     def train_threads(self, side_by_side: int) -> int:
         """Torch CPU threads for one of ``side_by_side`` training processes."""
@@ -333,8 +348,8 @@ class Settings:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, tuple):  # MELI_INPUT_ROOTS: as the variable is written
-                out[f.name] = os.pathsep.join(map(str, v))
+            if isinstance(v, tuple):  # as the variable is written: MELI_INPUT_ROOTS, MELI_APPROVERS
+                out[f.name] = ("," if f.name == "approvers" else os.pathsep).join(map(str, v))
             else:
                 out[f.name] = (
                     asdict(v)

@@ -83,6 +83,18 @@ class ApiServer:
                 time.sleep(1)
         raise AssertionError(f"api-server not up in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
+    def as_user(self, username: str, password: str) -> ApiServer:
+        """This server, seen with another account's token."""
+        import copy
+
+        body = json.dumps({"username": username, "password": password}).encode()
+        req = urllib.request.Request(
+            f"{self.base}/auth/token", body, {"Content-Type": "application/json"}, method="POST"
+        )
+        other = copy.copy(self)
+        other.token = json.loads(urllib.request.urlopen(req, timeout=10).read())["access_token"]
+        return other
+
     def api(self, path: str, method: str = "GET", body: dict | None = None) -> dict:
         req = urllib.request.Request(
             f"{self.base}/api/v2{path}",
@@ -232,11 +244,20 @@ def test_a_rejection_keeps_the_champion_and_names_the_responder(server, tmp_path
     if _champion(server.home) != "1":
         pytest.skip("needs the champion of the previous test")
     src = write_jsonl(tmp_path / "more.jsonl.gz", 1200, seed=9, dirty=0)
-    conf = {"sources": [str(src)], "run_date": "2026-11-30", "mode": "full", "force_promote": True, **FAST}
-    proc = dag_test_start(server.home, "meli_retrain", conf, env=server.env)
+    # the deployment requires approval and names the approvers: the form's require_approval=false
+    # plus force_promote still waits, and only the named reviewer may answer (issue 35 item 4)
+    conf = {"sources": [str(src)], "run_date": "2026-11-30", "mode": "full", **FAST}
+    conf.update(force_promote=True, require_approval=False)
+    env = {**server.env, "MELI_REQUIRE_APPROVAL": "1", "MELI_APPROVERS": REVIEWER}
+    proc = dag_test_start(server.home, "meli_retrain", conf, env=env)
     try:
         detail = _waiting(server, proc)
         assert "would replace champion **v1**" in detail["body"] and "95% paired-bootstrap CI" in detail["body"]
+        assert detail["assigned_users"] == [{"id": REVIEWER, "name": REVIEWER}], detail
+        with pytest.raises(urllib.error.HTTPError) as refused:  # admin is not an approver
+            _answer(server.as_user("admin", "admin-pw"), detail, "Approve", "mine")
+        assert refused.value.code == 403
+        assert _champion(server.home) == "1"
         _answer(server, detail, "Reject", "not tonight")
         res = dag_test_result(proc, timeout=600)
     finally:
@@ -248,5 +269,6 @@ def test_a_rejection_keeps_the_champion_and_names_the_responder(server, tmp_path
     d = _decision(server.home, res["run_id"])
     assert (d["decision"], d["rule"]) == ("rejected", "approval_rejected")
     assert d["approval"]["by"] == REVIEWER and "not tonight" in d["reason"]
+    assert (d["force_promote"], d["approval_required_by"]) == (True, "deployment")
     tags = _registry(server.home).get_model_version("meli-title-classifier", "2").tags
     assert (tags["meli.decision"], tags["meli.reviewed_by"]) == ("rejected", REVIEWER)

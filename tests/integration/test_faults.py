@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.approval import os_identity
 from pipelines.lake import lock_path, partition_dir, read_partition, read_quarantine, versions
 from tests.data import ingest_inputs as D
 
@@ -358,13 +359,13 @@ def test_an_approval_killed_mid_promotion_completes_when_answered_again(registry
     home, settings, dates = registry_home
     r = cli(home, "promote", "--run-date", dates["2"], "--require-approval", **LOOKUP)
     assert r.returncode == 0 and "pending approval" in r.stdout, r.stderr
-    r = cli(home, "registry", "approve", "2", "--by", "ana", "--reason", "ok", MELI_FAULT=point)
+    r = cli(home, "registry", "approve", "2", "--reason", "ok", MELI_FAULT=point)
     assert r.returncode == -signal.SIGKILL
     assert _aliases(settings)[0] == "1"  # the champion never moved
-    r = cli(home, "registry", "approve", "2", "--by", "ana", "--reason", "ok")  # the same answer, again
+    r = cli(home, "registry", "approve", "2", "--reason", "ok")  # the same answer, again
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert (d["decision"], d["champion_version"], d["approval"]["by"]) == ("promoted", "1", "ana")
+    assert (d["decision"], d["champion_version"], d["approval"]["by"]) == ("promoted", "1", os_identity())
     assert _aliases(settings) == ("2", "1")
-    r = cli(home, "registry", "reject", "2", "--by", "bob")  # the opposite answer afterwards: refused, one line
-    assert r.returncode == 1 and "already approved by ana" in r.stderr
+    r = cli(home, "registry", "reject", "2")  # the opposite answer afterwards: refused, one line
+    assert r.returncode == 1 and f"already approved by {os_identity()}" in r.stderr

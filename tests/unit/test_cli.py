@@ -23,6 +23,8 @@ def test_help_shows_every_default():
         for action in p._actions:
             if not action.option_strings or action.dest == "help" or isinstance(action, argparse._StoreTrueAction):
                 continue
+            if action.help == argparse.SUPPRESS:  # a hidden flag kept only to refuse it (registry --by)
+                continue
             help_text = p._get_formatter()._expand_help(action) if action.help else ""
             assert "default" in help_text, (name, action.option_strings, help_text)
     train = _subparsers(build_parser())["train"].format_help()

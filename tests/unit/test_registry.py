@@ -480,6 +480,7 @@ def _run_of(settings, version):
 
 
 def test_the_cli_stops_at_pending_approval_and_registry_approve_answers(settings, test_rows, capsys):
+    from pipelines.approval import os_identity
     from pipelines.cli import main
 
     v1 = make_version(settings, test_rows, 0.7)
@@ -490,9 +491,9 @@ def test_the_cli_stops_at_pending_approval_and_registry_approve_answers(settings
     assert champion(settings) == (None, None)
     assert main(["registry", "card", v1]) == 0
     assert "human review: **pending approval**" in capsys.readouterr().out
-    assert main(["registry", "approve", v1, "--reason", "looks right", "--by", "ana"]) == 0
+    assert main(["registry", "approve", v1, "--reason", "looks right"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["decision"] == "promoted" and d["approval"]["by"] == "ana" and d["approval"]["via"] == "cli"
+    assert d["decision"] == "promoted" and d["approval"]["by"] == os_identity() and d["approval"]["via"] == "cli"
     assert champion(settings) == (v1, None)
     assert main(["registry", "reject"]) == 2  # no VERSION: a usage error, nothing done
     assert "needs a VERSION" in capsys.readouterr().err
@@ -581,3 +582,142 @@ def test_the_incomparable_rule_applies_above_its_share_only():
     assert (promote, rule) == (True, "incomparable") and "60% of the 100 test rows" in why
     assert registry.decide(ev, per_class, _gate_rules(max_incomparable_share=0.7), None)[1] == "improved"
     assert registry.decide(ev, per_class, _gate_rules(), None, force_promote=True)[1] == "force_promote"
+
+
+# ---- issue 35 item 4: the deployment's approval is a floor; who may answer -------------------------
+def _decision_on_disk(settings):
+    return json.loads((settings.run_dir(RUN_DATE) / "evaluation" / "decision.json").read_text())
+
+
+def test_the_deployments_approval_is_a_floor_a_run_cannot_lower(settings, test_rows, monkeypatch, capsys):
+    """MELI_REQUIRE_APPROVAL=1: a run's require_approval=False plus force_promote (the DAG's Params,
+    the CLI's flags) still stops at pending_approval, and no alias moves."""
+    from pipelines.cli import main
+    from pipelines.retrain import step_gate
+    from pipelines.settings import get_settings
+
+    v1 = make_version(settings, test_rows, 0.7)
+    assert run_gate(settings, v1)["decision"] == "promoted"  # no approval required yet
+    monkeypatch.setenv("MELI_REQUIRE_APPROVAL", "1")
+    s = get_settings()
+    v2 = make_version(s, test_rows, 0.5)  # worse: only force_promote would promote it
+    registry.evaluate(s, RUN_DATE, v2)
+    d = step_gate(s, RUN_DATE, {"version": v2}, None, force_promote=True, require_approval=False)  # the DAG's call
+    assert (d["decision"], d["rule"], d["action"]) == ("pending_approval", "force_promote", "await approval")
+    assert (d["require_approval"], d["approval_required_by"]) == (True, "deployment")
+    assert _decision_on_disk(s)["approval_required_by"] == "deployment"
+    assert champion(s) == (v1, None)
+
+    v3 = make_version(s, test_rows, 0.5)
+    argv = ["promote", "--run-date", RUN_DATE, "--version", v3, "--force-promote", "--no-require-approval"]
+    assert main(argv) == 0
+    assert f"pending approval: {s.model_name} v{v3}" in capsys.readouterr().out
+    assert champion(s) == (v1, None)
+
+
+def test_a_run_can_add_approval_and_the_record_says_so(settings, test_rows):
+    v1 = make_version(settings, test_rows, 0.7)
+    d = run_gate(settings, v1, require_approval=True)
+    assert (d["decision"], d["approval_required_by"]) == ("pending_approval", "run")
+    v2 = make_version(settings, test_rows, 0.2)
+    assert run_gate(settings, v2)["approval_required_by"] == ""
+
+
+def test_the_approvers_are_the_approval_tasks_assigned_users(settings, test_rows, monkeypatch):
+    """MELI_APPROVERS becomes the HITL request's assigned_users, without the user who triggered the
+    run; an answer by anyone else is not applied (where the auth manager lets everyone answer)."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from airflow.providers.standard.operators import hitl
+    from airflow.sdk.exceptions import TaskAwaitingInput
+
+    from pipelines.approval import approval_operator
+
+    monkeypatch.setenv("MELI_APPROVERS", "ana, bob ,carla")
+    v1 = make_version(settings, test_rows, 0.7)
+    d = run_gate(settings, v1, require_approval=True)
+    requests = []
+    monkeypatch.setattr(hitl, "upsert_hitl_detail", lambda **kw: requests.append(kw))
+    op = approval_operator(task_id="approve_promotion", gate_task_id="gate", timeout_h=24)
+
+    def context(triggered_by):
+        return {
+            "ti": SimpleNamespace(xcom_pull=lambda task_ids, key=None: d),
+            "task_instance": SimpleNamespace(id="ti-1"),
+            "dag_run": SimpleNamespace(dag_id="meli_retrain", run_id="manual__x", triggering_user_name=triggered_by),
+        }
+
+    with pytest.raises(TaskAwaitingInput):
+        op.execute(context("bob"))  # bob triggered: ana and carla answer
+    assert requests[-1]["assigned_users"] == [{"id": "ana", "name": "ana"}, {"id": "carla", "name": "carla"}]
+    with pytest.raises(TaskAwaitingInput):
+        op.execute(context(None))  # the nightly schedule: every approver
+    assert [u["id"] for u in requests[-1]["assigned_users"]] == ["ana", "bob", "carla"]
+
+    def answer(user):
+        return {
+            "chosen_options": ["Approve"],
+            "params_input": {"reason": "checked"},
+            "responded_at": datetime.now(UTC),
+            "responded_by_user": {"id": user, "name": user},
+        }
+
+    for stranger in ("mallory", "bob"):  # not an approver; the approver who triggered the run
+        with pytest.raises(PermissionError, match=f"answer of {stranger} was not applied"):
+            op.execute_complete(context("bob"), answer(stranger))
+        assert _decision_on_disk(settings)["decision"] == "pending_approval" and champion(settings) == (None, None)
+    op.execute_complete(context("bob"), answer("carla"))
+    after = _decision_on_disk(settings)
+    assert after["decision"] == "promoted" and champion(settings) == (v1, None)
+    assert {k: after["approval"][k] for k in ("by", "via", "triggered_by")} == {
+        "by": "carla",
+        "via": "airflow",
+        "triggered_by": "bob",
+    }
+    assert _tags(settings, v1)["meli.reviewed_by"] == "carla"
+
+
+def test_who_may_answer_without_a_list_or_with_a_lone_approver(settings, monkeypatch):
+    from pipelines.approval import hitl_assignees
+    from pipelines.settings import get_settings
+
+    users, why = hitl_assignees(settings, "ana")
+    assert users is None and "any user allowed" in why  # no MELI_APPROVERS: Airflow's DAG permissions decide
+    monkeypatch.setenv("MELI_APPROVERS", "ana")
+    users, why = hitl_assignees(get_settings(), "ana")
+    assert users == [{"id": "ana", "name": "ana"}] and "only approver" in why  # never an empty list (= anyone)
+
+
+def test_the_cli_answers_as_its_os_identity_and_only_an_approver_may(settings, test_rows, monkeypatch, capsys):
+    from pipelines.approval import os_identity
+    from pipelines.cli import main
+
+    me = os_identity()
+    for var in ("USER", "LOGNAME", "USERNAME"):
+        monkeypatch.setenv(var, "mallory")  # what getpass.getuser() believes; not who runs the command
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1, require_approval=True)
+    assert main(["registry", "approve", v1, "--by", "ana"]) == 2  # no free-text identity
+    assert f"--by is not accepted: an answer is recorded as the OS login running the command ({me})" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("MELI_APPROVERS", "ana,bob")
+    for action in ("approve", "reject"):
+        assert main(["registry", action, v1]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{me} may not approve or reject promotions: not in MELI_APPROVERS" in err
+    assert _decision_on_disk(settings)["decision"] == "pending_approval" and champion(settings) == (None, None)
+    with pytest.raises(PermissionError):  # the registry refuses it too, whatever calls it
+        registry.respond(get_settings_now(), v1, approve=True, by="mallory")
+    monkeypatch.setenv("MELI_APPROVERS", f"ana,{me}")
+    assert main(["registry", "approve", v1, "--reason", "ok"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["decision"], d["approval"]["by"]) == ("promoted", me) and me != "mallory"
+    assert champion(settings) == (v1, None)
+
+
+def get_settings_now():
+    from pipelines.settings import get_settings
+
+    return get_settings()

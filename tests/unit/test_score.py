@@ -120,13 +120,13 @@ def test_version_is_fixed_at_start_even_if_alias_moves(s, tmp_path):
 
 def test_lake_partition_output_is_replaced_on_rerun(s, tmp_path):
     src, lines = _input(tmp_path)
-    for _ in range(2):
-        res = score(s, src, None, model="2", run_date="2026-11-05", progress=False)
+    for _ in range(2):  # the champion (v1), named by its number
+        res = score(s, src, None, model="1", run_date="2026-11-05", progress=False)
     part = s.scored_dir / "run_date=2026-11-05"
     files = list(resolve(part).glob("*.parquet"))
     assert len(files) == 1 and pq.read_table(files[0]).num_rows == len(lines)
     assert [v.number for v in versions(part)] == [2, 1]  # the previous scores kept as a version
-    assert res.model_version == "2"
+    assert res.model_version == "1"
     assert not [p for p in s.scored_dir.iterdir() if p.name.startswith(".")]
 
 
@@ -263,3 +263,29 @@ def test_a_corrupt_bundle_file_is_one_line_naming_the_file_and_the_version(s, tm
     [line] = capsys.readouterr().err.strip().splitlines()[-1:]
     assert line.startswith(f"error: model v2: bundle file {name} is corrupt: "), line
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_only_the_champion_writes_the_scored_partition(s, tmp_path, monkeypatch, capsys):
+    """v2 (registered, not promoted) never writes lake/scored: the CLI refuses in one line, the DAG's
+    call scores it to an ad-hoc file instead; MELI_SCORING_VERSION names a version that may."""
+    from pipelines.cli import main
+    from pipelines.score import NotServed
+
+    src, lines = _input(tmp_path)
+    part = s.scored_dir / "run_date=2026-11-12"
+    rule = r"v2 is not the champion \(v1\): only the champion or MELI_SCORING_VERSION writes lake/scored"
+    with pytest.raises(NotServed, match=rule):
+        score(s, src, None, model="2", run_date="2026-11-12", progress=False)
+    with pytest.raises(NotServed, match=rule):  # the CLI: `score --model 2 --run-date D`
+        main(["score", str(src), "--model", "2", "--run-date", "2026-11-12", "--no-progress"])
+    with pytest.raises(NotServed, match="lies in the lake's scored partitions"):  # nor a file put inside it
+        score(s, src, part / "mine.parquet", model="2", progress=False)
+    assert not part.exists()
+
+    res = score(s, src, None, model="2", run_date="2026-11-12", progress=False, adhoc_unless_served=True)
+    assert Path(res.output).parent == s.home / "adhoc" / "scored" and res.model_version == "2"
+    assert pq.read_table(res.output).num_rows == len(lines) and not part.exists()
+
+    monkeypatch.setenv("MELI_SCORING_VERSION", "2")  # the deployment pins v2
+    res = score(get_settings(), src, None, model="2", run_date="2026-11-12", progress=False)
+    assert res.model_version == "2" and [v.number for v in versions(part)] == [1]
