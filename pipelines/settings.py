@@ -188,6 +188,9 @@ class Settings:
     # workers do not share $MELI_HOME)
     airflow_api_url: str = field(default_factory=lambda: _env("MELI_AIRFLOW_API_URL", ""))
     note_secret: str = field(default_factory=lambda: _env("MELI_NOTE_SECRET", ""), repr=False)
+    # issue 33 item 8: the MLflow UI as a person's browser reaches it (e.g. http://127.0.0.1:5000):
+    # the Models page (and cards) link each version to <url>/#/models/<name>/versions/<N>; empty = no link
+    mlflow_ui_url: str = field(default_factory=lambda: _env("MELI_MLFLOW_UI_URL", ""))
 
     def __post_init__(self) -> None:
         # Derived defaults that depend on home are filled here so that one env var moves everything.
