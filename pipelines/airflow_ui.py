@@ -135,16 +135,17 @@ def app():
                         " validated with Great Expectations before it landed them in the lake.",
                     ],
                     [
-                        "This run scored the batch of ",
-                        s["run_date"] or "an unknown date",
+                        "This run scored a batch dated ",
+                        s["run_date"] or "(no date on record)",
                         " with version ",
                         s["version"],
-                        ".",
+                        " (the date of the retrain run whose partition it scored, or the run's own date when "
+                        "it was triggered by hand).",
                     ],
                     [] if page else ["No validation report is on record for the listings partition of that date."],
                 ],
                 [
-                    {"href": page, "text": f"Validation of the listings partition of {s['run_date']}"},
+                    {"href": page, "text": f"Validation of the listings partition dated {s['run_date']}"},
                     {"href": "docs/index.html", "text": "Data Docs of every validation"},
                     {
                         "href": f"cards/{urllib.parse.quote(s['version'], safe='')}",
