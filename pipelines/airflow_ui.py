@@ -8,6 +8,16 @@
   records when no card was written; a request writes nothing); ``/meli/runs/{dag_id}/{run_id}/card``
   redirects to the card of the run's challenger;
 * ``/meli/runs/{dag_id}/{run_id}/monitor`` shows the drift report of a meli_score run's batch;
+* ``/meli/models`` (Airflow's "Models" menu entry) is the registry at a glance: the champion (since
+  when, its macro-recall), the previous version, the versions waiting for approval and the last
+  decisions, each linking to its card, its decision, its Airflow run and its MLflow version;
+
+Airflow shows a plugin's run tabs on every DAG's runs (``external_views`` filter by destination
+only), so each tab means something on every run (issue 33 item 3): on a scoring run the "Model
+card" is the card of the version that scored, "Gate decision" the decision that registered that
+version, "Data Docs" a page that points to the validation of the scored partition; on a retrain run
+"Drift report" points to the champion's latest drift report. Runs of other DAGs say plainly that
+the DAG does not validate, gate, register or score.
 * ``POST /meli/runs/{dag_id}/{run_id}/note`` (called by the gate and monitor tasks) copies that
   decision into the DAG run's note, so the run page says what happened. It takes no input: the note
   is always the record on disk for that run of that DAG;
@@ -60,7 +70,7 @@ def app():
     from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
     from pipelines.decisions import GATE_DAG_ID
-    from pipelines.render import PAGE_CSP, render
+    from pipelines.render import PAGE_CSP, markdown_html, render
     from pipelines.settings import get_settings
     from pipelines.validate import run_link
 
@@ -86,9 +96,64 @@ def app():
         """A 404 page; ``parts`` alternate text and values (shown in bold), all escaped."""
         return HTMLResponse(render("message.html", title="Not found", parts=parts), status_code=404)
 
+    def docs_path(target) -> str | None:
+        """A Data Docs file as a path relative to /meli/ (None outside the site)."""
+        try:
+            rel = Path(target).resolve().relative_to(docs_dir)
+        except (TypeError, ValueError):
+            return None
+        return f"docs/{urllib.parse.quote(rel.as_posix())}"
+
+    def explain(title: str, paragraphs: list, links: list, root: str, body=None, status: int = 200) -> HTMLResponse:
+        """A tab's page: paragraphs of escaped parts (every other one bold), links relative to /meli/
+        (``root`` leads there from the route), optionally a Markdown record below."""
+        links = [{**x, "href": root + x["href"]} for x in links if x.get("href")]
+        page = render("explain.html", title=title, paragraphs=paragraphs, links=links, body=body)
+        return HTMLResponse(page, status_code=status)
+
+    def scored(dag_id: str, run_id: str) -> dict | None:
+        from pipelines.models_view import scoring_run
+
+        return scoring_run(settings, dag_id, run_id, xcom=score_result)
+
     @api.get("/runs/{dag_id}/{run_id}", dependencies=read_run)
     def run_report(dag_id: str, run_id: str):
         link = run_link(settings, dag_id, run_id)
+        s = None if link else scored(dag_id, run_id)
+        if s is not None:  # a scoring run: the partition it scored was validated by the run that landed it
+            from pipelines.models_view import partition_validation
+
+            page = docs_path(partition_validation(settings, s["run_date"])) if s["run_date"] else None
+            return explain(
+                "Data Docs",
+                [
+                    [
+                        "Scoring runs do not validate: ",
+                        dag_id,
+                        " scores listings that ",
+                        GATE_DAG_ID,
+                        " validated with Great Expectations before it landed them in the lake.",
+                    ],
+                    [
+                        "This run scored a batch dated ",
+                        s["run_date"] or "(no date on record)",
+                        " with version ",
+                        s["version"],
+                        " (the date of the retrain run whose partition it scored, or the run's own date when "
+                        "it was triggered by hand).",
+                    ],
+                    [] if page else ["No validation report is on record for the listings partition of that date."],
+                ],
+                [
+                    {"href": page, "text": f"Validation of the listings partition dated {s['run_date']}"},
+                    {"href": "docs/index.html", "text": "Data Docs of every validation"},
+                    {
+                        "href": f"cards/{urllib.parse.quote(s['version'], safe='')}",
+                        "text": f"Model card of v{s['version']}",
+                    },
+                ],
+                root="../../",
+            )
         if not link:
             return not_found(
                 "No validation report for ",
@@ -98,20 +163,52 @@ def app():
                 " yet (the validate task has not run, or this DAG does not validate).",
             )
         pages = link.get("data_docs_pages") or {}
-        target = pages.get("listings_partition") or link.get("data_docs_index")
-        try:
-            rel = Path(target).resolve().relative_to(docs_dir)
-        except (TypeError, ValueError):
+        target = docs_path(pages.get("listings_partition") or link.get("data_docs_index"))
+        if target is None:
             return not_found("The report of this run is outside the Data Docs site.")
         # relative to /meli/runs/{dag_id}/{run_id}: two levels up is /meli/
-        return RedirectResponse(url=f"../../docs/{urllib.parse.quote(rel.as_posix())}")
+        return RedirectResponse(url=f"../../{target}")
 
     @api.get("/runs/{dag_id}/{run_id}/decision", dependencies=read_run)
     def run_decision(dag_id: str, run_id: str):
         from pipelines.registry import decision_for_run
-        from pipelines.render import markdown_html
 
         d = decision_for_run(settings, run_id, dag_id)
+        s = None if d is not None else scored(dag_id, run_id)
+        if s is not None:  # a scoring run: the decision that registered the version it scored with
+            from pipelines.models_view import airflow_run_path, version_decision
+
+            vd = version_decision(settings, s["version"])
+            v = urllib.parse.quote(s["version"], safe="")
+            links = [{"href": f"cards/{v}", "text": f"Model card of v{s['version']}"}]
+            if vd is not None and vd["decision"].get("dag_run_id"):
+                gate_dag = vd["decision"].get("dag_id") or GATE_DAG_ID
+                links.append(
+                    {
+                        "href": airflow_run_path(gate_dag, vd["decision"]["dag_run_id"]),
+                        "text": f"The {gate_dag} run that gated v{s['version']}",
+                        "top": True,
+                    }
+                )
+            return explain(
+                "Gate decision",
+                [
+                    [
+                        "Scoring runs do not gate. This run scored with version ",
+                        s["version"],
+                        "; below is the gate decision on record for it.",
+                    ]
+                    if vd is not None
+                    else [
+                        "Scoring runs do not gate. This run scored with version ",
+                        s["version"],
+                        ", which has no gate decision on record.",
+                    ],
+                ],
+                links,
+                root="../../../",
+                body=markdown_html(vd["markdown"]) if vd is not None else None,
+            )
         if d is None:
             return not_found(
                 "No gate decision for ",
@@ -132,11 +229,17 @@ def app():
         from pipelines.registry import decision_for_run
 
         d = decision_for_run(settings, run_id, dag_id)
-        if d is None:
+        s = None if d is not None else scored(dag_id, run_id)
+        if d is None and s is None:
             return not_found(
-                "No model card for ", dag_id, " run ", run_id, ": the run has registered no gated version yet."
+                "No model card for ",
+                dag_id,
+                " run ",
+                run_id,
+                ": the run has registered no gated version and scored nothing yet.",
             )
-        version = urllib.parse.quote(str(d["decision"]["challenger_version"]), safe="")
+        # the version the run registered and gated, or (a scoring run) the version it scored with
+        version = urllib.parse.quote(str(d["decision"]["challenger_version"] if d else s["version"]), safe="")
         return RedirectResponse(url=f"../../../cards/{version}")
 
     @api.get("/cards/{version}", dependencies=read_retrain)
@@ -154,6 +257,8 @@ def app():
     def run_monitor(dag_id: str, run_id: str):
         link = monitor_link(settings, run_id, dag_id)
         page = Path(link["report_html"]).resolve() if link and link.get("report_html") else None
+        if (page is None or not page.is_file()) and dag_id == GATE_DAG_ID:
+            return retrain_drift(dag_id)
         if page is None or not page.is_relative_to(settings.monitor_dir.resolve()) or not page.is_file():
             return not_found(
                 "No drift report for ",
@@ -163,6 +268,69 @@ def app():
                 " (the monitor task has not run, or this DAG does not score).",
             )
         return HTMLResponse(page.read_text())
+
+    def retrain_drift(dag_id: str) -> HTMLResponse:
+        """A retrain run's "Drift report" tab: the champion's latest drift report, linked."""
+        from pipelines.models_view import airflow_run_path, champion_version, latest_scoring
+
+        champion = champion_version(settings)
+        latest = latest_scoring(settings, champion) if champion else None
+        first = [
+            "Retrain runs do not score: ",
+            MONITOR_DAG_ID,
+            " scores each new listings partition and each new champion, and its monitor task writes a drift report.",
+        ]
+        if latest is None:
+            return explain(
+                "Drift report",
+                [
+                    first,
+                    ["No scoring run of the champion, ", f"v{champion}", ", has a drift report yet."]
+                    if champion
+                    else ["There is no champion yet, so no drift report."],
+                ],
+                [{"href": "models", "text": "Models: the champion, the previous version and the last decisions"}],
+                root="../../../",
+            )
+        r = urllib.parse.quote(latest["run_id"], safe="")
+        d = urllib.parse.quote(latest["dag_id"], safe="")
+        return explain(
+            "Drift report",
+            [
+                first,
+                [
+                    "The champion's latest drift report: ",
+                    f"v{latest['version']}",
+                    " on the batch of ",
+                    latest["run_date"] or "an unknown date",
+                    ", status ",
+                    (latest["status"] or "unknown").upper(),
+                    ", scoring run ",
+                    latest["run_id"],
+                    ".",
+                ],
+            ],
+            [
+                {
+                    "href": f"runs/{d}/{r}/monitor",
+                    "text": f"Drift report of v{latest['version']}, {latest['run_date']}",
+                },
+                {
+                    "href": airflow_run_path(latest["dag_id"], latest["run_id"]),
+                    "text": "That scoring run in Airflow",
+                    "top": True,
+                },
+                {"href": "models", "text": "Models"},
+            ],
+            root="../../../",
+        )
+
+    @api.get("/models", dependencies=read_retrain)
+    def models():
+        from pipelines.models_view import models_page
+
+        data = models_page(settings)
+        return HTMLResponse(render("models.html", title=f"Models: {settings.model_name}", m=data))
 
     async def may_set_note(request: Request, dag_id: str, run_id: str) -> None:
         """The tasks' signature, or a user who may edit this DAG's runs."""
@@ -257,6 +425,10 @@ def link_monitor_run(settings, run_id: str, report: dict, dag_id: str = MONITOR_
             "run_id": run_id,
             "report_html": report.get("report_html"),
             "report_json": report.get("report_json"),
+            # the version that scored the batch and its date: the run's other tabs show that version's
+            # card and decision, and the validation of that partition
+            "version": None if report.get("version") is None else str(report["version"]),
+            "run_date": report.get("run_date"),
             "note": ("**DRIFT** " if report.get("status") == "drift" else "") + note[:900],
         },
     )
@@ -278,6 +450,23 @@ def monitor_link(settings, run_id: str, dag_id: str | None = None) -> dict | Non
     if link.get("run_id") != run_id or (dag_id is not None and link.get("dag_id", MONITOR_DAG_ID) != dag_id):
         return None
     return link
+
+
+def score_result(dag_id: str, run_id: str) -> dict | None:
+    """What the ``score`` task of a run returned (its XCom in Airflow's metadata DB: ``model_version``,
+    ``run_date``...), or None: a scoring run's tabs know its version before (or without) a drift report."""
+    try:
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            query = XComModel.get_many(run_id=run_id, dag_ids=dag_id, task_ids="score", key="return_value", limit=1)
+            row = session.scalars(query).first()
+            value = XComModel.deserialize_value(row) if row is not None else None
+    except Exception as exc:  # no DB here (a unit test, the CLI): the tabs say what they know
+        log.info("no score result of %s run %s: %s", dag_id, run_id, exc)
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def set_run_note(dag_id: str, run_id: str, note: str) -> None:

@@ -1,6 +1,12 @@
-"""Airflow UI plugin: "Data Docs", "Gate decision", "Model card" and "Drift report" tabs on every DAG run
-page (that run's GX report, promotion decision, the model card of the version it registered, and the
-drift report of the batch a meli_score run scored).
+"""Airflow UI plugin: a "Models" entry in the navigation (the champion, since when, the previous
+version, the versions waiting for approval, the last decisions) and "Data Docs", "Gate decision", "Model
+card" and "Drift report" tabs on every DAG run page.
+
+Airflow 3 shows a plugin's run tabs on the runs of every DAG (``external_views`` are filtered by
+destination only, no DAG filter), so each tab means something on both DAGs' runs: on a meli_retrain
+run the run's validation report, gate decision and the card of the version it registered, and the
+champion's latest drift report; on a meli_score run a pointer to the scored partition's validation,
+the decision and the card of the version that scored, and the drift report of its batch.
 
 Thin wiring; the app lives in pipelines.airflow_ui.
 """
@@ -41,6 +47,13 @@ class MeliUIPlugin(AirflowPlugin):
             "href": "meli/runs/{DAG_ID}/{RUN_ID}/monitor",
             "destination": "dag_run",
             "url_route": "meli_drift_report",
+        },
+        {
+            "name": "Models",
+            "href": "meli/models",
+            "destination": "nav",
+            "url_route": "meli_models",
+            "nav_top_level": True,
         },
         {"name": "Data Docs (all runs)", "href": "meli/docs/index.html", "destination": "nav", "category": "browse"},
     ]

@@ -81,8 +81,10 @@ def test_a_scoring_runs_drift_report_tab_and_note(settings, monkeypatch, airflow
     )
     missing = client.get("/meli/runs/meli_score/other/monitor")
     assert missing.status_code == 404 and "No drift report" in missing.text
-    # the same run id of another DAG is not this record: no page, no note
-    assert client.get(f"/meli/runs/meli_retrain/{q}/monitor").status_code == 404
+    # the same run id of another DAG is not this record: not its page (a retrain run's tab says that
+    # retrain runs do not score), no note
+    other = client.get(f"/meli/runs/meli_retrain/{q}/monitor").text
+    assert "<h1>drift report</h1>" not in other and "Retrain runs do not score" in other
     assert client.post(f"/meli/runs/meli_retrain/{q}/note").status_code == 404
 
 
@@ -393,3 +395,175 @@ def test_the_approval_body_quotes_data_as_text(settings, monkeypatch):
 
     html = MarkdownIt("commonmark", {"html": True}).render(body)
     assert html.count("&lt;img") >= 5 and '<a href="http://127.0.0.1:8080/meli/cards/2">Model card</a>' in html
+
+
+# ------------------------------------------------------------------------------------------
+# Issue 33 item 8: the "Models" page; item 3: a scoring run's tabs, a retrain run's drift tab
+# ------------------------------------------------------------------------------------------
+R1, R2, R3 = (f"manual__2026-11-2{i}T02:00:00+00:00" for i in (1, 2, 3))
+
+
+def _registry(settings, monkeypatch) -> dict:
+    """A real (SQLite) registry, cheaply (test_registry's lookup doubles): v1 promoted by run R1, v2
+    gated for approval by R2 then approved by a reviewer whose name and reason are markup, v3 waiting
+    for approval (R3). Every gate of RUN_DATE: its decision record is v3's."""
+    import pandas as pd
+
+    from pipelines import registry
+    from tests.unit.test_registry import CLASSES, RUN_DATE, make_version, run_gate
+
+    monkeypatch.setenv("MELI_GATE_MIN_BEHAVIOUR_PASS", "0")
+    rows = [{"listing_id": f"id{c}{k}", "title": f"{c} item {k}", "category": c} for c in CLASSES for k in range(10)]
+    df = pd.DataFrame(rows)
+    (settings.run_dir(RUN_DATE) / "dataset").mkdir(parents=True)
+    df.to_parquet(settings.run_dir(RUN_DATE) / "dataset" / "test.parquet", index=False)
+    v1 = make_version(settings, df, 0.7)
+    run_gate(settings, v1, dag_run_id=R1, dag_id="meli_retrain")
+    v2 = make_version(settings, df, 0.8)
+    run_gate(settings, v2, dag_run_id=R2, dag_id="meli_retrain", require_approval=True)
+    registry.respond(settings, v2, approve=True, reason=f"flips checked {XSS}", by=XSS, via="airflow")
+    v3 = make_version(settings, df, 0.9)
+    run_gate(settings, v3, dag_run_id=R3, dag_id="meli_retrain", require_approval=True)
+    return {"v1": v1, "v2": v2, "v3": v3, "run_date": RUN_DATE}
+
+
+def test_the_models_page_says_what_serves_since_when_and_what_waits(settings, monkeypatch, airflow_tokens):
+    import re
+
+    monkeypatch.setenv("MELI_MLFLOW_UI_URL", "http://mlflow.internal:5000/")
+    reg = _registry(settings, monkeypatch)
+    client = _client()
+    assert client.get("/meli/models").status_code == 401
+    r = client.get("/meli/models", headers=airflow_tokens["viewer"])
+    assert r.status_code == 200 and r.headers["content-security-policy"].startswith("default-src 'none'")
+    page = r.text
+    _no_markup(page)
+    champion = page.split('id="champion"')[1].split('id="previous"')[0]
+    assert ">v2<" in champion and "macro-recall <b>0.8000</b>" in champion
+    assert "champion since <b>" in champion and f"approved by {ESCAPED}" in champion
+    assert 'href="cards/2"' in champion and 'href="../dags/meli_retrain/runs/' in champion
+    assert 'href="http://mlflow.internal:5000/#/models/meli-title-classifier/versions/2"' in champion
+    previous = page.split('id="previous"')[1].split('id="pending"')[0]
+    assert ">v1<" in previous and "macro-recall <b>0.7000</b>" in previous
+    pending = page.split('id="pending"')[1].split('id="decisions"')[0]
+    q3 = urllib.parse.quote(R3, safe="")
+    assert ">v3<" in pending and "0.9000 (0.8000)" in pending
+    assert f'href="../dags/meli_retrain/runs/{q3}/required_actions" target="_top"' in pending
+    assert f'href="runs/meli_retrain/{q3}/decision"' in pending  # the run's Gate decision tab
+    assert 'href="../required_actions?response_received=false" target="_top"' in pending
+    decisions = page.split('id="decisions"')[1]
+    rows = re.findall(r'<td class="decision ([a-z_]+)">', decisions)
+    assert rows == ["pending_approval", "promoted", "pending_approval", "promoted"]  # newest first
+    assert f"approved {ESCAPED}" in decisions and f"flips checked {ESCAPED}" in decisions
+    for v in (reg["v1"], reg["v2"], reg["v3"]):
+        assert f'href="cards/{v}"' in decisions and f"versions/{v}" in decisions
+    # the links lead where they say: the card and the decision answer from /meli/
+    assert client.get(f"/meli/cards/{reg['v3']}", headers=airflow_tokens["viewer"]).status_code == 200
+    d = client.get(f"/meli/runs/meli_retrain/{q3}/decision", headers=airflow_tokens["viewer"])
+    assert d.status_code == 200 and "PENDING_APPROVAL" in d.text
+
+
+def test_the_models_page_without_a_registry_says_so(settings, airflow_tokens):
+    r = _client().get("/meli/models", headers=airflow_tokens["viewer"])
+    assert r.status_code == 200 and "No champion yet" in r.text and "No decision recorded yet" in r.text
+    assert "MELI_MLFLOW_UI_URL" in r.text  # how to get the MLflow links
+
+
+def _scoring_run(settings, run_id: str, version: str, run_date: str) -> None:
+    """What the monitor task of a meli_score run leaves: the report and the run's link."""
+    import pipelines.airflow_ui as ui
+
+    page = settings.monitor_dir / f"v{version}" / f"{run_date}.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text("<!doctype html><h1>the drift report</h1>")
+    report = {"status": "ok", "version": version, "run_date": run_date, "report_html": str(page)}
+    page.with_suffix(".json").write_text(json.dumps(report))
+    ui.link_monitor_run(settings, run_id, {**report, "report_json": str(page.with_suffix(".json"))}, "meli_score")
+
+
+def test_a_scoring_runs_tabs_show_the_version_that_scored(settings, monkeypatch, airflow_tokens):
+    import pipelines.airflow_ui as ui
+
+    reg = _registry(settings, monkeypatch)
+    scoring = "asset_triggered__2026-11-23T02:30:00+00:00"
+    _scoring_run(settings, scoring, reg["v3"], reg["run_date"])
+    # the listings partition of that date was validated: its Data Docs page
+    docs = settings.gx_root / "gx" / "uncommitted" / "data_docs" / "local_site" / "validations" / "p.html"
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs.write_text("<p>validation</p>")
+    report = settings.home / "validation" / reg["run_date"] / "report.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps({"data_docs_pages": {"listings_partition": str(docs)}}))
+    client = _client()
+    client.headers.update(airflow_tokens["viewer"])
+    base = f"/meli/runs/meli_score/{urllib.parse.quote(scoring, safe='')}"
+    # Model card: the card of the version that scored (not "no gated version")
+    r = client.get(f"{base}/card", follow_redirects=False)
+    assert r.status_code == 307 and urllib.parse.urljoin(f"{base}/card", r.headers["location"]) == "/meli/cards/3"
+    # Gate decision: scoring runs do not gate; the decision on record for that version
+    r = client.get(f"{base}/decision")
+    assert r.status_code == 200 and "Scoring runs do not gate" in r.text and "v3: PENDING_APPROVAL" in r.text
+    assert 'href="../../../cards/3"' in r.text and 'target="_top"' in r.text
+    # Data Docs: scoring runs do not validate; the validation of the scored partition
+    r = client.get(base)
+    assert r.status_code == 200 and "Scoring runs do not validate" in r.text
+    assert urllib.parse.urljoin(base, "../../docs/validations/p.html") == "/meli/docs/validations/p.html"
+    assert 'href="../../docs/validations/p.html"' in r.text
+    assert client.get("/meli/docs/validations/p.html").status_code == 200
+    # a scoring run whose monitor has not run: its score task's result (XCom) names the version
+    monkeypatch.setattr(ui, "score_result", lambda dag_id, run_id: {"model_version": "2", "run_date": "2026-11-20"})
+    r = client.get("/meli/runs/meli_score/another/card", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"].endswith("/cards/2")
+    # a run of a DAG that neither gates nor scores still says so
+    monkeypatch.setattr(ui, "score_result", lambda dag_id, run_id: None)
+    r = client.get("/meli/runs/meli_tune/t1/card")
+    assert r.status_code == 404 and "scored nothing" in r.text
+
+
+def test_a_retrain_runs_drift_tab_points_to_the_champions_latest_report(settings, monkeypatch, airflow_tokens):
+    reg = _registry(settings, monkeypatch)  # champion v2
+    client = _client()
+    client.headers.update(airflow_tokens["viewer"])
+    url = f"/meli/runs/meli_retrain/{urllib.parse.quote(R1, safe='')}/monitor"
+    r = client.get(url)
+    assert r.status_code == 200 and "Retrain runs do not score" in r.text and "v2" in r.text
+    assert "No scoring run of the champion" in r.text
+    _scoring_run(settings, "scored_by_v1", reg["v1"], "2026-11-20")  # an older champion's: not this one
+    _scoring_run(settings, "scored_by_v2", reg["v2"], "2026-11-22")
+    r = client.get(url)
+    assert "The champion&#39;s latest drift report" in r.text and "2026-11-22" in r.text and "OK" in r.text
+    assert 'href="../../../runs/meli_score/scored_by_v2/monitor"' in r.text
+    assert 'href="../../../../dags/meli_score/runs/scored_by_v2" target="_top"' in r.text
+    assert client.get("/meli/runs/meli_score/scored_by_v2/monitor").text.endswith("the drift report</h1>")
+
+
+def test_the_score_tasks_result_is_read_from_airflows_db(settings, airflow_tokens):
+    """score_result: the return value of a run's ``score`` task, as the api-server reads XComs."""
+    import pendulum
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import text
+
+    import pipelines.airflow_ui as ui
+
+    run_id = "manual__2026-11-24T02:00:00+00:00"
+    with create_session() as session:
+        # the XCom row alone (no task instance row): SQLite checks no foreign key on this connection
+        session.execute(text("PRAGMA foreign_keys=OFF"))
+        dr = DagRun(dag_id="meli_score", run_id=run_id, run_type="manual", run_after=pendulum.now("UTC"))
+        session.add(dr)
+        session.flush()
+        session.add(
+            XComModel(
+                dag_run_id=dr.id,
+                key="return_value",
+                value=XComModel.serialize_value({"model_version": "4", "run_date": "2026-11-24"}),
+                dag_id="meli_score",
+                task_id="score",
+                run_id=run_id,
+                map_index=-1,
+            )
+        )
+    assert ui.score_result("meli_score", run_id)["model_version"] == "4"
+    assert ui.score_result("meli_retrain", run_id) is None and ui.score_result("meli_score", "nope") is None
