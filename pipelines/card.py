@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -65,7 +66,12 @@ def _mlflow_line(ctx: dict) -> str:
 
     settings = get_settings()
     run_url = ui_run_url(settings, ctx["run_id"], ctx.get("experiment_id"))
-    run = f"[{md_text(ctx['run_id'])}]({run_url})" if run_url else md_text(ctx["run_id"])
+    rid = str(ctx["run_id"])
+    safe = re.fullmatch(r"[A-Za-z0-9_-]+", rid) is not None  # MLflow's ids are hex; anything else escaped
+    if run_url:
+        run = f"[{rid if safe else md_text(rid)}]({run_url})"
+    else:
+        run = f"`{rid}`" if safe else md_text(rid)
     version_url = ui_version_url(settings, ctx["version"])
     version = f"; [the version in MLflow]({version_url})" if version_url else ""
     return f"- MLflow run: {run}{version}; registered run date {md_text(ctx['run_date'] or 'n/a')}"

@@ -19,14 +19,16 @@ FAST = {"epochs": 2, "embedding_epochs": 2, "patience": 2, "min_behaviour_pass":
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 
-def _parse(home: Path, code: str) -> dict:
-    env = airflow_env(home) | {"MELI_RETRAIN_DEADLINE_H": "6"}  # airflow_env turns it off for dag.test
+def _parse(home: Path, code: str, **extra: str) -> dict:
+    env = airflow_env(home) | {"MELI_RETRAIN_DEADLINE_H": "6", **extra}  # airflow_env turns it off for dag.test
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def test_retrain_is_scheduled_nightly_or_by_drift_with_a_deadline(tmp_path):
+    """With MELI_RETRAIN_SCHEDULE set (the distributed profile's nightly cron); the embedded profile's
+    drift-only schedule is tests/unit/test_operator_view.py's."""
     code = (
         "import json\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
@@ -41,7 +43,7 @@ def test_retrain_is_scheduled_nightly_or_by_drift_with_a_deadline(tmp_path):
         " 'score_tasks': sorted(t.task_id for t in bag.dags['meli_score'].tasks),\n"
         " 'drift_outlets': [o.name for o in bag.dags['meli_score'].get_task('announce_drift').outlets]}))\n"
     )
-    out = _parse(tmp_path / "home", code)
+    out = _parse(tmp_path / "home", code, MELI_RETRAIN_SCHEDULE="0 2 * * *")
     assert out["errors"] == {}
     assert out["timetable"] == "AssetOrTimeSchedule" and out["cron"] == "0 2 * * *"
     assert "meli_drift" in out["assets"]
