@@ -221,7 +221,11 @@ def _labels(settings: Settings, since: str) -> pa.Table | None:
     if not parts:
         return None
     t = pa.concat_tables(parts)
-    return t.group_by("listing_id").aggregate([("category", "last")]).rename_columns(["listing_id", "category"])
+    return (
+        t.group_by("listing_id", use_threads=False)
+        .aggregate([("category", "last")])
+        .rename_columns(["listing_id", "category"])
+    )
 
 
 def realise_pending(settings: Settings, min_rows: int | None = None) -> list[dict]:

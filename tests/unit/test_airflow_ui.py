@@ -225,12 +225,36 @@ def test_the_tasks_sign_their_note_request(settings, monkeypatch, airflow_tokens
     assert ui.note_signature(get_settings(), "d", "r", now=1) != ui.note_signature(settings, "d", "r", now=1)
 
 
-def test_without_an_api_server_the_note_is_one_warning(settings, monkeypatch, caplog):
+def test_without_an_api_server_the_note_is_one_info_line(settings, monkeypatch, caplog):
+    """`airflow dags test` (make demo) runs with no api-server: nothing a person should act on, so no
+    warning (issue 33 item 5); a server that answers with an error is one warning."""
+    import http.server
+
     import pipelines.airflow_ui as ui
 
     monkeypatch.setenv("MELI_AIRFLOW_API_URL", f"http://127.0.0.1:{_free_port()}")  # nobody listens
     with caplog.at_level(logging.INFO, logger="pipelines.airflow_ui"):
         assert ui.post_run_note("meli_retrain", RUN, timeout_s=5) is False
+    records = [r for r in caplog.records if r.name == "pipelines.airflow_ui"]
+    assert [r.levelname for r in records] == ["INFO"] and "no Airflow api-server at" in records[0].message
+
+    class Refuses(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            self.send_response(403)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Refuses)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    caplog.clear()
+    monkeypatch.setenv("MELI_AIRFLOW_API_URL", f"http://127.0.0.1:{server.server_port}")
+    try:
+        with caplog.at_level(logging.INFO, logger="pipelines.airflow_ui"):
+            assert ui.post_run_note("meli_retrain", RUN, timeout_s=5) is False
+    finally:
+        server.server_close()
     records = [r for r in caplog.records if r.name == "pipelines.airflow_ui"]
     assert [r.levelname for r in records] == ["WARNING"] and "could not set the run note" in records[0].message
 

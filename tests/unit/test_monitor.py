@@ -270,3 +270,18 @@ def test_monitor_batch_records_report_history_and_realised(tmp_path, monkeypatch
     assert run.data.metrics["realised_macro_recall"] == pytest.approx(want)
     assert "estimated_macro_recall" in run.data.metrics
     assert m.summary(report)["status"] == "ok" and "OK" in m.one_line(report)
+
+
+def test_labels_of_the_lake_take_each_listings_latest_category(settings, synthetic_jsonl):
+    """The realised macro-recall's labels come from the lake itself (not a double): pyarrow refuses
+    an ordered ("last") aggregation on threads, which failed every real realisation with "Using
+    ordered aggregator in multiple threaded execution is not supported"."""
+    from pipelines.ingest import ingest
+
+    src = synthetic_jsonl(300, seed=3)
+    ingest([str(src)], "2030-01-01", settings)
+    ingest([str(src)], "2030-01-02", settings)  # the same listings again: one label each
+    labels = m._labels(settings, "2030-01-01")
+    assert labels is not None and labels.column_names == ["listing_id", "category"]
+    assert labels.num_rows == len(set(labels["listing_id"].to_pylist())) > 0
+    assert m._labels(settings, "2031-01-01") is None
