@@ -113,6 +113,8 @@ def _champion_line(d: dict) -> str:
         else f"v{d['champion_version']} (test macro-recall {d['champion_macro_recall']:.4f})"
     )
     if d["decision"] == "promoted":  # the challenger serves now; the one it replaced is 'previous'
+        if d["champion_macro_recall"] is None:
+            return f"v{d['challenger_version']} (this run's challenger, promoted: the first champion)"
         return f"v{d['challenger_version']} (this run's challenger, promoted); it replaced {before}"
     return f"{before}, unchanged" if d["champion_macro_recall"] is not None else "none (nothing promoted)"
 
