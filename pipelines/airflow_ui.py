@@ -51,6 +51,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MONITOR_DAG_ID = "meli_score"  # the DAG whose monitor task writes drift reports (links made before they named it)
+TUNE_DAG_ID = "meli_tune"  # tunes: neither validates, gates, registers nor scores
 NOTE_HEADER = "X-Meli-Note-Signature"
 NOTE_MAX_AGE_S = 600
 # GX Data Docs: their pages initialise tables in inline scripts and load Bootstrap/jQuery/Font Awesome
@@ -95,6 +96,13 @@ def app():
     def not_found(*parts: str) -> HTMLResponse:
         """A 404 page; ``parts`` alternate text and values (shown in bold), all escaped."""
         return HTMLResponse(render("message.html", title="Not found", parts=parts), status_code=404)
+
+    # what each of the project's DAGs records for a run's tabs; a DAG not named here may record anything
+    does = {GATE_DAG_ID: {"validate", "gate"}, MONITOR_DAG_ID: {"score"}, TUNE_DAG_ID: set()}
+
+    def never(dag_id: str, what: str) -> bool:
+        """``dag_id`` is one of the project's DAGs and its runs never ``what`` (validate, gate, score)."""
+        return dag_id in does and what not in does[dag_id]
 
     def docs_path(target) -> str | None:
         """A Data Docs file as a path relative to /meli/ (None outside the site)."""
@@ -154,13 +162,18 @@ def app():
                 ],
                 root="../../",
             )
-        if not link:
+        if not link and never(dag_id, "validate"):
             return not_found(
-                "No validation report for ",
+                "",
                 dag_id,
-                " run ",
-                run_id,
-                " yet (the validate task has not run, or this DAG does not validate).",
+                " runs do not validate: ",
+                GATE_DAG_ID,
+                " validates each listings partition with Great Expectations before it lands it in the lake.",
+            )
+        if not link:
+            hedge = "" if dag_id in does else ", or this DAG does not validate"
+            return not_found(
+                "No validation report for ", dag_id, " run ", run_id, f" yet (the validate task has not run{hedge})."
             )
         pages = link.get("data_docs_pages") or {}
         target = docs_path(pages.get("listings_partition") or link.get("data_docs_index"))
@@ -209,14 +222,13 @@ def app():
                 root="../../../",
                 body=markdown_html(vd["markdown"]) if vd is not None else None,
             )
-        if d is None:
+        if d is None and never(dag_id, "gate"):
             return not_found(
-                "No gate decision for ",
-                dag_id,
-                " run ",
-                run_id,
-                " (the gate has not run yet, or this DAG does not gate).",
+                "", dag_id, " runs do not gate: ", GATE_DAG_ID, " gates each version it trains and registers."
             )
+        if d is None:
+            hedge = "" if dag_id in does else ", or this DAG does not gate"
+            return not_found("No gate decision for ", dag_id, " run ", run_id, f" (the gate has not run yet{hedge}).")
         version = str(d["decision"]["challenger_version"])
         links = [
             {"href": f"../../../cards/{urllib.parse.quote(version, safe='')}", "text": f"Model card of v{version}"}
@@ -230,6 +242,16 @@ def app():
 
         d = decision_for_run(settings, run_id, dag_id)
         s = None if d is not None else scored(dag_id, run_id)
+        if d is None and s is None and never(dag_id, "gate") and never(dag_id, "score"):
+            return not_found(
+                "",
+                dag_id,
+                " runs register and score no version: a model card belongs to a ",
+                GATE_DAG_ID,
+                " run (the version it gated) or a ",
+                MONITOR_DAG_ID,
+                " run (the version it scored with).",
+            )
         if d is None and s is None:
             return not_found(
                 "No model card for ",
@@ -260,12 +282,17 @@ def app():
         if (page is None or not page.is_file()) and dag_id == GATE_DAG_ID:
             return retrain_drift(dag_id)
         if page is None or not page.is_relative_to(settings.monitor_dir.resolve()) or not page.is_file():
+            if never(dag_id, "score"):
+                return not_found(
+                    "",
+                    dag_id,
+                    " runs do not score: ",
+                    MONITOR_DAG_ID,
+                    " scores each new listings partition, and its monitor task writes a drift report.",
+                )
+            hedge = "" if dag_id in does else ", or this DAG does not score"
             return not_found(
-                "No drift report for ",
-                dag_id,
-                " run ",
-                run_id,
-                " (the monitor task has not run, or this DAG does not score).",
+                "No drift report for ", dag_id, " run ", run_id, f" (the monitor task has not run{hedge})."
             )
         return HTMLResponse(page.read_text())
 
@@ -350,7 +377,7 @@ def app():
         link = monitor_link(settings, run_id, dag_id) if d is None else None
         if d is None and link is None:
             raise HTTPException(404, f"no gate decision or drift report recorded for run {run_id} of {dag_id}")
-        note = decision_note(d["decision"]) if d is not None else link["note"]
+        note = decision_note(d["decision"], settings) if d is not None else link["note"]
         set_run_note(dag_id, run_id, note)
         return {"dag_id": dag_id, "run_id": run_id, "note": note}
 
@@ -415,9 +442,19 @@ def link_monitor_run(settings, run_id: str, report: dict, dag_id: str = MONITOR_
     """Name a scoring run's drift report (for its "Drift report" tab and its note)."""
     from pipelines.lake import atomic_write_json
     from pipelines.monitor import one_line
-    from pipelines.render import md_text
+    from pipelines.render import md_link, md_text
+    from pipelines.tracking import ui_version_url
 
     note = md_text(one_line(report))  # the note is Markdown in Airflow's UI: the report's text stays text
+    head = "**DRIFT** " if report.get("status") == "drift" else ""
+    # with MELI_MLFLOW_UI_URL: the version that scored and the monitor's run, as links to the MLflow UI
+    version = report.get("version")
+    urls = [
+        (f"v{version} in MLflow", ui_version_url(settings, str(version)) if version not in (None, "") else ""),
+        ("the monitor's MLflow run", report.get("mlflow_run_url") or ""),
+    ]
+    links = " · ".join(x for x in (md_link(t, u) for t, u in urls if len(u) <= 400) if x)
+    room = 1000 - len(head) - (len(links) + 2 if links else 0)
     atomic_write_json(
         _monitor_link_path(settings, run_id),
         {
@@ -429,7 +466,7 @@ def link_monitor_run(settings, run_id: str, report: dict, dag_id: str = MONITOR_
             # card and decision, and the validation of that partition
             "version": None if report.get("version") is None else str(report["version"]),
             "run_date": report.get("run_date"),
-            "note": ("**DRIFT** " if report.get("status") == "drift" else "") + note[:900],
+            "note": head + note[: min(900, room)] + (f"\n\n{links}" if links else ""),
         },
     )
 

@@ -120,7 +120,8 @@ def _champion_line(d: dict) -> str:
 
 
 def run_summary(settings, run_date: str) -> str:
-    """The human summary `make demo` prints; raises if an expected output is missing."""
+    """The human summary `make demo` prints; raises if an expected output is missing (scores are not
+    expected: a run that was not scored yet says so)."""
     import pyarrow.parquet as pq
 
     from pipelines.lake import partition_dir, resolve
@@ -145,8 +146,13 @@ def run_summary(settings, run_date: str) -> str:
     except FileNotFoundError:
         files = []
     scored_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    if not scored_rows:
-        raise FileNotFoundError(f"no scored rows under {scored}")
+    if scored_rows:
+        scored_line = f"{scored} ({scored_rows} rows)"
+    else:  # a CLI retrain gates and stops: scoring is its own step
+        listings = partition_dir(settings.listings_dir, run_date)
+        scored_line = (
+            f"not scored yet (python -m pipelines score {listings} --run-date {run_date} / the meli_score DAG)"
+        )
     champ = _champion_line(d)
     plan_path = settings.run_dir(run_date) / "embedding" / "warm.json"
     plan = json.loads(plan_path.read_text()) if plan_path.exists() else {"mode": "full", "reason": "no warm plan"}
@@ -162,7 +168,7 @@ def run_summary(settings, run_date: str) -> str:
         f"{len(report['warnings'])} warnings",
         f"Data Docs index:     {report['data_docs_index']}",
         f"MLflow run id:       {d.get('mlflow_run_id') or 'n/a'} (tracking: {settings.tracking_uri})",
-        f"scored Parquet:      {scored} ({scored_rows} rows)",
+        f"scored Parquet:      {scored_line}",
     ]
     from pipelines.card import card_paths
 
@@ -397,18 +403,19 @@ def _cmd_summary(settings, args, run_date: str) -> int:
 def _cmd_registry(settings, args, run_date: str) -> int:
     from pipelines import registry
 
-    if args.action == "status":
+    if args.action in ("status", "history"):
         from pipelines.decisions import NoSuchModel
 
         try:
-            st = registry.status(settings)
+            if args.action == "status":
+                st = registry.status(settings)
+                print(json.dumps(st, indent=2, default=str) if args.json else _status_table(st))
+            else:
+                rows = registry.history(settings)
+                print(json.dumps(rows, indent=2) if args.json else _history_table(rows))
         except NoSuchModel as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(json.dumps(st, indent=2, default=str) if args.json else _status_table(st))
-    elif args.action == "history":
-        rows = registry.history(settings)
-        print(json.dumps(rows, indent=2) if args.json else _history_table(rows))
     elif args.action == "rollback":
         _print(registry.rollback(settings, args.to_version, args.reason or "operator rollback"))
     else:

@@ -52,23 +52,47 @@ def decision_for_run(settings: Settings, run_id: str, dag_id: str | None = None)
     return {"decision": d, "markdown": md.read_text() if md.exists() else _markdown(d), "path": str(md)}
 
 
-def decision_note(d: dict) -> str:
-    """The DAG run's note: the decision in a few Markdown lines (rule, both macro-recalls, the CI)."""
+def decision_note(d: dict, settings: Settings | None = None) -> str:
+    """The DAG run's note: the decision in a few Markdown lines (rule, both macro-recalls, the CI), and
+    with ``settings`` whose ``MELI_MLFLOW_UI_URL`` is an http(s) URL, a link to the version in MLflow."""
+    if d["decision"] == "skipped":  # a run with nothing new to train on (pipelines/retrain.py record_skip)
+        return f"**SKIPPED** by rule `{d['rule']}`: {md_text(d['reason'])}"[:1000]
+    text = (
+        f"**{md_text(d['decision'].upper())}** v{md_text(d['challenger_version'])} by rule `{d['rule']}`: "
+        f"{md_text(d['reason'])}\n\n{_figures(d)}"
+    )
+    link = ""
+    if settings is not None and d.get("challenger_version") not in (None, ""):
+        from pipelines.render import md_link
+        from pipelines.tracking import ui_version_url
 
+        url = ui_version_url(settings, str(d["challenger_version"]))
+        link = md_link(f"v{d['challenger_version']} in MLflow", url) if len(url) <= 400 else ""
+    if link:  # the link whole, never cut by the note's 1000 characters
+        return f"{text[: 1000 - len(link) - 2]}\n\n{link}"
+    return text[:1000]
+
+
+def decision_text(d: dict) -> str:
+    """The decision in plain text, for a task log (the note is Markdown: its escapes are not for a log)."""
+    if d["decision"] == "skipped":
+        return f"SKIPPED by rule '{d['rule']}': {d['reason']}"
+    return (
+        f"{str(d['decision']).upper()} v{d['challenger_version']} by rule '{d['rule']}': {d['reason']}\n{_figures(d)}"
+    )
+
+
+def _figures(d: dict) -> str:
     def f4(x):
         return "n/a" if x is None else f"{x:.4f}"
 
-    if d["decision"] == "skipped":  # a run with nothing new to train on (pipelines/retrain.py record_skip)
-        return f"**SKIPPED** by rule `{d['rule']}`: {d['reason']}"[:1000]
     b = d.get("bootstrap") or {}
     ci = f"[{f4(b.get('ci_low'))}, {f4(b.get('ci_high'))}]" if b else "n/a"
     return (
-        f"**{md_text(d['decision'].upper())}** v{md_text(d['challenger_version'])} by rule `{d['rule']}`: "
-        f"{md_text(d['reason'])}\n\n"
         f"challenger macro-recall {f4(d['challenger_macro_recall'])}, champion "
         f"{f4(d['champion_macro_recall'])} (v{d['champion_version'] or '-'}), delta {f4(d['delta'])}, "
         f"95% CI {ci}; {d['test_rows']} test rows"
-    )[:1000]
+    )
 
 
 def _markdown(d: dict) -> str:
@@ -121,15 +145,12 @@ class NoSuchModel(LookupError):
     """The registered model (MELI_MODEL_NAME) does not exist while others do: a typo, most likely."""
 
 
-def status(settings: Settings) -> dict:
-    """The aliases and every version's decision; raises NoSuchModel when the store holds other models
-    but not this one (an empty store: nothing trained yet, ``versions`` empty)."""
-    client = _client(settings)
+def _check_model(settings: Settings, client) -> None:
+    """Raise NoSuchModel when MELI_MODEL_NAME is not registered while other models are."""
     name = settings.model_name
-    out = {"model_name": name, "tracking_uri": settings.tracking_uri}
     try:
         client.get_registered_model(name)
-        others = []
+        return
     except Exception:  # not registered: a typo if the store holds other models
         others = [m.name for m in client.search_registered_models(max_results=20)]
     if others:
@@ -137,6 +158,15 @@ def status(settings: Settings) -> dict:
             f"registered model {name!r} does not exist in {settings.tracking_uri} (it holds: "
             f"{', '.join(sorted(others))}); check MELI_MODEL_NAME"
         )
+
+
+def status(settings: Settings) -> dict:
+    """The aliases and every version's decision; raises NoSuchModel when the store holds other models
+    but not this one (an empty store: nothing trained yet, ``versions`` empty)."""
+    client = _client(settings)
+    name = settings.model_name
+    out = {"model_name": name, "tracking_uri": settings.tracking_uri}
+    _check_model(settings, client)
     for alias in (CHAMPION, PREVIOUS):
         mv = _alias_version(client, name, alias)
         out[alias] = (
@@ -172,15 +202,26 @@ def status(settings: Settings) -> dict:
 
 
 def history(settings: Settings, limit: int = 50) -> list[dict]:
-    import mlflow
+    """The latest ``limit`` events of MELI_MODEL_NAME's promotion history, oldest first; raises
+    NoSuchModel as ``status`` does. The ``-promotions`` experiment may hold several models' events:
+    each carries ``meli.model_name`` (one recorded without it is the default model's)."""
+    from pipelines.settings import MODEL_NAME_DEFAULT
 
-    _client(settings)
-    exp = mlflow.get_experiment_by_name(f"{settings.experiment}-promotions")
+    client = _client(settings)
+    _check_model(settings, client)
+    exp = client.get_experiment_by_name(f"{settings.experiment}-promotions")
     if exp is None:
         return []
-    runs = mlflow.search_runs(  # the latest ``limit`` events, printed oldest first
-        [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit, output_format="list"
-    )[::-1]
+    name, runs, token = settings.model_name, [], None
+    while len(runs) < limit:  # newest first, a page at a time, until ``limit`` events of this model
+        page = client.search_runs(
+            [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=500, page_token=token
+        )
+        runs += [r for r in page if r.data.tags.get("meli.model_name", MODEL_NAME_DEFAULT) == name]
+        token = page.token
+        if not token:
+            break
+    runs = runs[:limit][::-1]
     keys = (
         "decided_at",
         "decision",

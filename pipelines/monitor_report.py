@@ -102,7 +102,7 @@ def over_time(history: list[dict], model_name: str | None = None) -> list[tuple[
 
 def render_html(r: dict, history: list[dict]) -> str:
     """The report as one self-contained page."""
-    from pipelines.render import render
+    from pipelines.render import http_url, render
 
     shifts = r.get("category", {}).get("top_shifts", [])[:20]
     cat_chart = _svg_bars(
@@ -122,6 +122,7 @@ def render_html(r: dict, history: list[dict]) -> str:
     return render(
         "monitor_report.html",
         r=r,
+        mlflow_run_url=http_url(r.get("mlflow_run_url")),  # a link only to an http(s) MLflow UI
         status=str(r["status"]),
         checks=r.get("checks", []),
         estimate=r.get("estimate", {}),

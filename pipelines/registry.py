@@ -420,6 +420,7 @@ def _history_event(settings: Settings, d: dict, files: list[Path] = ()) -> None:
         nested=mlflow.active_run() is not None,
     ) as run:
         flat = {**d, **{f"review_{k}": v for k, v in (d.get("approval") or {}).items()}}
+        flat["model_name"] = d.get("model_name") or settings.model_name  # `registry history` filters on it
         mlflow.set_tags(
             {f"meli.{k}": ("" if v is None else str(v))[:4000] for k, v in flat.items() if not isinstance(v, dict)}
         )

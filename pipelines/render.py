@@ -59,3 +59,32 @@ def md_text(value) -> str:
     typed, whether or not that renderer lets raw HTML through."""
     text = " ".join(str(value).split())
     return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+_URL_SAFE = ":/?#[]@!$&'*+,;=%~-._"  # kept as is in a link's target; "(", ")", "<", ">", "\\" and the rest encoded
+
+
+def http_url(url) -> str | None:
+    """``url`` when it is an absolute http(s) URL (a link's target), else None: no ``javascript:``,
+    no relative or scheme-less targets from settings or records."""
+    from urllib.parse import urlsplit
+
+    text = str(url or "").strip()
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or any(c.isspace() for c in text):
+        return None
+    return text
+
+
+def md_link(text, url) -> str:
+    """A Markdown link ``[text](url)``: ``text`` escaped (md_text), ``url`` only an http(s) URL with the
+    characters that would end a link destination percent-encoded; "" when ``url`` is not one."""
+    from urllib.parse import quote
+
+    target = http_url(url)
+    if target is None:
+        return ""
+    return f"[{md_text(text)}]({quote(target, safe=_URL_SAFE)})"

@@ -92,6 +92,8 @@ DESCRIPTIONS = {
     "shadow": "One run per shadow agreement report (the challenger scored beside the champion).",
     "monitor": "One run per drift report of a scored batch (pipelines/monitor.py).",
 }
+# a parent run's description until the gate decides (pipelines/versions.py describe_decision replaces it)
+GATE_PENDING = " The gate's decision is added here."
 
 
 def ui_run_url(settings: Settings, run_id: str, experiment_id: str | None) -> str:

@@ -46,7 +46,7 @@ def start_parent_run(settings: Settings, run_date: str, dataset: dict, tags: dic
 
     import mlflow
 
-    from pipelines.tracking import configure, open_run
+    from pipelines.tracking import GATE_PENDING, configure, open_run
 
     configure(settings)
     started = datetime.now(UTC).isoformat()
@@ -55,7 +55,7 @@ def start_parent_run(settings: Settings, run_date: str, dataset: dict, tags: dic
     note = (
         f"Retraining on the lake as of {run_date} (data version {info.get('data_version', '?')}: "
         + ", ".join(f"{n} {k} rows" for k, n in dataset["counts"].items())
-        + f"; started {started[:19]}Z{' by ' + trigger if trigger else ''}). The gate's decision is added here."
+        + f"; started {started[:19]}Z{' by ' + trigger if trigger else ''}).{GATE_PENDING}"
     )
     with open_run(settings, run_name=parent_run_name(run_date, "pending", started)) as run:
         mlflow.set_tags(

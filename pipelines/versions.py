@@ -284,7 +284,7 @@ def decision_description(d: dict) -> str:
             else " (no champion before)"
         )
         + f"; {d.get('test_rows', '?')} test rows. Run date {d.get('run_date') or '-'}, "
-        f"DAG run {d.get('dag_run_id') or '-'}.",
+        + (f"DAG run {d['dag_run_id']}." if d.get("dag_run_id") else "CLI run."),
     ]
     if r := d.get("approval"):
         lines += ["", f"Review: **{r['response']}** by {r['by']} ({r.get('via')}) at {str(r['at'])[:16]}Z: "
@@ -299,7 +299,10 @@ def describe_decision(settings: Settings, client, d: dict, parent_run_id: str | 
         if d["rule"] != "already_champion":  # never relabel the serving version with a no-op
             client.update_model_version(d["model_name"], str(d["challenger_version"]), description=text)
         if parent_run_id:
+            from pipelines.tracking import GATE_PENDING
+
             note = client.get_run(parent_run_id).data.tags.get("mlflow.note.content", "").split("\n\nGate: ")[0]
+            note = note.removesuffix(GATE_PENDING)  # the decision is here now
             client.set_tag(parent_run_id, "mlflow.note.content", f"{note}\n\nGate: {text}")
     except Exception as exc:  # the decision's files and tags already hold it
         log.warning("could not describe v%s's decision in MLflow: %s", d["challenger_version"], exc)

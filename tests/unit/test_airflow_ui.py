@@ -538,10 +538,10 @@ def test_a_scoring_runs_tabs_show_the_version_that_scored(settings, monkeypatch,
     monkeypatch.setattr(ui, "score_result", lambda dag_id, run_id: {"model_version": "2", "run_date": "2026-11-20"})
     r = client.get("/meli/runs/meli_score/another/card", follow_redirects=False)
     assert r.status_code == 307 and r.headers["location"].endswith("/cards/2")
-    # a run of a DAG that neither gates nor scores still says so
+    # a run of a DAG that neither gates nor scores says so (test_a_tune_runs_tabs_say_plainly_what_it_never_does)
     monkeypatch.setattr(ui, "score_result", lambda dag_id, run_id: None)
     r = client.get("/meli/runs/meli_tune/t1/card")
-    assert r.status_code == 404 and "scored nothing" in r.text
+    assert r.status_code == 404 and "runs register and score no version" in r.text
 
 
 def test_a_retrain_runs_drift_tab_points_to_the_champions_latest_report(settings, monkeypatch, airflow_tokens):
@@ -591,3 +591,85 @@ def test_the_score_tasks_result_is_read_from_airflows_db(settings, airflow_token
         )
     assert ui.score_result("meli_score", run_id)["model_version"] == "4"
     assert ui.score_result("meli_retrain", run_id) is None and ui.score_result("meli_score", "nope") is None
+
+
+# ------------------------------------------------------------------------------------------
+# Polish (issue 33): plain "not found" answers, MLflow links in the drift report and the notes
+# ------------------------------------------------------------------------------------------
+def test_a_tune_runs_tabs_say_plainly_what_it_never_does(settings, monkeypatch, airflow_tokens):
+    import pipelines.airflow_ui as ui
+
+    monkeypatch.setattr(ui, "score_result", lambda dag_id, run_id: None)
+    client = _client()
+    client.headers.update(airflow_tokens["viewer"])
+    base = "/meli/runs/meli_tune/manual__t1"
+    said = {
+        "": "<b>meli_tune</b> runs do not validate: <b>meli_retrain</b> validates",
+        "/decision": "<b>meli_tune</b> runs do not gate: <b>meli_retrain</b> gates",
+        "/card": "<b>meli_tune</b> runs register and score no version",
+        "/monitor": "<b>meli_tune</b> runs do not score: <b>meli_score</b> scores",
+    }
+    for tab, text in said.items():
+        r = client.get(base + tab)
+        assert r.status_code == 404 and text in r.text and "or this DAG does not" not in r.text, (tab, r.text)
+    # the DAGs that do record it: not yet, without a hedge; a DAG the project does not know: hedged
+    r = client.get("/meli/runs/meli_retrain/manual__r1/decision")
+    assert "(the gate has not run yet)." in r.text
+    r = client.get("/meli/runs/meli_score/manual__s1/monitor")
+    assert "(the monitor task has not run)." in r.text
+    assert "or this DAG does not gate" in client.get("/meli/runs/someone_elses/x/decision").text
+
+
+MLFLOW_UI = "http://mlflow.internal:5000"
+
+
+def test_the_drift_report_links_its_mlflow_run_and_only_to_http(settings):
+    from pipelines.monitor_report import render_html
+
+    report = {"model_name": "m", "version": "1", "run_date": "2026-11-21", "status": "ok", "mlflow_run_id": "abc123"}
+    url = f"{MLFLOW_UI}/#/experiments/1/runs/abc123"
+    page = render_html({**report, "mlflow_run_url": url}, [])
+    assert f'MLflow run <a href="{url}" target="_blank" rel="noopener noreferrer"><code>abc123</code></a>' in page
+    assert "<code>abc123</code>" in render_html(report, []) and "<a href" not in render_html(report, [])
+    for bad in ("javascript:alert(1)", "//evil.example/x", "data:text/html,x"):
+        page = render_html({**report, "mlflow_run_url": bad}, [])
+        assert "<a href" not in page and "<code>abc123</code>" in page, bad
+    page = render_html({**report, "mlflow_run_url": f'{MLFLOW_UI}/"><img/src=x/onerror=alert(1)>'}, [])
+    assert "<img" not in page and "&#34;&gt;&lt;img" in page  # an attribute value, escaped
+
+
+def test_the_run_notes_link_the_version_in_mlflow_when_its_ui_url_is_set(settings, monkeypatch, airflow_tokens):
+    import pipelines.airflow_ui as ui
+    from pipelines.decisions import decision_note
+    from pipelines.settings import get_settings
+
+    d = _decision(RUN, reason=f"better {XSS}")
+    assert "MLflow" not in decision_note(d) and "MLflow" not in decision_note(d, settings)  # no UI URL: no link
+    monkeypatch.setenv("MELI_MLFLOW_UI_URL", MLFLOW_UI + "/")
+    linked = get_settings()
+    version_link = f"[v2 in MLflow]({MLFLOW_UI}/#/models/meli-title-classifier/versions/2)"
+    assert decision_note(d, linked).endswith("\n\n" + version_link)
+    _no_markup_md(decision_note(d, linked))
+    long = decision_note({**d, "reason": "x" * 2000}, linked)  # the note's 1000 characters keep the link whole
+    assert len(long) <= 1000 and long.endswith(version_link)
+    # the gate's note, through the plugin's note route
+    _record_decision(settings, d)
+    notes = {}
+    monkeypatch.setattr(ui, "set_run_note", lambda dag_id, rid, note: notes.update({rid: note}))
+    client = _client()
+    assert client.post(f"/meli/runs/meli_retrain/{Q}/note", headers=airflow_tokens["admin"]).status_code == 200
+    assert notes[RUN].startswith("**PROMOTED** v2") and notes[RUN].endswith(version_link)
+    # a scoring run's note: the version that scored and the monitor's MLflow run
+    run_url = f"{MLFLOW_UI}/#/experiments/4/runs/9f00"
+    report = {"status": "drift", "version": "3", "run_date": "2026-11-21", "reason": "shift", "mlflow_run_url": run_url}
+    ui.link_monitor_run(linked, "scoring1", report)
+    note = ui.monitor_link(linked, "scoring1")["note"]
+    assert note.startswith("**DRIFT** monitor v3 2026-11-21: DRIFT")
+    assert note.endswith(
+        f"[v3 in MLflow]({MLFLOW_UI}/#/models/meli-title-classifier/versions/3) · [the monitor's MLflow run]({run_url})"
+    )
+    # a UI URL that is not http(s), or a report's URL that is not: no link
+    monkeypatch.setenv("MELI_MLFLOW_UI_URL", "javascript:alert(1)")
+    assert "MLflow" not in decision_note(d, get_settings())
+    ui.link_monitor_run(get_settings(), "scoring2", {**report, "mlflow_run_url": "javascript:alert(1)"})
+    assert "](" not in ui.monitor_link(settings, "scoring2")["note"]

@@ -85,10 +85,17 @@ def _parse_retrain_dag(tmp_path, **env) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _shown_in_dag_list(tags: list[str]) -> list[str]:
+    """The tags Airflow 3's DAG list shows without "+N more": the API sorts a DAG's tags by name
+    (airflow/api_fastapi/core_api/datamodels/dags.py serialize_tags) and the list's tag cell shows the
+    first 3 (the UI's DagTags, maxItems 3)."""
+    return sorted(tags)[:3]
+
+
 def test_embedded_profile_has_no_time_schedule_so_unpausing_for_a_one_off_run_starts_no_nightly(tmp_path):
     out = _parse_retrain_dag(tmp_path)
     assert out["periodic"] is False and out["next"] is None  # only drift (and people) start runs
-    assert "on drift (meli_drift) only (no time schedule)" in out["tags"]
+    assert "on drift (meli_drift) only (no time schedule)" in _shown_in_dag_list(out["tags"])
     assert "on drift (meli_drift) only" in out["description"]
 
 
@@ -96,7 +103,7 @@ def test_a_nightly_schedule_is_shown_and_its_next_run_is_in_the_future(tmp_path)
     out = _parse_retrain_dag(tmp_path, MELI_RETRAIN_SCHEDULE="0 2 * * *")
     assert out["periodic"] is True and out["summary"] == "Asset or 0 2 * * *"
     assert datetime.fromisoformat(out["next"]) > datetime.now(UTC)  # never the latest *past* 02:00
-    assert "nightly 02:00 UTC or on drift (meli_drift)" in out["tags"]
+    assert "nightly 02:00 UTC or on drift (meli_drift)" in _shown_in_dag_list(out["tags"])
     assert "nightly 02:00 UTC or on drift" in out["description"]
     compose = (REPO / "docker" / "compose.yaml").read_text()
     assert "MELI_RETRAIN_SCHEDULE: ${MELI_RETRAIN_SCHEDULE-0 2 * * *}" in compose
@@ -149,8 +156,10 @@ def test_mlflow_names_describes_and_keeps_few_tags(s):
     assert re.fullmatch(rf"retrain {RUN_DATE} full \d\d:\d\d:\d\dZ", parent.info.run_name), parent.info.run_name
     note = parent.data.tags["mlflow.note.content"]
     assert note.startswith(f"Retraining on the lake as of {RUN_DATE}") and "Gate: **PROMOTED**" in note
+    assert "decision is added here" not in note and note.endswith("CLI run.")  # a CLI retrain: no DAG run
     mv = client.get_model_version(s.model_name, "1")
     assert mv.description.startswith("**PROMOTED** by rule `first_model`") and "Test macro-recall" in mv.description
+    assert mv.description.endswith("CLI run.") and "DAG run -" not in mv.description
     assert len(mv.tags) <= 14, sorted(mv.tags)
     assert not {"meli.reason", "meli.data_manifest", "meli.ci", "meli.val_macro_recall"} & set(mv.tags)
     assert {"meli.decision", "meli.model_type", "meli.run_date", "meli.lake_versions"} <= set(mv.tags)
@@ -224,6 +233,28 @@ def test_cli_edges(s, retrained, capsys, monkeypatch):
 
     for name in ("settings", "lake"):
         assert _subparsers(build_parser())[name].description, name
+
+
+def test_the_summary_of_a_gated_run_not_scored_yet_says_how_to_score_it(s, capsys):
+    assert main(["summary", "--run-date", RUN_DATE]) == 0  # a CLI retrain gates; scoring is its own step
+    out = capsys.readouterr().out
+    assert "decision:            PROMOTED by rule 'first_model'" in out
+    listings = s.home / "lake" / "listings" / f"ingest_date={RUN_DATE}"
+    line = next(ln for ln in out.splitlines() if ln.startswith("scored Parquet:"))
+    assert line == (
+        f"scored Parquet:      not scored yet (python -m pipelines score {listings} --run-date {RUN_DATE} "
+        "/ the meli_score DAG)"
+    )
+
+
+def test_the_readme_lists_each_place_once():
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Where things land", 1)[1].split("\n## ", 1)[0]
+    paths = [ln.split("|")[1].strip() for ln in table.splitlines() if ln.startswith("| `")]
+    assert len(paths) > 10 and len(paths) == len(set(paths)), sorted(p for p in paths if paths.count(p) > 1)
+    listings = next(ln for ln in table.splitlines() if ln.startswith("| `lake/listings/"))
+    assert "`raw_bytes` its whole length" in listings and "`_validation.json`" in listings
+    assert "`mlflow/leases/`" in table and "`jwt_secret`" in table
 
 
 def test_the_summary_after_a_promotion_names_the_new_champion_and_the_replaced_one():

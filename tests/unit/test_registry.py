@@ -721,3 +721,60 @@ def get_settings_now():
     from pipelines.settings import get_settings
 
     return get_settings()
+
+
+def test_history_is_the_models_own_and_a_mistyped_model_is_an_error(settings, test_rows, monkeypatch, capsys):
+    import dataclasses
+
+    from pipelines.cli import main
+    from pipelines.decisions import NoSuchModel
+
+    v1 = make_version(settings, test_rows, 0.7)
+    run_gate(settings, v1)
+    other = dataclasses.replace(settings, model_name="other-classifier")  # a second model, same store
+    w1 = make_version(other, test_rows, 0.8)
+    run_gate(other, w1)
+    # an event recorded before events named their model: the default model's
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(f"{settings.experiment}-promotions")
+    old = client.create_run(exp.experiment_id, tags={"meli.decision": "rollback", "meli.challenger_version": "9"})
+    client.set_terminated(old.info.run_id)
+    assert [(h["decision"], h["challenger_version"]) for h in registry.history(settings)] == [
+        ("promoted", v1),
+        ("rollback", "9"),
+    ]
+    assert [(h["decision"], h["challenger_version"]) for h in registry.history(other)] == [("promoted", w1)]
+    assert registry.history(settings, limit=1)[0]["decision"] == "rollback"
+    # a mistyped MELI_MODEL_NAME: an error, as `registry status` says, not the real model's events
+    typo = dataclasses.replace(settings, model_name="meli-title-clasifier")
+    with pytest.raises(NoSuchModel, match="'meli-title-clasifier' does not exist"):
+        registry.history(typo)
+    monkeypatch.setenv("MELI_MODEL_NAME", "meli-title-clasifier")
+    capsys.readouterr()
+    assert main(["registry", "history"]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and "registered model 'meli-title-clasifier' does not exist" in out.err
+
+
+def test_descriptions_and_the_gate_log_read_as_plain_text(settings, test_rows):
+    from pipelines.decisions import decision_note, decision_text
+    from pipelines.tracking import GATE_PENDING
+    from pipelines.versions import decision_description
+
+    # a CLI retrain: its parent run's description loses "added here" once the decision is added
+    v1 = make_version(settings, test_rows, 0.7)  # (and configures MLflow's store)
+    with mlflow.start_run() as parent:
+        mlflow.set_tag("mlflow.note.content", f"Retraining on the lake as of {RUN_DATE}.{GATE_PENDING}")
+    d = run_gate(settings, v1, parent_run_id=parent.info.run_id)
+    note = mlflow.MlflowClient().get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+    assert note.startswith(f"Retraining on the lake as of {RUN_DATE}.\n\nGate: **PROMOTED**"), note
+    assert "added here" not in note and note.endswith("CLI run.")
+    description = mlflow.MlflowClient().get_model_version(settings.model_name, v1).description
+    assert description.endswith("CLI run.") and "DAG run -" not in description
+    assert decision_description({**d, "dag_run_id": "manual__1"}).endswith("DAG run manual__1.")
+    # the gate's log line is plain text; the note (Markdown) escapes
+    d = {**d, "reason": "macro-recall >= the floor [0.3] * 1"}
+    assert "\\" not in decision_text(d) and "macro-recall >= the floor [0.3] * 1" in decision_text(d)
+    assert "\\>=" in decision_note(d)
+    dag = (Path(__file__).resolve().parents[2] / "dags" / "meli_retrain.py").read_text()
+    assert "print(decision_text(decision))" in dag and "print(decision_note(" not in dag
