@@ -103,7 +103,7 @@ def train_classifier(
     (``diagnostics/val_probs.npy``); the refit model is judged on the frozen test split by the gate.
 
     ``plan`` (pipelines/warm.py; None = full): in a warm plan this type starts from its parent's
-    weights and both passes train on the new partitions' rows plus a replay sample, for at most
+    weights and both passes train on the new or changed rows plus a replay sample, for at most
     ``cfg.warm_epochs`` epochs.
 
     ``epoch_callback(epoch, val_macro_recall)`` (hyperparameter tuning, pipelines/tune.py) is called
@@ -203,19 +203,19 @@ class _Rows(NamedTuple):
 
 def _training_rows(settings: Settings, plan: dict | None, fit: _Fit, run_date: str, train_df, train_data) -> _Rows:
     """Full: every train row for ``cfg.epochs``. Warm (this type has a parent in the plan): the
-    parent's weights (``fit.parent``), the new partitions' rows plus a replay sample, ``cfg.warm_epochs``."""
+    parent's weights (``fit.parent``), the rows new or changed since its snapshot plus a replay sample,
+    ``cfg.warm_epochs``."""
     kind, cfg = fit.model_cfg.kind, fit.cfg
     parent = (plan or {}).get("parents", {}).get(kind) if (plan or {}).get("mode") == "warm" else None
     if parent is None:
         lineage = {"meli.mode": "full", "meli.full_run_date": run_date}
         return _Rows(train_data, cfg.epochs, "full", lineage, len(train_data), 0, None)
-    from pipelines.warm import parent_bundle, parent_state, warm_rows
+    from pipelines.warm import parent_bundle, parent_new_rows, parent_state, warm_rows
 
     bundle = parent_bundle(settings, parent, kind, Path(settings.run_dir(run_date or "adhoc")) / "parents" / kind)
     fit.parent = (bundle, lambda fresh: parent_state(fresh, fit.model_cfg, fit.encoder, fit.labels, bundle))
-    t_idx, n_new, n_replay = warm_rows(
-        train_df["ingest_date"].to_numpy(), parent["new_partitions"], cfg.replay_rows, cfg.seed
-    )
+    is_new = parent_new_rows(parent, train_df["ingest_date"].to_numpy())  # new or changed for it (the plan's)
+    t_idx, n_new, n_replay = warm_rows(is_new, cfg.replay_rows, cfg.seed)
     lineage = {
         "meli.mode": "warm",
         "meli.parent_version": parent["version"],

@@ -10,9 +10,12 @@ recipe on every row) or ``warm``:
   else from the latest registered version of that type (``parent_state``: rows mapped by word,
   n-gram and label, old rows copied bit-identical, new rows from the extended FastText); a type
   with no parent trains full inside the warm run;
-- a warm type trains on the training rows of partitions its parent did not see (a partition new
-  or re-ingested since that model's lake snapshot) plus ``replay_rows`` older rows, for
-  ``warm_epochs`` epochs, early stopping and refit as in full mode.
+- a warm type trains on the training rows new or changed since that model's lake snapshot plus
+  ``replay_rows`` older rows, for ``warm_epochs`` epochs, early stopping and refit as in full mode.
+  New is decided by content (``new_row_mask``): a row of a partition new or re-ingested since the
+  snapshot whose listing id the snapshot lacks, or holds with another title, language or category.
+  The same listings ingested again, on the same date or a new one, are nothing new; when no type has
+  a new row the run skips (``skip_plan``: nothing trained or registered).
 
 ``auto`` (the default) is warm except when: no registered model exists, the base's embedding is
 gone from its run directory or its files are not the bytes recorded in MLflow when it was trained
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 
@@ -202,32 +206,118 @@ def new_partitions(dataset_snap: dict[str, int], parent_snap: dict[str, int]) ->
     return sorted(d for d, v in dataset_snap.items() if parent_snap.get(d) != v)
 
 
-_ROW_COLUMNS = ["listing_id", "title", "language", "label_quality", "category", "split"]
+# What a training row is made of (the dataset's columns less ``split``, a function of the id): a
+# listing whose id and these values the parent's snapshot already held is nothing new for it.
+CONTENT_COLUMNS = ["listing_id", "title", "language", "category"]
+NEW_ROWS_FILE = "new_rows-{dataset}-{parent}.npy"  # in the dataset dir: the plan's mask, for the train tasks
 
 
-def same_rows(root: Path, run_date: str, version_a: int, version_b: int) -> bool:
-    """Whether two committed versions of a listings partition hold the same rows (a re-ingest of the
-    same files); False when either is no longer kept (the lake keeps a few versions)."""
+def _content_keys(table):
+    """One string per row: its listing id and content (a null distinct from an empty value)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = [pc.fill_null(pc.cast(table.column(c), pa.string()), "\x00") for c in CONTENT_COLUMNS]
+    return pc.binary_join_element_wise(*cols, "\x1f")
+
+
+def _known_keys(root: Path, parent_snap: dict[str, int], ids):
+    """The content key of each listing of ``ids`` as the parent's snapshot holds it (the newest
+    partition's row, as ``load_listings`` reads it), read column-wise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from pipelines.lake import partition_dir, read_partition
 
-    part = partition_dir(root, run_date)
-    try:
-        a, b = (read_partition(part, _ROW_COLUMNS, v) for v in (version_a, version_b))
-    except (FileNotFoundError, OSError):
-        return False
-    if a.num_rows != b.num_rows:
-        return False
-    order = [(c, "ascending") for c in _ROW_COLUMNS]
-    return a.sort_by(order).equals(b.sort_by(order))
+    tables = []
+    for d, v in sorted(parent_snap.items()):
+        t = read_partition(partition_dir(root, d), [*CONTENT_COLUMNS, "ingest_date"], v)
+        tables.append(t.filter(pc.is_in(t.column("listing_id"), value_set=ids)))  # only the ids that matter
+    if not tables:
+        return pa.array([], pa.string())
+    table = pa.concat_tables(tables)
+    if len(tables) > 1:  # newest partition first (a stable sort), then each id's first row
+        table = table.take(pc.sort_indices(table, sort_keys=[("ingest_date", "descending")]))
+        keyed = pa.table({"listing_id": table.column("listing_id"), "key": _content_keys(table)})
+        return keyed.group_by("listing_id", use_threads=False).aggregate([("key", "first")]).column("key_first")
+    return _content_keys(table)
 
 
-def changed_partitions(root: Path, dataset_snap: dict[str, int], parent_snap: dict[str, int]) -> list[str]:
-    """``new_partitions`` less those re-ingested with exactly the rows the parent trained on."""
-    return [
-        d
-        for d in new_partitions(dataset_snap, parent_snap)
-        if d not in parent_snap or not same_rows(root, d, parent_snap[d], dataset_snap[d])
-    ]
+def _kept(root: Path, snap: dict[str, int]) -> bool:
+    """Whether every partition of ``snap`` is still readable at its version (the lake keeps a few)."""
+    from pipelines.lake import LakeError, data_dir, partition_dir
+
+    for d, v in sorted(snap.items()):
+        try:
+            data_dir(partition_dir(root, d), v)
+        except (OSError, LakeError) as exc:
+            log.info("partition %s@v%s is no longer kept (%s): all rows of the new partitions count as new", d, v, exc)
+            return False
+    return True
+
+
+def new_row_mask(root: Path, dataset_dir: Path, dataset_snap: dict[str, int], parent_snap: dict[str, int]):
+    """Which training rows of the dataset (``train.parquet``, in order) are new or changed for a
+    parent that trained on the lake snapshot ``parent_snap``: rows of partitions new or re-ingested
+    since (``new_partitions``) whose listing id the parent's snapshot lacks, or holds with another
+    title, language or category. The same rows ingested again, on the same date or a new one, are not
+    new. Column-wise (pyarrow ``is_in`` on the ids, then on id+content keys), no loop over rows.
+    When a partition of the parent's snapshot is no longer kept, every row of the new partitions counts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fresh = new_partitions(dataset_snap, parent_snap)
+    t = pq.read_table(Path(dataset_dir) / "train.parquet", columns=["ingest_date"])
+    candidate = pc.is_in(pc.cast(t.column("ingest_date"), pa.string()), value_set=pa.array(fresh, pa.string()))
+    mask = candidate.to_numpy(zero_copy_only=False).astype(bool)
+    if not mask.any() or not parent_snap or not _kept(root, parent_snap):
+        return mask
+    rows = np.flatnonzero(mask)
+    t = pq.read_table(Path(dataset_dir) / "train.parquet", columns=CONTENT_COLUMNS).take(pa.array(rows))
+    known = _known_keys(root, parent_snap, pc.unique(t.column("listing_id")))
+    if isinstance(known, pa.ChunkedArray):  # a value set is one array
+        known = known.combine_chunks()
+    seen = pc.is_in(_content_keys(t), value_set=known).to_numpy(zero_copy_only=False).astype(bool)
+    mask[rows[seen]] = False
+    return mask
+
+
+def _mask_path(dataset_dir: Path, dataset_snap: dict[str, int], parent_snap: dict[str, int]) -> Path:
+    from pipelines.lake import data_version
+
+    name = NEW_ROWS_FILE.format(dataset=data_version(dataset_snap), parent=data_version(parent_snap))
+    return Path(dataset_dir) / name
+
+
+def plan_new_rows(root: Path, dataset_dir: Path, dataset_snap: dict[str, int], parent_snap: dict[str, int]) -> dict:
+    """``new_row_mask`` for one parent, saved beside the dataset (the train tasks read the rows the
+    plan saw, whatever the lake keeps by then): its file, count and the partitions holding them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipelines.lake import atomic_file
+
+    path = _mask_path(dataset_dir, dataset_snap, parent_snap)
+    mask = new_row_mask(root, dataset_dir, dataset_snap, parent_snap)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, mask)
+    dates = pq.read_table(Path(dataset_dir) / "train.parquet", columns=["ingest_date"]).column(0)
+    parts = pc.unique(pc.cast(dates.filter(pa.array(mask)), pa.string())).to_pylist()
+    return {"new_rows": int(mask.sum()), "new_rows_file": str(path), "new_partitions": sorted(parts)}
+
+
+def parent_new_rows(parent: dict, dates: np.ndarray | None) -> np.ndarray:
+    """The mask of training rows new for ``parent`` (or the plan, for its base) that the plan saved
+    (``plan_new_rows``); a plan without one (written before it existed): every row of its new partitions."""
+    path = parent.get("new_rows_file")
+    if not path:
+        return np.isin(np.asarray(dates).astype(str), np.asarray(parent["new_partitions"], dtype=str))
+    mask = np.load(path, allow_pickle=False)
+    if dates is not None and mask.shape != (len(dates),):
+        raise WarmStartError(f"{path} holds {mask.shape[0]} rows, the training split {len(dates)}: re-run the plan")
+    return mask
 
 
 def skip_plan(plan: dict) -> dict | None:
@@ -288,8 +378,16 @@ def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
             f"(this run: {cfg.sentence_encoder})"
         )
     age = (date.fromisoformat(run_date) - date.fromisoformat(base["full_run_date"])).days
-    fresh = changed_partitions(settings.listings_dir, snap, base["lake_versions"])
-    growth = vocab_growth(Path(dataset["dir"]), old, fresh)
+    ds_dir, root, seen = Path(dataset["dir"]), settings.listings_dir, {}
+
+    def new_rows(parent_snap: dict[str, int]) -> dict:  # once per distinct parent snapshot
+        key = json.dumps(sorted(parent_snap.items()))
+        if key not in seen:
+            seen[key] = plan_new_rows(root, ds_dir, snap, parent_snap)
+        return seen[key]
+
+    fresh = new_rows(base["lake_versions"])
+    growth = vocab_growth(ds_dir, old, parent_new_rows(fresh, None))
     if cfg.mode == "auto":
         if age > settings.warm_max_age_days:
             return full(
@@ -299,14 +397,15 @@ def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
         if growth > settings.warm_max_vocab_growth:
             return full(f"the vocabulary grew by {growth:.1%} (max {settings.warm_max_vocab_growth:.0%})")
     types, plan_parents = {}, {}
-    root = settings.listings_dir
     for kind, parent in parents.items():
         types[kind] = "warm" if parent is not None else "full"
-        if parent is not None:  # a partition re-ingested with the same rows is nothing new
-            plan_parents[kind] = {**parent, "new_partitions": changed_partitions(root, snap, parent["lake_versions"])}
+        if parent is not None:  # rows it trained on, ingested again (any date), are nothing new
+            plan_parents[kind] = {**parent, **new_rows(parent["lake_versions"])}
+    where = f" in {', '.join(fresh['new_partitions'])}" if len(fresh["new_partitions"]) <= 3 else ""
     reason = (
         f"warm from version {base['version']} ({base['model_type']}, last full retrain {base['full_run_date']}): "
-        f"{len(fresh)} new partition(s), vocabulary +{growth:.1%}"
+        f"{fresh['new_rows']} new or changed training row(s){where} "
+        f"({len(fresh['new_partitions'])} partition(s)), vocabulary +{growth:.1%}"
     )
     if any(t == "full" for t in types.values()):
         reason += f"; no parent for {[k for k, t in types.items() if t == 'full']}: trained full"
@@ -314,7 +413,9 @@ def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
         "mode": "warm",
         "reason": reason,
         "base": base,
-        "new_partitions": fresh,
+        "new_partitions": fresh["new_partitions"],
+        "new_rows": fresh["new_rows"],
+        "new_rows_file": fresh["new_rows_file"],
         "vocab_growth": round(growth, 4),
         "full_run_date": base["full_run_date"],
         "types": types,
@@ -327,23 +428,22 @@ def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
     return plan
 
 
-def _train_titles(dataset_dir: Path, partitions: list[str]) -> list[str]:
+def _train_titles(dataset_dir: Path, mask: np.ndarray) -> list[str]:
+    """The titles of the training rows ``mask`` selects (the rows new for the base)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    t = pq.read_table(dataset_dir / "train.parquet", columns=["title", "ingest_date"])
-    dates = pc.cast(t.column("ingest_date"), pa.string())
-    return t.filter(pc.is_in(dates, value_set=pa.array(partitions, pa.string()))).column(0).to_pylist()
+    t = pq.read_table(dataset_dir / "train.parquet", columns=["title"])
+    return t.column(0).filter(pa.array(mask)).to_pylist()
 
 
-def vocab_growth(dataset_dir: Path, encoder, partitions: list[str]) -> float:
-    """Distinct words of the new partitions' training titles the encoder lacks, over its vocabulary."""
+def vocab_growth(dataset_dir: Path, encoder, mask: np.ndarray) -> float:
+    """Distinct words of the new training titles (``mask``) the encoder lacks, over its vocabulary."""
     from pipelines.text import tokenize
 
-    if not partitions:
+    if not mask.any():
         return 0.0
-    words = {w for t in _train_titles(dataset_dir, partitions) for w in tokenize(t or "", encoder.text)}
+    words = {w for t in _train_titles(dataset_dir, mask) for w in tokenize(t or "", encoder.text)}
     return len(words - encoder.stoi.keys()) / max(1, len(encoder.itos) - 2)
 
 
@@ -361,6 +461,34 @@ def extend_encoder(old, token_lists):
     return TitleEncoder(old.itos + new_words, old.text, old.emb, old.ngrams + grams)
 
 
+class _AlphaRestart(logging.Filter):
+    """Drops gensim's "Effective 'alpha' higher than previous training cycles" and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Effective 'alpha' higher than previous training cycles")
+
+
+@contextmanager
+def _quiet_alpha_restart():
+    """Continued training restarts the learning rate at the model's ``alpha`` on purpose: the new
+    words start from random vectors and would barely move at the ``min_alpha`` the last cycle ended
+    on (the usual way to continue a gensim model). gensim warns about exactly that on every warm run,
+    with nothing to act on; this filter, on its logger for the call only, drops that one message."""
+    logger, quiet = logging.getLogger("gensim.models.word2vec"), _AlphaRestart()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _base_new_rows(dataset_dir: Path, plan: dict) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    dates = None if plan.get("new_rows_file") else pq.read_table(dataset_dir / "train.parquet", columns=["ingest_date"])
+    return parent_new_rows(plan, None if dates is None else dates.column(0).to_numpy(zero_copy_only=False))
+
+
 def warm_embedding(dataset_dir: str | Path, plan: dict, seed: int) -> dict:
     """Continue the base's FastText on the new partitions' training titles and extend its encoder;
     saved as this run's embedding (with the plan, ``warm.json``)."""
@@ -373,7 +501,8 @@ def warm_embedding(dataset_dir: str | Path, plan: dict, seed: int) -> dict:
     dataset_dir = Path(dataset_dir)
     base_dir = Path(plan["base"]["embedding_dir"])
     old = TitleEncoder.load(base_dir / "encoder.json")
-    tokens = [t for t in (tokenize(x or "", old.text) for x in _train_titles(dataset_dir, plan["new_partitions"])) if t]
+    titles = _train_titles(dataset_dir, _base_new_rows(dataset_dir, plan))
+    tokens = [t for t in (tokenize(x or "", old.text) for x in titles) if t]
     t0 = time.perf_counter()
     try:  # a private copy of the recorded bytes is what gensim unpickles
         ft = load_fasttext(base_dir, plan["base"].get("embedding_sha256"))
@@ -381,7 +510,8 @@ def warm_embedding(dataset_dir: str | Path, plan: dict, seed: int) -> dict:
         raise WarmStartError(f"warm start from version {plan['base']['version']} refused: {exc}") from None
     if tokens:
         ft.build_vocab(corpus_iterable=tokens, update=True)
-        ft.train(corpus_iterable=tokens, total_examples=len(tokens), epochs=ft.epochs)
+        with _quiet_alpha_restart():
+            ft.train(corpus_iterable=tokens, total_examples=len(tokens), epochs=ft.epochs)
     encoder = extend_encoder(old, tokens)
     seconds = time.perf_counter() - t0
     out = dataset_dir.parent / "embedding"
@@ -491,10 +621,10 @@ def parent_bundle(settings, parent: dict, kind: str, dst: Path) -> Path:
     return member if member.is_dir() else root
 
 
-def warm_rows(dates: np.ndarray, new: list[str], replay: int, seed: int) -> tuple[np.ndarray, int, int]:
-    """Row indices to train on: every row of the ``new`` partitions plus ``replay`` older rows (a
-    seeded sample). Returns (sorted indices, new rows, replayed rows)."""
-    is_new = np.isin(dates.astype(str), np.asarray(new, dtype=str))
+def warm_rows(is_new: np.ndarray, replay: int, seed: int) -> tuple[np.ndarray, int, int]:
+    """Row indices to train on: every new or changed row (``is_new``: ``parent_new_rows``) plus
+    ``replay`` older rows (a seeded sample). Returns (sorted indices, new rows, replayed rows)."""
+    is_new = np.asarray(is_new, dtype=bool)
     fresh, older = np.flatnonzero(is_new), np.flatnonzero(~is_new)
     rng = np.random.default_rng(seed)
     sample = rng.choice(older, size=min(replay, len(older)), replace=False) if replay and len(older) else older[:0]

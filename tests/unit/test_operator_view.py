@@ -288,10 +288,18 @@ def test_a_warm_run_with_no_new_rows_skips_with_the_reason(s, retrained, capsys)
     assert decision_note(record).startswith("**SKIPPED** by rule `nothing_new`: nothing new to train on")
     runs = mlflow.search_runs(filter_string="tags.`meli.decision` = 'skipped'", output_format="list")
     assert len(runs) == 1 and re.fullmatch(rf"retrain {RUN_DATE} skip \d\d:\d\d:\d\dZ", runs[0].info.run_name)
-    # new rows in the partition: trained again (warm)
+    # the same file on the next night: a new partition, but the listings v1 trained on: nothing new
+    assert main(["retrain", str(retrained["src"]), "--run-date", "2026-11-02", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("skipped: nothing new to train on: no new or changed rows since version 1"), out
+    assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{s.model_name}'")] == ["1"]
+    assert json.loads((s.run_dir("2026-11-02") / "skipped.json").read_text())["rule"] == "nothing_new"
+    # new rows in the partition: trained again (warm), on those rows (plus the replay), not the partition
     from pipelines.synthetic import write_jsonl
 
     more = write_jsonl(retrained["home"].parent / "more.jsonl.gz", 950, seed=11)
     assert main(["retrain", str(more), "--run-date", RUN_DATE, *TINY, "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["challenger_version"] == "2"
     assert not (s.run_dir(RUN_DATE) / "skipped.json").exists()
+    plan = json.loads((s.run_dir(RUN_DATE) / "embedding" / "warm.json").read_text())
+    assert plan["mode"] == "warm" and 0 < plan["new_rows"] <= 50, plan["reason"]  # the 50 listings more.jsonl adds

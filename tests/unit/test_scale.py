@@ -288,18 +288,19 @@ def test_warm_start_refuses_another_architecture(tmp_path):
 
 
 def test_warm_rows_are_the_new_partitions_plus_a_seeded_replay():
-    from pipelines.warm import new_partitions, parse_lake_versions, warm_rows
+    from pipelines.warm import new_partitions, parent_new_rows, parse_lake_versions, warm_rows
 
     dates = np.array(["2026-01-01"] * 50 + ["2026-01-02"] * 30 + ["2026-01-03"] * 20)
     snap = {"2026-01-01": 1, "2026-01-02": 2, "2026-01-03": 1}
     parent = parse_lake_versions("2026-01-01@v1,2026-01-02@v1")
     new = new_partitions(snap, parent)
-    assert new == ["2026-01-02", "2026-01-03"]  # re-ingested (v2) and new
-    idx, n_new, n_replay = warm_rows(dates, new, 10, seed=3)
+    assert new == ["2026-01-02", "2026-01-03"]  # re-ingested (v2) and new: their rows are compared
+    is_new = parent_new_rows({"new_partitions": new}, dates)  # a plan without a saved mask: all their rows
+    idx, n_new, n_replay = warm_rows(is_new, 10, seed=3)
     assert (n_new, n_replay) == (50, 10) and len(idx) == 60 and np.all(np.diff(idx) > 0)
     assert set(range(50, 100)) <= set(idx.tolist())
-    assert np.array_equal(idx, warm_rows(dates, new, 10, seed=3)[0])
-    assert warm_rows(dates, new, 1000, seed=3)[2] == 50  # never more than the older rows
+    assert np.array_equal(idx, warm_rows(is_new, 10, seed=3)[0])
+    assert warm_rows(is_new, 1000, seed=3)[2] == 50  # never more than the older rows
 
 
 class _Plan:

@@ -136,7 +136,9 @@ def test_the_retrain_records_the_embedding_and_warm_start_checks_it(settings, sy
     emb1 = settings.run_dir("2026-11-01") / "embedding"
     assert json.loads(tag) == embedding_digests(emb1)
 
-    second = run_all(settings, [str(src)], "2026-11-02", TrainConfig(mode="warm", **tiny), force_promote=True)
+    # new listings on the second night (the same file again would be nothing new: the run would skip)
+    src2 = synthetic_jsonl(300, seed=4, name="night2.jsonl.gz")
+    second = run_all(settings, [str(src2)], "2026-11-02", TrainConfig(mode="warm", **tiny), force_promote=True)
     assert client.get_run(second["dataset"]["parent_run_id"]).data.tags["meli.mode"] == "warm"
 
     marker = tmp_path / "unpickled"
