@@ -211,7 +211,7 @@ def _train_cfg(params) -> TrainConfig:
             type="integer",
             **_B["replay_rows"].schema(),
             title="Warm: replayed older rows",
-            description="Older training rows sampled beside the new partitions' rows in a warm run.",
+            description="Older training rows sampled beside the new or changed rows in a warm run.",
         ),
         "warm_epochs": Param(
             _T.warm_epochs, type="integer", **_B["warm_epochs"].schema(), title="Warm: epochs (max, early stopping)"
