@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("mlflow", "alembic", "great_expectations", "gensim", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:  # its ERROR log (a traceback) of a store error it raises anyway: one line is ours
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     settings = get_settings()
     run_date = getattr(args, "run_date", None) or today()
     return _COMMANDS[args.cmd](settings, args, run_date)

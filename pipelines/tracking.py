@@ -316,6 +316,13 @@ def run_lease(settings: Settings, run_id: str):
             _drop_lease(path, fd)
 
 
+def short_error(exc: BaseException) -> str:
+    """An MLflow/SQLAlchemy error's telling line (not SQLAlchemy's autoflush preamble, SQL or link)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    telling = [ln for ln in lines if not ln.startswith(("(raised as a result", "[SQL:", "[parameters:", "(Background"))]
+    return (telling or lines or [type(exc).__name__])[0][:500]
+
+
 def _end_run(run_id: str, status: str, lease: Lease) -> None:
     """End the active run ``run_id`` with ``status``; if MLflow cannot record it, the lease is kept."""
     import mlflow
@@ -356,7 +363,9 @@ def open_run(settings: Settings, end_status: str | None = "FINISHED", **start_ru
             try:
                 _end_run(run.info.run_id, "FAILED", lease)
             except Exception as exc:  # the block's error is the one to report
-                log.warning("could not mark MLflow run %s FAILED (the next start will): %s", run.info.run_id, exc)
+                log.warning(
+                    "could not mark MLflow run %s FAILED (the next start will): %s", run.info.run_id, short_error(exc)
+                )
             raise
         _end_run(run.info.run_id, end_status or "FINISHED", lease)
 

@@ -88,7 +88,7 @@ def failing_parent(settings: Settings, parent_run_id: str | None, last: bool = F
         return
     import mlflow
 
-    from pipelines.tracking import configure, run_lease
+    from pipelines.tracking import configure, run_lease, short_error
 
     configure(settings)
     client = mlflow.MlflowClient()
@@ -102,7 +102,9 @@ def failing_parent(settings: Settings, parent_run_id: str | None, last: bool = F
                 client.set_terminated(parent_run_id, "FAILED")
             except Exception as exc:  # the step's own error is the one to report
                 lease.keep()
-                log.warning("could not mark the parent run %s FAILED (the next start will): %s", parent_run_id, exc)
+                log.warning(
+                    "could not mark the parent run %s FAILED (the next start will): %s", parent_run_id, short_error(exc)
+                )
             raise
         if last:
             try:
