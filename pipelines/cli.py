@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("mlflow", "alembic", "great_expectations", "gensim", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:  # its ERROR log (a traceback) of a store error it raises anyway: one line is ours
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     settings = get_settings()
     run_date = getattr(args, "run_date", None) or today()
     return _COMMANDS[args.cmd](settings, args, run_date)
@@ -268,8 +270,10 @@ def _cmd_validate(settings, args, run_date: str) -> int:
 
 def _cmd_train(settings, args, run_date: str) -> int:
     from pipelines.retrain import step_embedding, step_ensemble, step_prepare, step_register, step_train_all
+    from pipelines.tracking import check_store
 
     cfg = _train_cfg(args)
+    check_store(settings)  # a lost store fails before anything is validated or recorded
     # validates what was never validated (as the DAG does), then reads only versions that passed
     dataset = step_prepare(settings, run_date, None, {"meli.trigger": "cli"})
     emb = step_embedding(settings, dataset, cfg)
@@ -495,25 +499,46 @@ def one_line(exc: BaseException) -> str:
     return msg[:2000]
 
 
+STORE_FULL = "database or disk is full"  # SQLite's SQLITE_FULL, as sqlite3/SQLAlchemy/MLflow word it
+
+
 def _disk_full(exc: BaseException) -> str | None:
-    """``no space left on device writing <path>`` when ``exc`` (or what it wraps) is a full disk."""
+    """``no space left on device writing <path>`` when ``exc`` or what it wraps is a full disk: the
+    innermost such error (the first write that failed, e.g. a model bundle's, not the MLflow store's
+    failure to record the run's end after it), the store named when SQLite itself is full."""
     from pipelines.lake import NoSpaceLeft, disk_full
 
     seen: set[int] = set()
+    found = None
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, NoSpaceLeft):
+        if isinstance(exc, NoSpaceLeft):  # names the file; what it wraps is the same failure, unnamed
             return str(exc)
-        if isinstance(exc, OSError) and disk_full(exc, exc.filename or get_settings().home):
-            where = exc.filename or f"under {get_settings().home}"
-            return str(NoSpaceLeft(where))
+        if isinstance(exc, (OSError, RuntimeError)) and disk_full(
+            exc, getattr(exc, "filename", None) or get_settings().home
+        ):
+            found = str(NoSpaceLeft(getattr(exc, "filename", None) or f"under {get_settings().home}"))
+        elif STORE_FULL in str(exc):
+            found = str(NoSpaceLeft(f"MLflow store {get_settings().tracking_uri}"))
         exc = exc.__cause__ or exc.__context__
-    return None
+    return found
+
+
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left (`yes | head`)
 
 
 def entrypoint() -> None:
+    """Run ``main``; every failure is one ``error:`` line on stderr (``-v`` adds the traceback).
+    A reader that closes the pipe early (``python -m pipelines settings | head``) is no error: the
+    rest of the output is dropped quietly and the exit status is 141, as for a command killed by
+    SIGPIPE (a shell with ``pipefail`` sees it; plain pipelines report the reader's status)."""
     try:
-        sys.exit(main())
+        code = main()
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        sys.exit(code)
+    except BrokenPipeError:
+        _quiet_stdout()
+        sys.exit(SIGPIPE_EXIT)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
@@ -521,3 +546,15 @@ def entrypoint() -> None:
         logging.getLogger("pipelines").debug("failed", exc_info=True)
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)
+
+
+def _quiet_stdout() -> None:
+    """stdout to /dev/null, so that Python's final flush of what is left does not fail again
+    (the recipe in Python's signal module documentation, "Note on SIGPIPE")."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -95,6 +95,23 @@ def _known_categories(settings: Settings, client, version: str, model) -> set[st
     return found or None
 
 
+def _batch_categories(settings: Settings, run_date: str) -> list[str]:
+    """The categories of the run date's batch: every labelled row of the dataset (all three splits)
+    that came from the lake partition of ``run_date`` (its ``ingest_date``)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out: list[str] = []
+    for split in ("train", "validation", "test"):
+        path = settings.run_dir(run_date) / "dataset" / f"{split}.parquet"
+        if not path.exists() or not {"category", "ingest_date"} <= set(pq.read_schema(path).names):
+            continue
+        t = pq.read_table(path, columns=["category", "ingest_date"])
+        t = t.filter(pc.equal(pc.cast(t.column("ingest_date"), "string"), run_date))
+        out += [str(c) for c in t.column("category").to_pylist() if c is not None]
+    return out
+
+
 def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict:
     """Score the challenger and the current champion on this run's frozen test rows."""
     from pipelines.evaluate import accuracy, macro_recall, per_class_recall
@@ -134,10 +151,15 @@ def evaluate(settings: Settings, run_date: str, challenger_version: str) -> dict
             "macro_recall": macro_recall(y, pred),
             "accuracy": accuracy(y, pred),
         }
-        if role == "champion":  # test rows it could never get right: a category it was not trained on
+        if role == "champion":  # rows it could never get right: a category it was not trained on
             known = _known_categories(settings, client, version, model)
             unseen = None if known is None else sum(c not in known for c in y) / len(y)
             result["models"][role]["unseen_test_share"] = unseen
+            batch = _batch_categories(settings, run_date)
+            result["batch_rows"] = len(batch)
+            result["models"][role]["unseen_batch_share"] = (
+                None if known is None or not batch else sum(c not in known for c in batch) / len(batch)
+            )
         log.info(
             "%s v%s on %d test rows: macro-recall %.4f", role, version, len(y), result["models"][role]["macro_recall"]
         )
@@ -177,17 +199,24 @@ def decide(
             )
     if champ is None:
         return True, "first_model", f"no champion yet and challenger {ch:.4f} >= floor {rules.min_macro_recall}"
-    unseen = champ.get("unseen_test_share")
-    if unseen is not None and unseen > rules.max_incomparable_share:
-        return (
-            True,
-            "incomparable",
-            (
-                f"{unseen:.0%} of the {evaluation.get('test_rows', '?')} test rows are in categories champion "
-                f"v{champ['version']} never saw (limit {rules.max_incomparable_share:.0%}): its macro-recall "
-                f"{champ['macro_recall']:.4f} against the challenger's {ch:.4f} compares nothing; a person decides"
-            ),
-        )
+    # the run date's batch (its labelled rows in every split) and the test split: either mostly in
+    # categories the champion never saw, and comparing the two on the test rows means nothing
+    limit = rules.max_incomparable_share
+    for key, what in (
+        ("unseen_batch_share", f"the {evaluation.get('batch_rows', '?')} labelled rows of this run date's batch"),
+        ("unseen_test_share", f"the {evaluation.get('test_rows', '?')} test rows"),
+    ):
+        unseen = champ.get(key)
+        if unseen is not None and unseen > limit:
+            return (
+                True,
+                "incomparable",
+                (
+                    f"{unseen:.0%} of {what} are in categories champion v{champ['version']} never saw "
+                    f"(limit {limit:.0%}): its macro-recall {champ['macro_recall']:.4f} against the challenger's "
+                    f"{ch:.4f} compares nothing; a person decides"
+                ),
+            )
     a, b = per_class["challenger"], per_class["champion"]
     dropped = [c for c in a if b.get(c, 0.0) - a[c] > rules.max_class_drop]
     share = len(dropped) / max(1, len(a))

@@ -97,8 +97,26 @@ class NoSpaceLeft(OSError):
 _SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")  # numpy's tofile, errno lost
 
 
+# what a C++ writer (torch.save's stream) says when a write fails: the errno is lost
+_STREAM_FAILED = re.compile(r"iostream error|unexpected pos|PytorchStreamWriter failed|file write failed")
+LOW_SPACE_BYTES = 1 << 20  # a failed write with less than this free beside it: the disk was full
+
+
+def no_space_at(path) -> bool:
+    """Whether the filesystem holding ``path`` (or its nearest existing parent) has next to no space
+    left (``os.statvfs``: less than ``LOW_SPACE_BYTES`` free for an unprivileged writer, or no inodes)."""
+    try:
+        where = next(p for p in (Path(path), *Path(path).parents) if p.exists())
+        st = os.statvfs(where)
+    except (OSError, StopIteration):
+        return False
+    return st.f_bavail * st.f_frsize < LOW_SPACE_BYTES or (st.f_files > 0 and st.f_favail == 0)
+
+
 def disk_full(exc: BaseException, path) -> bool:
     """Whether ``exc`` (raised writing ``path``) means the disk (or quota) is full."""
+    if isinstance(exc, RuntimeError) and _STREAM_FAILED.search(str(exc)):  # torch.save on a full disk
+        return no_space_at(path)
     if not isinstance(exc, OSError):
         return False
     if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):
@@ -121,7 +139,7 @@ def writing(path) -> Iterator[None]:
         yield
     except NoSpaceLeft:
         raise
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         if disk_full(exc, path):
             raise NoSpaceLeft(path, str(exc)) from exc
         raise

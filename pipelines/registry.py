@@ -210,7 +210,8 @@ def _bootstrap(settings: Settings, evaluation: dict, rules: GateRules) -> dict |
 
 
 def _scores(evaluation: dict) -> dict:
-    """The decision's figures from the evaluation: both versions' macro-recall and accuracy, and the delta."""
+    """The decision's figures from the evaluation: both versions' macro-recall and accuracy, the delta,
+    and the champion's unseen-category shares (the ``incomparable`` rule's evidence)."""
     return {
         "champion_version": evaluation["models"].get("champion", {}).get("version"),
         "challenger_macro_recall": evaluation["models"]["challenger"]["macro_recall"],
@@ -220,6 +221,9 @@ def _scores(evaluation: dict) -> dict:
         "delta": (evaluation["models"]["challenger"]["macro_recall"] - evaluation["models"]["champion"]["macro_recall"])
         if "champion" in evaluation["models"]
         else None,
+        # shares of rows in categories the champion never saw: the run date's batch, the test split
+        "unseen_batch_share": evaluation["models"].get("champion", {}).get("unseen_batch_share"),
+        "unseen_test_share": evaluation["models"].get("champion", {}).get("unseen_test_share"),
     }
 
 
@@ -387,7 +391,9 @@ def _record(settings: Settings, client, d: dict, out_dir: Path, parent_run_id: s
     if parent_run_id:
         from pipelines.tracking import open_run
 
-        with open_run(settings, run_id=parent_run_id):
+        # its status as it was: the gate's step finishes it (retrain.step_gate), a replay or a
+        # person's answer on a run that ended (or was marked FAILED) leaves that as it is
+        with open_run(settings, None, run_id=parent_run_id):
             mlflow.log_artifact(str(out_dir / "decision.json"), "gate")
             mlflow.log_artifact(str(out_dir / "decision.md"), "gate")
             mlflow.set_tags(

@@ -112,7 +112,7 @@ def step_prepare(settings: Settings, run_date: str, validation: dict | None, tag
 
     parent = start_parent_run(settings, run_date, dataset, tags)
     if validation:
-        with open_run(settings, run_id=parent):
+        with open_run(settings, "RUNNING", run_id=parent):  # until the gate (train_tracking.failing_parent)
             docs = Path(validation["data_docs_dir"])
             if docs.is_dir():
                 mlflow.log_artifacts(str(docs), artifact_path="validation/data_docs")
@@ -236,7 +236,7 @@ def _record_recipe(settings: Settings, parent_run_id: str, recipe: dict | None) 
     from pipelines.tracking import configure, open_run
 
     configure(settings)
-    with open_run(settings, run_id=parent_run_id):
+    with open_run(settings, "RUNNING", run_id=parent_run_id):
         rid = recipe["id"] if recipe else "default"
         mlflow.set_tag("meli.recipe", rid)
         mlflow.log_param("recipe", rid)
@@ -378,6 +378,16 @@ def step_resume(settings: Settings, run_date: str, parent_run_id: str | None) ->
         run_date,
     )
     atomic_write_json(settings.run_dir(run_date) / "challenger.json", {**challenger, "parent_run_id": parent_run_id})
+    if parent_run_id:  # named for what it does, not 'pending' (no embedding step will name it)
+        import mlflow
+
+        from pipelines.train_tracking import rename_parent_run
+
+        mode = mv.tags.get("meli.mode") or "full"
+        client = mlflow.MlflowClient()
+        client.set_tag(parent_run_id, "meli.mode", mode)
+        client.set_tag(parent_run_id, "meli.resumed_version", challenger["version"])
+        rename_parent_run(parent_run_id, f"{mode} resumed")
     return challenger
 
 
@@ -414,7 +424,7 @@ def step_gate(
     from pipelines.registry import gate, with_rules
     from pipelines.train_tracking import failing_parent
 
-    with failing_parent(settings, parent_run_id):
+    with failing_parent(settings, parent_run_id, last=True):  # the gate's end finishes the parent run
         decision = gate(
             settings,
             run_date,
@@ -447,13 +457,27 @@ def run_all(
     The training parameters are checked before any of it (a bad one fails in seconds, not after FastText)."""
     from dataclasses import replace
 
-    from pipelines.train_tracking import failing_parent
+    from pipelines.tracking import check_store, run_lease
 
     cfg = replace(cfg)  # TrainConfig.__post_init__ checks every field again, before any work
+    check_store(settings)  # a lost store fails here, before anything is ingested or committed
     ingested = step_ingest(settings, sources, run_date, fmt)
     validation = step_validate(settings, run_date)
     dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
-    challenger = step_resume(settings, run_date, dataset["parent_run_id"])
+    # the parent run's lease from here to its end: a kill between steps leaves it to be marked FAILED
+    with run_lease(settings, dataset["parent_run_id"]):
+        return _run_steps(
+            settings, run_date, cfg, force_promote, dry_run, require_approval, ingested, validation, dataset, rules
+        )
+
+
+def _run_steps(
+    settings, run_date, cfg, force_promote, dry_run, require_approval, ingested, validation, dataset, rules
+) -> dict:
+    from pipelines.train_tracking import failing_parent
+
+    with failing_parent(settings, dataset["parent_run_id"]):
+        challenger = step_resume(settings, run_date, dataset["parent_run_id"])
     if challenger is None:
         emb = step_embedding(settings, dataset, cfg)
         if emb.get("skipped"):  # nothing new to train on: nothing trained, registered or gated

@@ -269,20 +269,36 @@ def _drop_lease(path: Path, fd: int) -> None:
         os.close(fd)
 
 
+class Lease:
+    """What a ``run_lease`` block may say about its lease: ``keep()`` when the run's terminal status
+    could not be recorded (a full disk, a store that cannot write): the lease file stays, unheld, so
+    the next start marks the run FAILED (``fail_abandoned_runs``) instead of it staying RUNNING."""
+
+    def __init__(self, run_id: str):
+        self.run_id, self.kept = run_id, False
+
+    def keep(self) -> None:
+        self.kept = True
+
+
 @contextmanager
 def run_lease(settings: Settings, run_id: str):
     """Hold ``run_id``'s lease for the block (re-entrant in a process); runs killed earlier are
-    marked FAILED first (``fail_abandoned_runs``)."""
+    marked FAILED first (``fail_abandoned_runs``). Yields a ``Lease``: ``keep()`` leaves the lease
+    file behind when the block ends (the run's end could not be recorded)."""
+    lease = Lease(run_id)
     if not run_id:
-        yield
+        yield lease
         return
     held = _LEASES.get(run_id)
     if held is not None:
         held[1] += 1
         try:
-            yield
+            yield lease
         finally:
             held[1] -= 1
+            if lease.kept:
+                held.append("kept")  # the outermost holder leaves the file
         return
     try:
         fail_abandoned_runs(settings)
@@ -293,23 +309,67 @@ def run_lease(settings: Settings, run_id: str):
     fd = _take_lease(path)
     _LEASES[run_id] = [fd, 1]
     try:
-        yield
+        yield lease
     finally:
-        if _LEASES[run_id][1] <= 1:
-            del _LEASES[run_id]
-            _drop_lease(path, fd)
+        held = _LEASES.pop(run_id)
+        if lease.kept or "kept" in held:
+            os.close(fd)  # unheld but linked: the next start marks the run FAILED
         else:
-            _LEASES[run_id][1] -= 1
+            _drop_lease(path, fd)
+
+
+def short_error(exc: BaseException) -> str:
+    """An MLflow/SQLAlchemy error's telling line (not SQLAlchemy's autoflush preamble, SQL or link)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    telling = [ln for ln in lines if not ln.startswith(("(raised as a result", "[SQL:", "[parameters:", "(Background"))]
+    return (telling or lines or [type(exc).__name__])[0][:500]
+
+
+def _end_run(run_id: str, status: str, lease: Lease) -> None:
+    """End the active run ``run_id`` with ``status``; if MLflow cannot record it, the lease is kept."""
+    import mlflow
+
+    try:
+        mlflow.end_run(status)
+    except BaseException:
+        lease.keep()
+        try:  # end_run failed before stopping the run's system-metrics thread: stop it (it logs nothing new)
+            from mlflow.tracking.fluent import run_id_to_system_metrics_monitor
+
+            monitor = run_id_to_system_metrics_monitor.pop(run_id, None)
+            if monitor is not None:
+                monitor.finish()
+        except Exception as exc:  # mlflow internals moved: the thread is a daemon
+            log.debug("could not stop the system metrics of run %s: %s", run_id, exc)
+        raise
 
 
 @contextmanager
-def open_run(settings: Settings, **start_run_kwargs):
-    """``mlflow.start_run`` (a new run or ``run_id=`` reopened) holding its lease while open."""
+def open_run(settings: Settings, end_status: str | None = "FINISHED", **start_run_kwargs):
+    """``mlflow.start_run`` (a new run or ``run_id=`` reopened) holding its lease until its end is
+    recorded: FAILED when the block raises, else ``end_status`` ("FINISHED"; "RUNNING" for a
+    retraining's parent run between its steps; None: the status the reopened run had).
+
+    The lease is released only once the run's end is in the store; when MLflow cannot write it (a
+    full disk), the lease file stays and the next start marks the run FAILED. The block's own error
+    is the one raised, never the store's failure to record it."""
     import mlflow
 
-    with mlflow.start_run(**start_run_kwargs) as run:
-        with run_lease(settings, run.info.run_id):
+    if end_status is None and start_run_kwargs.get("run_id"):
+        end_status = mlflow.MlflowClient().get_run(start_run_kwargs["run_id"]).info.status
+    run = mlflow.start_run(**start_run_kwargs)
+    with run_lease(settings, run.info.run_id) as lease:
+        try:
             yield run
+        except BaseException:
+            try:
+                _end_run(run.info.run_id, "FAILED", lease)
+            except Exception as exc:  # the block's error is the one to report
+                log.warning(
+                    "could not mark MLflow run %s FAILED (the next start will): %s", run.info.run_id, short_error(exc)
+                )
+            raise
+        _end_run(run.info.run_id, end_status or "FINISHED", lease)
 
 
 def fail_abandoned_runs(settings: Settings, client=None) -> list[str]:

@@ -23,7 +23,7 @@ from pipelines.batches import EncodedSplit, gather_keys_t, pick_device
 from pipelines.config import TrainConfig
 from pipelines.encoded import load_encoded
 from pipelines.features import EmbeddingConfig, TitleEncoder, read_split
-from pipelines.lake import atomic_tree
+from pipelines.lake import atomic_tree, writing
 from pipelines.loop import (
     _Fit,
     batch_branches,
@@ -236,7 +236,8 @@ def _save_bundle(bundle_dir: Path, state: dict, fit: _Fit, embedding_dir: Path, 
 
     cfg = fit.cfg
     with atomic_tree(bundle_dir) as tmp:
-        torch.save(state, tmp / "weights.pt")
+        with writing(bundle_dir / "weights.pt"):  # torch's stream error on a full disk -> NoSpaceLeft
+            torch.save(state, tmp / "weights.pt")
         (tmp / "labels.json").write_text(json.dumps(fit.labels))
         (tmp / "config.json").write_text(json.dumps({"model": fit.model_cfg.to_dict(), "train": cfg.to_dict()}))
         shutil.copy(embedding_dir / "encoder.json", tmp / "encoder.json")

@@ -57,7 +57,8 @@ def start_parent_run(settings: Settings, run_date: str, dataset: dict, tags: dic
         + ", ".join(f"{n} {k} rows" for k, n in dataset["counts"].items())
         + f"; started {started[:19]}Z{' by ' + trigger if trigger else ''}).{GATE_PENDING}"
     )
-    with open_run(settings, run_name=parent_run_name(run_date, "pending", started)) as run:
+    # RUNNING until the gate's decision is recorded (failing_parent)
+    with open_run(settings, "RUNNING", run_name=parent_run_name(run_date, "pending", started)) as run:
         mlflow.set_tags(
             {
                 "meli.run_date": run_date,
@@ -75,23 +76,43 @@ def start_parent_run(settings: Settings, run_date: str, dataset: dict, tags: dic
 
 
 @contextmanager
-def failing_parent(settings: Settings, parent_run_id: str | None):
-    """A step of a retraining run: if it raises, the parent MLflow run is marked FAILED (a step that
-    reopens it later, a retry, finishes it again). Its own failure to say so never hides the error."""
-    try:
+def failing_parent(settings: Settings, parent_run_id: str | None, last: bool = False):
+    """A step of a retraining run. The parent MLflow run reads RUNNING from its creation until the
+    gate's decision is recorded (``last``: the step that ends it, FINISHED); each step holds its
+    lease, so a step killed mid-way leaves it to be marked FAILED at the next start
+    (pipelines/tracking.py ``fail_abandoned_runs``). If the step raises, the parent is marked FAILED
+    (a retry of the step sets it RUNNING again); if that cannot be recorded, the lease stays for the
+    next start. Its own failure to say so never hides the step's error."""
+    if not parent_run_id:
         yield
-    except BaseException:
-        if parent_run_id:
+        return
+    import mlflow
+
+    from pipelines.tracking import configure, run_lease, short_error
+
+    configure(settings)
+    client = mlflow.MlflowClient()
+    with run_lease(settings, parent_run_id) as lease:
+        if client.get_run(parent_run_id).info.status != "RUNNING":  # a retry of a failed step
+            client.update_run(parent_run_id, status="RUNNING")
+        try:
+            yield
+        except BaseException:
             try:
-                import mlflow
-
-                from pipelines.tracking import configure
-
-                configure(settings)
-                mlflow.MlflowClient().set_terminated(parent_run_id, "FAILED")
+                client.set_terminated(parent_run_id, "FAILED")
             except Exception as exc:  # the step's own error is the one to report
-                log.warning("could not mark the parent run %s FAILED: %s", parent_run_id, exc)
-        raise
+                lease.keep()
+                log.warning(
+                    "could not mark the parent run %s FAILED (the next start will): %s", parent_run_id, short_error(exc)
+                )
+            raise
+        if last:
+            try:
+                if client.get_run(parent_run_id).info.status == "RUNNING":
+                    client.set_terminated(parent_run_id, "FINISHED")
+            except BaseException:
+                lease.keep()
+                raise
 
 
 def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainConfig) -> None:
@@ -102,7 +123,7 @@ def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainC
     from pipelines.train import embedding_config
 
     configure(settings)
-    with open_run(settings, run_id=parent_run_id):
+    with open_run(settings, "RUNNING", run_id=parent_run_id):  # finished by the gate (failing_parent)
         mlflow.log_params({f"embedding_{k}": v for k, v in asdict(embedding_config(cfg)).items()})
         mlflow.log_metrics({"embedding_vocab_size": emb["vocab_size"], "embedding_train_seconds": emb["seconds"]})
         if emb.get("sha256"):  # the saved FastText's files, checked before a warm start unpickles them

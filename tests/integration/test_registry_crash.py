@@ -209,3 +209,52 @@ def test_a_killed_training_run_is_marked_failed_at_the_next_start(tmp_path, synt
     status = dict(con.execute("SELECT run_uuid, status FROM runs WHERE name LIKE 'mlp-%'").fetchall())
     con.close()
     assert status.pop(run_id) == "FAILED" and list(status.values()) == ["FINISHED"]
+
+
+# ------------------------------------------------------------------------------------------
+# audit D2: a retraining killed in register or gate leaves its parent run FAILED, not FINISHED
+# ------------------------------------------------------------------------------------------
+def _parent_runs(db: Path) -> list[tuple[str, str, str]]:
+    """(run id, name, status) of the retraining parent runs, oldest first."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(
+            "SELECT run_uuid, name, status FROM runs WHERE name LIKE 'retrain %' ORDER BY start_time"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("point", ["register.registered", "gate.champion_moved"])
+def test_a_retraining_killed_in_register_or_gate_leaves_its_parent_run_failed(tmp_path, synthetic_jsonl, point):
+    """The parent run reads RUNNING until the gate's end (each step holds its lease): killed in
+    register or gate, it is marked FAILED at the next start, never FINISHED; the rerun that resumes
+    the registered version is named for what it does, not 'pending'."""
+    home = tmp_path / "home"
+    db = home / "mlflow" / "mlflow.db"
+    a, b = synthetic_jsonl(600, seed=1, name="a.jsonl.gz"), synthetic_jsonl(600, seed=2, name="b.jsonl.gz")
+    r = cli(home, "retrain", str(a), "--run-date", D1, *TINY, "--force-promote", **NO_BEHAVIOUR)
+    assert r.returncode == 0, r.stderr[-3000:]
+    args = ["retrain", str(b), "--run-date", D2, *TINY, "--force-promote"]
+    r = cli(home, *args, MELI_FAULT=point, **NO_BEHAVIOUR)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    first, killed = _parent_runs(db)
+    assert first[2] == "FINISHED" and killed[2] == "RUNNING"  # not FINISHED: its steps did not all end
+
+    r = cli(home, *args, **NO_BEHAVIOUR)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"MLflow run {killed[0]} ({killed[1]}) was left RUNNING" in r.stderr
+    if point == "register.registered":  # v2 pending: resumed (evaluate, gate), not trained again
+        assert json.loads(r.stdout)["challenger_version"] == "2"
+        renamed = f"retrain {D2} full resumed "
+    else:  # v2 already serves: nothing new to train on
+        assert r.stdout.startswith("skipped: nothing new to train on"), r.stdout
+        renamed = f"retrain {D2} skip "
+    # the history holds v2's promotion (a killed gate's record is completed first), and completing it
+    # on the killed run's parent does not make that run FINISHED
+    assert [(h["decision"], h["challenger_version"]) for h in _history(home)] == [("promoted", "1"), ("promoted", "2")]
+    runs = _parent_runs(db)
+    assert [(run_id, status) for run_id, _, status in runs[:2]] == [(first[0], "FINISHED"), (killed[0], "FAILED")]
+    (_, name, status), *rest = runs[2:]
+    assert not rest and status == "FINISHED"
+    assert name.startswith(renamed) and "pending" not in name, name

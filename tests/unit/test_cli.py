@@ -142,3 +142,105 @@ def test_a_full_disk_is_one_line_naming_the_file_no_temp_file_and_a_failed_run(
     mlflow.set_tracking_uri(settings.tracking_uri)
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`meli.stage` = 'retrain'")
     assert runs["status"].tolist() == ["FAILED"]
+
+
+def test_a_full_disk_at_the_bundle_write_is_one_line_and_leaves_no_run_running(
+    settings, synthetic_jsonl, monkeypatch, capsys
+):
+    """Audit D1: torch.save on a full disk raises RuntimeError ('iostream error'), not ENOSPC, and the
+    store then cannot record the runs' end either ('database or disk is full'). The error is the
+    first failure, in one line naming the file; no run stays RUNNING: the leases stay behind, so the
+    next start marks the model's run and the parent FAILED."""
+    import sqlite3
+    import sys
+
+    import mlflow
+    import pytest
+    import torch
+
+    from pipelines import cli, lake, tracking
+
+    full = {"on": False}
+    real_save, real_terminated = torch.save, mlflow.MlflowClient.set_terminated
+
+    def save(obj, f, *a, **kw):
+        if str(f).endswith("weights.pt"):
+            full["on"] = True
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 4901888 vs 4901776")
+        return real_save(obj, f, *a, **kw)
+
+    def set_terminated(self, run_id, *a, **kw):
+        if full["on"]:
+            raise mlflow.exceptions.MlflowException(
+                "(sqlite3.OperationalError) database or disk is full", error_code="INTERNAL_ERROR"
+            )
+        return real_terminated(self, run_id, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", set_terminated)
+    monkeypatch.setattr(lake, "no_space_at", lambda path: full["on"], raising=False)  # os.statvfs: nothing free
+    src = synthetic_jsonl(600)
+    monkeypatch.setattr(sys, "argv", ["pipelines", "retrain", str(src), "--run-date", "2026-11-01", *TINY])
+    with pytest.raises(SystemExit) as exit_:
+        cli.entrypoint()
+    assert exit_.value.code == 1
+    bundle = settings.run_dir("2026-11-01") / "models" / "mlp" / "bundle"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [ln for ln in err if ln.startswith("error:")] == [
+        f"error: no space left on device writing {bundle}/weights.pt"
+    ]
+    assert "Traceback" not in "\n".join(err)
+
+    full["on"] = False  # space again: the next start marks both runs FAILED
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    assert len(tracking.fail_abandoned_runs(settings)) == 2
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert sorted(runs["status"]) == ["FAILED", "FAILED"], runs[["tags.mlflow.runName", "status"]]
+    # the store's own "database or disk is full" is the no-space line naming the store, but never
+    # hides the write that failed first
+    store_full = sqlite3.OperationalError("database or disk is full")
+    assert cli.one_line(store_full) == f"no space left on device writing MLflow store {settings.tracking_uri}"
+    try:
+        try:
+            raise lake.NoSpaceLeft(bundle / "weights.pt")
+        except OSError:
+            raise store_full from None
+    except sqlite3.OperationalError as exc:
+        exc.__suppress_context__ = False
+        assert cli.one_line(exc) == f"no space left on device writing {bundle}/weights.pt"
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """Audit N4: `python -m pipelines settings | head` printed 'error: [Errno 32] Broken pipe'. A reader
+    gone before the output is written is no error: nothing on stderr, exit status 141 (128 + SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)  # the reader has left before the first write
+    env = {**os.environ, "MELI_HOME": str(tmp_path / "h"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    p = subprocess.run(
+        [sys.executable, "-m", "pipelines", "settings"], stdout=w_fd, stderr=subprocess.PIPE, text=True, env=env
+    )
+    os.close(w_fd)
+    assert (p.returncode, p.stderr) == (141, "")
+
+
+def test_retrain_with_a_lost_store_fails_before_it_ingests(settings, synthetic_jsonl):
+    """Audit N1: with the store gone under a home that holds model cards, `retrain` (and `train`)
+    fail on the store first: nothing is ingested or committed to the lake."""
+    import pytest
+
+    from pipelines.config import TrainConfig
+    from pipelines.retrain import run_all
+    from pipelines.tracking import StoreMissing
+
+    (settings.cards_dir / "v1.md").parent.mkdir(parents=True, exist_ok=True)
+    (settings.cards_dir / "v1.md").write_text("# v1\n")
+    src = synthetic_jsonl(600)
+    with pytest.raises(StoreMissing, match="is missing"):
+        run_all(settings, [str(src)], "2026-11-01", TrainConfig(models=["mlp"]))
+    with pytest.raises(StoreMissing, match="is missing"):
+        main(["train", "--run-date", "2026-11-01", *TINY])
+    assert not settings.listings_dir.exists() or not any(settings.listings_dir.iterdir())

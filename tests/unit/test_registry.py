@@ -584,6 +584,48 @@ def test_the_incomparable_rule_applies_above_its_share_only():
     assert registry.decide(ev, per_class, _gate_rules(), None, force_promote=True)[1] == "force_promote"
 
 
+def test_a_batch_of_new_categories_is_incomparable_though_the_test_split_is_mostly_old(settings):
+    """Audit N3: three earlier partitions in the window and a run-date batch that is 100% categories the
+    champion never saw: over the whole test split only 25% are new (under the 50% limit), but the rule
+    measures the batch's labelled rows and asks a person; both shares are recorded."""
+    from pipelines.tracking import configure
+
+    old, new = ["OLD_A", "OLD_B"], ["NEW_A", "NEW_B"]
+    dates = ["2026-11-17", "2026-11-18", "2026-11-19", RUN_DATE]
+    rows = [
+        {"listing_id": f"{d}-{c}-{k}", "title": f"{c} item {d} {k}", "category": c, "ingest_date": d}
+        for d in dates
+        for c in (new if d == RUN_DATE else old)
+        for k in range(10)
+    ]
+    df = pd.DataFrame(rows)
+    d = settings.run_dir(RUN_DATE) / "dataset"
+    d.mkdir(parents=True)
+    df.to_parquet(d / "test.parquet", index=False)
+    df[df["ingest_date"] == RUN_DATE].to_parquet(d / "train.parquet", index=False)  # the batch's other rows
+    configure(settings)
+    with mlflow.start_run() as run:
+        table = {t: c for t, c in zip(df["title"], df["category"]) if c in old}
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=KnownLabelsModel(table, old), pip_requirements=["mlflow"]
+        )
+    v1 = registry.register_challenger(
+        settings,
+        {"model_uri": info.model_uri, "run_id": run.info.run_id, "model_type": "lookup", "val_macro_recall": 0.0},
+        RUN_DATE,
+    )["version"]
+    run_gate(settings, v1, force_promote=True)
+    v2 = make_version(settings, df, 0.9)
+    d = run_gate(settings, v2)
+    ev = json.loads((settings.run_dir(RUN_DATE) / "evaluation" / "evaluation.json").read_text())
+    assert ev["models"]["champion"]["unseen_test_share"] == 0.25  # the whole test split: under the limit
+    assert ev["models"]["champion"]["unseen_batch_share"] == 1.0 and ev["batch_rows"] == 40
+    assert (d["decision"], d["rule"]) == ("pending_approval", "incomparable"), d["reason"]
+    assert "100% of the 40 labelled rows of this run date's batch" in d["reason"]
+    assert (d["unseen_batch_share"], d["unseen_test_share"]) == (1.0, 0.25)
+    assert champion(settings) == (v1, None)
+
+
 # ---- issue 35 item 4: the deployment's approval is a floor; who may answer -------------------------
 def _decision_on_disk(settings):
     return json.loads((settings.run_dir(RUN_DATE) / "evaluation" / "decision.json").read_text())
