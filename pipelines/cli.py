@@ -271,6 +271,7 @@ def _cmd_validate(settings, args, run_date: str) -> int:
 def _cmd_train(settings, args, run_date: str) -> int:
     from pipelines.retrain import step_embedding, step_ensemble, step_prepare, step_register, step_train_all
     from pipelines.tracking import check_store
+    from pipelines.train_tracking import finish_parent
 
     cfg = _train_cfg(args)
     check_store(settings)  # a lost store fails before anything is validated or recorded
@@ -283,6 +284,8 @@ def _cmd_train(settings, args, run_date: str) -> int:
     trained = step_train_all(settings, dataset, emb, cfg)
     results = step_ensemble(settings, dataset, trained, cfg)
     challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
+    # this command stops before the gate: the parent run is done (FINISHED) until `promote` reopens it
+    finish_parent(settings, dataset["parent_run_id"])
     _print({"trained": results, "challenger": challenger})
     return 0
 

@@ -115,6 +115,21 @@ def failing_parent(settings: Settings, parent_run_id: str | None, last: bool = F
                 raise
 
 
+def finish_parent(settings: Settings, parent_run_id: str | None) -> None:
+    """Mark a parent run FINISHED after its last step when no gate follows in this process (CLI
+    ``train``); ``promote`` later reopens it (RUNNING) and its gate finishes it again."""
+    if not parent_run_id:
+        return
+    import mlflow
+
+    from pipelines.tracking import configure
+
+    configure(settings)
+    client = mlflow.MlflowClient()
+    if client.get_run(parent_run_id).info.status == "RUNNING":
+        client.set_terminated(parent_run_id, "FINISHED")
+
+
 def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainConfig) -> None:
     import mlflow
 

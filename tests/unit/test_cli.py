@@ -244,3 +244,20 @@ def test_retrain_with_a_lost_store_fails_before_it_ingests(settings, synthetic_j
     with pytest.raises(StoreMissing, match="is missing"):
         main(["train", "--run-date", "2026-11-01", *TINY])
     assert not settings.listings_dir.exists() or not any(settings.listings_dir.iterdir())
+
+
+def test_a_train_without_its_gate_leaves_a_finished_run_and_promote_finishes_it_again(settings, synthetic_jsonl):
+    """`train` stops before the gate: its parent run must not read RUNNING for ever (a kill leaves
+    RUNNING for the next start to mark FAILED; a finished command does not); `promote` reopens it."""
+    import mlflow
+
+    src = synthetic_jsonl(600)
+    assert main(["ingest", str(src), "--run-date", "2026-11-01"]) == 0
+    assert main(["train", "--run-date", "2026-11-01", *TINY]) == 0
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    exp = client.get_experiment_by_name(settings.experiment)
+    [parent] = client.search_runs([exp.experiment_id], "tags.`meli.stage` = 'retrain'")
+    assert parent.info.status == "FINISHED"
+    assert main(["promote", "--run-date", "2026-11-01"]) == 0
+    run = client.get_run(parent.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags.get("meli.decision") in ("promoted", "rejected")
