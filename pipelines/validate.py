@@ -353,6 +353,18 @@ def load_report(settings: Settings, run_date: str) -> dict:
 
 
 def _run_key(dag_id: str, run_id: str) -> str:
+    """The link file's name: readable (the ids with unsafe characters replaced) and collision-free (a
+    hash of the exact pair: ``("x", "y__z")`` and ``("x__y", "z")``, or run ids differing only in
+    ``:``/``+`` vs ``_``, get different files)."""
+    import hashlib
+    import re
+
+    exact = hashlib.sha256(json.dumps([dag_id, run_id]).encode()).hexdigest()[:16]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dag_id}__{run_id}")[:150] + f"--{exact}"
+
+
+def _legacy_run_key(dag_id: str, run_id: str) -> str:
+    """The name links had before the hash suffix (still read, when they name the same run)."""
     import re
 
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dag_id}__{run_id}")
@@ -389,9 +401,15 @@ def run_link(settings: Settings, dag_id: str, run_id: str) -> dict | None:
     folder (a link file is honoured only inside the folder it belongs to: pipelines/paths.py)."""
     from pipelines.paths import linked
 
-    path = settings.home / "validation" / "by_run" / f"{_run_key(dag_id, run_id)}.json"
-    link = json.loads(path.read_text()) if path.exists() else None
-    if not link:
+    folder = settings.home / "validation" / "by_run"
+    link = None
+    for key in (_run_key(dag_id, run_id), _legacy_run_key(dag_id, run_id)):
+        path = folder / f"{key}.json"
+        if path.exists():
+            link = json.loads(path.read_text())
+            break
+    # the link must name this very run of this very DAG (a legacy name is shared by several)
+    if not isinstance(link, dict) or link.get("dag_id") != dag_id or link.get("run_id") != run_id:
         return None
     named = [link.get("data_docs_index"), link.get("data_docs_dir"), *(link.get("data_docs_pages") or {}).values()]
     if any(p and linked(p, settings.gx_root) is None for p in named):
