@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.batches import EncodedSplit, gather_keys_t, length_bucketed_batches
-from pipelines.config import TrainConfig
+from pipelines.config import TrainConfig, check_tables
 from pipelines.features import TitleEncoder
 from pipelines.rows import RowAdam, RowTables, _tables, apply_rows
 from pipelines.sentence import dim as sentence_dim
@@ -63,6 +63,15 @@ class _Fit:
             wide_dim=cfg.wide_dim,
             wide_bigrams=cfg.wide_bigrams if cfg.wide_dim else 0,
             sentence_dim=sentence_dim(cfg.sentence_encoder),
+        )
+        check_tables(  # rows from the data (vocabulary + char n-grams): before any table is allocated
+            {
+                "the embedding table (vocabulary + n-grams) x embedding_dim": (encoder.num_embeddings, encoder.emb.dim),
+                "the wide table (vocabulary + n-grams + wide_bigrams) x wide_dim": (
+                    encoder.num_embeddings + self.model_cfg.wide_bigrams,
+                    cfg.wide_dim,
+                ),
+            }
         )
         # the run's own embedding, as its embedding step recorded it: the FastText is a pickle (gensim),
         # unpickled only from files whose sha256 match that record; no record, no load
