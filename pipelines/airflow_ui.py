@@ -65,7 +65,7 @@ DOCS_CSP = (
 
 def app():
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user, requires_access_dag
+    from airflow.api_fastapi.core_api.security import GetUserDep, bearer_scheme, get_user, requires_access_dag
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
@@ -91,6 +91,16 @@ def app():
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
         return response
+
+    def may_read(request: Request, user, other_dag_id: str) -> bool:
+        """Whether ``user`` may read the runs of another DAG than the route's (a tab that quotes that
+        DAG's records: a scoring run's gate decision, a retrain run's drift report), as Airflow's
+        ``requires_access_dag`` decides."""
+        try:
+            requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=other_dag_id)(request, user)
+            return True
+        except HTTPException:
+            return False
 
     def not_found(*parts: str) -> HTMLResponse:
         """A 404 page; ``parts`` alternate text and values (shown in bold), all escaped."""
@@ -170,7 +180,7 @@ def app():
         return RedirectResponse(url=f"../../{target}")
 
     @api.get("/runs/{dag_id}/{run_id}/decision", dependencies=read_run)
-    def run_decision(dag_id: str, run_id: str):
+    def run_decision(dag_id: str, run_id: str, request: Request, user: GetUserDep):
         from pipelines.registry import decision_for_run
 
         d = decision_for_run(settings, run_id, dag_id)
@@ -181,8 +191,23 @@ def app():
             vd = version_decision(settings, s["version"])
             v = urllib.parse.quote(s["version"], safe="")
             links = [{"href": f"cards/{v}", "text": f"Model card of v{s['version']}"}]
+            gate_dag = (vd["decision"].get("dag_id") or GATE_DAG_ID) if vd is not None else GATE_DAG_ID
+            if vd is not None and not may_read(request, user, gate_dag):  # that decision is the gate DAG's record
+                return explain(
+                    "Gate decision",
+                    [
+                        [
+                            "Scoring runs do not gate. This run scored with version ",
+                            s["version"],
+                            "; its gate decision is a record of ",
+                            gate_dag,
+                            ", whose runs you may not read.",
+                        ]
+                    ],
+                    [],
+                    root="../../../",
+                )
             if vd is not None and vd["decision"].get("dag_run_id"):
-                gate_dag = vd["decision"].get("dag_id") or GATE_DAG_ID
                 links.append(
                     {
                         "href": airflow_run_path(gate_dag, vd["decision"]["dag_run_id"]),
@@ -254,11 +279,11 @@ def app():
             return not_found("No model card for ", f"{settings.model_name} v{version}", f": {exc}")
 
     @api.get("/runs/{dag_id}/{run_id}/monitor", dependencies=read_run)
-    def run_monitor(dag_id: str, run_id: str):
+    def run_monitor(dag_id: str, run_id: str, request: Request, user: GetUserDep):
         link = monitor_link(settings, run_id, dag_id)
         page = Path(link["report_html"]).resolve() if link and link.get("report_html") else None
         if (page is None or not page.is_file()) and dag_id == GATE_DAG_ID:
-            return retrain_drift(dag_id)
+            return retrain_drift(dag_id, lambda other: may_read(request, user, other))
         if page is None or not page.is_relative_to(settings.monitor_dir.resolve()) or not page.is_file():
             return not_found(
                 "No drift report for ",
@@ -269,8 +294,9 @@ def app():
             )
         return HTMLResponse(page.read_text())
 
-    def retrain_drift(dag_id: str) -> HTMLResponse:
-        """A retrain run's "Drift report" tab: the champion's latest drift report, linked."""
+    def retrain_drift(dag_id: str, may_read_dag) -> HTMLResponse:
+        """A retrain run's "Drift report" tab: the champion's latest drift report, linked (when the user
+        may read the scoring DAG's runs: the report is that DAG's record)."""
         from pipelines.models_view import airflow_run_path, champion_version, latest_scoring
 
         champion = champion_version(settings)
@@ -280,6 +306,20 @@ def app():
             MONITOR_DAG_ID,
             " scores each new listings partition and each new champion, and its monitor task writes a drift report.",
         ]
+        if latest is not None and not may_read_dag(latest["dag_id"] or MONITOR_DAG_ID):
+            return explain(
+                "Drift report",
+                [
+                    first,
+                    [
+                        "The champion's drift reports are records of ",
+                        latest["dag_id"],
+                        ", whose runs you may not read.",
+                    ],
+                ],
+                [{"href": "models", "text": "Models: the champion, the previous version and the last decisions"}],
+                root="../../../",
+            )
         if latest is None:
             return explain(
                 "Drift report",

@@ -591,3 +591,44 @@ def test_the_score_tasks_result_is_read_from_airflows_db(settings, airflow_token
         )
     assert ui.score_result("meli_score", run_id)["model_version"] == "4"
     assert ui.score_result("meli_retrain", run_id) is None and ui.score_result("meli_score", "nope") is None
+
+
+def test_a_tab_quoting_another_dags_record_asks_for_that_dag_too(settings, monkeypatch, airflow_tokens):
+    """Security item 5: a scoring run's "Gate decision" tab quotes meli_retrain's decision and a retrain
+    run's "Drift report" tab meli_score's report: each needs read access on that other DAG as well (a
+    user allowed on one DAG only sees the page without the other's data)."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    reg = _registry(settings, monkeypatch)  # champion v2, v3 waiting (decided by R3)
+    scoring = "asset_triggered__2026-11-23T02:30:00+00:00"
+    _scoring_run(settings, scoring, reg["v3"], reg["run_date"])
+    _scoring_run(settings, "scored_by_v2", reg["v2"], "2026-11-22")
+    manager = get_auth_manager()
+    allowed = manager.is_authorized_dag
+    denied: set[str] = set()
+
+    def is_authorized_dag(*, method, access_entity=None, details=None, user):
+        if user.get_name() == "viewer" and details is not None and details.id in denied:
+            return False
+        return allowed(method=method, access_entity=access_entity, details=details, user=user)
+
+    monkeypatch.setattr(manager, "is_authorized_dag", is_authorized_dag)
+    client = _client()
+    client.headers.update(airflow_tokens["viewer"])
+    decision = f"/meli/runs/meli_score/{urllib.parse.quote(scoring, safe='')}/decision"
+    drift = f"/meli/runs/meli_retrain/{urllib.parse.quote(R1, safe='')}/monitor"
+    assert "v3: PENDING_APPROVAL" in client.get(decision).text  # allowed on both: the decision
+    assert "scored_by_v2" in client.get(drift).text
+    denied.add("meli_retrain")  # a viewer of meli_score only
+    r = client.get(decision)
+    assert r.status_code == 200 and "whose runs you may not read" in r.text
+    assert "PENDING_APPROVAL" not in r.text and "dags/meli_retrain/runs" not in r.text
+    assert client.get(drift).status_code == 403  # the retrain run's own tab: its own DAG
+    denied.clear()
+    denied.add("meli_score")  # a viewer of meli_retrain only
+    r = client.get(drift)
+    assert r.status_code == 200 and "whose runs you may not read" in r.text
+    assert "scored_by_v2" not in r.text and "2026-11-22" not in r.text
+    assert client.get(decision).status_code == 403
+    # the admin is not affected
+    assert "scored_by_v2" in client.get(drift, headers=airflow_tokens["admin"]).text
