@@ -55,12 +55,19 @@ NOTE_HEADER = "X-Meli-Note-Signature"
 NOTE_MAX_AGE_S = 600
 # GX Data Docs: their pages initialise tables in inline scripts and load Bootstrap/jQuery/Font Awesome
 # copied into the site (pipelines/data_docs.py): scripts and styles from the site and inline, nothing
-# fetched from elsewhere, no request from a script (connect-src), no form.
+# fetched from elsewhere, no request from a script (connect-src), no form. And ``sandbox allow-scripts``
+# (no allow-same-origin): a page runs in an opaque origin, so a script in it (GX writes values from the
+# data into its pages; validate.py escapes them first, this is the second wall) has no cookie, cannot read
+# Airflow's pages or API through a frame and cannot script its parent. Its subresources are then
+# cross-site requests that carry no SameSite=Lax ``_token`` cookie: the site's ``static/`` folder (GX's
+# and the vendored public libraries, no data) is served without login; the pages themselves need it.
 DOCS_CSP = (
+    "sandbox allow-scripts allow-popups; "  # popups (GX's links to its docs) inherit the sandbox
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; font-src 'self' data:; connect-src 'none'; object-src 'none'; base-uri 'self'; "
     "form-action 'none'; frame-ancestors 'self'"
 )
+DOCS_STATIC = "static"  # the Data Docs site's assets folder (GX's own and pipelines/data_docs.py's vendor copies)
 
 
 def app():
@@ -393,6 +400,44 @@ def app():
         note = decision_note(d["decision"]) if d is not None else link["note"]
         set_run_note(dag_id, run_id, note)
         return {"dag_id": dag_id, "run_id": run_id, "note": note}
+
+    @api.exception_handler(HTTPException)
+    async def docs_login_bounce(request: Request, exc: HTTPException):
+        """A link followed inside a sandboxed Data Docs page is a navigation from an opaque origin: the
+        browser sends no SameSite=Lax ``_token`` cookie, and the page answers 401. Inside a frame (the
+        run tab) that first 401 is a page of this origin (no sandbox, no script, no data) that reloads
+        the same URL once (``Refresh``): a navigation this origin starts, so with the cookie."""
+        from fastapi.exception_handlers import http_exception_handler
+
+        docs = request.url.path.startswith(f"{request.scope.get('root_path', '')}/docs")
+        if exc.status_code == 401 and docs and request.query_params.get("meli_login") is None:
+            again = str(request.url.include_query_params(meli_login="1"))
+            page = explain(
+                "Data Docs",
+                [["Loading this page with your Airflow login..."]],
+                [{"href": again, "text": "Open it in the whole window", "top": True}],
+                root="",
+                status=401,
+            )
+            page.headers["Refresh"] = f"0; url={again}"
+            return page
+        return await http_exception_handler(request, exc)
+
+    @api.get("/docs/" + DOCS_STATIC + "/{path:path}")
+    def data_docs_static(path: str):
+        """The site's static assets, without login: a sandboxed page's requests carry no cookie. Only
+        files inside ``static/`` (after resolving links), never a page of results."""
+        static = (docs_dir / DOCS_STATIC).resolve()
+        target = (static / path).resolve()
+        if (
+            not target.is_relative_to(static)
+            or not target.is_file()
+            or target.suffix.lower() in (".html", ".htm", ".json")
+        ):
+            return not_found("No asset ", path, " in the Data Docs site.")
+        # fonts are fetched in CORS mode: the sandboxed page's origin is opaque ("null")
+        headers = {"Content-Security-Policy": DOCS_CSP, "Access-Control-Allow-Origin": "*"}
+        return FileResponse(target, headers=headers)
 
     @api.get("/docs", dependencies=read_retrain)
     @api.get("/docs/{path:path}", dependencies=read_retrain)

@@ -290,7 +290,10 @@ def validate_table(
         result = ctx.checkpoints.get(name).run(
             batch_parameters={"dataframe": frame}, expectation_parameters=_parameters(settings), run_id=run_id
         )
-        checks += _checks(result)
+        checks += _checks(result)  # the report keeps the values (shown as text by its readers)
+        # the Data Docs page is built here (the checkpoints have no update_data_docs action) from the
+        # stored result with every value from the data HTML-escaped: GX writes them into pages raw
+        build_safe_data_docs(ctx, result)
         for ident in result.run_results:
             page = _page_for(ctx, ident)
             if page:
@@ -325,6 +328,38 @@ def validate_table(
             f"critical expectations failed for {run_date}: {names}. Data Docs: {report['data_docs_index']}", report
         )
     return report
+
+
+def _escaped(value):
+    """``value`` with every string in it (keys too) HTML-escaped: data shown as text on a GX page."""
+    import html
+
+    if isinstance(value, str):
+        return html.escape(value, quote=True)
+    if isinstance(value, dict):
+        return {_escaped(k) if isinstance(k, str) else k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escaped(v) for v in value]
+    return value
+
+
+def build_safe_data_docs(ctx, checkpoint_result) -> None:
+    """Build the Data Docs pages of a checkpoint run from its stored results, each expectation's
+    ``result`` (unexpected values, observed values, counts of values) and ``exception_info`` escaped
+    first: GX's renderer puts them into the page as raw HTML (a category ``<img onerror=...>`` would be
+    live markup on the api-server's origin). The results store keeps the escaped copy; the run's report
+    (``_checks``) reads the values from the checkpoint result in memory, unescaped."""
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+    store = ctx.validation_results_store
+    for ident in checkpoint_result.run_results:
+        stored = store.get(ident)
+        for er in stored.results:
+            er.result = _escaped(er.result or {})
+            if er.exception_info:
+                er.exception_info = _escaped(er.exception_info)
+        store.set(ident, stored)
+        ctx.build_data_docs(resource_identifiers=[ident, ExpectationSuiteIdentifier(name=stored.suite_name)])
 
 
 def _page_for(ctx, ident) -> str | None:

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import urllib.parse
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -632,3 +633,35 @@ def test_a_tab_quoting_another_dags_record_asks_for_that_dag_too(settings, monke
     assert client.get(decision).status_code == 403
     # the admin is not affected
     assert "scored_by_v2" in client.get(drift, headers=airflow_tokens["admin"]).text
+
+
+def test_data_docs_are_sandboxed_and_a_category_is_text_on_them(settings, airflow_tokens):
+    """Security item 1: GX writes data values into its pages raw; validate escapes them before GX
+    renders, and the pages are served in a CSP sandbox (scripts, no same origin) with their static
+    assets public (a sandboxed page's requests carry no cookie) and the pages themselves not."""
+    import pytest
+
+    from pipelines.validate import ValidationFailed, validate_table
+    from tests.unit.test_validate import _with
+
+    evil = 'CAT<img src=x onerror="alert(document.cookie)">'
+    with pytest.raises(ValidationFailed) as err:
+        validate_table(settings, RUN_DATE, _with(_table(), "category", [evil] * 200), METRICS, "crafted")
+    report = err.value.report
+    assert any(evil in line for line in report["critical_failures"])  # the report keeps the value
+    page = report["data_docs_pages"]["listings_partition"]
+    rel = str(Path(page).relative_to(report["data_docs_dir"]))
+    client = _client()
+    assert client.get(f"/meli/docs/{rel}").status_code == 401
+    r = client.get(f"/meli/docs/{rel}", headers=airflow_tokens["viewer"])
+    assert r.status_code == 200 and "<img src=x onerror" not in r.text and "CAT&lt;img src=x onerror=" in r.text
+    csp = r.headers["content-security-policy"]
+    assert csp.startswith("sandbox allow-scripts") and "allow-same-origin" not in csp and "connect-src 'none'" in csp
+    css = client.get("/meli/docs/static/meli-vendor/bootstrap.min.css")  # anonymous
+    assert css.status_code == 200 and css.headers["access-control-allow-origin"] == "*"
+    assert "sandbox" in css.headers["content-security-policy"]
+    font = next((Path(report["data_docs_dir"]) / "static").rglob("*.woff2")).relative_to(report["data_docs_dir"])
+    assert client.get(f"/meli/docs/{font}").status_code == 200
+    (Path(report["data_docs_dir"]) / "static" / "p.html").write_text("<p>a page</p>")
+    for path in ("static/p.html", "static/../index.html", "static/%2e%2e/index.html", "static/nope.css"):
+        assert client.get(f"/meli/docs/{path}").status_code in (401, 404), path
