@@ -21,7 +21,8 @@ the DAG does not validate, gate, register or score.
 * ``POST /meli/runs/{dag_id}/{run_id}/note`` (called by the gate and monitor tasks) copies that
   decision into the DAG run's note, so the run page says what happened. It takes no input: the note
   is always the record on disk for that run of that DAG;
-* ``/meli/docs/...`` serves the static GX Data Docs site from $MELI_HOME.
+* ``/meli/docs/...`` serves the static GX Data Docs site from $MELI_HOME (its ``static/`` assets
+  without login: see DOCS_CSP).
 
 Who may: Airflow mounts plugin apps without authentication, so every route here asks Airflow's own
 security dependencies (the ``Authorization: Bearer`` header, or the browser's ``_token`` cookie of a
@@ -30,11 +31,12 @@ access to that DAG's runs, the cards and the Data Docs read access to ``meli_ret
 register the versions and validate the data), the note edit access to the DAG's runs, or the tasks'
 own credential: an HMAC of (time, dag_id, run_id) with ``MELI_NOTE_SECRET`` (by default a key
 generated once under ``$MELI_HOME/secrets/``). Anonymous requests get 401, others without the
-right 403.
+right 403. A tab that quotes another DAG's record (a scoring run's gate decision, a retrain run's
+drift report) also asks read access to that DAG, and without it quotes nothing of it.
 
 Every page is a Jinja2 template with autoescape (``pipelines/render.py``); every response carries a
 Content-Security-Policy: no script on the plugin's pages; the Data Docs (GX's pages run their own
-inline scripts and load their vendored assets) may run scripts from the site but connect nowhere.
+inline scripts and load their vendored assets) run sandboxed in an opaque origin, connect nowhere.
 """
 
 # no ``from __future__ import annotations``: FastAPI reads the annotations of the routes defined in
