@@ -166,12 +166,20 @@ def _train_one(
     """One model type in a worker process (MELI_HOME is inherited): its result and wall seconds."""
     setup_logging()
     from pipelines.config import TrainConfig
+    from pipelines.features import embedding_digests
     from pipelines.settings import get_settings
     from pipelines.train import train_classifier
 
     t0 = time.perf_counter()
     res = train_classifier(
-        get_settings(), dataset_dir, embedding_dir, kind, TrainConfig(**cfg_dict), run_date=run_date, threads=threads
+        get_settings(),
+        dataset_dir,
+        embedding_dir,
+        kind,
+        TrainConfig(**cfg_dict),
+        run_date=run_date,
+        threads=threads,
+        embedding_sha256=embedding_digests(embedding_dir),  # the embedding this benchmark just trained
     )
     return res, time.perf_counter() - t0
 
@@ -295,7 +303,15 @@ def main(argv: list[str] | None = None) -> int:
                     # one selection epoch, no refit: train samples/s counts the selection pass only
                     cpu_cfg = TrainConfig(**{**vcfg.to_dict(), "device": "cpu", "epochs": 1, "patience": 1})
                     cpu_cfg.refit = False
-                    cpu_res = train_classifier(settings, ds_dir, emb["dir"], kind, cpu_cfg, run_date=run_date + "-cpu")
+                    cpu_res = train_classifier(
+                        settings,
+                        ds_dir,
+                        emb["dir"],
+                        kind,
+                        cpu_cfg,
+                        run_date=run_date + "-cpu",
+                        embedding_sha256=emb["sha256"],
+                    )
                     cpu_bundle = load_served_bundle(res["model_uri"], "cpu", home / "served-cpu" / kind)
                     compare.append(
                         {

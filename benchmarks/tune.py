@@ -83,6 +83,7 @@ def _final(kind: str, recipe: dict | None, info: dict, threads: int) -> dict:
     """One recipe's served model, trained as a retrain trains it (epochs, early stopping, refit)."""
     setup_logging()
     from pipelines.config import TrainConfig, apply_recipe
+    from pipelines.features import embedding_digests
     from pipelines.settings import get_settings
     from pipelines.train import train_classifier
 
@@ -90,8 +91,17 @@ def _final(kind: str, recipe: dict | None, info: dict, threads: int) -> dict:
     cfg = apply_recipe(base, kind, recipe)
     name = recipe["id"] if recipe else "default"
     t0 = time.perf_counter()
+    # the study's own embedding, as the study's prepare recorded it (a benchmark run by a shell user: its files)
+    digests = embedding_digests(info["embedding_dir"])
     res = train_classifier(
-        get_settings(), info["dataset_dir"], info["embedding_dir"], kind, cfg, run_date=f"final-{name}", threads=threads
+        get_settings(),
+        info["dataset_dir"],
+        info["embedding_dir"],
+        kind,
+        cfg,
+        run_date=f"final-{name}",
+        threads=threads,
+        embedding_sha256=digests,
     )
     return {**res, "recipe": name, "wall_s": time.perf_counter() - t0, "cfg": cfg.to_dict()}
 

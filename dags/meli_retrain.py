@@ -112,9 +112,12 @@ def _settings():
 
 
 def _train_cfg(params) -> TrainConfig:
-    from dataclasses import fields
+    """The run's training parameters: TrainConfig's fields that are Params of this DAG. Airflow merges
+    any ``dag_run.conf`` key into ``params``: one the form does not declare (``bucket``, ``seed``...)
+    never reaches training (and ``ingest`` refuses such a run: ``check_conf``)."""
+    from pipelines.config import train_config_from_params
 
-    return TrainConfig.from_dict({f.name: params[f.name] for f in fields(TrainConfig) if f.name in params})
+    return train_config_from_params(params, MELI_RETRAIN.params)
 
 
 @dag(
@@ -330,10 +333,11 @@ def meli_retrain():
     def ingest(params=None, **context) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.config import run_date_from_context
+        from pipelines.config import check_conf, run_date_from_context
         from pipelines.retrain import step_ingest
 
         try:  # the training parameters are checked before any work, as the CLI does (a retry fails the same)
+            check_conf(getattr(context.get("dag_run"), "conf", None), MELI_RETRAIN.params)
             _train_cfg(params)
         except (TypeError, ValueError) as exc:
             raise AirflowFailException(f"bad training parameters: {exc}") from exc
@@ -546,4 +550,4 @@ def meli_retrain():
     decision >> approve_promotion >> announce_champion(decision)
 
 
-meli_retrain()
+MELI_RETRAIN = meli_retrain()  # its declared Params: the only trigger parameters a run may set

@@ -65,7 +65,8 @@ DRIFT = Asset("meli_drift")
             None,
             type=["null", "string"],
             title="Output .parquet",
-            description="Empty = lake/scored/run_date=<run date>/",
+            description="Empty = lake/scored/run_date=<run date>/. Else a .parquet file under $MELI_HOME/adhoc/ "
+            "(a relative path is taken there); an existing file is replaced only if it is a previous scoring output",
         ),
         "model": Param(
             "champion",
@@ -107,7 +108,7 @@ def meli_score():
         try:  # a refusal fails the task at once: a retry would be refused the same
             extras = event_extras(settings, extras)  # run_date parsed, partition inside the lake
             # the form's paths stay inside their roots: input under the landing, MELI_INPUT_ROOTS or the
-            # lake's listings; output under $MELI_HOME
+            # lake's listings; output a .parquet file under $MELI_HOME/adhoc/
             source = resolve_input(settings, params["input"] or "", extras, confine=True)
             output = str(check_output(settings, params["output"])) if params["output"] else None
         except ValueError as exc:

@@ -21,7 +21,8 @@ the DAG does not validate, gate, register or score.
 * ``POST /meli/runs/{dag_id}/{run_id}/note`` (called by the gate and monitor tasks) copies that
   decision into the DAG run's note, so the run page says what happened. It takes no input: the note
   is always the record on disk for that run of that DAG;
-* ``/meli/docs/...`` serves the static GX Data Docs site from $MELI_HOME.
+* ``/meli/docs/...`` serves the static GX Data Docs site from $MELI_HOME (its ``static/`` assets
+  without login: see DOCS_CSP).
 
 Who may: Airflow mounts plugin apps without authentication, so every route here asks Airflow's own
 security dependencies (the ``Authorization: Bearer`` header, or the browser's ``_token`` cookie of a
@@ -30,11 +31,12 @@ access to that DAG's runs, the cards and the Data Docs read access to ``meli_ret
 register the versions and validate the data), the note edit access to the DAG's runs, or the tasks'
 own credential: an HMAC of (time, dag_id, run_id) with ``MELI_NOTE_SECRET`` (by default a key
 generated once under ``$MELI_HOME/secrets/``). Anonymous requests get 401, others without the
-right 403.
+right 403. A tab that quotes another DAG's record (a scoring run's gate decision, a retrain run's
+drift report) also asks read access to that DAG, and without it quotes nothing of it.
 
 Every page is a Jinja2 template with autoescape (``pipelines/render.py``); every response carries a
 Content-Security-Policy: no script on the plugin's pages; the Data Docs (GX's pages run their own
-inline scripts and load their vendored assets) may run scripts from the site but connect nowhere.
+inline scripts and load their vendored assets) run sandboxed in an opaque origin, connect nowhere.
 """
 
 # no ``from __future__ import annotations``: FastAPI reads the annotations of the routes defined in
@@ -56,17 +58,24 @@ NOTE_HEADER = "X-Meli-Note-Signature"
 NOTE_MAX_AGE_S = 600
 # GX Data Docs: their pages initialise tables in inline scripts and load Bootstrap/jQuery/Font Awesome
 # copied into the site (pipelines/data_docs.py): scripts and styles from the site and inline, nothing
-# fetched from elsewhere, no request from a script (connect-src), no form.
+# fetched from elsewhere, no request from a script (connect-src), no form. And ``sandbox allow-scripts``
+# (no allow-same-origin): a page runs in an opaque origin, so a script in it (GX writes values from the
+# data into its pages; validate.py escapes them first, this is the second wall) has no cookie, cannot read
+# Airflow's pages or API through a frame and cannot script its parent. Its subresources are then
+# cross-site requests that carry no SameSite=Lax ``_token`` cookie: the site's ``static/`` folder (GX's
+# and the vendored public libraries, no data) is served without login; the pages themselves need it.
 DOCS_CSP = (
+    "sandbox allow-scripts allow-popups; "  # popups (GX's links to its docs) inherit the sandbox
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; font-src 'self' data:; connect-src 'none'; object-src 'none'; base-uri 'self'; "
     "form-action 'none'; frame-ancestors 'self'"
 )
+DOCS_STATIC = "static"  # the Data Docs site's assets folder (GX's own and pipelines/data_docs.py's vendor copies)
 
 
 def app():
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user, requires_access_dag
+    from airflow.api_fastapi.core_api.security import GetUserDep, bearer_scheme, get_user, requires_access_dag
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
@@ -92,6 +101,16 @@ def app():
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
         return response
+
+    def may_read(request: Request, user, other_dag_id: str) -> bool:
+        """Whether ``user`` may read the runs of another DAG than the route's (a tab that quotes that
+        DAG's records: a scoring run's gate decision, a retrain run's drift report), as Airflow's
+        ``requires_access_dag`` decides."""
+        try:
+            requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=other_dag_id)(request, user)
+            return True
+        except HTTPException:
+            return False
 
     def not_found(*parts: str) -> HTMLResponse:
         """A 404 page; ``parts`` alternate text and values (shown in bold), all escaped."""
@@ -183,7 +202,7 @@ def app():
         return RedirectResponse(url=f"../../{target}")
 
     @api.get("/runs/{dag_id}/{run_id}/decision", dependencies=read_run)
-    def run_decision(dag_id: str, run_id: str):
+    def run_decision(dag_id: str, run_id: str, request: Request, user: GetUserDep):
         from pipelines.registry import decision_for_run
 
         d = decision_for_run(settings, run_id, dag_id)
@@ -194,8 +213,23 @@ def app():
             vd = version_decision(settings, s["version"])
             v = urllib.parse.quote(s["version"], safe="")
             links = [{"href": f"cards/{v}", "text": f"Model card of v{s['version']}"}]
+            gate_dag = (vd["decision"].get("dag_id") or GATE_DAG_ID) if vd is not None else GATE_DAG_ID
+            if vd is not None and not may_read(request, user, gate_dag):  # that decision is the gate DAG's record
+                return explain(
+                    "Gate decision",
+                    [
+                        [
+                            "Scoring runs do not gate. This run scored with version ",
+                            s["version"],
+                            "; its gate decision is a record of ",
+                            gate_dag,
+                            ", whose runs you may not read.",
+                        ]
+                    ],
+                    [],
+                    root="../../../",
+                )
             if vd is not None and vd["decision"].get("dag_run_id"):
-                gate_dag = vd["decision"].get("dag_id") or GATE_DAG_ID
                 links.append(
                     {
                         "href": airflow_run_path(gate_dag, vd["decision"]["dag_run_id"]),
@@ -276,11 +310,11 @@ def app():
             return not_found("No model card for ", f"{settings.model_name} v{version}", f": {exc}")
 
     @api.get("/runs/{dag_id}/{run_id}/monitor", dependencies=read_run)
-    def run_monitor(dag_id: str, run_id: str):
+    def run_monitor(dag_id: str, run_id: str, request: Request, user: GetUserDep):
         link = monitor_link(settings, run_id, dag_id)
         page = Path(link["report_html"]).resolve() if link and link.get("report_html") else None
         if (page is None or not page.is_file()) and dag_id == GATE_DAG_ID:
-            return retrain_drift(dag_id)
+            return retrain_drift(dag_id, lambda other: may_read(request, user, other))
         if page is None or not page.is_relative_to(settings.monitor_dir.resolve()) or not page.is_file():
             if never(dag_id, "score"):
                 return not_found(
@@ -296,8 +330,9 @@ def app():
             )
         return HTMLResponse(page.read_text())
 
-    def retrain_drift(dag_id: str) -> HTMLResponse:
-        """A retrain run's "Drift report" tab: the champion's latest drift report, linked."""
+    def retrain_drift(dag_id: str, may_read_dag) -> HTMLResponse:
+        """A retrain run's "Drift report" tab: the champion's latest drift report, linked (when the user
+        may read the scoring DAG's runs: the report is that DAG's record)."""
         from pipelines.models_view import airflow_run_path, champion_version, latest_scoring
 
         champion = champion_version(settings)
@@ -307,6 +342,20 @@ def app():
             MONITOR_DAG_ID,
             " scores each new listings partition and each new champion, and its monitor task writes a drift report.",
         ]
+        if latest is not None and not may_read_dag(latest["dag_id"] or MONITOR_DAG_ID):
+            return explain(
+                "Drift report",
+                [
+                    first,
+                    [
+                        "The champion's drift reports are records of ",
+                        latest["dag_id"],
+                        ", whose runs you may not read.",
+                    ],
+                ],
+                [{"href": "models", "text": "Models: the champion, the previous version and the last decisions"}],
+                root="../../../",
+            )
         if latest is None:
             return explain(
                 "Drift report",
@@ -380,6 +429,44 @@ def app():
         note = decision_note(d["decision"], settings) if d is not None else link["note"]
         set_run_note(dag_id, run_id, note)
         return {"dag_id": dag_id, "run_id": run_id, "note": note}
+
+    @api.exception_handler(HTTPException)
+    async def docs_login_bounce(request: Request, exc: HTTPException):
+        """A link followed inside a sandboxed Data Docs page is a navigation from an opaque origin: the
+        browser sends no SameSite=Lax ``_token`` cookie, and the page answers 401. Inside a frame (the
+        run tab) that first 401 is a page of this origin (no sandbox, no script, no data) that reloads
+        the same URL once (``Refresh``): a navigation this origin starts, so with the cookie."""
+        from fastapi.exception_handlers import http_exception_handler
+
+        docs = request.url.path.startswith(f"{request.scope.get('root_path', '')}/docs")
+        if exc.status_code == 401 and docs and request.query_params.get("meli_login") is None:
+            again = str(request.url.include_query_params(meli_login="1"))
+            page = explain(
+                "Data Docs",
+                [["Loading this page with your Airflow login..."]],
+                [{"href": again, "text": "Open it in the whole window", "top": True}],
+                root="",
+                status=401,
+            )
+            page.headers["Refresh"] = f"0; url={again}"
+            return page
+        return await http_exception_handler(request, exc)
+
+    @api.get("/docs/" + DOCS_STATIC + "/{path:path}")
+    def data_docs_static(path: str):
+        """The site's static assets, without login: a sandboxed page's requests carry no cookie. Only
+        files inside ``static/`` (after resolving links), never a page of results."""
+        static = (docs_dir / DOCS_STATIC).resolve()
+        target = (static / path).resolve()
+        if (
+            not target.is_relative_to(static)
+            or not target.is_file()
+            or target.suffix.lower() in (".html", ".htm", ".json")
+        ):
+            return not_found("No asset ", path, " in the Data Docs site.")
+        # fonts are fetched in CORS mode: the sandboxed page's origin is opaque ("null")
+        headers = {"Content-Security-Policy": DOCS_CSP, "Access-Control-Allow-Origin": "*"}
+        return FileResponse(target, headers=headers)
 
     @api.get("/docs", dependencies=read_retrain)
     @api.get("/docs/{path:path}", dependencies=read_retrain)

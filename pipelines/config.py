@@ -58,6 +58,26 @@ TRAIN_BOUNDS: dict[str, Bound] = {
     "bucket": Bound(1, 10_000_000),
 }
 
+# Products of the bounds (security item 2): fields each within its bound still multiply into tables that
+# do not fit in memory (bucket 10M x embedding_dim 1024 is a 38 GiB FastText n-gram table; the wide table
+# at the form's maxima 62.6 GiB). Each table's parameters (float32) are capped: TrainConfig checks the
+# products it knows (the CLI, the DAGs, recipes: every path builds a TrainConfig); the tables whose rows
+# come from the data (vocabulary + char n-grams) are checked when the model is built (check_tables).
+MAX_TABLE_BYTES = 4 * 2**30
+_FLOAT_BYTES = 4
+
+
+def check_tables(tables: dict[str, tuple[int, int]]) -> None:
+    """``tables``: {what: (rows, dim)}; ValueError (one line, naming the product) when one table's
+    float32 parameters would exceed MAX_TABLE_BYTES."""
+    for what, (rows, dim) in tables.items():
+        size = int(rows) * int(dim) * _FLOAT_BYTES
+        if size > MAX_TABLE_BYTES:
+            raise ValueError(
+                f"{what} = {int(rows):,} x {int(dim):,} is {size / 2**30:.1f} GiB of float32 parameters, over the "
+                f"{MAX_TABLE_BYTES / 2**30:g} GiB cap per table: lower one of them"
+            )
+
 
 @dataclass
 class TrainConfig:
@@ -122,6 +142,12 @@ class TrainConfig:
             raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
         for name, bound in TRAIN_BOUNDS.items():  # one line naming the field and the bound
             bound.check(name, getattr(self, name))
+        check_tables(
+            {
+                "the FastText n-gram table bucket x embedding_dim": (self.bucket, self.embedding_dim),
+                "the wide table's bigram rows wide_bigrams x wide_dim": (self.wide_bigrams, self.wide_dim),
+            }
+        )
         from pipelines.paths import check_name
 
         self.recipe = self.recipe or "default"  # an emptied form field: the default recipe
@@ -145,6 +171,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_conf(conf, declared) -> None:
+    """A DAG run's ``conf`` when each key is one of the DAG's ``declared`` Params; else ValueError
+    (one line): Airflow merges any conf key into ``params``, so an undeclared one would bypass the form."""
+    unknown = sorted(set(conf or {}) - set(declared))
+    if unknown:
+        shown = ", ".join(repr(str(k)[:50]) for k in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise ValueError(f"unknown trigger parameters {shown}: a run may set only the DAG's Params (its trigger form)")
+
+
+def train_config_from_params(params, declared) -> TrainConfig:
+    """TrainConfig from a DAG run's ``params``: only the fields that are ``declared`` Params of the DAG."""
+    names = {f.name for f in fields(TrainConfig)} & set(declared)
+    return TrainConfig.from_dict({k: params[k] for k in names if k in params})
 
 
 def load_recipe(recipes_dir, recipe: str) -> dict | None:
@@ -191,6 +232,10 @@ def check_recipe(recipe: dict) -> dict:
                     TRAIN_BOUNDS[name].check(name, value)
                 except ValueError as exc:
                     raise ValueError(f"recipe {rid}: {kind}.{exc}") from None
+        try:  # the products of its values too (check_tables), with TrainConfig's defaults for the rest
+            TrainConfig(**{k: v for k, v in (params or {}).items()})
+        except ValueError as exc:
+            raise ValueError(f"recipe {rid}: {kind}: {exc}") from None
     return recipe
 
 

@@ -13,12 +13,11 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from pipelines.batches import EncodedSplit, gather_keys_t, length_bucketed_batches
-from pipelines.config import TrainConfig
+from pipelines.config import TrainConfig, check_tables
 from pipelines.features import TitleEncoder
 from pipelines.rows import RowAdam, RowTables, _tables, apply_rows
 from pipelines.sentence import dim as sentence_dim
@@ -48,9 +47,7 @@ class _Fit:
     def __init__(
         self, kind: str, cfg: TrainConfig, encoder: TitleEncoder, labels: list[str], device, embedding_dir, sha256=None
     ):
-        from gensim.models import FastText
-
-        from pipelines.features import embedding_matrix, load_fasttext
+        from pipelines.features import EmbeddingIntegrityError, embedding_matrix, load_fasttext
         from pipelines.models import ModelConfig
 
         self.cfg, self.encoder, self.labels, self.device = cfg, encoder, labels, device
@@ -67,10 +64,23 @@ class _Fit:
             wide_bigrams=cfg.wide_bigrams if cfg.wide_dim else 0,
             sentence_dim=sentence_dim(cfg.sentence_encoder),
         )
-        if sha256:  # the run's own embedding, as its embedding step recorded it
-            ft = load_fasttext(embedding_dir, sha256)
-        else:
-            ft = FastText.load(str(Path(embedding_dir) / "fasttext.model"))
+        check_tables(  # rows from the data (vocabulary + char n-grams): before any table is allocated
+            {
+                "the embedding table (vocabulary + n-grams) x embedding_dim": (encoder.num_embeddings, encoder.emb.dim),
+                "the wide table (vocabulary + n-grams + wide_bigrams) x wide_dim": (
+                    encoder.num_embeddings + self.model_cfg.wide_bigrams,
+                    cfg.wide_dim,
+                ),
+            }
+        )
+        # the run's own embedding, as its embedding step recorded it: the FastText is a pickle (gensim),
+        # unpickled only from files whose sha256 match that record; no record, no load
+        if not sha256:
+            raise EmbeddingIntegrityError(
+                f"refusing to load the FastText in {embedding_dir}: no sha256 of its files was recorded when it was "
+                "trained (train the embedding again)"
+            )
+        ft = load_fasttext(embedding_dir, sha256)
         self.init_vectors = embedding_matrix(encoder, ft)
         self.init_vectors[0] = 0.0
         self.parent = None  # warm start: (bundle dir, fresh state -> the parent's state on this vocabulary)

@@ -2,8 +2,9 @@
 
 Trigger-form Params and asset-event extras are untrusted: a DAG task may read only under
 ``$MELI_HOME/landing`` and the folders of ``MELI_INPUT_ROOTS`` (``input_roots``), write only under
-``$MELI_HOME``, and takes event extras parsed (``event_extras``). Link files under ``$MELI_HOME`` that
-name other files are honoured only when the target lies under the folder it belongs to (``confined``).
+``$MELI_HOME/adhoc`` (``check_output``), and takes event extras parsed (``event_extras``). Link files
+under ``$MELI_HOME`` that name other files are honoured only when the target lies under the folder it
+belongs to (``confined``).
 Every path is compared after ``resolve()`` (symlinks and ``..`` followed). The CLI does not call these:
 a shell user already has the files.
 """
@@ -80,9 +81,38 @@ def check_inputs(settings, files, extra_roots=()) -> list[str]:
     return list(files)
 
 
+def output_root(settings) -> Path:
+    """Where a DAG Param may write: ``$MELI_HOME/adhoc/`` (never the lake, the stores or the secrets)."""
+    return settings.home / "adhoc"
+
+
 def check_output(settings, output) -> Path:
-    """A DAG Param's output path, when it resolves under ``$MELI_HOME``; else OutsideRoot."""
-    return within(output, [settings.home], "output")
+    """A DAG Param's output: a ``.parquet`` file that resolves under ``$MELI_HOME/adhoc/`` (a relative
+    path is taken there), else OutsideRoot; an existing file there is replaced only when it is a
+    previous scoring output (a Parquet file with the scored columns), else ValueError (one line)."""
+    root = output_root(settings)
+    p = Path(output)
+    p = within(p if p.is_absolute() else root / p, [root], "output")
+    if p.suffix != ".parquet":
+        raise ValueError(f"output {output} must be a .parquet file")
+    if p.exists() and not _scoring_output(p):
+        raise ValueError(f"output {output} exists and is not a previous scoring output: name a new file")
+    return p
+
+
+SCORED_COLUMNS = {"listing_id", "predicted_category", "probability", "model_version", "status"}
+
+
+def _scoring_output(path: Path) -> bool:
+    """Whether ``path`` is a Parquet file written by scoring (its columns), read without trusting it."""
+    if not path.is_file():
+        return False
+    try:
+        import pyarrow.parquet as pq  # at run time only: this module stays stdlib at DAG parse time
+
+        return SCORED_COLUMNS <= set(pq.read_schema(path).names)
+    except Exception:
+        return False
 
 
 def event_extras(settings, extras) -> list[dict]:

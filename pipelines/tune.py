@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -30,6 +31,8 @@ from pathlib import Path
 from pipelines.config import MODEL_TYPES, Bound, TrainConfig
 from pipelines.paths import check_name, confined
 from pipelines.settings import Settings
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # an MLflow run id
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,11 @@ def _prepared(settings: Settings, name: str) -> dict:
     info = json.loads((root / "prepared.json").read_text())
     for key in ("dataset_dir", "embedding_dir"):
         confined(info[key], root)
+    # the run whose embedding record (meli.embedding_sha256) vouches for the study's FastText: an MLflow run id
+    if not isinstance(info.get("mlflow_run_id"), str) or not _RUN_ID.fullmatch(info["mlflow_run_id"]):
+        raise ValueError(
+            f"{root / 'prepared.json'}: mlflow_run_id {str(info.get('mlflow_run_id'))[:100]!r} is not an MLflow run id"
+        )
     return info
 
 
@@ -348,7 +356,7 @@ def objective(trial, ts: Settings, info: dict, base: TrainConfig, kind: str, thr
     import mlflow
     import optuna
 
-    from pipelines.features import EMBEDDING_SHA_TAG
+    from pipelines.features import EMBEDDING_SHA_TAG, EmbeddingIntegrityError
     from pipelines.tracking import configure
     from pipelines.train import train_classifier
 
@@ -371,6 +379,11 @@ def objective(trial, ts: Settings, info: dict, base: TrainConfig, kind: str, thr
     # the study's FastText, unpickled only if its files are those its MLflow run recorded (older studies: none)
     configure(ts)
     record = mlflow.MlflowClient().get_run(info["mlflow_run_id"]).data.tags.get(EMBEDDING_SHA_TAG)
+    if not record:
+        raise EmbeddingIntegrityError(
+            f"study {info['study']}: its MLflow run {info['mlflow_run_id']} records no sha256 of the FastText "
+            f"({EMBEDDING_SHA_TAG}), so it is not loaded: start a new study"
+        )
     try:
         result = train_classifier(
             ts,

@@ -290,7 +290,10 @@ def validate_table(
         result = ctx.checkpoints.get(name).run(
             batch_parameters={"dataframe": frame}, expectation_parameters=_parameters(settings), run_id=run_id
         )
-        checks += _checks(result)
+        checks += _checks(result)  # the report keeps the values (shown as text by its readers)
+        # the Data Docs page is built here (the checkpoints have no update_data_docs action) from the
+        # stored result with every value from the data HTML-escaped: GX writes them into pages raw
+        build_safe_data_docs(ctx, result)
         for ident in result.run_results:
             page = _page_for(ctx, ident)
             if page:
@@ -327,6 +330,38 @@ def validate_table(
     return report
 
 
+def _escaped(value):
+    """``value`` with every string in it (keys too) HTML-escaped: data shown as text on a GX page."""
+    import html
+
+    if isinstance(value, str):
+        return html.escape(value, quote=True)
+    if isinstance(value, dict):
+        return {_escaped(k) if isinstance(k, str) else k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escaped(v) for v in value]
+    return value
+
+
+def build_safe_data_docs(ctx, checkpoint_result) -> None:
+    """Build the Data Docs pages of a checkpoint run from its stored results, each expectation's
+    ``result`` (unexpected values, observed values, counts of values) and ``exception_info`` escaped
+    first: GX's renderer puts them into the page as raw HTML (a category ``<img onerror=...>`` would be
+    live markup on the api-server's origin). The results store keeps the escaped copy; the run's report
+    (``_checks``) reads the values from the checkpoint result in memory, unescaped."""
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+    store = ctx.validation_results_store
+    for ident in checkpoint_result.run_results:
+        stored = store.get(ident)
+        for er in stored.results:
+            er.result = _escaped(er.result or {})
+            if er.exception_info:
+                er.exception_info = _escaped(er.exception_info)
+        store.set(ident, stored)
+        ctx.build_data_docs(resource_identifiers=[ident, ExpectationSuiteIdentifier(name=stored.suite_name)])
+
+
 def _page_for(ctx, ident) -> str | None:
     """The Data Docs page of one validation result (a file path), if GX can tell."""
     try:
@@ -353,6 +388,18 @@ def load_report(settings: Settings, run_date: str) -> dict:
 
 
 def _run_key(dag_id: str, run_id: str) -> str:
+    """The link file's name: readable (the ids with unsafe characters replaced) and collision-free (a
+    hash of the exact pair: ``("x", "y__z")`` and ``("x__y", "z")``, or run ids differing only in
+    ``:``/``+`` vs ``_``, get different files)."""
+    import hashlib
+    import re
+
+    exact = hashlib.sha256(json.dumps([dag_id, run_id]).encode()).hexdigest()[:16]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dag_id}__{run_id}")[:150] + f"--{exact}"
+
+
+def _legacy_run_key(dag_id: str, run_id: str) -> str:
+    """The name links had before the hash suffix (still read, when they name the same run)."""
     import re
 
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dag_id}__{run_id}")
@@ -389,9 +436,15 @@ def run_link(settings: Settings, dag_id: str, run_id: str) -> dict | None:
     folder (a link file is honoured only inside the folder it belongs to: pipelines/paths.py)."""
     from pipelines.paths import linked
 
-    path = settings.home / "validation" / "by_run" / f"{_run_key(dag_id, run_id)}.json"
-    link = json.loads(path.read_text()) if path.exists() else None
-    if not link:
+    folder = settings.home / "validation" / "by_run"
+    link = None
+    for key in (_run_key(dag_id, run_id), _legacy_run_key(dag_id, run_id)):
+        path = folder / f"{key}.json"
+        if path.exists():
+            link = json.loads(path.read_text())
+            break
+    # the link must name this very run of this very DAG (a legacy name is shared by several)
+    if not isinstance(link, dict) or link.get("dag_id") != dag_id or link.get("run_id") != run_id:
         return None
     named = [link.get("data_docs_index"), link.get("data_docs_dir"), *(link.get("data_docs_pages") or {}).values()]
     if any(p and linked(p, settings.gx_root) is None for p in named):

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import urllib.parse
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -673,3 +674,76 @@ def test_the_run_notes_link_the_version_in_mlflow_when_its_ui_url_is_set(setting
     assert "MLflow" not in decision_note(d, get_settings())
     ui.link_monitor_run(get_settings(), "scoring2", {**report, "mlflow_run_url": "javascript:alert(1)"})
     assert "](" not in ui.monitor_link(settings, "scoring2")["note"]
+
+
+def test_a_tab_quoting_another_dags_record_asks_for_that_dag_too(settings, monkeypatch, airflow_tokens):
+    """Security item 5: a scoring run's "Gate decision" tab quotes meli_retrain's decision and a retrain
+    run's "Drift report" tab meli_score's report: each needs read access on that other DAG as well (a
+    user allowed on one DAG only sees the page without the other's data)."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    reg = _registry(settings, monkeypatch)  # champion v2, v3 waiting (decided by R3)
+    scoring = "asset_triggered__2026-11-23T02:30:00+00:00"
+    _scoring_run(settings, scoring, reg["v3"], reg["run_date"])
+    _scoring_run(settings, "scored_by_v2", reg["v2"], "2026-11-22")
+    manager = get_auth_manager()
+    allowed = manager.is_authorized_dag
+    denied: set[str] = set()
+
+    def is_authorized_dag(*, method, access_entity=None, details=None, user):
+        if user.get_name() == "viewer" and details is not None and details.id in denied:
+            return False
+        return allowed(method=method, access_entity=access_entity, details=details, user=user)
+
+    monkeypatch.setattr(manager, "is_authorized_dag", is_authorized_dag)
+    client = _client()
+    client.headers.update(airflow_tokens["viewer"])
+    decision = f"/meli/runs/meli_score/{urllib.parse.quote(scoring, safe='')}/decision"
+    drift = f"/meli/runs/meli_retrain/{urllib.parse.quote(R1, safe='')}/monitor"
+    assert "v3: PENDING_APPROVAL" in client.get(decision).text  # allowed on both: the decision
+    assert "scored_by_v2" in client.get(drift).text
+    denied.add("meli_retrain")  # a viewer of meli_score only
+    r = client.get(decision)
+    assert r.status_code == 200 and "whose runs you may not read" in r.text
+    assert "PENDING_APPROVAL" not in r.text and "dags/meli_retrain/runs" not in r.text
+    assert client.get(drift).status_code == 403  # the retrain run's own tab: its own DAG
+    denied.clear()
+    denied.add("meli_score")  # a viewer of meli_retrain only
+    r = client.get(drift)
+    assert r.status_code == 200 and "whose runs you may not read" in r.text
+    assert "scored_by_v2" not in r.text and "2026-11-22" not in r.text
+    assert client.get(decision).status_code == 403
+    # the admin is not affected
+    assert "scored_by_v2" in client.get(drift, headers=airflow_tokens["admin"]).text
+
+
+def test_data_docs_are_sandboxed_and_a_category_is_text_on_them(settings, airflow_tokens):
+    """Security item 1: GX writes data values into its pages raw; validate escapes them before GX
+    renders, and the pages are served in a CSP sandbox (scripts, no same origin) with their static
+    assets public (a sandboxed page's requests carry no cookie) and the pages themselves not."""
+    import pytest
+
+    from pipelines.validate import ValidationFailed, validate_table
+    from tests.unit.test_validate import _with
+
+    evil = 'CAT<img src=x onerror="alert(document.cookie)">'
+    with pytest.raises(ValidationFailed) as err:
+        validate_table(settings, RUN_DATE, _with(_table(), "category", [evil] * 200), METRICS, "crafted")
+    report = err.value.report
+    assert any(evil in line for line in report["critical_failures"])  # the report keeps the value
+    page = report["data_docs_pages"]["listings_partition"]
+    rel = str(Path(page).relative_to(report["data_docs_dir"]))
+    client = _client()
+    assert client.get(f"/meli/docs/{rel}").status_code == 401
+    r = client.get(f"/meli/docs/{rel}", headers=airflow_tokens["viewer"])
+    assert r.status_code == 200 and "<img src=x onerror" not in r.text and "CAT&lt;img src=x onerror=" in r.text
+    csp = r.headers["content-security-policy"]
+    assert csp.startswith("sandbox allow-scripts") and "allow-same-origin" not in csp and "connect-src 'none'" in csp
+    css = client.get("/meli/docs/static/meli-vendor/bootstrap.min.css")  # anonymous
+    assert css.status_code == 200 and css.headers["access-control-allow-origin"] == "*"
+    assert "sandbox" in css.headers["content-security-policy"]
+    font = next((Path(report["data_docs_dir"]) / "static").rglob("*.woff2")).relative_to(report["data_docs_dir"])
+    assert client.get(f"/meli/docs/{font}").status_code == 200
+    (Path(report["data_docs_dir"]) / "static" / "p.html").write_text("<p>a page</p>")
+    for path in ("static/p.html", "static/../index.html", "static/%2e%2e/index.html", "static/nope.css"):
+        assert client.get(f"/meli/docs/{path}").status_code in (401, 404), path

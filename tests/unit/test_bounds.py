@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -136,3 +137,60 @@ def test_cli_refuses_out_of_bounds_flags_before_any_work(settings, monkeypatch, 
     assert err.startswith("error: ") and "must be <=" in err and len(err.splitlines()) == 1
     assert not settings.run_dir("2026-11-01").exists() and not settings.tune_dir.exists()
     assert not (settings.listings_dir / "ingest_date=2026-11-01").exists()
+
+
+@pytest.mark.parametrize(
+    "values, product",
+    [
+        ({"bucket": 10_000_000, "embedding_dim": 1024}, "bucket x embedding_dim"),  # a 38 GiB gensim table
+        ({"wide_bigrams": 4_000_000, "wide_dim": 4096}, "wide_bigrams x wide_dim"),  # the wide table at the maxima
+    ],
+)
+def test_products_of_the_bounds_are_capped_in_one_line(tmp_path, values, product):
+    """Security item 2: each field within its bound, the tables they multiply into are not: refused
+    before any work, by TrainConfig (CLI, DAG) and by a recipe."""
+    from pipelines.config import MAX_TABLE_BYTES
+
+    for name, value in values.items():
+        TrainConfig(**{name: value})  # alone, within the bounds and the cap
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**values)
+    msg = str(err.value)
+    assert product in msg and f"{MAX_TABLE_BYTES / 2**30:g} GiB cap" in msg and "\n" not in msg
+    recipe = {"id": "s-r2", "created_at": "2026-01-01T00:00:00", "params": {"cnn": values}}
+    (tmp_path / "s-r2.json").write_text(json.dumps(recipe))
+    with pytest.raises(ValueError, match=f"recipe s-r2: cnn: .*{product}"):
+        load_recipe(tmp_path, "s-r2")
+
+
+def test_the_models_data_dependent_tables_are_capped_before_they_are_built(monkeypatch):
+    """The embedding and wide tables' rows come from the data (vocabulary + n-grams): checked when the
+    model is configured, before a table is allocated or a FastText loaded."""
+    import torch
+
+    from pipelines.train import _Fit
+
+    enc = SimpleNamespace(num_embeddings=9_000_000, emb=SimpleNamespace(dim=100), itos=["<pad>", "<unk>"])
+    cfg = TrainConfig(models=["mlp"], sentence_encoder="none")
+    with pytest.raises(ValueError, match=r"the wide table \(vocabulary \+ n-grams \+ wide_bigrams\) x wide_dim"):
+        _Fit("mlp", cfg, enc, ["a", "b"], torch.device("cpu"), "/nonexistent", {"fasttext.model": "0" * 64})
+    enc.num_embeddings = 20_000_000
+    with pytest.raises(ValueError, match=r"the embedding table \(vocabulary \+ n-grams\) x embedding_dim"):
+        _Fit("mlp", TrainConfig(wide_dim=0), enc, ["a", "b"], torch.device("cpu"), "/nonexistent", None)
+
+
+def test_a_trigger_sets_only_the_forms_params(dag, settings):  # noqa: F811
+    """Security item 2: Airflow merges any dag_run.conf key into params; meli_retrain's training
+    config reads only its declared Params, and a run whose conf names another key fails at ingest."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    d = dag("meli_retrain")
+    ingest = d.get_task("ingest").python_callable
+    train_cfg = ingest.__globals__["_train_cfg"]
+    params = {k: d.params[k] for k in d.params} | {"bucket": 10_000_000, "seed": 7}
+    cfg = train_cfg(params | {"embedding_dim": 1024})
+    assert cfg.bucket == TrainConfig().bucket and cfg.seed == TrainConfig().seed and cfg.embedding_dim == 1024
+    conf = {"embedding_dim": 1024, "bucket": 10_000_000}
+    with pytest.raises(AirflowFailException, match=r"unknown trigger parameters 'bucket': a run may set only"):
+        ingest(params=params | conf, dag_run=SimpleNamespace(conf=conf, run_id="r1", dag_id="meli_retrain"))
+    assert not settings.listings_dir.exists() or not any(settings.listings_dir.iterdir())

@@ -104,7 +104,7 @@ def test_retrain_dag_ingest_task_refuses_a_source_outside(settings, tmp_path, sy
 def test_score_output_outside_meli_home_is_refused(settings, tmp_path, synthetic_jsonl, dag):
     from airflow.sdk.exceptions import AirflowFailException
 
-    assert check_output(settings, settings.home / "exports" / "x.parquet").is_relative_to(settings.home)
+    assert check_output(settings, settings.home / "adhoc" / "x.parquet").is_relative_to(settings.home / "adhoc")
     for bad in (tmp_path / "x.parquet", settings.home / ".." / "x.parquet", Path("/etc/x.parquet")):
         with pytest.raises(OutsideRoot, match="output"):
             check_output(settings, bad)
@@ -122,6 +122,44 @@ def test_score_output_outside_meli_home_is_refused(settings, tmp_path, synthetic
     params |= {"input": str(tmp_path / "in" / "listings.jsonl.gz"), "output": None}
     with pytest.raises(AirflowFailException, match="input .* outside"):
         score(params=params, triggering_asset_events={})
+
+
+def test_score_output_stays_in_adhoc_and_replaces_only_a_scoring_output(settings, tmp_path):
+    """Security item 3: meli_score's ``output`` writes only under $MELI_HOME/adhoc/: not over the lake's
+    partitions, Airflow's DB and JWT secret or the note key; an existing file there only when scored."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    part = settings.listings_dir / f"ingest_date={RUN_DATE}" / "v1" / "part-00000.parquet"
+    for target in (
+        part,
+        settings.home / "airflow" / "airflow.db",
+        settings.home / "airflow" / "jwt_secret",
+        settings.home / "secrets" / "note.key",
+        settings.home / "exports" / "x.parquet",
+        settings.home / "adhoc" / ".." / "lake" / "x.parquet",
+    ):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"keep")
+        with pytest.raises(OutsideRoot, match=r"output .* outside the allowed folders \(.*adhoc\)"):
+            check_output(settings, target)
+        assert target.read_bytes() == b"keep"
+    adhoc = settings.home / "adhoc"
+    assert check_output(settings, "mine/x.parquet") == (adhoc / "mine" / "x.parquet").resolve()  # relative: there
+    with pytest.raises(ValueError, match="must be a .parquet file"):
+        check_output(settings, adhoc / "x.db")
+    (adhoc / "link.parquet").symlink_to(part)  # a link out of adhoc: resolved first
+    with pytest.raises(OutsideRoot):
+        check_output(settings, adhoc / "link.parquet")
+    other = adhoc / "other.parquet"
+    pq.write_table(pa.table({"a": [1]}), other)
+    with pytest.raises(ValueError, match="exists and is not a previous scoring output"):
+        check_output(settings, other)
+    from pipelines.score import SCORED_SCHEMA
+
+    scored = adhoc / "scored.parquet"
+    pq.write_table(SCORED_SCHEMA.empty_table(), scored)
+    assert check_output(settings, scored) == scored.resolve()
 
 
 def test_malformed_asset_extras_are_refused(settings, dag):

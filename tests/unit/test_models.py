@@ -193,7 +193,9 @@ def test_train_log_load_predict_roundtrip(settings, synthetic_jsonl):
     cfg = TrainConfig(models=["mlp"], epochs=2, embedding_epochs=2, embedding_dim=16, bucket=5000, device="cpu")
     emb = train_embedding(ds["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
     parent = start_parent_run(settings, "2026-11-01", ds)
-    res = train_classifier(settings, ds["dir"], emb["dir"], "mlp", cfg, parent, "2026-11-01")
+    res = train_classifier(
+        settings, ds["dir"], emb["dir"], "mlp", cfg, parent, "2026-11-01", embedding_sha256=emb["sha256"]
+    )
     assert res["device"] == "cpu" and 0 <= res["val_macro_recall"] <= 1
     run = mlflow.get_run(res["run_id"])
     assert "val_macro_recall" in run.data.metrics and run.data.tags["mlflow.parentRunId"] == parent
@@ -231,7 +233,8 @@ def test_train_log_load_predict_roundtrip(settings, synthetic_jsonl):
     from pipelines.train import pick_challenger, train_ensemble
 
     no_refit = TrainConfig(**{**cfg.to_dict(), "refit": False})
-    cnn = train_classifier(settings, ds["dir"], emb["dir"], "cnn", no_refit, parent, "2026-11-01", threads=1)
+    dirs, sha = (ds["dir"], emb["dir"]), emb["sha256"]
+    cnn = train_classifier(settings, *dirs, "cnn", no_refit, parent, "2026-11-01", 1, embedding_sha256=sha)
     assert "refit_rows" not in mlflow.get_run(cnn["run_id"]).data.metrics
     served = mlflow.pyfunc.load_model(cnn["model_uri"]).unwrap_python_model().bundle
     # without refit the logged selection probabilities are the served model's own (float16)
@@ -276,7 +279,9 @@ def test_cuda_training_and_serving_match_the_cpu(settings, synthetic_jsonl):
     emb = train_embedding(ds["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
     titles = ["Zapatillas Nike running", "Celular Samsung Galaxy", "", "x"]
     for kind in MODEL_TYPES:
-        res = train_classifier(settings, ds["dir"], emb["dir"], kind, cfg, run_date="2026-11-02")
+        res = train_classifier(
+            settings, ds["dir"], emb["dir"], kind, cfg, run_date="2026-11-02", embedding_sha256=emb["sha256"]
+        )
         assert res["device"].startswith("cuda") and 0 <= res["val_macro_recall"] <= 1
         loss = mlflow.MlflowClient().get_metric_history(res["run_id"], "train_loss")
         assert len(loss) >= 1 and all(np.isfinite(m.value) for m in loss)

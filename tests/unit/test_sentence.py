@@ -153,6 +153,7 @@ def test_a_bundle_without_the_encoders_package_fails_at_load_in_one_line(tmp_pat
 def test_sentence_encoder_none_is_todays_model(tmp_path, monkeypatch):
     """sentence_encoder=none: no vectors in the encoded splits, no sentence head, no package needed,
     and the model's parameters are exactly today's."""
+    from pipelines.features import embedding_digests
     from pipelines.pyfunc import Bundle
     from pipelines.train import _Fit
 
@@ -163,7 +164,7 @@ def test_sentence_encoder_none_is_todays_model(tmp_path, monkeypatch):
     assert data.sentence is None and data.sentence_encoder == "none"
     assert not (ds.parent / "encoded" / "sentence.npy").exists()
     cfg = TrainConfig(models=["mlp"], sentence_encoder="none", hidden=32, wide_dim=8, wide_bigrams=50)
-    fit = _Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), emb)
+    fit = _Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), emb, embedding_digests(emb))
     assert fit.model_cfg.sentence_dim == 0
     fit.set_tokens(data.tokens, data.sentence)
     model = fit.new_model(data.split("train"))

@@ -186,3 +186,19 @@ def test_a_few_titles_with_no_letters_pass_and_the_threshold_is_a_setting(settin
     monkeypatch.setenv("MELI_VALIDATE_MAX_NO_LETTER_TITLE_SHARE", "0.01")
     with pytest.raises(ValidationFailed, match="no_letter_title_share"):
         validate_table(get_settings(), RUN_DATE, t, METRICS, "crafted")
+
+
+def test_a_runs_data_docs_link_is_that_runs_only(settings):
+    """Security item 6: the link names its DAG and run, and is read back only for them; the file names of
+    ("x", "y__z") and ("x__y", "z"), or of run ids differing only in ':'/'+' vs '_', do not collide."""
+    from pipelines.validate import link_run, run_link
+
+    page = settings.gx_root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    report = {"run_date": RUN_DATE, "success": True, "data_docs_index": str(page)}
+    link_run(settings, "x", "y__z", report)
+    assert run_link(settings, "x", "y__z")["run_id"] == "y__z"
+    assert run_link(settings, "x__y", "z") is None
+    link_run(settings, "meli_retrain", "manual__2026-11-21T02:00:00+00:00", report)
+    assert run_link(settings, "meli_retrain", "manual__2026-11-21T02_00_00_00_00") is None
+    link_run(settings, "x__y", "z", report | {"success": False})
+    assert run_link(settings, "x", "y__z")["success"] is True and run_link(settings, "x__y", "z")["success"] is False

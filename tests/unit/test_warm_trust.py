@@ -154,3 +154,62 @@ def test_the_retrain_records_the_embedding_and_warm_start_checks_it(settings, sy
     r = plan_run(settings, dataset, TrainConfig(**tiny), "2026-11-03")
     assert r["mode"] == "full" and "'../../etc' is not a YYYY-MM-DD date" in r["reason"], r
     assert not marker.exists()
+
+
+def test_a_training_without_an_embedding_record_unpickles_nothing(tmp_path):
+    """Security item 4: the train/tune loop (``_Fit``) loads a FastText only against its recorded sha256;
+    with none (None, {}) it refuses in one line before anything is unpickled."""
+    import torch
+
+    from pipelines.features import EmbeddingIntegrityError, embedding_digests
+    from pipelines.train import _Fit
+
+    enc, ft = encoder_and_ft()
+    ft.save(str(tmp_path / "fasttext.model"))
+    digests = embedding_digests(tmp_path)
+    cfg = TrainConfig(models=["mlp"], hidden=16, wide_dim=8, wide_bigrams=50)
+    fit = _Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), tmp_path, digests)  # recorded: loads
+    assert fit.init_vectors.shape[0] == enc.num_embeddings
+    marker = tmp_path / "unpickled"
+    _tamper(tmp_path / "fasttext.model", marker)
+    for record in (None, {}):
+        with pytest.raises(EmbeddingIntegrityError, match="no sha256 of its files was recorded"):
+            _Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), tmp_path, record)
+    with pytest.raises(EmbeddingIntegrityError, match="does not match"):
+        _Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), tmp_path, digests)
+    assert not marker.exists()
+
+
+def test_a_tuning_study_needs_a_valid_run_id_and_its_embedding_record(settings, tmp_path, monkeypatch):
+    """Security item 4: ``prepared.json`` is writable: its MLflow run id must look like one; a study
+    whose run records no sha256 of its FastText trains nothing (never an unchecked load)."""
+    import json
+
+    import mlflow
+
+    from pipelines.features import EmbeddingIntegrityError
+    from pipelines.tune import _prepared, objective, tune_settings
+
+    root = settings.tune_dir / "s1"
+    (root / "emb").mkdir(parents=True)
+    info = {"study": "s1", "run_date": "2026-11-21", "dataset_dir": str(root / "ds"), "epochs": 1}
+    info |= {"embedding_dir": str(root / "emb"), "data_version": "d"}
+    for bad in ("../../etc", "r", None, "0" * 31 + "/"):
+        (root / "prepared.json").write_text(json.dumps(info | {"mlflow_run_id": bad}))
+        with pytest.raises(ValueError, match="is not an MLflow run id"):
+            _prepared(settings, "s1")
+    run_id = "0123456789abcdef" * 2
+    (root / "prepared.json").write_text(json.dumps(info | {"mlflow_run_id": run_id}))
+    assert _prepared(settings, "s1")["mlflow_run_id"] == run_id
+
+    class _Run:
+        data = SimpleNamespace(tags={})  # a study run from before the record existed
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_run", lambda self, rid: _Run())
+    trained = []
+    monkeypatch.setattr("pipelines.train.train_classifier", lambda *a, **k: trained.append(k))
+    trial = SimpleNamespace(suggest_float=lambda n, lo, hi, log=False: lo, suggest_int=lambda n, lo, hi: lo)
+    trial.suggest_categorical = lambda n, choices: choices[0]
+    with pytest.raises(EmbeddingIntegrityError, match=f"study s1: its MLflow run {run_id} records no sha256"):
+        objective(trial, tune_settings(settings), _prepared(settings, "s1"), TrainConfig(), "mlp", 1)
+    assert trained == []
