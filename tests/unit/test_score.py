@@ -19,6 +19,8 @@ from pipelines.settings import get_settings
 @pytest.fixture(scope="module")
 def trained_home(tmp_path_factory):
     """A MELI_HOME with two registered versions; v1 is the champion."""
+    from dataclasses import replace
+
     from pipelines.retrain import run_all
     from pipelines.synthetic import write_jsonl
 
@@ -30,7 +32,8 @@ def trained_home(tmp_path_factory):
         src = write_jsonl(home.parent / "train.jsonl.gz", 900, seed=11)
         cfg = TrainConfig(models=["mlp"], epochs=2, embedding_epochs=2, embedding_dim=16, bucket=5000)
         run_all(get_settings(), [str(src)], "2026-11-01", cfg, min_macro_recall=0.0, min_behaviour_pass=0.0)
-        run_all(get_settings(), [str(src)], "2026-11-02", cfg, dry_run=True)  # registers v2, no promotion
+        # registers v2, no promotion (mode full: a warm run of the same rows would skip, nothing new)
+        run_all(get_settings(), [str(src)], "2026-11-02", replace(cfg, mode="full"), dry_run=True)
         yield home
 
 

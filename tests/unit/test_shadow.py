@@ -24,12 +24,17 @@ TINY = {"models": ["mlp"], "epochs": 2, "embedding_epochs": 2, "embedding_dim": 
 def train_champion_and_rejected_challenger(settings, source: Path) -> None:
     """v1 promoted (forced: the gate's other rules are not what these tests are about), v2 registered
     and rejected (no tiny model beats another by a whole point of macro-recall)."""
+    from dataclasses import replace
+
     from pipelines.config import TrainConfig
     from pipelines.retrain import run_all
 
     cfg = TrainConfig(**TINY)
     run_all(settings, [str(source)], "2026-11-01", cfg, force_promote=True)
-    decision = run_all(settings, [str(source)], "2026-11-02", cfg, min_improvement=1.0)["decision"]
+    # mode full: a warm run of the same rows would skip (nothing new to train on)
+    decision = run_all(settings, [str(source)], "2026-11-02", replace(cfg, mode="full"), min_improvement=1.0)[
+        "decision"
+    ]
     assert decision["decision"] == "rejected" and decision["challenger_version"] == "2", decision
 
 
