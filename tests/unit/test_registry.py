@@ -541,21 +541,26 @@ class KnownLabelsModel(LookupModel):
         self.bundle = types.SimpleNamespace(labels=list(labels))
 
 
-def test_a_champion_that_never_saw_the_test_categories_is_not_compared_a_person_decides(settings, test_rows):
-    """Issue 31 item 8: every test row in a category the champion never saw: its recall is 0 by
-    construction, and `improved` would promote on a comparison that means nothing."""
+def _known_labels_champion(settings, model: KnownLabelsModel) -> str:
+    """Register ``model`` and make it the champion (forced); its version."""
     from pipelines.tracking import configure
 
     configure(settings)
     with mlflow.start_run() as run:
-        old = KnownLabelsModel({}, ["OLD_SEGMENT_A", "OLD_SEGMENT_B"])
-        info = mlflow.pyfunc.log_model(name="model", python_model=old, pip_requirements=["mlflow"])
+        info = mlflow.pyfunc.log_model(name="model", python_model=model, pip_requirements=["mlflow"])
     v1 = registry.register_challenger(
         settings,
         {"model_uri": info.model_uri, "run_id": run.info.run_id, "model_type": "lookup", "val_macro_recall": 0.0},
         RUN_DATE,
     )["version"]
     run_gate(settings, v1, force_promote=True)
+    return v1
+
+
+def test_a_champion_that_never_saw_the_test_categories_is_not_compared_a_person_decides(settings, test_rows):
+    """Issue 31 item 8: every test row in a category the champion never saw: its recall is 0 by
+    construction, and `improved` would promote on a comparison that means nothing."""
+    v1 = _known_labels_champion(settings, KnownLabelsModel({}, ["OLD_SEGMENT_A", "OLD_SEGMENT_B"]))
     v2 = make_version(settings, test_rows, 0.8)
     d = run_gate(settings, v2)
     assert (d["decision"], d["rule"], d["action"]) == ("pending_approval", "incomparable", "await approval")
@@ -588,8 +593,6 @@ def test_a_batch_of_new_categories_is_incomparable_though_the_test_split_is_most
     """Audit N3: three earlier partitions in the window and a run-date batch that is 100% categories the
     champion never saw: over the whole test split only 25% are new (under the 50% limit), but the rule
     measures the batch's labelled rows and asks a person; both shares are recorded."""
-    from pipelines.tracking import configure
-
     old, new = ["OLD_A", "OLD_B"], ["NEW_A", "NEW_B"]
     dates = ["2026-11-17", "2026-11-18", "2026-11-19", RUN_DATE]
     rows = [
@@ -603,18 +606,8 @@ def test_a_batch_of_new_categories_is_incomparable_though_the_test_split_is_most
     d.mkdir(parents=True)
     df.to_parquet(d / "test.parquet", index=False)
     df[df["ingest_date"] == RUN_DATE].to_parquet(d / "train.parquet", index=False)  # the batch's other rows
-    configure(settings)
-    with mlflow.start_run() as run:
-        table = {t: c for t, c in zip(df["title"], df["category"]) if c in old}
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=KnownLabelsModel(table, old), pip_requirements=["mlflow"]
-        )
-    v1 = registry.register_challenger(
-        settings,
-        {"model_uri": info.model_uri, "run_id": run.info.run_id, "model_type": "lookup", "val_macro_recall": 0.0},
-        RUN_DATE,
-    )["version"]
-    run_gate(settings, v1, force_promote=True)
+    table = {t: c for t, c in zip(df["title"], df["category"]) if c in old}
+    v1 = _known_labels_champion(settings, KnownLabelsModel(table, old))
     v2 = make_version(settings, df, 0.9)
     d = run_gate(settings, v2)
     ev = json.loads((settings.run_dir(RUN_DATE) / "evaluation" / "evaluation.json").read_text())
