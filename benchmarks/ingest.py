@@ -7,7 +7,7 @@ MeLi 2019 sample replicated, each copy's titles suffixed with a copy counter so 
 unique content id; SYNTHETIC titles when the sample is absent), then measures, each in a fresh
 subprocess (peak RSS from os.wait4's rusage of that one child):
 
-* ``ours``: ``pipelines.ingest.ingest()`` of the file into a temp lake (checks, ids, dedupe, split,
+* ``ours``: ``pipelines.data.ingest.ingest()`` of the file into a temp lake (checks, ids, dedupe, split,
   quarantine, manifest);
 * ``raw pyarrow``: ``pyarrow.json.open_json`` streaming the same gzip in blocks with the same four
   string columns, each batch written with a ``ParquetWriter`` (zstd), and no logic at all.
@@ -49,7 +49,7 @@ def _templates() -> tuple[list[tuple[bytes, bytes, bytes]], str]:
             lines = [ln.rstrip(b"\r\n") for ln in fh if ln.strip()]
         origin = f"real titles from {REAL.name} ({len(lines)} rows)"
     else:
-        from pipelines.synthetic import generate_rows
+        from pipelines.data.synthetic import generate_rows
 
         rows = generate_rows(50_000, seed=1)
         lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() for r in rows]
@@ -91,7 +91,7 @@ def _child_ours(src: Path, work: Path) -> dict:
     os.environ["MELI_HOME"] = str(work / "home")
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MELI_LAKE_URI"):
         os.environ.pop(var, None)
-    from pipelines.ingest import ingest
+    from pipelines.data.ingest import ingest
     from pipelines.settings import get_settings
 
     settings = get_settings()
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "title so content ids are unique (rows that are duplicates inside the sample stay duplicates).",
         f"- Versions: pyarrow {pyarrow.__version__}, Python {platform.python_version()}",
         "- `raw pyarrow`: `pyarrow.json.open_json` streaming the gzip (16 MiB blocks, the same 4 string columns) "
-        "+ `ParquetWriter` (zstd), no logic. `ours`: `pipelines.ingest.ingest()` (checks, content ids, dedupe, "
+        "+ `ParquetWriter` (zstd), no logic. `ours`: `pipelines.data.ingest.ingest()` (checks, content ids, dedupe, "
         "split, quarantine, manifest with sha256). Each in a fresh subprocess; rows/s over the work itself "
         "(imports excluded); peak RSS is that subprocess's `ru_maxrss` (from `os.wait4`).",
         "",

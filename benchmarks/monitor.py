@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import cpu_name
+from pipelines.monitoring import drift as drift_mod
+from pipelines.monitoring import reference as reference_mod
 
 REAL = Path("/work/shared/data/meli2019/spanish.sample.jsonl.gz")
 RESULTS = Path(__file__).parent / "results" / "monitor.md"
@@ -89,14 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(args.home or tempfile.mkdtemp(prefix="meli-monitor-bench-"))
     os.environ["MELI_HOME"] = str(home)
     os.environ.setdefault("MELI_GATE_MIN_BEHAVIOUR_PASS", "0.5")
-    from pipelines import monitor as m
-    from pipelines.cli import main as cli
-    from pipelines.evaluate import macro_recall
+    from pipelines.flows.cli import main as cli
+    from pipelines.model.metrics import macro_recall
     from pipelines.settings import Settings
 
     s = Settings()
     t0 = time.perf_counter()
-    if not (s.run_dir(RUN_DATE) / "evaluation" / m.REFERENCE_JSON).exists():
+    if not (s.run_dir(RUN_DATE) / "evaluation" / reference_mod.REFERENCE_JSON).exists():
         rc = cli(
             ["retrain", args.data, "--run-date", RUN_DATE, "--models", "mlp", "--epochs", str(args.epochs)]
             + ["--no-ensemble", "--no-refit", "--sentence-encoder", "none"]
@@ -107,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import pyarrow.parquet as pq
 
-    ref_json = json.loads((s.run_dir(RUN_DATE) / "evaluation" / m.REFERENCE_JSON).read_text())
+    ref_json = json.loads((s.run_dir(RUN_DATE) / "evaluation" / reference_mod.REFERENCE_JSON).read_text())
     version = ref_json["version"]
-    ref, arrays = m.load_reference(s, version)
-    from pipelines.score import load_bundle
+    ref, arrays = reference_mod.load_reference(s, version)
+    from pipelines.serving.score import load_bundle
 
     bundle = load_bundle(s.model_name, version)
     labels = [str(x) for x in bundle.labels]
@@ -129,17 +130,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # in-sample: the stored reference on the whole test split
     pred, prob, true, _ = _score(bundle, titles, index, cats)
-    est = m.estimate_macro_recall(pred, prob, arrays["precision"], arrays["confusion"], arrays["true_counts"])
+    est = drift_mod.estimate_macro_recall(pred, prob, arrays["precision"], arrays["confusion"], arrays["true_counts"])
     rows.append(
         ("in-sample (whole test split, the stored reference)", len(pred), est["macro_recall"], realised(true, pred))
     )
     pa_, qa, ta, _ = _score(bundle, [titles[i] for i in a], index, [cats[i] for i in a])
-    cal = m.calibration(pa_, qa, ta, len(labels))
+    cal = drift_mod.calibration(pa_, qa, ta, len(labels))
 
     def run(name: str, ts: list[str], cs: list[str]):
         p, q, t, _ = _score(bundle, ts, index, cs)
-        e = m.estimate_macro_recall(p, q, cal["precision"], cal["confusion"], cal["true_counts"])["macro_recall"]
-        e0 = m.estimate_macro_recall(p, q, cal["precision"], cal["confusion"])["macro_recall"]
+        e = drift_mod.estimate_macro_recall(p, q, cal["precision"], cal["confusion"], cal["true_counts"])[
+            "macro_recall"
+        ]
+        e0 = drift_mod.estimate_macro_recall(p, q, cal["precision"], cal["confusion"])["macro_recall"]
         rows.append((name, len(p), e, realised(t, p), e0))
         return ts
 
@@ -180,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 "model_version": [version] * len(ts),
             }
         )
-        f = m.compare(ref, arrays, batch, s.monitor)
-        st, breached = m.judge(f, s.monitor)
+        f = drift_mod.compare(ref, arrays, batch, s.monitor)
+        st, breached = drift_mod.judge(f, s.monitor)
         checks.append((name, st, ", ".join(c["check"] for c in breached) or "-", f))
 
     lines = [
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.epochs} epochs, no ensemble/refit/pretrained vectors, trained on `{Path(args.data).name}` "
         f"({ref['test_rows']} test rows, {len(labels)} categories; training took {train_s:.0f} s).",
         "",
-        "Estimate: `pipelines.monitor.estimate_macro_recall` (per predicted class, binned top-1 probability -> "
+        "Estimate: `pipelines.monitoring.reference.estimate_macro_recall` (per predicted class, binned top-1 "
+        "probability -> "
         "precision on the calibration rows, expected confusion, EM correction of the category mix); "
         "'without EM' is the plain CBPE-style estimate.",
         "",
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, st, br, f in checks:
-        lg = "/".join(f"{f['languages'][k]:.2f}" for k in m.LANGUAGES)
+        lg = "/".join(f"{f['languages'][k]:.2f}" for k in drift_mod.LANGUAGES)
         lines.append(
             f"| {name} | {st} | {br} | {f['category']['js']:.3f} ({f['category']['js_noise']:.3f}) | "
             f"{f['confidence']['mean']:.3f} | {f['oov_share']:.3f} | {lg} | {f['length']['psi']:.3f} |"

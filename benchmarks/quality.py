@@ -34,7 +34,8 @@ from datetime import date
 from pathlib import Path
 
 from benchmarks.common import cpu_name
-from pipelines.ingest import _sha256 as sha256_file
+from pipelines.core.fs import sha256_file
+from pipelines.core.system import train_threads
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -88,7 +89,7 @@ def load_served_bundle(model_uri: str, device: str, dest: Path):
     """The logged pyfunc's bundle, downloaded from MLflow (what serving loads)."""
     import mlflow
 
-    from pipelines.pyfunc import Bundle
+    from pipelines.model.bundle import Bundle
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
     bundle_dir = next(p for p in (local / "artifacts" / "bundle", local / "bundle") if p.is_dir())
@@ -96,7 +97,7 @@ def load_served_bundle(model_uri: str, device: str, dest: Path):
 
 
 def score_test(bundle, titles: list[str], y_true: list[str]) -> dict:
-    from pipelines.evaluate import accuracy, macro_recall
+    from pipelines.model.metrics import accuracy, macro_recall
 
     bundle.predict(titles[:256])  # warm-up (lazy init, CUDA context)
     t0 = time.perf_counter()
@@ -115,7 +116,7 @@ def run_baseline(train, test) -> dict:
     from sklearn.pipeline import FeatureUnion, make_pipeline
     from sklearn.svm import LinearSVC
 
-    from pipelines.evaluate import accuracy, macro_recall
+    from pipelines.model.metrics import accuracy, macro_recall
 
     feats = FeatureUnion(
         [
@@ -166,9 +167,9 @@ def _train_one(
     """One model type in a worker process (MELI_HOME is inherited): its result and wall seconds."""
     setup_logging()
     from pipelines.config import TrainConfig
-    from pipelines.features import embedding_digests
+    from pipelines.features.embedding import embedding_digests
     from pipelines.settings import get_settings
-    from pipelines.train import train_classifier
+    from pipelines.training.train import train_classifier
 
     t0 = time.perf_counter()
     res = train_classifier(
@@ -196,7 +197,7 @@ def train_all(
     if side_by_side <= 1:
         return [_train_one(*a) for a in args]
     log.info("training %s, %d side by side, %d torch threads each", cfg.models, side_by_side, threads)
-    from pipelines.tracking import configure
+    from pipelines.core.tracking import configure
 
     configure(settings)  # create the MLflow store and experiment once, not racing in every worker
     ctx = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
@@ -227,12 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MELI_TRAIN_CONCURRENCY"] = str(args.parallel)
 
     from pipelines.config import TrainConfig
-    from pipelines.features import prepare_dataset, read_split, train_embedding
-    from pipelines.ingest import ingest
-    from pipelines.pyfunc import pick_device
+    from pipelines.data.ingest import ingest
+    from pipelines.features.batches import pick_device
+    from pipelines.features.embedding import prepare_dataset, read_split, train_embedding
+    from pipelines.features.text import TextConfig
     from pipelines.settings import get_settings
-    from pipelines.text import TextConfig
-    from pipelines.train import embedding_config, train_classifier, train_ensemble
+    from pipelines.training.train import embedding_config, train_classifier, train_ensemble
 
     overrides = {"models": args.models, "device": args.device}
     if args.epochs:
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         emb = train_embedding(ds["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
         emb_s = time.perf_counter() - t0
-        from pipelines.encoded import encode_dataset
+        from pipelines.features.encoded import encode_dataset
 
         titles, y_test = test_df["title"].tolist(), test_df["category"].tolist()
         variants = [v.strip() for v in (args.sentence or f"{cfg.sentence_encoder},none").split(",") if v.strip()]
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         # On one GPU too: a training step at batch 64 is ~1 ms of GPU work behind ~10 ms of Python and
         # kernel launches, so the types share the GPU as they share the CPU's cores.
         side_by_side = min(settings.train_concurrency, len(cfg.models))
-        threads = settings.train_threads(side_by_side) if device.type == "cpu" else 0
+        threads = train_threads(settings, side_by_side) if device.type == "cpu" else 0
         baseline = None
         if device.type == "cuda" and not args.no_baseline:  # the CPU's cores are idle meanwhile
             baseline = start_baseline(train_df, test_df)

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from benchmarks.common import cpu_name
 from benchmarks.ingest import _templates
+from pipelines.features import batches
 
 REPO = Path(__file__).resolve().parent.parent
 DATE, NEXT = "2026-11-01", "2026-11-02"
@@ -77,8 +78,8 @@ def child(stage: str, home: Path, args: dict) -> dict:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from pipelines import retrain
     from pipelines.config import TrainConfig
+    from pipelines.flows import retrain
     from pipelines.settings import get_settings
 
     s = get_settings()
@@ -94,10 +95,8 @@ def child(stage: str, home: Path, args: dict) -> dict:
         return _state(home, f"embedding-{date}", retrain.step_embedding(s, _state(home, f"dataset-{date}"), cfg))
     if stage == "train":
         if args.get("max_batches"):  # the RSS probe: every step of the flow, fewer batches per epoch
-            import pipelines.train as t
-
-            full = t.length_bucketed_batches
-            t.length_bucketed_batches = lambda *a, **k: full(*a, **k)[: args["max_batches"]]
+            full = batches.length_bucketed_batches
+            batches.length_bucketed_batches = lambda *a, **k: full(*a, **k)[: args["max_batches"]]
         ds, emb = _state(home, f"dataset-{date}"), _state(home, f"embedding-{date}")
         r = retrain.step_train(s, ds, emb, args["kind"], cfg, side_by_side=args.get("side_by_side", 1))
         import mlflow
@@ -118,8 +117,8 @@ def child(stage: str, home: Path, args: dict) -> dict:
         d = retrain.step_gate(s, date, _state(home, f"challenger-{date}"), ds["parent_run_id"], force_promote=force)
         return {"decision": d["decision"], "rule": d.get("rule")}
     if stage == "score":
-        from pipelines.lake import resolve
-        from pipelines.score import score
+        from pipelines.data.lake import resolve
+        from pipelines.serving.score import score
 
         r = score(s, str(resolve(s.listings_dir / f"ingest_date={date}")), run_date=date, progress=False)
         return r.to_dict()
@@ -135,7 +134,7 @@ def fasttext_reference(home: Path, dataset: dict, epochs: int) -> dict:
     import fasttext
     import pyarrow.parquet as pq
 
-    from pipelines.text import tokenize
+    from pipelines.features.text import tokenize
 
     t = pq.read_table(Path(dataset["dir"]) / "train.parquet", columns=["title", "category"])
     path = home / "bench" / "fasttext-train.txt"

@@ -59,9 +59,9 @@ def make_input(titles: list[str], n: int, path: Path, unseen: float = 0.0) -> No
 def child_score(path: str) -> dict:
     import mlflow
 
-    from pipelines.score import score
+    from pipelines.core.tracking import configure
+    from pipelines.serving.score import score
     from pipelines.settings import get_settings
-    from pipelines.tracking import configure
 
     settings = get_settings()
     t0 = time.perf_counter()
@@ -108,7 +108,7 @@ def child_baseline(train: str, path: str, limit: int) -> dict:
 
 
 def train_champion(env: dict, models: str, tmp: Path, sentence: str) -> tuple[list[str], str]:
-    from pipelines.synthetic import write_jsonl
+    from pipelines.data.synthetic import write_jsonl
 
     src = REAL if REAL.exists() else write_jsonl(tmp / "synthetic.jsonl.gz", 20000, seed=1)
     cmd = [
@@ -193,7 +193,7 @@ def main() -> None:
         f"# Scoring benchmark (CPU)\n\n{date.today()} on {platform.node()} ({os.cpu_count()} cores), "
         f"`PYTHONPATH=. .venv/bin/python -m benchmarks.score --sizes {args.sizes} --models {args.models} "
         f"--sentence {args.sentence} --unseen {args.unseen}`\n\n"
-        "Ours: `pipelines.score.score()` end to end (read jsonl.gz, tokenize, batched inference, write Parquet "
+        "Ours: `pipelines.serving.score.score()` end to end (read jsonl.gz, tokenize, batched inference, write Parquet "
         "with top-3). Baseline: sklearn pipeline `predict` on in-memory batches of 65,536 titles (no I/O, no "
         "output), fitted on the same training split; its RSS includes the fitted vectorizers. No GPU here.\n\n" + table
     )

@@ -33,7 +33,7 @@ def probe(x_train, y_train, x_val, y_val_names, labels, seed: int = 0) -> float:
     import torch
     import torch.nn.functional as F
 
-    from pipelines.evaluate import macro_recall
+    from pipelines.model.metrics import macro_recall
 
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
@@ -54,7 +54,7 @@ def probe(x_train, y_train, x_val, y_val_names, labels, seed: int = 0) -> float:
 
 
 def word_means(titles, index: dict[str, int], vectors: np.ndarray) -> np.ndarray:
-    from pipelines.text import tokenize
+    from pipelines.features.text import tokenize
 
     out = np.zeros((len(titles), vectors.shape[1]), dtype=np.float32)
     for r, t in enumerate(titles):
@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     home = tempfile.mkdtemp(prefix="meli-sentence-")
     os.environ["MELI_HOME"] = home
-    from pipelines.features import prepare_dataset, read_split
-    from pipelines.ingest import ingest
-    from pipelines.sentence import WordEncoder
+    from pipelines.data.ingest import ingest
+    from pipelines.features.embedding import prepare_dataset, read_split
+    from pipelines.features.sentence import WordEncoder
+    from pipelines.features.text import tokenize
     from pipelines.settings import get_settings
-    from pipelines.text import tokenize
 
     settings = get_settings().ensure()
     ingest([Path(args.data)], RUN_DATE, settings)

@@ -4,7 +4,7 @@
         [--workers 2] [--budget-min 60] [--keep DIR]
 
 Through the project's code in a temporary MELI_HOME: ``ingest`` of the sample (the lake's hash split
-75/10/15), then ``pipelines.tune``: the study prepares its splits + FastText once, ``--workers``
+75/10/15), then ``pipelines.training.tune``: the study prepares its splits + FastText once, ``--workers``
 processes run trials side by side against the SQLite Optuna storage (TPE, median pruning on each
 epoch's validation macro-recall; trial 0 = TrainConfig's defaults, the "default recipe"). Each trial
 is appended to ``benchmarks/results/tune-trials.jsonl`` as it finishes (a stopped run keeps them).
@@ -57,7 +57,7 @@ def uptime() -> str:
 def _worker(run_date: str, tcfg_dict: dict, threads: int, trials_log: str, worker: int) -> None:
     setup_logging()
     from pipelines.settings import get_settings
-    from pipelines.tune import TuneConfig, run_worker
+    from pipelines.training.tune import TuneConfig, run_worker
 
     def on_trial(kind, trial) -> None:
         row = {
@@ -83,9 +83,9 @@ def _final(kind: str, recipe: dict | None, info: dict, threads: int) -> dict:
     """One recipe's served model, trained as a retrain trains it (epochs, early stopping, refit)."""
     setup_logging()
     from pipelines.config import TrainConfig, apply_recipe
-    from pipelines.features import embedding_digests
+    from pipelines.features.embedding import embedding_digests
     from pipelines.settings import get_settings
-    from pipelines.train import train_classifier
+    from pipelines.training.train import train_classifier
 
     base = TrainConfig(**{**info["base"], "models": [kind], "recipe": "default"})
     cfg = apply_recipe(base, kind, recipe)
@@ -124,9 +124,9 @@ def main(argv=None) -> int:
     from concurrent.futures import ProcessPoolExecutor
 
     from pipelines.config import TrainConfig
-    from pipelines.ingest import ingest
+    from pipelines.data.ingest import ingest
     from pipelines.settings import get_settings
-    from pipelines.tune import TuneConfig, make_recipe, prepare, summary
+    from pipelines.training.tune import TuneConfig, make_recipe, prepare, summary
 
     t_start = time.perf_counter()
     settings = get_settings().ensure()
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
             }
             finals[kind] = {name: f.result() for name, f in futs.items()}
     final_s = time.perf_counter() - t0
-    from pipelines.features import read_split
+    from pipelines.features.embedding import read_split
 
     test = read_split(info["dataset_dir"], "test")
     titles, y = test["title"].tolist(), test["category"].tolist()

@@ -25,8 +25,9 @@ def build_partition(settings, run_date: str, rows: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.lake import LISTING_SCHEMA, atomic_write_json, commit_partition, partition_dir
-    from pipelines.synthetic import CATEGORIES, generate_rows
+    from pipelines.core.fs import atomic_write_json
+    from pipelines.data.lake import LISTING_SCHEMA, commit_partition, partition_dir
+    from pipelines.data.synthetic import CATEGORIES, generate_rows
 
     base = generate_rows(5000, seed=1)
     idx = np.arange(rows) % len(base)
@@ -60,8 +61,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MELI_HOME"] = tmp
+        from pipelines.data.validate import validate_partition
         from pipelines.settings import get_settings
-        from pipelines.validate import validate_partition
 
         settings = get_settings().ensure()
         build_partition(settings, "2026-01-01", args.rows)

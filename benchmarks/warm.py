@@ -51,7 +51,7 @@ def split_sample(out: Path, new_share: float) -> tuple[Path, Path, int, int]:
 def arm(home: Path, base: Path, night: Path, mode: str, models: list[str]) -> dict:
     os.environ["MELI_HOME"] = str(home)
     from pipelines.config import TrainConfig
-    from pipelines.retrain import run_all, step_ingest
+    from pipelines.flows.retrain import run_all, step_ingest
     from pipelines.settings import get_settings
 
     s = get_settings()

@@ -12,10 +12,10 @@ Wires the stages of `pipelines/` (all logic lives there; this file only connects
 3. **prepare** the frozen train/validation/test splits (only partition versions that passed
    validation; earlier ones that did not are left out and listed in `dataset.json`) and the parent
    MLflow run
-4. **embedding**: decides the training mode (Param `mode`: auto/full/warm, `pipelines/warm.py`), trains
+4. **embedding**: decides the training mode (Param `mode`: auto/full/warm, `pipelines/training/warm.py`), trains
    gensim FastText on the training split (warm: continues the champion's on the new rows), then encodes
    every split once as int32 arrays the training tasks memory-map, with each distinct word's pretrained
-   multilingual vector (Param `sentence_encoder`; cached across runs, `pipelines/sentence.py`). A warm
+   multilingual vector (Param `sentence_encoder`; cached across runs, `pipelines/features/sentence.py`). A warm
    run with no new or changed rows (the same files ingested again) stops here: the rest is skipped,
    nothing is trained or registered, and the reason is in the log, the run's note and `summary`
 5. **train** one classifier per selected model type (dynamic task mapping; queue `gpu`;
@@ -68,19 +68,19 @@ from airflow.sdk import (
 )
 from airflow.sdk.configuration import conf
 
-from pipelines.approval import approval_operator
 from pipelines.config import (
     BALANCE_MODES,
     DEVICES,
     INPUT_FORMATS,
     MODEL_TYPES,
+    NAME_RE,
     SENTENCE_ENCODERS,
     TRAIN_BOUNDS,
     TRAIN_MODES,
     TrainConfig,
 )
-from pipelines.paths import NAME_RE
-from pipelines.schedules import retrain_schedule_text
+from pipelines.flows.approval import approval_operator
+from pipelines.flows.schedules import retrain_schedule_text
 from pipelines.settings import RULE_OVERRIDES, GateRules, Settings
 
 LISTINGS = Asset("meli_lake_listings")
@@ -130,7 +130,7 @@ def _train_cfg(params) -> TrainConfig:
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=timedelta(hours=_S.retrain_deadline_h),
         callback=AsyncCallback(
-            "pipelines.alerts.retrain_deadline_missed",
+            "pipelines.core.alerts.retrain_deadline_missed",
             kwargs={"dag_id": "meli_retrain", "hours": _S.retrain_deadline_h},
         ),
         name="meli_retrain_deadline",
@@ -334,7 +334,7 @@ def meli_retrain():
         from airflow.sdk.exceptions import AirflowFailException
 
         from pipelines.config import check_conf, run_date_from_context
-        from pipelines.retrain import step_ingest
+        from pipelines.flows.retrain import step_ingest
 
         try:  # the training parameters are checked before any work, as the CLI does (a retry fails the same)
             check_conf(getattr(context.get("dag_run"), "conf", None), MELI_RETRAIN.params)
@@ -353,7 +353,7 @@ def meli_retrain():
         if drift and not sources:  # a drift-triggered run: the landing's files, or nothing to do
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from pipelines.retrain import landing_sources
+            from pipelines.flows.retrain import landing_sources
 
             why = "; ".join(sorted({str(d.get("reason", "")) for d in drift}))
             print(f"triggered by meli_drift: {why}")
@@ -367,7 +367,7 @@ def meli_retrain():
                 ) from exc
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.paths import OutsideRoot
+        from pipelines.core.paths import OutsideRoot
 
         try:  # confine: the form's sources (and landing symlinks) only under the landing and MELI_INPUT_ROOTS
             return step_ingest(
@@ -382,8 +382,8 @@ def meli_retrain():
     def validate(ingested: dict, dag_run=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.retrain import step_validate
-        from pipelines.validate import ValidationFailed, link_run
+        from pipelines.data.validate import ValidationFailed, link_run
+        from pipelines.flows.retrain import step_validate
 
         settings = _settings()
         try:
@@ -417,9 +417,9 @@ def meli_retrain():
     def prepare(ingested: dict, validation: dict, dag_run=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.lake import NotEligible
-        from pipelines.retrain import step_prepare
-        from pipelines.validate import ValidationFailed
+        from pipelines.data.lake import NotEligible
+        from pipelines.data.validate import ValidationFailed
+        from pipelines.flows.retrain import step_prepare
 
         try:
             return step_prepare(
@@ -435,15 +435,15 @@ def meli_retrain():
     def embedding(dataset: dict, params=None, dag_run=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-        from pipelines.retrain import step_embedding
-        from pipelines.warm import WarmStartError
+        from pipelines.flows.retrain import step_embedding
+        from pipelines.training.warm import WarmStartError
 
         try:
             emb = step_embedding(_settings(), dataset, _train_cfg(params), dag_run.run_id)
         except WarmStartError as exc:  # mode=warm with nothing to start from: a retry would fail the same
             raise AirflowFailException(str(exc)) from exc
         if emb.get("skipped"):  # no new or changed rows: train, register and gate are skipped too
-            from pipelines.airflow_ui import post_run_note
+            from pipelines.flows.airflow_ui import post_run_note
 
             post_run_note(dag_run.dag_id, dag_run.run_id)  # signed; the note says why nothing was trained
             raise AirflowSkipException(emb["skipped"]["reason"])
@@ -463,7 +463,7 @@ def meli_retrain():
     def train(kind: str, dataset: dict, emb: dict, params=None) -> dict:
         """One model type (mapped). Up to MELI_TRAIN_CONCURRENCY run at once, each with its share of
         the CPU cores as torch threads (MELI_TORCH_THREADS overrides)."""
-        from pipelines.retrain import step_train
+        from pipelines.flows.retrain import step_train
 
         cfg = _train_cfg(params)
         return step_train(_settings(), dataset, emb, kind, cfg, side_by_side=len(cfg.models))
@@ -472,7 +472,7 @@ def meli_retrain():
     def ensemble(results: list[dict], dataset: dict, params=None) -> list[dict]:
         """The best-on-validation mean of 2+ trained models as one more candidate (when enabled).
         Default queue: it only scores the validation split (members fetched from MLflow)."""
-        from pipelines.retrain import step_ensemble
+        from pipelines.flows.retrain import step_ensemble
 
         # by index: iterating the mapped results reads one past the end (an 'XCom not found' ERROR line)
         trained = [results[i] for i in range(len(results))]
@@ -480,24 +480,24 @@ def meli_retrain():
 
     @task
     def register(results: list[dict], dataset: dict, dag_run=None) -> dict:
-        from pipelines.retrain import step_register
+        from pipelines.flows.retrain import step_register
 
         return step_register(_settings(), list(results), dataset["run_date"], dag_run.run_id, dataset["parent_run_id"])
 
     @task
     def evaluate(challenger: dict, dataset: dict) -> dict:
-        from pipelines.retrain import step_evaluate
+        from pipelines.flows.retrain import step_evaluate
 
         return step_evaluate(_settings(), dataset["run_date"], challenger)
 
     @task
     def gate(challenger: dict, dataset: dict, evaluation: dict, params=None, dag_run=None, ti=None) -> dict:
-        from pipelines.retrain import step_gate
+        from pipelines.flows.retrain import step_gate
 
         rules = {k: params[k] for k in RULE_OVERRIDES}
-        from pipelines.airflow_ui import api_base_url, post_run_note
-        from pipelines.approval import approval_body, card_url, decision_url
-        from pipelines.decisions import decision_text
+        from pipelines.flows.airflow_ui import api_base_url, post_run_note
+        from pipelines.flows.approval import approval_body, card_url, decision_url
+        from pipelines.registry.decisions import decision_text
 
         settings = _settings()
         decision = step_gate(
@@ -530,7 +530,7 @@ def meli_retrain():
     def announce_champion(decision: dict, dag_run=None) -> bool:
         """Emit the champion asset (scheduling meli_score) only when a new champion was promoted."""
         if decision["decision"] == "pending_approval":  # answered since: the record says how
-            from pipelines.registry import decision_for_run
+            from pipelines.registry.decisions import decision_for_run
 
             decision = (decision_for_run(_settings(), dag_run.run_id) or {"decision": decision})["decision"]
         return decision["decision"] == "promoted"

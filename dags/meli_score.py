@@ -96,9 +96,9 @@ def meli_score():
     @task
     def score(params=None, triggering_asset_events=None, **context) -> dict:
         from pipelines.config import run_date_from_context
-        from pipelines.paths import check_output, event_extras
-        from pipelines.score import event_run_date, resolve_input
-        from pipelines.score import score as run_score
+        from pipelines.core.paths import check_output, event_extras
+        from pipelines.serving.score import event_run_date, resolve_input
+        from pipelines.serving.score import score as run_score
         from pipelines.settings import get_settings
 
         settings = get_settings()
@@ -151,8 +151,8 @@ def meli_score():
         """Drift of the batch against the served version's reference; the figures and report paths.
         The run's "Drift report" tab shows the report and its note says the status."""
 
-        from pipelines.airflow_ui import link_monitor_run, post_run_note
-        from pipelines.monitor import monitor_batch, one_line, summary
+        from pipelines.flows.airflow_ui import link_monitor_run, post_run_note
+        from pipelines.monitoring.batch import monitor_batch, one_line, summary
         from pipelines.settings import get_settings
 
         settings = get_settings()
@@ -169,7 +169,7 @@ def meli_score():
     def announce_drift(report: dict, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipelines.monitor import drift_event
+        from pipelines.monitoring.batch import drift_event
         from pipelines.settings import get_settings
 
         extra = drift_event(get_settings(), report)

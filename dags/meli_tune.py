@@ -1,7 +1,7 @@
 """
 ### meli_tune: hyperparameter tuning of the training recipe (Optuna)
 
-Wires `pipelines/tune.py` (all logic lives there):
+Wires `pipelines/training/tune.py` (all logic lives there):
 
 1. **prepare** the study once: the lake's snapshot as of the run date split into train/validation/test
    under `$MELI_HOME/tune/<study>/`, FastText, the encoded splits; the study's MLflow run (experiment
@@ -28,16 +28,15 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from pipelines.config import DEVICES, MODEL_TYPES, SENTENCE_ENCODERS, TRAIN_BOUNDS, TrainConfig
-from pipelines.paths import NAME_RE
-from pipelines.tune import PRUNERS, TUNE_BOUNDS, TuneConfig
+from pipelines.config import DEVICES, MODEL_TYPES, NAME_RE, SENTENCE_ENCODERS, TRAIN_BOUNDS, TrainConfig
+from pipelines.training.tune import PRUNERS, TUNE_BOUNDS, TuneConfig
 
 TRAIN_QUEUE = os.environ.get("MELI_TRAIN_QUEUE", "gpu")
 TRAIN_POOL = os.environ.get("MELI_TRAIN_POOL", "default_pool")
 SCHEDULE = os.environ.get("MELI_TUNE_SCHEDULE") or None
 _T = TrainConfig()
 _U = TuneConfig()
-_UB = TUNE_BOUNDS  # TuneConfig's bounds (pipelines/tune.py): the form's and the CLI's
+_UB = TUNE_BOUNDS  # TuneConfig's bounds (pipelines/training/tune.py): the form's and the CLI's
 
 
 def _settings():
@@ -161,7 +160,7 @@ def _configs(params) -> tuple[TuneConfig, TrainConfig]:
 def meli_tune():
     @task
     def prepare(params=None) -> dict:
-        from pipelines.tune import latest_run_date, prepare
+        from pipelines.training.tune import latest_run_date, prepare
 
         settings = _settings()
         tcfg, base = _configs(params)
@@ -176,7 +175,7 @@ def meli_tune():
     @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL, execution_timeout=timedelta(hours=12))
     def worker(slot: int, study: dict, params=None) -> dict:
         """Trials against the shared storage until the study's trial or time budget is spent."""
-        from pipelines.tune import run_worker
+        from pipelines.training.tune import run_worker
 
         settings = _settings()
         tcfg, _ = _configs(params)
@@ -185,7 +184,7 @@ def meli_tune():
 
     @task
     def recipe(study: dict, workers: list[dict], params=None) -> dict:
-        from pipelines.tune import make_recipe, summary
+        from pipelines.training.tune import make_recipe, summary
 
         settings = _settings()
         tcfg, _ = _configs(params)

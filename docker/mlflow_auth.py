@@ -44,7 +44,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-# MLflow 3 auth REST API (mlflow/server/auth/routes.py; tests/unit/test_compose.py checks these)
+# MLflow 3 auth REST API (mlflow/server/auth/routes.py; tests/unit/docker/test_compose.py checks these)
 CREATE_USER = "/api/2.0/mlflow/users/create"
 GET_USER = "/api/2.0/mlflow/users/get"
 GET_CURRENT_USER = "/api/2.0/mlflow/users/current"
@@ -276,7 +276,7 @@ def pipeline_resources() -> tuple[str, str]:
 
 def pipeline_experiments(admin: Server, experiment: str) -> list[tuple[str, str]]:
     """(name, id) of the existing experiments the pipelines write: ``experiment`` and its
-    ``experiment-*`` siblings (pipelines/registry.py's ``-promotions``, pipelines/shadow.py's ``-shadow``)."""
+    ``experiment-*`` siblings (pipelines/registry/gate.py's ``-promotions``, pipelines/serving/shadow.py's ``-shadow``)."""
     found, token = [], None
     while True:
         body = {"max_results": 1000, "filter": f"name LIKE '{experiment.replace(chr(39), '')}%'"}

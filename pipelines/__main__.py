@@ -1,3 +1,3 @@
-from pipelines.cli import entrypoint
+from pipelines.flows.cli import entrypoint
 
 entrypoint()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import NamedTuple
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 MODEL_TYPES = ("mlp", "cnn", "bilstm")
 BALANCE_MODES = ("weighted", "sampler", "none")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_FORMATS = ("auto", "jsonl", "challenge_csv", "csv", "parquet")
 TRAIN_MODES = ("auto", "full", "warm")
-SENTENCE_ENCODERS = ("use", "e5", "none")  # pipelines/sentence.py
+SENTENCE_ENCODERS = ("use", "e5", "none")  # pipelines/features/sentence.py
 
 
 class Bound(NamedTuple):
@@ -86,7 +89,7 @@ class TrainConfig:
     models: list[str] = field(default_factory=lambda: list(MODEL_TYPES))
     # full: today's recipe on every row; warm: each type starts from the champion's (else the latest
     # registered) weights, vocabulary extended, trained on the partitions new since that model plus a
-    # replay sample of older rows; auto: warm unless a rule asks for full (pipelines/warm.py)
+    # replay sample of older rows; auto: warm unless a rule asks for full (pipelines/training/warm.py)
     mode: str = "auto"
     replay_rows: int = 100_000  # warm: older training rows replayed beside the new ones
     warm_epochs: int = 3  # warm: epochs (max, early stopping); the best epoch is served (no refit pass)
@@ -105,7 +108,7 @@ class TrainConfig:
     wide_dim: int = 128
     wide_bigrams: int = 100_000  # hash buckets for word bigrams (0 = no bigrams)
     ensemble: bool = True  # also offer the mean of the trained models as a candidate challenger
-    # pretrained multilingual word vectors read by every model type (pipelines/sentence.py): "use"
+    # pretrained multilingual word vectors read by every model type (pipelines/features/sentence.py): "use"
     # (Universal Sentence Encoder multilingual v3), "e5" (multilingual-e5-small) or "none"
     sentence_encoder: str = "use"
     balance: str = "weighted"
@@ -120,7 +123,7 @@ class TrainConfig:
     embedding_dim: int = 100
     embedding_epochs: int = 20
     bucket: int = 100_000
-    # the training recipe (pipelines/tune.py): "default" = these defaults; "tuned" = the latest tuned
+    # the training recipe (pipelines/training/tune.py): "default" = these defaults; "tuned" = the latest tuned
     # recipe under $MELI_HOME/tune/recipes/; else a recipe id. A recipe's value of a field is used where
     # the run left that field at its default here; a field set to another value wins (apply_recipe)
     recipe: str = "default"
@@ -148,8 +151,6 @@ class TrainConfig:
                 "the wide table's bigram rows wide_bigrams x wide_dim": (self.wide_bigrams, self.wide_dim),
             }
         )
-        from pipelines.paths import check_name
-
         self.recipe = self.recipe or "default"  # an emptied form field: the default recipe
         check_name(self.recipe, "recipe")  # a file name under $MELI_HOME/tune/recipes/
         # issue 31 (parameters validated before any work): a learning rate that is not a positive
@@ -194,8 +195,6 @@ def load_recipe(recipes_dir, recipe: str) -> dict | None:
     import json
     from pathlib import Path
 
-    from pipelines.paths import check_name
-
     recipe = (recipe or "default").strip()
     if recipe == "default":
         return None
@@ -217,8 +216,6 @@ def load_recipe(recipes_dir, recipe: str) -> dict | None:
 def check_recipe(recipe: dict) -> dict:
     """``recipe`` when its id is a valid name and each model type's values are TrainConfig fields
     within TRAIN_BOUNDS (the trigger form's bounds); else ValueError naming the field and the bound."""
-    from pipelines.paths import check_name
-
     rid = check_name(recipe.get("id"), "recipe id")
     names = {f.name for f in fields(TrainConfig)}
     for kind, params in (recipe.get("params") or {}).items():
@@ -261,3 +258,11 @@ def run_date_from_context(context) -> str:
         return datetime.strptime(str(explicit), "%Y-%m-%d").date().isoformat()
     when = context.get("logical_date") or getattr(context.get("dag_run"), "run_after", None)
     return (when or datetime.now(UTC)).date().isoformat()
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` (a study, a recipe) when it is a safe single path component: ``[A-Za-z0-9_.-]+``,
+    not ``.`` or ``..``; else ValueError naming ``what``."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"{what} {name!r} is not a valid name: use letters, digits, '_', '.', '-' (not . or ..)")
+    return name

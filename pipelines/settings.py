@@ -97,7 +97,7 @@ class GateRules:
         default_factory=lambda: _float("MELI_GATE_MAX_SHARE_CLASSES_DROPPED", 0.10)
     )
     bootstrap_samples: int = field(default_factory=lambda: _int("MELI_GATE_BOOTSTRAP", 500))
-    # behavioural checks (pipelines/behaviour.py): the challenger is rejected when the share of
+    # behavioural checks (pipelines/registry/behaviour.py): the challenger is rejected when the share of
     # test titles whose prediction survives case/accent/space/punctuation changes, or the share of
     # the reviewed minimum-function cases it gets right, is below this
     min_behaviour_pass: float = field(default_factory=lambda: _float("MELI_GATE_MIN_BEHAVIOUR_PASS", 0.90))
@@ -110,7 +110,7 @@ class GateRules:
 @dataclass(frozen=True)
 class Monitor:
     """Drift thresholds of a scored batch against the champion's reference (MELI_MONITOR_*,
-    pipelines/monitor.py). A batch breaches when any check goes past its threshold."""
+    pipelines/monitoring/batch.py). A batch breaches when any check goes past its threshold."""
 
     # fewer scored rows than this: reported, never judged (shares of a handful of rows are noise)
     min_rows: int = field(default_factory=lambda: _int("MELI_MONITOR_MIN_ROWS", 200))
@@ -179,7 +179,7 @@ class Settings:
     # scoring also scores each batch with the newest version above the champion (rejected, pending
     # approval or not yet gated) into lake/shadow/ and writes an agreement report
     shadow: bool = field(default_factory=lambda: _bool("MELI_SHADOW", True))
-    # hyperparameter tuning (pipelines/tune.py): the Optuna storage (a SQLAlchemy URL; default SQLite
+    # hyperparameter tuning (pipelines/training/tune.py): the Optuna storage (a SQLAlchemy URL; default SQLite
     # under $MELI_HOME/tune/; postgresql+psycopg2://... for workers on several hosts) and the MLflow
     # experiment of the studies and their trials
     tune_storage: str = field(default_factory=lambda: _env("MELI_TUNE_STORAGE", ""))
@@ -193,7 +193,7 @@ class Settings:
     # optional: alerts are also POSTed (JSON) to this URL
     alert_webhook_url: str = field(default_factory=lambda: _env("MELI_ALERT_WEBHOOK_URL", ""))
     # issue 35 item 5: folders (absolute, separated by os.pathsep, ":" on Linux) that the DAGs' Params
-    # and asset events may read besides $MELI_HOME/landing (pipelines/paths.py); the CLI reads anywhere
+    # and asset events may read besides $MELI_HOME/landing (pipelines/core/paths.py); the CLI reads anywhere
     input_roots: tuple[Path, ...] = field(default_factory=lambda: _paths("MELI_INPUT_ROOTS"))
     # issue 35 item 2: the URL tasks reach the api-server at to set a run's note (empty: Airflow's
     # execution API URL without /execution/, else [api] base_url), and the note route's shared secret
@@ -201,7 +201,7 @@ class Settings:
     # workers do not share $MELI_HOME)
     airflow_api_url: str = field(default_factory=lambda: _env("MELI_AIRFLOW_API_URL", ""))
     note_secret: str = field(default_factory=lambda: _env("MELI_NOTE_SECRET", ""), repr=False)
-    # -- bounded reads (issue 35 item 6, issue 31 item 6; pipelines/ingest/sources.py Limits) --
+    # -- bounded reads (issue 35 item 6, issue 31 item 6; pipelines/data/ingest/sources.py Limits) --
     # a longer input line is quarantined as line_too_long, skipped without being held in memory
     max_line_bytes: int = field(default_factory=lambda: _int("MELI_MAX_LINE_BYTES", 1 << 20))
     # a CSV record whose quoted field stays open past this many lines is cut (record_too_long)
@@ -254,12 +254,6 @@ class Settings:
         if self.scoring_version and not self.scoring_version.isdigit():
             raise ValueError(f"MELI_SCORING_VERSION={self.scoring_version!r} is not a version number (or empty)")
 
-    def train_threads(self, side_by_side: int) -> int:
-        """Torch CPU threads for one of ``side_by_side`` training processes."""
-        if self.torch_threads > 0:
-            return self.torch_threads
-        return max(1, (os.cpu_count() or 1) // max(1, min(side_by_side, self.train_concurrency)))
-
     # ---- paths under MELI_HOME -------------------------------------------------------------
     @property
     def lake(self) -> Path:
@@ -287,17 +281,17 @@ class Settings:
 
     @property
     def sentence_cache_dir(self) -> Path:
-        """Pretrained word vectors kept across runs (pipelines/sentence.py): new words only."""
+        """Pretrained word vectors kept across runs (pipelines/features/sentence.py): new words only."""
         return self.home / "cache" / "sentence"
 
     @property
     def shadow_dir(self) -> Path:
-        """Shadow scores of a challenger beside the champion's (pipelines/shadow.py)."""
+        """Shadow scores of a challenger beside the champion's (pipelines/serving/shadow.py)."""
         return self.lake / "shadow"
 
     @property
     def tune_dir(self) -> Path:
-        """Tuning studies' prepared data (pipelines/tune.py), and recipes/ (the tuned recipes)."""
+        """Tuning studies' prepared data (pipelines/training/tune.py), and recipes/ (the tuned recipes)."""
         return self.home / "tune"
 
     @property
@@ -306,12 +300,12 @@ class Settings:
 
     @property
     def monitor_dir(self) -> Path:
-        """Drift reports and the estimate-vs-realised history of the model (pipelines/monitor.py)."""
+        """Drift reports and the estimate-vs-realised history of the model (pipelines/monitoring/batch.py)."""
         return self.home / "monitor" / self.model_name
 
     @property
     def cards_dir(self) -> Path:
-        """Model cards, one folder per registered version (pipelines/card.py)."""
+        """Model cards, one folder per registered version (pipelines/registry/card.py)."""
         return self.home / "registry" / "cards" / self.model_name
 
     @property
@@ -343,8 +337,6 @@ class Settings:
         """Every setting, for people (``python -m pipelines settings``): no credential of a URL shown."""
         import re
 
-        from pipelines.alerts import webhook_host
-
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -366,3 +358,16 @@ class Settings:
 def get_settings() -> Settings:
     """Fresh settings from the current environment (cheap; no caching so tests can monkeypatch)."""
     return Settings()
+
+
+def webhook_host(url: str) -> str:
+    """``scheme://host[:port]`` of a webhook URL: no user, password, path or query (they hold its token)."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparsable URL>"
+    return f"{parts.scheme or '?'}://{host}{port}/…"

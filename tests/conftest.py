@@ -46,7 +46,7 @@ def settings(meli_home):
 @pytest.fixture
 def synthetic_jsonl(tmp_path):
     """A factory: write n SYNTHETIC listings as DiploDatos jsonl(.gz)."""
-    from pipelines.synthetic import write_jsonl
+    from pipelines.data.synthetic import write_jsonl
 
     def make(n: int = 600, seed: int = 0, dirty: int = 0, name: str = "listings.jsonl.gz") -> Path:
         return write_jsonl(tmp_path / "in" / name, n, seed=seed, dirty=dirty)

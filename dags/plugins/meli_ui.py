@@ -8,7 +8,7 @@ run the run's validation report, gate decision and the card of the version it re
 champion's latest drift report; on a meli_score run a pointer to the scored partition's validation,
 the decision and the card of the version that scored, and the drift report of its batch.
 
-Thin wiring; the app lives in pipelines.airflow_ui.
+Thin wiring; the app lives in pipelines.flows.airflow_ui.
 """
 
 from airflow.plugins_manager import AirflowPlugin
@@ -19,7 +19,7 @@ class MeliUIPlugin(AirflowPlugin):
 
     @property
     def fastapi_apps(self):  # built lazily: the app imports nothing heavy, but keep parse cheap
-        from pipelines.airflow_ui import app
+        from pipelines.flows.airflow_ui import app
 
         return [{"app": app(), "url_prefix": "/meli", "name": "MeLi validation reports"}]
 

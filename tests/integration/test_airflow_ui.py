@@ -169,10 +169,10 @@ def test_the_reports_need_an_airflow_login_and_echo_no_markup(tmp_path, monkeypa
     """One real `airflow api-server` (the plugin mounted as in production, SimpleAuthManager with a
     login): anonymous -> 401/403 on every /meli route; an admin token from POST /auth/token sees the
     pages, with the data's markup escaped; the note takes an editor or the tasks' signature."""
-    from pipelines.airflow_ui import NOTE_HEADER, note_signature
+    from pipelines.flows.airflow_ui import NOTE_HEADER, note_signature
     from pipelines.settings import get_settings
     from tests.integration.airflow_env import PY, airflow_env, migrate
-    from tests.unit.test_airflow_ui import ESCAPED, READ_ROUTES, RUN, XSS, Q, _decision, _record_decision
+    from tests.unit.flows.test_airflow_ui import ESCAPED, READ_ROUTES, RUN, XSS, Q, _decision, _record_decision
 
     home = tmp_path / "home"
     monkeypatch.setenv("MELI_HOME", str(home))

@@ -179,7 +179,7 @@ def _decision(home: Path, run_id: str) -> dict:
 
 
 def test_approval_through_the_rest_api_promotes_and_names_the_responder(server, tmp_path):
-    from pipelines.synthetic import write_jsonl
+    from pipelines.data.synthetic import write_jsonl
     from tests.integration.cdp import Browser, chromium
 
     src = write_jsonl(tmp_path / "listings.jsonl.gz", 1200, seed=5, dirty=3)
@@ -239,7 +239,7 @@ def test_approval_through_the_rest_api_promotes_and_names_the_responder(server, 
 
 
 def test_a_rejection_keeps_the_champion_and_names_the_responder(server, tmp_path):
-    from pipelines.synthetic import write_jsonl
+    from pipelines.data.synthetic import write_jsonl
 
     if _champion(server.home) != "1":
         pytest.skip("needs the champion of the previous test")

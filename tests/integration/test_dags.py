@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.lake import read_partition, resolve
+from pipelines.data.lake import read_partition, resolve
 from tests.integration.airflow_env import REPO, airflow_env, dag_test, migrate
 
 pytestmark = pytest.mark.slow
@@ -97,7 +97,7 @@ _NOTE = r"""
 import json, sys
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from pipelines.airflow_ui import NOTE_HEADER, app, note_signature
+from pipelines.flows.airflow_ui import NOTE_HEADER, app, note_signature
 from pipelines.settings import get_settings
 from airflow.api_fastapi.app import init_auth_manager
 from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
@@ -133,7 +133,7 @@ def _note_through_plugin(home, run_id: str) -> dict:
 
 
 def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monkeypatch):
-    from pipelines.synthetic import write_jsonl
+    from pipelines.data.synthetic import write_jsonl
 
     src = write_jsonl(tmp_path / "listings.jsonl.gz", 1200, seed=5, dirty=3)
     res = dag_test(airflow_home, "meli_retrain", {"sources": [str(src)], "models": ["mlp", "cnn"], **FAST})
@@ -169,13 +169,13 @@ def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monk
     assert json.loads(named.read_text())["version"] == "1"
     # the validation report is linked to the run for the UI plugin
     monkeypatch.setenv("MELI_HOME", str(airflow_home))
+    from pipelines.data.validate import run_link
     from pipelines.settings import Settings
-    from pipelines.validate import run_link
 
     link = run_link(Settings(), "meli_retrain", res["run_id"])
     assert link and link["success"] and link["data_docs_pages"]
     # the validate task recorded the outcome on the version it validated; prepare read only that
-    from pipelines.lake import validation_of
+    from pipelines.data.lake import validation_of
 
     (listings,) = (airflow_home / "lake" / "listings").glob("ingest_date=*")
     assert validation_of(listings)["validation"] == "passed"
@@ -204,7 +204,7 @@ def test_retrain_promotes_then_score_writes_parquet(airflow_home, tmp_path, monk
     assert set(table.column("model_version").to_pylist()) == {"1"}
 
     # make demo's summary names the winning model type
-    from pipelines.cli import run_summary
+    from pipelines.flows.cli import run_summary
 
     kind = json.loads(named.read_text())["model_type"]
     lines = {ln.split(":", 1)[0]: ln for ln in run_summary(Settings(), named.parent.name).splitlines()}
@@ -238,7 +238,7 @@ def test_broken_batch_fails_validation_and_keeps_champion(airflow_home, tmp_path
         if t.startswith(("prepare", "embedding", "train", "ensemble", "register", "evaluate", "gate")):
             assert state in ("upstream_failed", "skipped", "None", "none"), (t, state)
     assert _champion(airflow_home) == before
-    from pipelines.lake import partition_dir, validation_of
+    from pipelines.data.lake import partition_dir, validation_of
 
     broken = validation_of(partition_dir(airflow_home / "lake" / "listings", "2030-01-02"))
     assert broken["validation"] == "failed" and broken["critical_failures"]  # never trained on, any later night
@@ -260,7 +260,7 @@ def test_second_night_trains_warm_from_the_champion(airflow_home, tmp_path):
     mode=warm starts every type from the champion's run, on the new rows plus a replay sample."""
     import mlflow
 
-    from pipelines.synthetic import write_jsonl
+    from pipelines.data.synthetic import write_jsonl
 
     first = _champion(airflow_home)
     if first is None:

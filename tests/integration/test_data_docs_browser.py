@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from fastapi import Request  # a route's annotation (this module's annotations are strings)
 
-from pipelines.validate import ValidationFailed, validate_table
+from pipelines.data.validate import ValidationFailed, validate_table
 from tests.integration.cdp import FLAGS, chromium
-from tests.unit.test_validate import METRICS, RUN_DATE, _table, _with
+from tests.unit.data.test_validate import METRICS, RUN_DATE, _table, _with
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -128,7 +128,7 @@ class _Server:
         from fastapi import FastAPI
         from fastapi.responses import HTMLResponse
 
-        from pipelines.airflow_ui import app
+        from pipelines.flows.airflow_ui import app
 
         self.probes: list[dict] = []
         root = FastAPI()

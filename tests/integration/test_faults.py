@@ -1,5 +1,5 @@
 """Crashes and concurrent commands, with real processes: a ``python -m pipelines`` killed (SIGKILL)
-at a chosen step of its commit (``MELI_FAULT``, see pipelines/faults.py), and commands started side
+at a chosen step of its commit (``MELI_FAULT``, see pipelines/core/faults.py), and commands started side
 by side. Each test states what the next reader sees."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.approval import os_identity
-from pipelines.lake import lock_path, partition_dir, read_partition, read_quarantine, versions
+from pipelines.data.lake import lock_path, partition_dir, read_partition, read_quarantine, versions
+from pipelines.flows.approval import os_identity
+from pipelines.registry import versions as registry_versions
 from tests.data import ingest_inputs as D
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,7 +146,7 @@ def test_scored_partition_killed_at_its_commit(tmp_path, point):
     """lake/scored uses the same commit: a killed scorer leaves the previous scores or the new ones."""
     root = tmp_path / "lake" / "scored"
     script = (
-        "import sys; from pipelines.lake import commit_partition\n"
+        "import sys; from pipelines.data.lake import commit_partition\n"
         "with commit_partition(sys.argv[1]) as p:\n"
         "    (p.dir / 'part-00000.parquet').write_text(sys.argv[2])\n"
     )
@@ -156,7 +157,7 @@ def test_scored_partition_killed_at_its_commit(tmp_path, point):
             [sys.executable, "-c", script, str(part), text], env={**env, "MELI_FAULT": fault}, capture_output=True
         )
     assert r.returncode == -signal.SIGKILL
-    from pipelines.lake import resolve
+    from pipelines.data.lake import resolve
 
     assert (resolve(part) / "part-00000.parquet").read_text() == ("old" if point == "lake.staged" else "new")
 
@@ -267,13 +268,12 @@ LOOKUP = {"MELI_GATE_MIN_BEHAVIOUR_PASS": 0}  # lookup doubles know exact titles
 @pytest.fixture
 def registry_home(tmp_path, monkeypatch):
     """v1 champion (date A); v2 (date B) and v3 (date C) registered, each better than the last.
-    Lookup models (tests/unit/test_registry.py) whose per-class recall we choose."""
+    Lookup models (tests/unit/registry/test_registry.py) whose per-class recall we choose."""
     import pandas as pd
 
-    from pipelines import registry
-    from pipelines.lake import atomic_write_json
+    from pipelines.core.fs import atomic_write_json
     from pipelines.settings import get_settings
-    from tests.unit.test_registry import CLASSES, LookupModel
+    from tests.unit.registry.test_registry import CLASSES, LookupModel
 
     home = tmp_path / "home"
     monkeypatch.setenv("MELI_HOME", str(home))
@@ -286,7 +286,7 @@ def registry_home(tmp_path, monkeypatch):
     dates = {"1": "2026-02-01", "2": "2026-02-02", "3": "2026-02-03"}
     import mlflow
 
-    from pipelines.tracking import configure
+    from pipelines.core.tracking import configure
 
     configure(settings)
     for recall, (want, run_date) in zip((0.6, 0.8, 0.9), dates.items()):
@@ -299,7 +299,7 @@ def registry_home(tmp_path, monkeypatch):
                 table[t] = c if i < round(recall * len(g)) else "WRONG"
         with mlflow.start_run() as run:
             info = mlflow.pyfunc.log_model(name="model", python_model=LookupModel(table), pip_requirements=["mlflow"])
-        v = registry.register_challenger(
+        v = registry_versions.register_challenger(
             settings,
             {"model_uri": info.model_uri, "run_id": run.info.run_id, "model_type": "lookup", "val_macro_recall": 0.0},
             run_date,
@@ -312,9 +312,9 @@ def registry_home(tmp_path, monkeypatch):
 
 
 def _aliases(settings) -> tuple:
-    from pipelines import registry
+    from pipelines.registry import decisions
 
-    st = registry.status(settings)
+    st = decisions.status(settings)
     return tuple((st[a] or {}).get("version") for a in ("champion", "previous"))
 
 

@@ -6,8 +6,8 @@ import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from pipelines.ingest import detect_format, ingest
-from pipelines.lake import SCHEMA_VERSION, load_listings, read_manifest, read_partition, read_quarantine, versions
+from pipelines.data.ingest import detect_format, ingest
+from pipelines.data.lake import SCHEMA_VERSION, load_listings, read_manifest, read_partition, read_quarantine, versions
 
 DAY = "2019-06-01"
 

@@ -35,7 +35,7 @@ def test_the_models_page_and_the_run_tabs_in_airflow(tmp_path, monkeypatch):
     from pipelines.settings import get_settings
     from tests.integration.cdp import Browser, chromium
     from tests.integration.test_approval import ApiServer
-    from tests.unit.test_airflow_ui import R3, XSS, _registry, _scoring_run
+    from tests.unit.flows.test_airflow_ui import R3, XSS, _registry, _scoring_run
 
     chromium()
     home = tmp_path / "meli"

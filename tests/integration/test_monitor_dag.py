@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.monitoring import drift as drift_mod
+from pipelines.monitoring import reference as reference_mod
 from tests.integration.airflow_env import REPO, airflow_env, dag_test, migrate
 
 FAST = {"epochs": 2, "embedding_epochs": 2, "patience": 2, "min_behaviour_pass": 0.5}
@@ -28,7 +30,7 @@ def _parse(home: Path, code: str, **extra: str) -> dict:
 
 def test_retrain_is_scheduled_nightly_or_by_drift_with_a_deadline(tmp_path):
     """With MELI_RETRAIN_SCHEDULE set (the distributed profile's nightly cron); the embedded profile's
-    drift-only schedule is tests/unit/test_operator_view.py's."""
+    drift-only schedule is tests/unit/flows/test_operator_view.py's."""
     code = (
         "import json\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
@@ -48,7 +50,7 @@ def test_retrain_is_scheduled_nightly_or_by_drift_with_a_deadline(tmp_path):
     assert out["timetable"] == "AssetOrTimeSchedule" and out["cron"] == "0 2 * * *"
     assert "meli_drift" in out["assets"]
     assert out["reference"] == "DagRunQueuedAtDeadline" and out["hours"] == 6.0
-    assert out["callback"] == "pipelines.alerts.retrain_deadline_missed"
+    assert out["callback"] == "pipelines.core.alerts.retrain_deadline_missed"
     assert out["kwargs"] == {"dag_id": "meli_retrain", "hours": 6.0}
     assert out["score_tasks"] == ["announce_drift", "monitor", "score"] and out["drift_outlets"] == ["meli_drift"]
 
@@ -72,9 +74,9 @@ def test_deadline_callback_logs_and_writes_a_notice(tmp_path, monkeypatch, caplo
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("MELI_HOME", str(tmp_path))
     monkeypatch.setenv("MELI_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hook")
-    from pipelines.alerts import retrain_deadline_missed
+    from pipelines.core.alerts import retrain_deadline_missed
 
-    with caplog.at_level("WARNING", logger="meli.alerts"):
+    with caplog.at_level("WARNING", logger="pipelines.core.alerts"):
         path = asyncio.run(retrain_deadline_missed("meli_retrain", 6.0, context={"dag_run": {"run_id": "r1"}}))
     server.shutdown()
     notice = json.loads(Path(path).read_text())
@@ -91,7 +93,7 @@ def test_drifted_batch_emits_meli_drift_which_triggers_meli_retrain(tmp_path_fac
     for cmd in (["dags", "reserialize"], ["dags", "unpause", "meli_score"], ["dags", "unpause", "meli_retrain"]):
         r = subprocess.run([airflow, *cmd], env=airflow_env(home), capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    from pipelines.synthetic import generate_rows, write_jsonl
+    from pipelines.data.synthetic import generate_rows, write_jsonl
 
     src = write_jsonl(tmp_path / "listings.jsonl.gz", 2000, seed=5)
     conf = {"sources": [str(src)], "models": ["mlp"], "ensemble": False, "refit": False, "sentence_encoder": "none"}
@@ -137,12 +139,11 @@ def test_html_report_renders_offline_in_headless_chromium(tmp_path):
     its three plots, asks for nothing over the network; the screenshot is kept as an artifact."""
     import numpy as np
 
-    from pipelines import monitor as m
+    from pipelines.data.synthetic import generate_rows
+    from pipelines.features.text import tokenize
     from pipelines.settings import Monitor
-    from pipelines.synthetic import generate_rows
-    from pipelines.text import tokenize
     from tests.integration.cdp import Browser, chromium
-    from tests.unit.test_monitor import LABELS, TEXT, _batch, _keyword_model
+    from tests.unit.monitoring.test_monitor import LABELS, TEXT, _batch, _keyword_model
 
     chromium()
 
@@ -152,12 +153,16 @@ def test_html_report_renders_offline_in_headless_chromium(tmp_path):
     titles = [r["title"] for r in test]
     pred, prob = _keyword_model(titles, 1)
     true = np.array([LABELS.index(r["category"]) for r in test])
-    ref, arrays = m.reference_from_predictions(LABELS, pred, prob, true, titles, TEXT, vocab)
+    ref, arrays = reference_mod.reference_from_predictions(LABELS, pred, prob, true, titles, TEXT, vocab)
     rows = [r for r in generate_rows(4000, seed=8, portuguese_share=0.9) if r["category"] < "G"]
-    figures = m.compare(ref, arrays, _batch([r["title"] for r in rows]), Monitor())
-    status, breached = m.judge(figures, Monitor())
+    figures = drift_mod.compare(ref, arrays, _batch([r["title"] for r in rows]), Monitor())
+    status, breached = drift_mod.judge(figures, Monitor())
     report = {"model_name": "meli-title-classifier", "version": "3", "run_date": "2030-01-04"}
-    report |= {"scored": "/lake/scored/run_date=2030-01-04", "status": status, "reason": m.reason_text(breached)}
+    report |= {
+        "scored": "/lake/scored/run_date=2030-01-04",
+        "status": status,
+        "reason": drift_mod.reason_text(breached),
+    }
     report |= {**figures, "realised": {"realised": 0.71}, "mlflow_run_id": "abc"}
     history = []
     for i, (e, r) in enumerate([(0.81, 0.80), (0.79, 0.785), (0.74, 0.71)], start=2):
@@ -166,7 +171,7 @@ def test_html_report_renders_offline_in_headless_chromium(tmp_path):
         )
         history.append({"kind": "realised", "report_json": f"r{i}", "realised": r})
     page = tmp_path / "monitor.html"
-    page.write_text(m.render_html(report, history))
+    page.write_text(report.render_html(report, history))
     with Browser(tmp_path / "cdp") as b:
         b.call("Network.enable")
         b.open(page.as_uri())

@@ -89,9 +89,9 @@ def test_retrain_killed_after_register_resumes_its_version(tmp_path, synthetic_j
 # ------------------------------------------------------------------------------------------
 KILL_IN_RECORD = (  # the gate killed as it starts to record its decision (no fault point needed)
     "import os, signal, sys\n"
-    "import pipelines.registry as r\n"
+    "import pipelines.registry.gate as r\n"
     "r._record = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
-    "from pipelines.cli import main\n"
+    "from pipelines.flows.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 

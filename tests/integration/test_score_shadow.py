@@ -11,9 +11,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipelines.lake import read_partition, versions
+from pipelines.data.lake import read_partition, versions
 from tests.integration.airflow_env import PY, airflow_env, dag_test, migrate
-from tests.unit.test_shadow import train_champion_and_rejected_challenger
+from tests.unit.serving.test_shadow import train_champion_and_rejected_challenger
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,8 @@ def _xcom(home: Path, run_id: str) -> dict:
 
 
 def test_score_dag_shadows_a_rejected_challenger(tmp_path, monkeypatch):
+    from pipelines.data.synthetic import write_jsonl
     from pipelines.settings import get_settings
-    from pipelines.synthetic import write_jsonl
 
     home = tmp_path / "meli"
     monkeypatch.setenv("MELI_HOME", str(home))

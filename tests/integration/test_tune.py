@@ -1,4 +1,4 @@
-"""Tuning for real (pipelines/tune.py): a 3-trial Optuna study on small synthetic data with pruning, its
+"""Tuning for real (pipelines/training/tune.py): a 3-trial Optuna study on small synthetic data with pruning, its
 process killed (SIGKILL, ``MELI_FAULT``) mid-study and resumed, then ``train --recipe tuned`` logs the
 tuned parameters. Real processes, real MLflow and Optuna storage (SQLite under MELI_HOME)."""
 
@@ -27,7 +27,7 @@ PREPARE = """
 import json, sys
 from pipelines.config import TrainConfig
 from pipelines.settings import get_settings
-from pipelines.tune import TuneConfig, open_study, prepare
+from pipelines.training.tune import TuneConfig, open_study, prepare
 s = get_settings()
 base = TrainConfig(models=["mlp"], sentence_encoder="none", embedding_epochs=2, embedding_dim=16, bucket=5000)
 t = TuneConfig(trials=3, max_epochs=3, startup_trials=1, warmup_epochs=0)
