@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.epochs} epochs, no ensemble/refit/pretrained vectors, trained on `{Path(args.data).name}` "
         f"({ref['test_rows']} test rows, {len(labels)} categories; training took {train_s:.0f} s).",
         "",
-        "Estimate: `pipelines.monitoring.reference.estimate_macro_recall` (per predicted class, binned top-1 "
+        "Estimate: `pipelines.monitoring.drift.estimate_macro_recall` (per predicted class, binned top-1 "
         "probability -> "
         "precision on the calibration rows, expected confusion, EM correction of the category mix); "
         "'without EM' is the plain CBPE-style estimate.",
