@@ -59,6 +59,7 @@ EXPORTS = {
         "load_report",
         "no_letter_share",
         "partition_metrics",
+        "run_key",
         "run_link",
         "summary_lines",
         "validate_file",

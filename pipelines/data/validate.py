@@ -387,7 +387,7 @@ def load_report(settings: Settings, run_date: str) -> dict:
     return json.loads((settings.home / "validation" / run_date / "report.json").read_text())
 
 
-def _run_key(dag_id: str, run_id: str) -> str:
+def run_key(dag_id: str, run_id: str) -> str:
     """The link file's name: readable (the ids with unsafe characters replaced) and collision-free (a
     hash of the exact pair: ``("x", "y__z")`` and ``("x__y", "z")``, or run ids differing only in
     ``:``/``+`` vs ``_``, get different files)."""
@@ -407,7 +407,7 @@ def _legacy_run_key(dag_id: str, run_id: str) -> str:
 
 def link_run(settings: Settings, dag_id: str, run_id: str, report: dict) -> Path:
     """Remember which Data Docs page belongs to an Airflow DAG run (read by the UI plugin)."""
-    path = settings.home / "validation" / "by_run" / f"{_run_key(dag_id, run_id)}.json"
+    path = settings.home / "validation" / "by_run" / f"{run_key(dag_id, run_id)}.json"
     atomic_write_json(
         path,
         {
@@ -438,7 +438,7 @@ def run_link(settings: Settings, dag_id: str, run_id: str) -> dict | None:
 
     folder = settings.home / "validation" / "by_run"
     link = None
-    for key in (_run_key(dag_id, run_id), _legacy_run_key(dag_id, run_id)):
+    for key in (run_key(dag_id, run_id), _legacy_run_key(dag_id, run_id)):
         path = folder / f"{key}.json"
         if path.exists():
             link = json.loads(path.read_text())

@@ -12,6 +12,7 @@ EXPORTS = {
         "length_bucketed_batches",
         "pad_keys",
         "pick_device",
+        "row_offsets",
     ),
     "embedding": (
         "DATASET_COLUMNS",

@@ -37,17 +37,17 @@ class EncodedSplit:
         """The titles ``idx`` as a new (in-memory) split."""
         keys, lengths = self.batch(idx)
         mask = np.arange(keys.shape[1])[None, :] < lengths[:, None]
-        return EncodedSplit(keys[mask].astype(np.int32), _offsets(lengths), self.labels[idx])
+        return EncodedSplit(keys[mask].astype(np.int32), row_offsets(lengths), self.labels[idx])
 
     @staticmethod
     def concat(parts: list[EncodedSplit]) -> EncodedSplit:
         lengths = np.concatenate([p.lengths for p in parts])
         return EncodedSplit(
-            np.concatenate([p.keys for p in parts]), _offsets(lengths), np.concatenate([p.labels for p in parts])
+            np.concatenate([p.keys for p in parts]), row_offsets(lengths), np.concatenate([p.labels for p in parts])
         )
 
 
-def _offsets(lengths: np.ndarray) -> np.ndarray:
+def row_offsets(lengths: np.ndarray) -> np.ndarray:
     out = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out[1:])
     return out

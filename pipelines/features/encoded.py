@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.core.system import usable_cores
-from pipelines.features.batches import EncodedSplit, _offsets
+from pipelines.features.batches import EncodedSplit, row_offsets
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def encode_titles(encoder, titles, table: _KeyTable | None = None, workers: int 
         lengths.append(ln)
     ln = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
     keys = np.concatenate(key_parts) if key_parts else np.zeros(0, dtype=np.int32)
-    return EncodedSplit(keys, _offsets(ln), np.full(len(ln), -1, dtype=np.int32)), table
+    return EncodedSplit(keys, row_offsets(ln), np.full(len(ln), -1, dtype=np.int32)), table
 
 
 def encode_dataset(

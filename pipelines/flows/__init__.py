@@ -15,6 +15,7 @@ EXPORTS = {
         "app",
         "link_monitor_run",
         "monitor_link",
+        "monitor_link_path",
         "note_key",
         "note_signature",
         "post_run_note",

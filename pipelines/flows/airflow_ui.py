@@ -519,7 +519,7 @@ def verify_note_signature(settings, dag_id: str, run_id: str, signature: str) ->
     return hmac.compare_digest(note_signature(settings, dag_id, run_id, now=int(ts)), signature)
 
 
-def _monitor_link_path(settings, run_id: str) -> Path:
+def monitor_link_path(settings, run_id: str) -> Path:
     import re
 
     return settings.home / "monitor" / "by_run" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id) + ".json")
@@ -543,7 +543,7 @@ def link_monitor_run(settings, run_id: str, report: dict, dag_id: str = MONITOR_
     links = " · ".join(x for x in (md_link(t, u) for t, u in urls if len(u) <= 400) if x)
     room = 1000 - len(head) - (len(links) + 2 if links else 0)
     atomic_write_json(
-        _monitor_link_path(settings, run_id),
+        monitor_link_path(settings, run_id),
         {
             "dag_id": dag_id,
             "run_id": run_id,
@@ -562,7 +562,7 @@ def monitor_link(settings, run_id: str, dag_id: str | None = None) -> dict | Non
     """The drift report link of a run (of ``dag_id`` when given: run ids are unique per DAG only)."""
     import json
 
-    p = _monitor_link_path(settings, run_id)
+    p = monitor_link_path(settings, run_id)
     if not p.exists():
         return None
     from pipelines.core.paths import linked

@@ -102,7 +102,7 @@ def approval_body(settings: Settings, decision: dict, links: dict[str, str] | No
     Airflow's Required Actions page renders it: every value from data (a reason, a category, a tag)
     is escaped with ``md_text`` so it is shown as text, never as markup or a link."""
     from pipelines.core.render import md_text
-    from pipelines.registry.card import _f4, _share, gather
+    from pipelines.registry.card import f4, gather, share
 
     version = md_text(decision["challenger_version"])
     ctx = gather(settings, decision["challenger_version"])
@@ -117,17 +117,17 @@ def approval_body(settings: Settings, decision: dict, links: dict[str, str] | No
         "",
         "| | version | test macro-recall | accuracy |",
         "|---|---|---|---|",
-        f"| challenger | {version} | {_f4(decision['challenger_macro_recall'])} | "
-        f"{_f4(decision['challenger_accuracy'])} |",
+        f"| challenger | {version} | {f4(decision['challenger_macro_recall'])} | "
+        f"{f4(decision['challenger_accuracy'])} |",
     ]
     if champ:
         lines.append(
-            f"| champion | {champ} | {_f4(decision['champion_macro_recall'])} | {_f4(decision['champion_accuracy'])} |"
+            f"| champion | {champ} | {f4(decision['champion_macro_recall'])} | {f4(decision['champion_accuracy'])} |"
         )
     lines += [
         "",
-        f"Delta {_f4(decision.get('delta'))}, 95% paired-bootstrap CI [{_f4(b.get('ci_low'))}, "
-        f"{_f4(b.get('ci_high'))}], on {decision['test_rows']} frozen test rows."
+        f"Delta {f4(decision.get('delta'))}, 95% paired-bootstrap CI [{f4(b.get('ci_low'))}, "
+        f"{f4(b.get('ci_high'))}], on {decision['test_rows']} frozen test rows."
         if champ
         else f"No champion to compare with: {decision['test_rows']} frozen test rows.",
     ]
@@ -171,7 +171,7 @@ def approval_body(settings: Settings, decision: dict, links: dict[str, str] | No
         )
         lines += [
             "",
-            f"**Behaviour:** {_share((beh.get('invariance') or {}).get('pass_share'))} of test titles invariant to "
+            f"**Behaviour:** {share((beh.get('invariance') or {}).get('pass_share'))} of test titles invariant to "
             f"case/accents/spaces/punctuation; {mf_text}",
         ]
     s = ctx.get("shadow")
@@ -179,8 +179,8 @@ def approval_body(settings: Settings, decision: dict, links: dict[str, str] | No
         lines += [
             "",
             f"**Shadow scoring** ({md_text(s.get('run_date'))}): agrees with v{md_text(s.get('champion_version'))} on "
-            f"{_share(s.get('agreement'))} of {s.get('rows')} rows; confidence shift "
-            f"{_f4((s.get('confidence') or {}).get('shift'))}",
+            f"{share(s.get('agreement'))} of {s.get('rows')} rows; confidence shift "
+            f"{f4((s.get('confidence') or {}).get('shift'))}",
         ]
     links = links or {}
     if links:

@@ -3,7 +3,16 @@
 from pipelines.exports import lazy_exports
 
 EXPORTS = {
-    "batch": ("DRIFT_EXIT", "drift_event", "monitor_batch", "one_line", "read_scored", "realise_pending", "summary"),
+    "batch": (
+        "DRIFT_EXIT",
+        "drift_event",
+        "lake_labels",
+        "monitor_batch",
+        "one_line",
+        "read_scored",
+        "realise_pending",
+        "summary",
+    ),
     "drift": (
         "CAL_BINS",
         "HIST_BINS",
@@ -17,13 +26,17 @@ EXPORTS = {
         "js_divergence",
         "js_noise",
         "judge",
+        "length_histogram",
         "psi",
         "realised_macro_recall",
         "reason_text",
+        "sample_rows",
+        "share_array",
         "text_stats",
+        "title_lengths",
         "word_hashes",
     ),
-    "history": ("history_path", "read_history"),
+    "history": ("append_history", "history_path", "read_history", "record_monitor_run"),
     "reference": (
         "REFERENCE_TAG",
         "build_reference",
@@ -32,6 +45,6 @@ EXPORTS = {
         "reference_paths",
         "try_build_reference",
     ),
-    "report": ("over_time", "render_html"),
+    "report": ("fmt4", "over_time", "render_html"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

@@ -43,16 +43,16 @@ from pipelines.monitoring.drift import (
     realised_macro_recall,
     reason_text,
 )
-from pipelines.monitoring.history import _append_history, _record, read_history
+from pipelines.monitoring.history import append_history, read_history, record_monitor_run
 from pipelines.monitoring.reference import (
     load_reference,
 )
-from pipelines.monitoring.report import _f, render_html
+from pipelines.monitoring.report import fmt4, render_html
 from pipelines.settings import Settings
 
 # The names callers use as ``pipelines.monitoring.batch.<name>`` (the module was one file): the statistics live in
 # monitor_drift, the reference in monitor_reference, the records in monitor_history, the page in
-# monitor_report. ``load_reference`` and ``_labels`` are looked up here by ``monitor_batch`` and ``_realise``
+# monitor_report. ``load_reference`` and ``lake_labels`` are looked up here by ``monitor_batch`` and ``_realise``
 # (tests patch them on this module).
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def monitor_batch(settings: Settings, scored: str | Path, run_date: str | None =
     if not record:
         return report
     stem = run_date if Path(scored).is_dir() else f"{run_date}.{Path(scored).stem}"
-    report = _record(settings, report, stem)
+    report = record_monitor_run(settings, report, stem)
     realise_pending(settings)
     return json.loads(Path(report["report_json"]).read_text())
 
@@ -141,7 +141,7 @@ def one_line(report: dict) -> str:
     head = f"monitor v{report.get('version')} {report.get('run_date')}: {report['status'].upper()}"
     if report["status"] == "no_reference":
         return f"{head}: {report['reason']}"
-    parts = [f"{report.get('scored_rows', 0)} scored rows", f"estimated macro-recall {_f(est)}"]
+    parts = [f"{report.get('scored_rows', 0)} scored rows", f"estimated macro-recall {fmt4(est)}"]
     if report.get("reason"):
         parts.append(report["reason"])
     if report.get("report_html"):
@@ -152,7 +152,7 @@ def one_line(report: dict) -> str:
 # ------------------------------------------------------------------------------------------
 # Realised macro-recall once labels of scored listings arrive
 # ------------------------------------------------------------------------------------------
-def _labels(settings: Settings, since: str) -> pa.Table | None:
+def lake_labels(settings: Settings, since: str) -> pa.Table | None:
     """listing_id -> category of the lake's labelled listings, partitions from ``since`` on."""
     from pipelines.data.lake import list_partitions, read_partition
 
@@ -194,7 +194,7 @@ def realise_pending(settings: Settings, min_rows: int | None = None) -> list[dic
 
 
 def _realise(settings: Settings, h: dict, min_rows: int) -> dict | None:
-    labels = _labels(settings, h["run_date"])
+    labels = lake_labels(settings, h["run_date"])
     if labels is None:
         return None
     scored = pq.read_table(h["scored_file"], columns=["listing_id", "predicted_category", "status"])
@@ -213,7 +213,7 @@ def _realise(settings: Settings, h: dict, min_rows: int) -> dict | None:
         "labelled_rows": joined.num_rows,
         "at": datetime.now(UTC).isoformat(),
     }
-    _append_history(settings, entry)
+    append_history(settings, entry)
     from pipelines.core.paths import linked
 
     # the history's report paths are followed (read, rewritten) only under $MELI_HOME/monitor
@@ -241,7 +241,7 @@ def _realise(settings: Settings, h: dict, min_rows: int) -> dict | None:
         h["run_date"],
         realised,
         joined.num_rows,
-        _f(h["estimate"]),
+        fmt4(h["estimate"]),
     )
     return entry
 

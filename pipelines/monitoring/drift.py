@@ -41,7 +41,7 @@ _PT_WORDS = (STOPWORDS_PT - STOPWORDS_ES) | frozenset(
 # ------------------------------------------------------------------------------------------
 # Small numeric pieces (pure, unit-tested)
 # ------------------------------------------------------------------------------------------
-def _shares(counts: np.ndarray) -> np.ndarray:
+def share_array(counts: np.ndarray) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum()
     return counts / total if total > 0 else np.zeros_like(counts)
@@ -49,14 +49,14 @@ def _shares(counts: np.ndarray) -> np.ndarray:
 
 def psi(ref_counts: np.ndarray, cur_counts: np.ndarray, eps: float = 1e-4) -> float:
     """Population stability index of two count vectors over the same bins."""
-    a = np.clip(_shares(ref_counts), eps, None)
-    b = np.clip(_shares(cur_counts), eps, None)
+    a = np.clip(share_array(ref_counts), eps, None)
+    b = np.clip(share_array(cur_counts), eps, None)
     return float(np.sum((b - a) * np.log(b / a)))
 
 
 def js_divergence(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
     """Jensen-Shannon divergence (base 2, in [0, 1]) of two count vectors."""
-    a, b = _shares(ref_counts), _shares(cur_counts)
+    a, b = share_array(ref_counts), share_array(cur_counts)
     m = (a + b) / 2
 
     def kl(x):
@@ -234,17 +234,17 @@ def text_stats(titles: list[str], text: TextConfig, vocab: np.ndarray) -> dict:
     }
 
 
-def _sample(n: int, size: int, seed: int) -> np.ndarray:
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     if n <= size:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
-def _lengths(titles: pa.Array) -> np.ndarray:
+def title_lengths(titles: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.utf8_length(pc.utf8_trim_whitespace(titles)), 0).to_numpy(zero_copy_only=False)
 
 
-def _length_hist(lengths: np.ndarray, edges) -> np.ndarray:
+def length_histogram(lengths: np.ndarray, edges) -> np.ndarray:
     return np.bincount(np.searchsorted(np.asarray(edges), lengths, side="right"), minlength=len(edges) + 1)
 
 
@@ -278,9 +278,9 @@ def compare(ref: dict, arrays: dict, batch: pa.Table, rules: Monitor, seed: int 
     }
     titles = batch.column("title")
     edges = np.asarray(ref["text"]["length_edges"])
-    lengths = _lengths(titles.combine_chunks() if isinstance(titles, pa.ChunkedArray) else titles)
-    length_hist = _length_hist(lengths, edges)
-    sample = _sample(rows, rules.sample_rows, seed)
+    lengths = title_lengths(titles.combine_chunks() if isinstance(titles, pa.ChunkedArray) else titles)
+    length_hist = length_histogram(lengths, edges)
+    sample = sample_rows(rows, rules.sample_rows, seed)
     sampled = titles.take(pa.array(sample)).to_pylist() if rows else []
     stats = text_stats([t or "" for t in sampled], TextConfig.from_dict(ref["text_config"]), arrays["vocab"])
     ref_lang = ref["text"]["languages"]
@@ -325,7 +325,7 @@ def _category(labels: list[str], ref_counts: np.ndarray, counts: np.ndarray) -> 
     """The predicted-category mix of a batch against the reference's: divergences and the top shifts."""
     js = js_divergence(ref_counts, counts)
     noise = js_noise(ref_counts, counts)
-    shares, ref_shares = _shares(counts), _shares(ref_counts)
+    shares, ref_shares = share_array(counts), share_array(ref_counts)
     top = np.argsort(-np.abs(shares - ref_shares), kind="stable")[:20]
     return {
         "js": js,

@@ -1,6 +1,6 @@
 """What the monitor (``pipelines/monitoring/batch.py``) records: its MLflow client and experiment
 (``<experiment>-monitor``), ``history.jsonl`` (one line per monitored batch and per realised
-macro-recall), and a report's run, files and tags on the model version (``_record``).
+macro-recall), and a report's run, files and tags on the model version (``record_monitor_run``).
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ def read_history(settings: Settings) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
-def _append_history(settings: Settings, entry: dict) -> None:
+def append_history(settings: Settings, entry: dict) -> None:
     p = history_path(settings)
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("a") as fh:  # one short line per write: appends do not interleave
         fh.write(json.dumps(entry) + "\n")
 
 
-def _record(settings: Settings, report: dict, stem: str) -> dict:
+def record_monitor_run(settings: Settings, report: dict, stem: str) -> dict:
     from pipelines.core.tracking import finished_run, log_report
 
     client = tracking_client(settings)
@@ -60,7 +60,7 @@ def _record(settings: Settings, report: dict, stem: str) -> dict:
     report["mlflow_run_url"] = ui_run_url(settings, run.info.run_id, run.info.experiment_id)  # "" without a UI URL
     with finished_run(client, run.info.run_id):
         atomic_write_json(Path(report["report_json"]), report)
-        _append_history(
+        append_history(
             settings,
             {
                 "kind": "monitor",

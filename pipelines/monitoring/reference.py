@@ -21,12 +21,11 @@ from pipelines.core.tracking import tracking_client
 from pipelines.features.text import TextConfig
 from pipelines.monitoring.drift import (
     HIST_BINS,
-    _length_hist,
-    _lengths,
-    _sample,
     calibration,
     estimate_macro_recall,
+    length_histogram,
     text_stats,
+    title_lengths,
     word_hashes,
 )
 from pipelines.settings import Settings
@@ -62,9 +61,9 @@ def reference_from_predictions(
     k = len(labels)
     cal = calibration(pred, prob, true, k)
     vocab = word_hashes(vocab_words)
-    lengths = _lengths(pa.array(titles, pa.string()))
+    lengths = title_lengths(pa.array(titles, pa.string()))
     edges = np.unique(np.quantile(lengths, np.linspace(0, 1, 11)[1:-1])) if len(lengths) else np.array([])
-    idx = _sample(len(titles), sample_rows, seed)
+    idx = sample_rows(len(titles), sample_rows, seed)
     stats = text_stats([titles[i] for i in idx], text, vocab)
     n_scored = len(pred)
     # realised macro-recall over the scored test rows (a row with no token is never right)
@@ -82,7 +81,7 @@ def reference_from_predictions(
             "hist": np.histogram(prob, bins=HIST_BINS, range=(0, 1))[0].tolist(),
         },
         "unscorable_share": float(unscorable / max(n_scored + unscorable, 1)),
-        "text": {**stats, "length_edges": edges.tolist(), "length_hist": _length_hist(lengths, edges).tolist()},
+        "text": {**stats, "length_edges": edges.tolist(), "length_hist": length_histogram(lengths, edges).tolist()},
         "text_config": text.to_dict(),
         "train_languages": train_languages or {},
         "vocab_size": int(len(vocab)),

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.monitoring.drift import HIST_BINS, _shares
+from pipelines.monitoring.drift import HIST_BINS, share_array
 
 
-def _f(x) -> str:
+def fmt4(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
@@ -113,8 +113,8 @@ def render_html(r: dict, history: list[dict]) -> str:
         [str(s["category"]) for s in shifts],
     )
     conf = r.get("confidence", {})
-    ref_hist = _shares(np.asarray(conf.get("reference_hist") or [0] * HIST_BINS)).tolist()
-    cur_hist = _shares(np.asarray(conf.get("hist") or [0] * HIST_BINS)).tolist()
+    ref_hist = share_array(np.asarray(conf.get("reference_hist") or [0] * HIST_BINS)).tolist()
+    cur_hist = share_array(np.asarray(conf.get("hist") or [0] * HIST_BINS)).tolist()
     conf_chart = _svg_bars(
         [("reference", ref_hist, "#9e9e9e"), ("this batch", cur_hist, "#1f77b4")],
         [f"{i / HIST_BINS:.2f}" for i in range(HIST_BINS)],

@@ -77,7 +77,7 @@ def _mlflow_line(ctx: dict) -> str:
     return f"- MLflow run: {run}{version}; registered run date {md_text(ctx['run_date'] or 'n/a')}"
 
 
-def _f4(x) -> str:
+def f4(x) -> str:
     return "n/a" if x is None or x == "" else f"{float(x):.4f}"
 
 
@@ -284,7 +284,7 @@ def _evaluation_section(ctx: dict) -> list[str]:
     if not ev:
         return out + ["Not evaluated yet (the gate has not compared it with the champion).", ""]
     m = ev["models"]
-    rows = [[role, m[role]["version"], _f4(m[role]["macro_recall"]), _f4(m[role]["accuracy"])] for role in m]
+    rows = [[role, m[role]["version"], f4(m[role]["macro_recall"]), f4(m[role]["accuracy"])] for role in m]
     out.append(f"{ev['test_rows']} test rows, {ev['test_categories']} categories; the champion re-scored on them.")
     out.append("")
     out += _table(["role", "version", "macro-recall", "accuracy"], rows)
@@ -292,7 +292,7 @@ def _evaluation_section(ctx: dict) -> list[str]:
     b = d.get("bootstrap") or {}
     if b:
         out.append(
-            f"- delta {_f4(d.get('delta'))}, 95% paired-bootstrap CI [{_f4(b.get('ci_low'))}, {_f4(b.get('ci_high'))}]"
+            f"- delta {f4(d.get('delta'))}, 95% paired-bootstrap CI [{f4(b.get('ci_low'))}, {f4(b.get('ci_high'))}]"
             f" ({b.get('samples')} resamples)"
         )
         out.append("")
@@ -309,17 +309,17 @@ def _per_class_section(ctx: dict) -> list[str]:
     support = ctx.get("test_support") or {}
     out.append("Worst 10 / best 10 on the test rows (support = test rows of the category):")
     out.append("")
-    rows = [[c, _f4(r), support.get(c, "")] for c, r in ranked[:10]]
+    rows = [[c, f4(r), support.get(c, "")] for c, r in ranked[:10]]
     out += _table(["worst category", "recall", "support"], rows)
-    rows = [[c, _f4(r), support.get(c, "")] for c, r in ranked[::-1][:10]]
+    rows = [[c, f4(r), support.get(c, "")] for c, r in ranked[::-1][:10]]
     out += _table(["best category", "recall", "support"], rows)
     champ = pc.get("champion")
     if champ:
         diffs = sorted(((ch[c] - champ.get(c, 0.0), c) for c in ch), key=lambda x: (x[0], x[1]))
         out.append("Biggest changes against the champion:")
         out.append("")
-        rows = [[c, _f4(champ.get(c)), _f4(ch[c]), f"{dl:+.4f}"] for dl, c in diffs[::-1][:10] if dl > 0]
-        rows += [[c, _f4(champ.get(c)), _f4(ch[c]), f"{dl:+.4f}"] for dl, c in diffs[:10] if dl < 0]
+        rows = [[c, f4(champ.get(c)), f4(ch[c]), f"{dl:+.4f}"] for dl, c in diffs[::-1][:10] if dl > 0]
+        rows += [[c, f4(champ.get(c)), f4(ch[c]), f"{dl:+.4f}"] for dl, c in diffs[:10] if dl < 0]
         out += _table(["category", "champion", "this version", "change"], rows) if rows else ["No change.", ""]
     return out
 
@@ -340,18 +340,18 @@ def _behaviour_section(ctx: dict) -> list[str]:
         return out + ["Not run for this version.", ""]
     inv, mf = b.get("invariance") or {}, b.get("min_function") or {}
     out.append(
-        f"- invariance: {_share(inv.get('pass_share'))} of {inv.get('rows')} test titles keep their prediction under "
+        f"- invariance: {share(inv.get('pass_share'))} of {inv.get('rows')} test titles keep their prediction under "
         "every perturbation (case, accents, spaces, punctuation)"
     )
     per = (inv.get("by_perturbation") or {}).items()
-    rows = [[k, v.get("changed"), _share(v.get("share_unchanged"))] for k, v in per]
+    rows = [[k, v.get("changed"), share(v.get("share_unchanged"))] for k, v in per]
     out += [""] + (_table(["perturbation", "predictions changed", "unchanged"], rows) if rows else [])
     if mf.get("pass_share") is None:
         out.append(f"- minimum-function cases: none of the {mf.get('cases', 0)} reviewed cases applies to this model")
     else:
         out.append(
             f"- minimum-function cases: {mf.get('passed')}/{mf.get('applicable')} passed "
-            f"({_share(mf.get('pass_share'))})"
+            f"({share(mf.get('pass_share'))})"
         )
     for fcase in (mf.get("failures") or [])[:10]:
         out.append(
@@ -361,7 +361,7 @@ def _behaviour_section(ctx: dict) -> list[str]:
     return out + [""]
 
 
-def _share(x) -> str:
+def share(x) -> str:
     return "n/a" if x is None else f"{100 * float(x):.1f}%"
 
 
@@ -374,7 +374,7 @@ def _shadow_section(ctx: dict) -> list[str]:
     out.append(
         f"- {md_text(s.get('run_date'))}: beside champion v{md_text(s.get('champion_version'))} "
         f"on {s.get('rows')} rows, "
-        f"**{_share(s.get('agreement'))} agree**; mean top-1 probability shift {_f4(conf.get('shift'))}; "
+        f"**{share(s.get('agreement'))} agree**; mean top-1 probability shift {f4(conf.get('shift'))}; "
         f"report {md_text(s.get('report_md') or s.get('report_json'))}"
     )
     rows = [

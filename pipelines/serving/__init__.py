@@ -6,6 +6,7 @@ EXPORTS = {
     "score": (
         "NotServed",
         "NothingScorable",
+        "Progress",
         "SCORED_SCHEMA",
         "ScoreResult",
         "adhoc_output",
@@ -20,6 +21,6 @@ EXPORTS = {
         "write_output",
         "write_scores",
     ),
-    "shadow": ("agreement", "latest_report", "markdown", "report_dir", "run_shadow", "shadow_candidate"),
+    "shadow": ("COLUMNS", "agreement", "latest_report", "markdown", "report_dir", "run_shadow", "shadow_candidate"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

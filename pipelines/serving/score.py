@@ -148,7 +148,7 @@ def _unscorable_reason(title: str | None, tokens: int) -> str | None:
     return None
 
 
-class _Progress:
+class Progress:
     def __init__(self, total_bytes: int, enabled: bool):
         self.bar = None
         if enabled and sys.stderr.isatty():
@@ -223,7 +223,7 @@ def score(
         out = settings.scored_dir / f"run_date={run_date}"
     else:
         out = Path(output)
-    bar = _Progress(0, progress)
+    bar = Progress(0, progress)
     try:
         written = write_output(
             settings,
@@ -280,7 +280,7 @@ def write_scores(
     name: str,
     version: str,
     stats: dict,
-    bar: _Progress,
+    bar: Progress,
     t0: float,
 ) -> None:
     """Score the input chunk by chunk (bounded memory) with one model version into ``path``."""

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOP_CATEGORIES, TOP_TO = 20, 5
-_COLUMNS = ["source_row", "listing_id", "status", "predicted_category", "probability"]
+COLUMNS = ["source_row", "listing_id", "status", "predicted_category", "probability"]
 
 
 def shadow_candidate(settings: Settings, served_version: str) -> str | None:
@@ -145,7 +145,7 @@ def _flips(pairs: list[pa.Table]) -> list[dict]:
 
 
 def _batches(path: Path) -> Iterator[pa.RecordBatch]:
-    yield from pq.ParquetFile(path).iter_batches(batch_size=65536, columns=_COLUMNS)
+    yield from pq.ParquetFile(path).iter_batches(batch_size=65536, columns=COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def _shadow(
     lake: bool,
     progress: bool,
 ) -> dict:
-    from pipelines.serving.score import _Progress, load_bundle, new_stats, write_output, write_scores
+    from pipelines.serving.score import Progress, load_bundle, new_stats, write_output, write_scores
 
     name = served.model_name
     run_date = run_date or datetime.now(UTC).date().isoformat()
@@ -197,7 +197,7 @@ def _shadow(
         out = Path(served.output).with_name(f"{Path(served.output).stem}.shadow-v{challenger}.parquet")
     log.info("shadow: scoring %s with %s v%s beside v%s", input_path, name, challenger, served.model_version)
     bundle = load_bundle(name, challenger)
-    stats, t0, bar = new_stats(), time.perf_counter(), _Progress(0, progress)
+    stats, t0, bar = new_stats(), time.perf_counter(), Progress(0, progress)
     try:
         shadow_file = write_output(
             settings,

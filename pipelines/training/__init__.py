@@ -5,6 +5,7 @@ from pipelines.exports import lazy_exports
 
 EXPORTS = {
     "loop": (
+        "Fit",
         "Selection",
         "batch_branches",
         "effective_recipe",
@@ -15,9 +16,10 @@ EXPORTS = {
         "select",
         "wide_idf",
     ),
-    "rows": ("RowAdam", "RowTables", "apply_rows"),
+    "rows": ("RowAdam", "RowTables", "apply_rows", "row_tables"),
     "runs": (
         "INPUT_EXAMPLE_TITLES",
+        "dataset_lineage",
         "failing_parent",
         "finish_parent",
         "log_embedding",
@@ -44,6 +46,7 @@ EXPORTS = {
         "objective",
         "open_study",
         "prepare",
+        "prepared_study",
         "run_worker",
         "storage",
         "study_name",
@@ -70,8 +73,10 @@ EXPORTS = {
         "parse_lake_versions",
         "plan_new_rows",
         "plan_run",
+        "quiet_alpha_restart",
         "row_map",
         "skip_plan",
+        "version_info",
         "vocab_growth",
         "warm_embedding",
         "warm_rows",

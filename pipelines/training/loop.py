@@ -20,7 +20,7 @@ from pipelines.config import TrainConfig, check_tables
 from pipelines.features.batches import EncodedSplit, gather_keys_t, length_bucketed_batches
 from pipelines.features.embedding import TitleEncoder
 from pipelines.features.sentence import dim as sentence_dim
-from pipelines.training.rows import RowAdam, RowTables, _tables, apply_rows
+from pipelines.training.rows import RowAdam, RowTables, apply_rows, row_tables
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class _Fit:
+class Fit:
     """One training recipe (model config, initialisation, optimisers, schedule), run on any rows.
 
     Rows are an ``EncodedSplit`` over the run's ``tokens`` table (pipelines/features/encoded.py): a batch is
@@ -209,7 +209,7 @@ class _Fit:
         opt = torch.optim.AdamW(dense, lr=self.lr, weight_decay=self.cfg.weight_decay, fused=self.on_device or None)
         # CPU: the tables' rows live in RowTables during the run; CUDA: the model's own tables
         tables = None if self.on_device else RowTables(model)
-        row_opt = RowAdam(_tables(model) if self.on_device else tables.tensors, lr=self.embedding_lr)
+        row_opt = RowAdam(row_tables(model) if self.on_device else tables.tensors, lr=self.embedding_lr)
         return dense, opt, tables, row_opt
 
     def _batch(self, b_idx: np.ndarray, data: EncodedSplit, y: np.ndarray, lengths: np.ndarray, on_gpu):
@@ -251,7 +251,7 @@ def batch_branches(model, tokens, keys, lengths, gather: bool = True, tables: Ro
     mask = keys != 0
     if not gather:
         ids = tokens[keys]
-        rows = [(p, None, None) for p in _tables(model)]
+        rows = [(p, None, None) for p in row_tables(model)]
         from pipelines.model.modules import sentence_mean
 
         sentence = None if sent is None else sentence_mean(sent, keys)
@@ -362,7 +362,7 @@ class Selection:
     seconds: float = 0.0
 
 
-def evaluate_split(fit: _Fit, model, data: EncodedSplit, y: np.ndarray, y_names: list[str]):
+def evaluate_split(fit: Fit, model, data: EncodedSplit, y: np.ndarray, y_names: list[str]):
     """(macro-recall, mean log loss, probabilities) of ``model`` on a labelled split; ``y`` are
     label ids (-1: a class the train split lacks, which counts as a miss), ``y_names`` the labels."""
     from pipelines.model.metrics import macro_recall
@@ -374,7 +374,7 @@ def evaluate_split(fit: _Fit, model, data: EncodedSplit, y: np.ndarray, y_names:
     return macro_recall(y_names, list(pred)), loss, probs
 
 
-def select(fit: _Fit, init: EncodedSplit, rows: EncodedSplit, epochs: int, evaluate, log_metrics, epoch_callback=None):
+def select(fit: Fit, init: EncodedSplit, rows: EncodedSplit, epochs: int, evaluate, log_metrics, epoch_callback=None):
     """The selection pass: a fresh model (its wide idf from ``init``) trained on ``rows`` for up to
     ``epochs`` epochs, ``evaluate(model) -> (macro-recall, loss, probs)`` after each; the best
     epoch's weights are kept, and it stops ``cfg.patience`` epochs after the best.
@@ -411,7 +411,7 @@ def select(fit: _Fit, init: EncodedSplit, rows: EncodedSplit, epochs: int, evalu
     return best
 
 
-def refit(fit: _Fit, rows: EncodedSplit, epochs: int, best_epoch: int, log_metrics) -> tuple[dict, float]:
+def refit(fit: Fit, rows: EncodedSplit, epochs: int, best_epoch: int, log_metrics) -> tuple[dict, float]:
     """The served model: the same recipe from the same initialisation on ``rows`` (train +
     validation), stopped after ``best_epoch`` epochs of the ``epochs``-long schedule. Returns
     (its weights on the CPU, seconds)."""

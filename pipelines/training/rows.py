@@ -125,6 +125,6 @@ def apply_rows(opt: RowAdam, rows, tables: RowTables | None) -> None:
         opt.update(target, rr, g[keep])
 
 
-def _tables(model) -> list:
+def row_tables(model) -> list:
     out = [model.emb.weight] if model.emb.weight.requires_grad else []
     return out + ([model.wide.table.weight] if model.wide is not None else [])

@@ -65,7 +65,7 @@ def start_parent_run(settings: Settings, run_date: str, dataset: dict, tags: dic
                 "meli.stage": "retrain",
                 "meli.started_at": started,
                 "mlflow.note.content": note,
-                **_lineage(Path(dataset["dir"])),
+                **dataset_lineage(Path(dataset["dir"])),
                 **(tags or {}),
             }
         )
@@ -187,7 +187,7 @@ def split_dataset(dataset_dir: Path, split: str, df):
     return mlflow.data.from_pandas(df, source=source, name=f"{split}@{info.get('data_version', '?')}", targets=targets)
 
 
-def _lineage(dataset_dir: Path) -> dict:
+def dataset_lineage(dataset_dir: Path) -> dict:
     info = json.loads((dataset_dir / "dataset.json").read_text())
     return {
         "meli.data_version": info.get("data_version", ""),
@@ -249,7 +249,7 @@ def log_model_run(dataset_dir: Path, run_date: str, fit, mode: str, lineage: dic
             "meli.run_date": run_date,
             "meli.device": str(device),
             "meli.hardware": _hardware(device),
-            **_lineage(dataset_dir),
+            **dataset_lineage(dataset_dir),
             **lineage,
         }
     )

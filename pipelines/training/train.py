@@ -26,7 +26,7 @@ from pipelines.features.embedding import EmbeddingConfig, TitleEncoder, read_spl
 from pipelines.features.encoded import load_encoded
 from pipelines.settings import Settings
 from pipelines.training.loop import (
-    _Fit,
+    Fit,
     batch_branches,
     effective_recipe,
     evaluate_split,
@@ -38,7 +38,7 @@ from pipelines.training.loop import (
 )
 from pipelines.training.rows import RowAdam, RowTables, apply_rows
 from pipelines.training.runs import (
-    _lineage,
+    dataset_lineage,
     log_embedding,
     log_model_run,
     log_served_model,
@@ -54,7 +54,7 @@ __all__ = [  # this module's own, then the names callers and tests import from i
     "train_ensemble",
     "RowAdam",
     "RowTables",
-    "_Fit",
+    "Fit",
     "apply_rows",
     "batch_branches",
     "effective_recipe",
@@ -125,7 +125,7 @@ def train_classifier(
     val_df = read_split(dataset_dir, "validation", columns=["category"])
     y_val_names = val_df["category"].tolist()
     y_val = np.asarray(val_data.labels, dtype=np.int64)  # -1: class absent from train
-    fit = _Fit(kind, cfg, encoder, encoded.labels, device, embedding_dir, embedding_sha256)
+    fit = Fit(kind, cfg, encoder, encoded.labels, device, embedding_dir, embedding_sha256)
     fit.set_tokens(encoded.tokens, encoded.sentence)
     keep = np.flatnonzero(y_val >= 0)  # a validation row whose class train lacks has no label id
     idf_data = EncodedSplit.concat([train_data, val_data.take(keep)])  # refit's rows and idf: every labelled row
@@ -171,7 +171,7 @@ def _selection_metrics(best, rows: _Rows) -> dict:
     }
 
 
-def _result(kind: str, run_id: str, model_uri: str, best, train_seconds: float, fit: _Fit, rows: _Rows) -> dict:
+def _result(kind: str, run_id: str, model_uri: str, best, train_seconds: float, fit: Fit, rows: _Rows) -> dict:
     """A trained model, for XCom and the registry."""
     return {
         "model_type": kind,
@@ -201,7 +201,7 @@ class _Rows(NamedTuple):
     parent: dict | None
 
 
-def _training_rows(settings: Settings, plan: dict | None, fit: _Fit, run_date: str, train_df, train_data) -> _Rows:
+def _training_rows(settings: Settings, plan: dict | None, fit: Fit, run_date: str, train_df, train_data) -> _Rows:
     """Full: every train row for ``cfg.epochs``. Warm (this type has a parent in the plan): the
     parent's weights (``fit.parent``), the rows new or changed since its snapshot plus a replay sample,
     ``cfg.warm_epochs``."""
@@ -229,7 +229,7 @@ def _training_rows(settings: Settings, plan: dict | None, fit: _Fit, run_date: s
     return _Rows(train_data.take(t_idx), cfg.warm_epochs, "warm", lineage, n_new, n_replay, parent)
 
 
-def _save_bundle(bundle_dir: Path, state: dict, fit: _Fit, embedding_dir: Path, encoded) -> None:
+def _save_bundle(bundle_dir: Path, state: dict, fit: Fit, embedding_dir: Path, encoded) -> None:
     """The serving bundle (pipelines/model/bundle.py's Bundle reads it), written atomically: weights,
     labels, model and training config, the encoder, and the word vectors a sentence encoder gave."""
     import torch
@@ -296,7 +296,9 @@ def train_ensemble(
     from pipelines.core.tracking import open_run
 
     with open_run(settings, **run_kwargs) as run:
-        mlflow.set_tags({"meli.model_type": "ensemble", "meli.run_date": run_date, **_lineage(Path(dataset_dir))})
+        mlflow.set_tags(
+            {"meli.model_type": "ensemble", "meli.run_date": run_date, **dataset_lineage(Path(dataset_dir))}
+        )
         mlflow.log_params({"model_type": "ensemble", "members": best, "candidates": ",".join(sorted(sources))})
         mlflow.log_metrics(
             {"val_macro_recall": scores[best], "best_val_macro_recall": scores[best]}

@@ -111,7 +111,7 @@ def study_name(tcfg: TuneConfig, run_date: str) -> str:
     return check_name(tcfg.study or f"meli-tune-{run_date}", "study")
 
 
-def _prepared(settings: Settings, name: str) -> dict:
+def prepared_study(settings: Settings, name: str) -> dict:
     """A study's ``prepared.json``; the folders it names must lie under the study's folder."""
     root = settings.tune_dir / name
     info = json.loads((root / "prepared.json").read_text())
@@ -226,7 +226,7 @@ def prepare(settings: Settings, run_date: str, tcfg: TuneConfig, base: TrainConf
     marker = root / "prepared.json"
     with file_lock(root.parent / f".{name}.prepare.lock", settings.lock_timeout_s, f"tuning study {name}"):
         if marker.exists():
-            info = _prepared(settings, name)
+            info = prepared_study(settings, name)
         else:
             info = _prepare_data(settings, run_date, name, root, base, tcfg)
             atomic_write_json(marker, info)
@@ -313,7 +313,7 @@ def run_worker(
     from pipelines.core.faults import point
 
     name = study_name(tcfg, run_date)
-    info = _prepared(settings, name)
+    info = prepared_study(settings, name)
     base = TrainConfig(**info["base"])
     ts = tune_settings(settings)
     deadline = time.monotonic() + tcfg.budget_s
@@ -427,7 +427,7 @@ def summary(settings: Settings, run_date: str, tcfg: TuneConfig) -> dict:
     from optuna.trial import TrialState
 
     name = study_name(tcfg, run_date)
-    info = _prepared(settings, name)
+    info = prepared_study(settings, name)
     out = {"study": name, "storage": _safe_url(settings.tune_storage), "mlflow_run_id": info["mlflow_run_id"]}
     for kind in tcfg.models:
         study = open_study(settings, name, kind, tcfg, info["epochs"])
@@ -461,7 +461,7 @@ def make_recipe(settings: Settings, run_date: str, tcfg: TuneConfig) -> dict:
     missing = [k for k in tcfg.models if s[k]["best_trial"] is None]
     if missing:
         raise ValueError(f"study {name}: no complete trial for {missing} yet")
-    info = _prepared(settings, name)
+    info = prepared_study(settings, name)
     settings.recipes_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(settings.recipes_dir / ".lock", settings.lock_timeout_s, "tuned recipes"):
         n = 1 + len(list(settings.recipes_dir.glob(f"{name}-r*.json")))

@@ -78,7 +78,7 @@ def embedding_dir_of(settings, run_date: str) -> Path:
     return path
 
 
-def _version_info(settings, mv) -> dict:
+def version_info(settings, mv) -> dict:
     """A registered version as warm start reads it. Tag values are checked before anything is built
     from them: a bad one leaves ``embedding_dir`` empty and says why in ``problem``."""
     tags = mv.tags or {}
@@ -152,7 +152,7 @@ def find_parents(settings, kinds: list[str]) -> tuple[dict | None, dict[str, dic
     except Exception as exc:  # no registered model yet
         log.info("no registered versions of %s (%s)", settings.model_name, exc)
         versions = []
-    infos = sorted((_version_info(settings, v) for v in versions), key=lambda i: -int(i["version"]))
+    infos = sorted((version_info(settings, v) for v in versions), key=lambda i: -int(i["version"]))
     champ = alias_version(client, settings.model_name, "champion") if infos else None
     champion = next((i for i in infos if champ is not None and i["version"] == str(champ.version)), None)
     base = champion or (infos[0] if infos else None)
@@ -470,7 +470,7 @@ class _AlphaRestart(logging.Filter):
 
 
 @contextmanager
-def _quiet_alpha_restart():
+def quiet_alpha_restart():
     """Continued training restarts the learning rate at the model's ``alpha`` on purpose: the new
     words start from random vectors and would barely move at the ``min_alpha`` the last cycle ended
     on (the usual way to continue a gensim model). gensim warns about exactly that on every warm run,
@@ -511,7 +511,7 @@ def warm_embedding(dataset_dir: str | Path, plan: dict, seed: int) -> dict:
         raise WarmStartError(f"warm start from version {plan['base']['version']} refused: {exc}") from None
     if tokens:
         ft.build_vocab(corpus_iterable=tokens, update=True)
-        with _quiet_alpha_restart():
+        with quiet_alpha_restart():
             ft.train(corpus_iterable=tokens, total_examples=len(tokens), epochs=ft.epochs)
     encoder = extend_encoder(old, tokens)
     seconds = time.perf_counter() - t0

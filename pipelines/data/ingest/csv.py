@@ -14,15 +14,15 @@ from pipelines.data.ingest.sources import (
     CHUNK_ROWS,
     FIELDS,
     ID_FIELDS,
+    Bytes,
     Chunk,
     IngestError,
     Limits,
     LongLine,
-    _Bytes,
-    _empty_columns,
-    _head,
-    _line_regions,
-    _utf8_ok,
+    empty_columns,
+    head_bytes,
+    line_regions,
+    utf8_ok,
 )
 
 
@@ -32,7 +32,7 @@ class _Cut(Exception):
 
 class _Record:
     """The physical lines the csv module reads, one record at a time (``lines``: the record's lines,
-    raw), from the line regions of a source (see ``_line_regions``).
+    raw), from the line regions of a source (see ``line_regions``).
 
     A line is what a text stream with newline="" gives (its line end kept); undecodable bytes become
     lone surrogates (surrogateescape). In a file of \\n lines (``lf``) the pieces of a line cut by a
@@ -96,18 +96,18 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS, limits: Lim
     it are kept (shorter spans are quarantined line by line as ``bad_csv_row``, as always)."""
     limits = limits or Limits()
     csv.field_size_limit(sys.maxsize)  # the record cap bounds fields
-    src = _Bytes(path, limits=limits)
+    src = Bytes(path, limits=limits)
     # newline="" ends a line at \n, \r\n or a bare \r. In a file whose lines end in \n, a bare \r
     # is part of a record (a title pasted with one): read it as a space, so the record is neither
     # split into two rows (a cut title, then a title-only row) nor quarantined as two lines.
     # A file of old-Mac \r line endings has more bare \r than \n in its head (usually no \n).
-    head, _ = _head(path, 1 << 16)
+    head, _ = head_bytes(path, 1 << 16)
     lf = head.count(b"\n")
     lf_lines = lf > 0 and lf >= head.count(b"\r") - head.count(b"\r\n")
 
     # after a truncated or corrupt gzip the bytes after the last line end are held back (src.tail):
     # no partial record is parsed
-    regions = _line_regions(src, limits.max_line_bytes, cr=not lf_lines, final_newline=False)
+    regions = line_regions(src, limits.max_line_bytes, cr=not lf_lines, final_newline=False)
     record = _Record(regions, lf_lines, limits.max_record_lines, limits.max_line_bytes)
     reader = csv.reader(record)
     lines = record.lines
@@ -127,7 +127,7 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS, limits: Lim
             names = ["title", "category"]
         idx = {f: names.index(f) for f in ("title", "language", "label_quality", "category") if f in names}
         id_col = next((names.index(k) for k in ID_FIELDS if k in names), None)
-        chunk = Chunk(_empty_columns(), [], [])
+        chunk = Chunk(empty_columns(), [], [])
         n = 0
         while True:
             lines.clear()
@@ -150,7 +150,7 @@ def read_csv(path: Path, header: bool, chunk_rows: int = CHUNK_ROWS, limits: Lim
                 _add_record(chunk, n, row, header, names, idx, id_col)
             if len(chunk.rows) + len(chunk.rejected) >= chunk_rows:
                 yield chunk
-                chunk = Chunk(_empty_columns(), [], [])
+                chunk = Chunk(empty_columns(), [], [])
         if src.error:
             tail = src.tail.decode("utf-8", "backslashreplace")
             detail = f"input ends early or is corrupt after record {n}: {src.error}"
@@ -188,7 +188,7 @@ def _cut_record(chunk: Chunk, n: int, record: _Record, limits: Limits) -> int:
 def _add_record(chunk: Chunk, n: int, row: list[str], header: bool, names: list[str], idx: dict, id_col) -> None:
     """Record ``n`` (one CSV row) into ``chunk``: its fields, or its quarantine reason."""
     raw = ",".join(row)
-    if not _utf8_ok(raw):  # undecodable bytes became lone surrogates (surrogateescape)
+    if not utf8_ok(raw):  # undecodable bytes became lone surrogates (surrogateescape)
         raw_b = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         chunk.rejected.append((n, "bad_encoding", "invalid UTF-8 bytes", raw_b))
     elif not any(c.strip() for c in row):

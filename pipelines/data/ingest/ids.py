@@ -19,7 +19,7 @@ def hash64(values: list[str]) -> np.ndarray:
     return pd.util.hash_array(np.asarray(values, dtype=object), hash_key=_HASH_KEY, categorize=False)
 
 
-def _strip_or_none(v: str | None) -> str | None:
+def strip_or_none(v: str | None) -> str | None:
     return None if v is None or not v.strip() else v.strip()
 
 
@@ -28,15 +28,15 @@ def content_ids(titles: list[str], categories: list[str | None]) -> list[str]:
     padding the caller's values carry: ingest and scoring get the same id for the same row."""
     arr = pa.array(titles, pa.string())
     norm = pc.utf8_lower(pc.replace_substring_regex(pc.utf8_trim_whitespace(arr), r"\s+", " "))
-    keys = [f"{t}\x1f{_strip_or_none(c) or ''}" for t, c in zip(norm.to_pylist(), categories)]
+    keys = [f"{t}\x1f{strip_or_none(c) or ''}" for t, c in zip(norm.to_pylist(), categories)]
     return [format(int(h), "016x") for h in hash64(keys)]
 
 
-_SPLIT_NAMES = pa.array(["train"] + [name for name, _ in SPLITS], pa.string())
+SPLIT_NAMES = pa.array(["train"] + [name for name, _ in SPLITS], pa.string())
 
 
-def _split_codes(h: np.ndarray) -> np.ndarray:
-    """Index into _SPLIT_NAMES for each id hash (0 = train)."""
+def split_codes(h: np.ndarray) -> np.ndarray:
+    """Index into SPLIT_NAMES for each id hash (0 = train)."""
     buckets = h % np.uint64(100)
     out = np.zeros(len(h), dtype=np.int8)
     lo = 0
@@ -50,8 +50,8 @@ def assign_split(listing_ids: list[str]) -> list[str]:
     """Deterministic split from the id's hash: a listing keeps its split forever, so test rows
     never leak into training when new data arrives. Uniform, so every category with a few dozen
     rows lands in each split (checked by tests)."""
-    names = _SPLIT_NAMES.to_pylist()
-    return [names[k] for k in _split_codes(hash64(listing_ids))]
+    names = SPLIT_NAMES.to_pylist()
+    return [names[k] for k in split_codes(hash64(listing_ids))]
 
 
 _HEX = np.array([ord(f"{i:02x}"[0]) | ord(f"{i:02x}"[1]) << 8 for i in range(256)], dtype="<u2")
@@ -75,7 +75,7 @@ def _string_offsets(arr: pa.Array) -> np.ndarray:
     return np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
 
 
-def _string_bytes(arr: pa.Array) -> np.ndarray:
+def string_bytes(arr: pa.Array) -> np.ndarray:
     """The UTF-8 bytes of all values of a string array (no copy)."""
     if len(arr) == 0 or arr.buffers()[2] is None:
         return np.empty(0, dtype=np.uint8)
@@ -87,7 +87,7 @@ def _space_runs(arr: pa.Array, has_ctl_bytes: bool) -> np.ndarray:
     """Rows holding two spaces in a row or one of \\t\\n\\f\\r: the only rows that the \\s+ -> " "
     regex can change (RE2's \\s is [\\t\\n\\f\\r ])."""
     rows = np.zeros(len(arr), dtype=bool)
-    b = _string_bytes(arr)
+    b = string_bytes(arr)
     if len(b) == 0:
         return rows
     offs = _string_offsets(arr) - _string_offsets(arr)[0]
@@ -127,7 +127,7 @@ def _content_hashes(trimmed: pa.Array, categories: pa.Array, has_ctl_bytes: bool
     return hash64(keys)
 
 
-class _Dedup:
+class Dedup:
     """Seen-id set as sorted uint64 arrays: 8 bytes an id. New ids are merged (in linear time) into
     an open sorted run; a run that reaches RUN ids is frozen, so no step copies the whole set."""
 

@@ -17,15 +17,15 @@ from pipelines.data.ingest.sources import (
     FIELDS,
     ID_FIELDS,
     MAX_LINE_BYTES,
+    Bytes,
     Chunk,
     Limits,
     LongLine,
-    _as_lists,
-    _as_str,
-    _Bytes,
-    _empty_columns,
-    _line_regions,
-    _utf8_ok,
+    as_lists,
+    as_str,
+    empty_columns,
+    line_regions,
+    utf8_ok,
 )
 
 # JSON fast path: parse a whole chunk in C++, ignoring the fields we do not use.
@@ -56,12 +56,12 @@ def _parse_json_line(n: int, line: bytes, chunk: Chunk) -> None:
         chunk.rejected.append((n, "not_an_object", f"JSON {type(obj).__name__}, expected an object", text))
         return
     try:
-        values = {f: _as_str(obj.get(f)) for f in FIELDS if f != "id"}
-        values["id"] = next((_as_str(obj[k]) for k in ID_FIELDS if obj.get(k) is not None), None)
+        values = {f: as_str(obj.get(f)) for f in FIELDS if f != "id"}
+        values["id"] = next((as_str(obj[k]) for k in ID_FIELDS if obj.get(k) is not None), None)
     except TypeError as exc:
         chunk.rejected.append((n, "bad_field_type", f"a field holds a JSON {exc}, expected a string", text))
         return
-    if not all(v is None or _utf8_ok(v) for v in values.values()):
+    if not all(v is None or utf8_ok(v) for v in values.values()):
         chunk.rejected.append((n, "bad_encoding", "a field holds a lone UTF-16 surrogate escape", text))
         return
     for f in FIELDS:
@@ -70,14 +70,14 @@ def _parse_json_line(n: int, line: bytes, chunk: Chunk) -> None:
     chunk.raw.append(text)
 
 
-def _line_blobs(src: _Bytes, chunk_rows: int, cap: int = MAX_LINE_BYTES) -> Iterator:
+def _line_blobs(src: Bytes, chunk_rows: int, cap: int = MAX_LINE_BYTES) -> Iterator:
     """(data, a, b, n): data[a:b] holds n complete lines, each ending in b"\n", n <= chunk_rows; and a
-    ``LongLine`` in the place of each line longer than ``cap`` (see ``_line_regions``).
+    ``LongLine`` in the place of each line longer than ``cap`` (see ``line_regions``).
 
     Regions never span two blocks (no copying of whole chunks); a line that does is carried into
     the next block. A leading BOM is dropped. The partial last line of a truncated input is not
     yielded; it is left in ``src.tail``."""
-    for item in _line_regions(src, cap):
+    for item in line_regions(src, cap):
         if isinstance(item, LongLine):
             yield item
             continue
@@ -197,7 +197,7 @@ def _parse_range(lines: _Lines, i: int, j: int, first: int, ascii_blob: bool, ou
         _parse_range(lines, i, mid, first, ascii_blob, out)
         _parse_range(lines, mid, j, first, ascii_blob, out)
         return
-    slow = Chunk(_empty_columns(), [], [])
+    slow = Chunk(empty_columns(), [], [])
     for k in range(i, j):
         _parse_json_line(first + k, lines.line(k), slow)
     out.append((i, j, None, slow))
@@ -230,15 +230,15 @@ def _json_chunk(data: bytes, a: int, b: int, n: int, first: int, ascii_data: boo
     return Chunk(columns, rows, _LineRaw(lines, lines_of_rows), rejected)  # type: ignore[arg-type]
 
 
-def _truncated(n: int, src: _Bytes) -> Chunk:
+def _truncated(n: int, src: Bytes) -> Chunk:
     detail = f"input ends early or is corrupt after record {n - 1}: {src.error}"
     raw = src.tail.decode("utf-8", "backslashreplace")
-    return Chunk(_empty_columns(), [], [], [(n, "truncated_input", detail, raw, src.tail_bytes)])
+    return Chunk(empty_columns(), [], [], [(n, "truncated_input", detail, raw, src.tail_bytes)])
 
 
-def _read_jsonl(path: Path, chunk_rows: int = CHUNK_ROWS, limits: Limits | None = None) -> Iterator[Chunk]:
+def read_jsonl_chunks(path: Path, chunk_rows: int = CHUNK_ROWS, limits: Limits | None = None) -> Iterator[Chunk]:
     limits = limits or Limits()
-    src = _Bytes(path, limits=limits)
+    src = Bytes(path, limits=limits)
     first = 1
     seen, ascii_data = None, False
     long: list = []  # line_too_long rows, handed over with the next chunk
@@ -247,7 +247,7 @@ def _read_jsonl(path: Path, chunk_rows: int = CHUNK_ROWS, limits: Limits | None 
             long.append((first, "line_too_long", item.detail(limits.max_line_bytes), item.text(), item.nbytes))
             first += 1
             if len(long) >= chunk_rows:
-                yield Chunk(_empty_columns(), [], [], long)
+                yield Chunk(empty_columns(), [], [], long)
                 long = []
             continue
         data, a, b, n = item
@@ -260,11 +260,11 @@ def _read_jsonl(path: Path, chunk_rows: int = CHUNK_ROWS, limits: Limits | None 
         yield chunk
         first += n
     if long:
-        yield Chunk(_empty_columns(), [], [], long)
+        yield Chunk(empty_columns(), [], [], long)
     if src.error is not None:
         yield _truncated(first, src)
 
 
 def read_jsonl(path: Path, chunk_rows: int = CHUNK_ROWS, limits: Limits | None = None) -> Iterator[Chunk]:
-    for chunk in _read_jsonl(path, chunk_rows, limits):
-        yield _as_lists(chunk)
+    for chunk in read_jsonl_chunks(path, chunk_rows, limits):
+        yield as_lists(chunk)

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.data.ingest.sources import CHUNK_ROWS, ID_FIELDS, Chunk, IngestError, _as_lists
+from pipelines.data.ingest.sources import CHUNK_ROWS, ID_FIELDS, Chunk, IngestError, as_lists
 
 
-def _read_parquet(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+def read_parquet_chunks(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
@@ -43,8 +43,8 @@ def _read_parquet(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
 
 
 def read_parquet(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
-    for chunk in _read_parquet(path, chunk_rows):
-        yield _as_lists(chunk)
+    for chunk in read_parquet_chunks(path, chunk_rows):
+        yield as_lists(chunk)
 
 
 class _ParquetRaw(list):

@@ -7,15 +7,15 @@ from pathlib import Path
 
 from pipelines.config import INPUT_FORMATS
 from pipelines.data.ingest.csv import read_csv
-from pipelines.data.ingest.jsonl import _read_jsonl
-from pipelines.data.ingest.parquet import _read_parquet
+from pipelines.data.ingest.jsonl import read_jsonl_chunks
+from pipelines.data.ingest.parquet import read_parquet_chunks
 from pipelines.data.ingest.sources import (
     CHUNK_ROWS,
     Chunk,
     IngestError,
     Limits,
-    _as_lists,
-    _Prefetch,
+    Prefetch,
+    as_lists,
     check_input_file,
     detect_format,
 )
@@ -30,15 +30,15 @@ def _check_source(path: Path, fmt: str) -> str:
     return detect_format(path) if fmt == "auto" else fmt
 
 
-def _read(path: Path, fmt: str, chunk_rows: int, limits: Limits | None = None) -> Iterator[Chunk]:
+def read_chunks(path: Path, fmt: str, chunk_rows: int, limits: Limits | None = None) -> Iterator[Chunk]:
     """Chunks with Arrow columns where the reader has them (ingest's path). ``limits``: the line,
     record and inflation caps (default: the environment's settings)."""
     fmt = _check_source(path, fmt)
     limits = limits or Limits.of()
     if fmt == "jsonl":
-        return iter(_Prefetch(_read_jsonl(path, chunk_rows, limits), depth=1, name="ingest-parse"))
+        return iter(Prefetch(read_jsonl_chunks(path, chunk_rows, limits), depth=1, name="ingest-parse"))
     if fmt == "parquet":
-        return _read_parquet(path, chunk_rows)
+        return read_parquet_chunks(path, chunk_rows)
     return read_csv(path, header=(fmt == "challenge_csv"), chunk_rows=chunk_rows, limits=limits)
 
 
@@ -46,5 +46,5 @@ def read_source(
     path: str | Path, fmt: str = "auto", chunk_rows: int = CHUNK_ROWS, limits: Limits | None = None
 ) -> Iterator[Chunk]:
     """Chunks of a source with plain-list columns (errors about the source itself raise here)."""
-    chunks = _read(Path(path), fmt, chunk_rows, limits)
-    return (_as_lists(c) for c in chunks)
+    chunks = read_chunks(Path(path), fmt, chunk_rows, limits)
+    return (as_lists(c) for c in chunks)

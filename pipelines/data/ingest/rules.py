@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.data.ingest.ids import (
-    _SPLIT_NAMES,
-    _Dedup,
-    _split_codes,
-    _string_bytes,
-    _strip_or_none,
+    SPLIT_NAMES,
+    Dedup,
     listing_ids,
+    split_codes,
+    string_bytes,
+    strip_or_none,
 )
 from pipelines.data.ingest.sources import FIELDS, RAW_BYTES, Chunk
 from pipelines.data.lake import LISTING_SCHEMA, QUARANTINE_SCHEMA
@@ -106,7 +106,7 @@ class _Checked:
     bad: list[tuple]  # row, reason, detail, raw[, raw_bytes]
 
 
-def check_chunk(chunk: Chunk, *, require_label: bool, dedup: _Dedup | None, source: str, run_date: str) -> _Checked:
+def check_chunk(chunk: Chunk, *, require_label: bool, dedup: Dedup | None, source: str, run_date: str) -> _Checked:
     """Row checks, ids, dedupe and split for one chunk: (good rows as a LISTING_SCHEMA table,
     quarantined rows as (row, reason, detail, raw)). The first failing check names the reason."""
     n = len(chunk.rows)
@@ -122,7 +122,7 @@ def check_chunk(chunk: Chunk, *, require_label: bool, dedup: _Dedup | None, sour
     lengths = pc.fill_null(pc.utf8_length(trimmed), 0).to_numpy(zero_copy_only=False)
     flag(lengths == 0, "empty_title")
     flag(lengths > MAX_TITLE_CHARS, "title_too_long")
-    tb = _string_bytes(titles)
+    tb = string_bytes(titles)
     has_ctl_bytes = bool((tb < 0x20).any() or (tb == 0x7F).any())
     if has_ctl_bytes:  # exact check only when some title holds a control byte at all
         flag(_np_mask(pc.match_substring_regex(titles, _CTRL_RE)), "bad_characters")
@@ -130,7 +130,7 @@ def check_chunk(chunk: Chunk, *, require_label: bool, dedup: _Dedup | None, sour
     langs, lang_idx, lang_map = _map_unique(c["language"], _language)
     unknown = np.array([v is not None and v.startswith("?") for v in lang_map] + [False], dtype=bool)
     flag(unknown[lang_idx], "unknown_language")
-    cats = _map_unique(c["category"], _strip_or_none)[0]
+    cats = _map_unique(c["category"], strip_or_none)[0]
     if require_label:
         flag(_np_mask(cats.is_null()), "missing_category")
     lq = _map_unique(c["label_quality"], _lower_or_none)[0]
@@ -168,7 +168,7 @@ def check_chunk(chunk: Chunk, *, require_label: bool, dedup: _Dedup | None, sour
             "language": pick(langs),
             "label_quality": pick(lq),
             "category": pick(cats),
-            "split": _SPLIT_NAMES.take(pa.array(_split_codes(h2[keep]))),
+            "split": SPLIT_NAMES.take(pa.array(split_codes(h2[keep]))),
             "source_file": pa.repeat(pa.scalar(source, pa.string()), m),
             "source_row": pa.array(rows[good_idx] if m != n else rows, pa.int64()),
             "ingest_date": pa.repeat(pa.scalar(run_date, pa.string()), m),

@@ -48,18 +48,18 @@ class Chunk:
     rejected: list[tuple] = field(default_factory=list)
 
 
-def _as_lists(chunk: Chunk) -> Chunk:
+def as_lists(chunk: Chunk) -> Chunk:
     for f, v in chunk.columns.items():
         if not isinstance(v, list):
             chunk.columns[f] = v.to_pylist()
     return chunk
 
 
-def _empty_columns() -> dict[str, list]:
+def empty_columns() -> dict[str, list]:
     return {f: [] for f in FIELDS}
 
 
-def _as_str(value) -> str | None:
+def as_str(value) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -71,7 +71,7 @@ def _as_str(value) -> str | None:
     raise TypeError(type(value).__name__)
 
 
-def _utf8_ok(text: str) -> bool:
+def utf8_ok(text: str) -> bool:
     """False for strings holding lone surrogates (JSON escapes like \\ud800 that are not text)."""
     try:
         text.encode("utf-8")
@@ -101,7 +101,7 @@ class Limits:
         )
 
 
-class _Bytes:
+class Bytes:
     """The (inflated) bytes of a file, in blocks of about ``block`` bytes.
 
     Gzip is recognised by its magic bytes (not the file name); multi-member files and zero padding
@@ -197,7 +197,7 @@ class _Failed:
         self.exc = exc
 
 
-class _Prefetch:
+class Prefetch:
     """Run an iterator on a helper thread, ``depth`` items ahead: inflating (blocks) and JSON parsing
     (chunks) release the GIL, so they overlap with the row checks of the chunk before."""
 
@@ -316,7 +316,7 @@ def _long_runs(data: bytes, n: int, cap: int, terms: _Terms) -> list[tuple[int, 
     return runs
 
 
-def _line_regions(src: _Bytes, cap: int, cr: bool = False, final_newline: bool = True) -> Iterator:
+def line_regions(src: Bytes, cap: int, cr: bool = False, final_newline: bool = True) -> Iterator:
     """The bytes of ``src`` as regions ``(data, a, b)`` of whole lines, each line ending in a line end
     (b"\n"; with ``cr`` also a bare b"\r") and none longer than ``cap`` bytes, and a ``LongLine`` in
     the place of each line that is longer. A long line is skipped to its end, counting, never held or
@@ -325,14 +325,14 @@ def _line_regions(src: _Bytes, cap: int, cr: bool = False, final_newline: bool =
     Regions never span two blocks; a line that does is carried (at most ``cap`` bytes) into the next.
     A leading BOM is dropped. The last line needs no line end (``final_newline``: one is added). The
     partial last line of a truncated input is not yielded: it is left in ``src.tail``."""
-    blocks = iter(_Prefetch(src))
+    blocks = iter(Prefetch(src))
     try:
         yield from _regions(src, blocks, cap, cr, final_newline)
     finally:
         blocks.close()  # type: ignore[attr-defined]
 
 
-def _regions(src: _Bytes, blocks: Iterator[bytes], cap: int, cr: bool, final_newline: bool) -> Iterator:
+def _regions(src: Bytes, blocks: Iterator[bytes], cap: int, cr: bool, final_newline: bool) -> Iterator:
     terms = _Terms(cr)
     carry = b""
     skip: LongLine | None = None  # the long line being skipped
@@ -399,8 +399,8 @@ def _regions(src: _Bytes, blocks: Iterator[bytes], cap: int, cr: bool, final_new
     src.tail = carry
 
 
-def _head(path: Path, size: int = 4096) -> tuple[bytes, str | None]:
-    src = _Bytes(path, block=1 << 16)
+def head_bytes(path: Path, size: int = 4096) -> tuple[bytes, str | None]:
+    src = Bytes(path, block=1 << 16)
     head = b""
     gen = iter(src)
     try:
@@ -432,7 +432,7 @@ def detect_format(path: Path) -> str:
         if fh.read(4) == b"PAR1":
             return "parquet"
     try:
-        head, error = _head(Path(path))
+        head, error = head_bytes(Path(path))
     except OSError as exc:
         raise IngestError(f"{path}: cannot read the start of the file ({exc})") from exc
     if not head and error:

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core.fs import atomic_write_json, sha256_file, writing
-from pipelines.data.ingest.ids import _Dedup
-from pipelines.data.ingest.read import _read
+from pipelines.data.ingest.ids import Dedup
+from pipelines.data.ingest.read import read_chunks
 from pipelines.data.ingest.rules import check_chunk, quarantine_table
 from pipelines.data.ingest.sources import CHUNK_ROWS, IngestError, Limits, check_input_file, detect_format
 from pipelines.data.lake import (
@@ -155,7 +155,7 @@ def ingest(
 
 def _write_version(sources, run_date, settings, fmt, require_label, chunk_rows, pending, t0) -> dict:
     """Read every source into the pending version dir; return its manifest (written there too)."""
-    dedup = _Dedup()
+    dedup = Dedup()
     per_source = []
     totals = {"rows_read": 0, "rows_written": 0, "rows_quarantined": 0}
     reasons_total: dict[str, int] = {}
@@ -200,12 +200,12 @@ def _write_version(sources, run_date, settings, fmt, require_label, chunk_rows, 
 
 
 def _write_source(
-    src: Path, fmt, chunk_rows, require_label, dedup: _Dedup, run_date, lw: _Writer, qw: _Writer, limits: Limits
+    src: Path, fmt, chunk_rows, require_label, dedup: Dedup, run_date, lw: _Writer, qw: _Writer, limits: Limits
 ) -> dict:
     """One source's chunks checked and handed to the listing and quarantine writers; its manifest entry."""
     source_fmt = detect_format(src) if fmt == "auto" else fmt
     stats = {"read": 0, "written": 0, "quarantined": 0, "reasons": {}}
-    with contextlib.closing(_read(src, source_fmt, chunk_rows, limits)) as chunks:
+    with contextlib.closing(read_chunks(src, source_fmt, chunk_rows, limits)) as chunks:
         for chunk in chunks:
             checked = check_chunk(chunk, require_label=require_label, dedup=dedup, source=str(src), run_date=run_date)
             if checked.good.num_rows:

@@ -168,15 +168,15 @@ def test_the_models_data_dependent_tables_are_capped_before_they_are_built(monke
     model is configured, before a table is allocated or a FastText loaded."""
     import torch
 
-    from pipelines.training.loop import _Fit
+    from pipelines.training.loop import Fit
 
     enc = SimpleNamespace(num_embeddings=9_000_000, emb=SimpleNamespace(dim=100), itos=["<pad>", "<unk>"])
     cfg = TrainConfig(models=["mlp"], sentence_encoder="none")
     with pytest.raises(ValueError, match=r"the wide table \(vocabulary \+ n-grams \+ wide_bigrams\) x wide_dim"):
-        _Fit("mlp", cfg, enc, ["a", "b"], torch.device("cpu"), "/nonexistent", {"fasttext.model": "0" * 64})
+        Fit("mlp", cfg, enc, ["a", "b"], torch.device("cpu"), "/nonexistent", {"fasttext.model": "0" * 64})
     enc.num_embeddings = 20_000_000
     with pytest.raises(ValueError, match=r"the embedding table \(vocabulary \+ n-grams\) x embedding_dim"):
-        _Fit("mlp", TrainConfig(wide_dim=0), enc, ["a", "b"], torch.device("cpu"), "/nonexistent", None)
+        Fit("mlp", TrainConfig(wide_dim=0), enc, ["a", "b"], torch.device("cpu"), "/nonexistent", None)
 
 
 def test_a_trigger_sets_only_the_forms_params(dag, settings):  # noqa: F811

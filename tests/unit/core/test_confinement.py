@@ -227,7 +227,7 @@ def _client():
 
 
 def test_link_files_naming_etc_hostname_are_not_followed(settings, monkeypatch, airflow_tokens):
-    from pipelines.data.validate import _run_key, run_link
+    from pipelines.data.validate import run_key, run_link
     from pipelines.registry.decisions import decision_for_run
     from pipelines.registry.records import run_link_path
 
@@ -239,14 +239,14 @@ def test_link_files_naming_etc_hostname_are_not_followed(settings, monkeypatch, 
     import pipelines.flows.airflow_ui as ui
 
     link = {"run_id": run_id, "report_html": str(secret), "report_json": None, "note": "x"}
-    ui._monitor_link_path(settings, run_id).parent.mkdir(parents=True)
-    ui._monitor_link_path(settings, run_id).write_text(json.dumps(link))
+    ui.monitor_link_path(settings, run_id).parent.mkdir(parents=True)
+    ui.monitor_link_path(settings, run_id).write_text(json.dumps(link))
     assert ui.monitor_link(settings, run_id) is None
     q = urllib.parse.quote(run_id, safe="")
     r = _client().get(f"/meli/runs/meli_score/{q}/monitor", headers=airflow_tokens["viewer"])
     assert r.status_code == 404 and secret.read_text()[:20] not in r.text
     # the Data Docs tab: a validation link naming a page outside the GX folder
-    vpath = settings.home / "validation" / "by_run" / f"{_run_key('meli_retrain', run_id)}.json"
+    vpath = settings.home / "validation" / "by_run" / f"{run_key('meli_retrain', run_id)}.json"
     vpath.parent.mkdir(parents=True)
     vpath.write_text(json.dumps({"dag_id": "meli_retrain", "run_id": run_id, "data_docs_index": str(secret)}))
     assert run_link(settings, "meli_retrain", run_id) is None

@@ -860,8 +860,8 @@ def test_given_ids_on_the_fast_path(settings, tmp_path):
 
 
 def test_dedupe_set_across_frozen_runs(monkeypatch):
-    monkeypatch.setattr(ingest_mod._Dedup, "RUN", 8)
-    d = ingest_mod._Dedup()
+    monkeypatch.setattr(ingest_mod.Dedup, "RUN", 8)
+    d = ingest_mod.Dedup()
     for k in range(4):
         batch = [f"id{i}" for i in range(5 * k, 5 * k + 5)]
         assert d.mark(batch + batch[:1]).tolist() == [False] * 5 + [True]

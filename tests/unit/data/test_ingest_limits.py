@@ -22,7 +22,7 @@ import pytest
 
 from pipelines.data.ingest import ingest, read_source
 from pipelines.data.ingest.rules import REASONS
-from pipelines.data.ingest.sources import RAW_BYTES, LongLine, _Bytes, _line_regions
+from pipelines.data.ingest.sources import RAW_BYTES, Bytes, LongLine, line_regions
 from pipelines.data.lake import partition_dir, read_partition, read_quarantine
 from pipelines.settings import get_settings
 from tests.data import ingest_inputs as D
@@ -218,7 +218,7 @@ def test_line_regions_match_a_plain_split_for_any_blocks(tmp_path):
         cap, block = rng.randint(1, 12), rng.randint(1, 15)
         path.write_bytes(data)
         got = []
-        for item in _line_regions(_Bytes(path, block=block), cap, cr, final_newline):
+        for item in line_regions(Bytes(path, block=block), cap, cr, final_newline):
             if isinstance(item, LongLine):
                 got.append(("LONG", item.prefix, item.nbytes))
             else:

@@ -155,7 +155,7 @@ def test_sentence_encoder_none_is_todays_model(tmp_path, monkeypatch):
     and the model's parameters are exactly today's."""
     from pipelines.features.embedding import embedding_digests
     from pipelines.model.bundle import Bundle
-    from pipelines.training.loop import _Fit
+    from pipelines.training.loop import Fit
 
     titles = TITLES * 2
     ds, emb, enc, ft = _dataset(tmp_path, titles, ["a", "b", "c"] * 4)
@@ -164,7 +164,7 @@ def test_sentence_encoder_none_is_todays_model(tmp_path, monkeypatch):
     assert data.sentence is None and data.sentence_encoder == "none"
     assert not (ds.parent / "encoded" / "sentence.npy").exists()
     cfg = TrainConfig(models=["mlp"], sentence_encoder="none", hidden=32, wide_dim=8, wide_bigrams=50)
-    fit = _Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), emb, embedding_digests(emb))
+    fit = Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), emb, embedding_digests(emb))
     assert fit.model_cfg.sentence_dim == 0
     fit.set_tokens(data.tokens, data.sentence)
     model = fit.new_model(data.split("train"))

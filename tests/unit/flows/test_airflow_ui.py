@@ -390,7 +390,7 @@ def test_a_category_and_a_reason_in_the_drift_report_stay_text(settings, airflow
     r = _client().get(f"/meli/runs/meli_score/{Q}/monitor", headers=airflow_tokens["viewer"])
     assert r.status_code == 200 and "default-src 'none'" in r.headers["content-security-policy"]
     _no_markup(r.text)
-    note = json.loads(ui._monitor_link_path(settings, RUN).read_text())["note"]
+    note = json.loads(ui.monitor_link_path(settings, RUN).read_text())["note"]
     _no_markup_md(note)
 
 

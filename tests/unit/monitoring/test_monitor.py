@@ -258,7 +258,7 @@ def test_monitor_batch_records_report_history_and_realised(tmp_path, monkeypatch
         labels["calls"] += 1
         return truth
 
-    monkeypatch.setattr(m, "_labels", fake_labels)
+    monkeypatch.setattr(m, "lake_labels", fake_labels)
     report = m.monitor_batch(s, path, run_date="2030-01-05")
     assert report["status"] == "ok" and report["mlflow_run_id"]
     assert (tmp_path / "monitor").exists() and report["report_html"].endswith(".html")
@@ -287,7 +287,7 @@ def test_labels_of_the_lake_take_each_listings_latest_category(settings, synthet
     src = synthetic_jsonl(300, seed=3)
     ingest([str(src)], "2030-01-01", settings)
     ingest([str(src)], "2030-01-02", settings)  # the same listings again: one label each
-    labels = m._labels(settings, "2030-01-01")
+    labels = m.lake_labels(settings, "2030-01-01")
     assert labels is not None and labels.column_names == ["listing_id", "category"]
     assert labels.num_rows == len(set(labels["listing_id"].to_pylist())) > 0
-    assert m._labels(settings, "2031-01-01") is None
+    assert m.lake_labels(settings, "2031-01-01") is None

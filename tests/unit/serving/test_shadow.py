@@ -67,7 +67,7 @@ def _scored(cats: list[str | None], probs: list[float | None]) -> pa.Table:
             "predicted_category": cats,
             "probability": probs,
         },
-        schema=pa.schema([SCORED_SCHEMA.field(n) for n in shadow._COLUMNS]),
+        schema=pa.schema([SCORED_SCHEMA.field(n) for n in shadow.COLUMNS]),
     )
 
 

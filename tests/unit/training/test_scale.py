@@ -164,10 +164,10 @@ def test_wide_idf_counts_titles_per_id():
 
 @pytest.mark.parametrize("sentence", ["none", "use"])
 def test_the_fit_loop_learns_tiny_data(tmp_path, sentence):
-    """_Fit.run on encoded rows: a few epochs of each type drive the training loss down (with and
+    """Fit.run on encoded rows: a few epochs of each type drive the training loss down (with and
     without a sentence branch; its vectors here are random: the loop does not care where they come from)."""
     from pipelines.features.embedding import TitleEncoder, embedding_digests
-    from pipelines.training.loop import _Fit
+    from pipelines.training.loop import Fit
 
     enc, ft = encoder_and_ft()
     ft.save(str(tmp_path / "fasttext.model"))
@@ -183,7 +183,7 @@ def test_the_fit_loop_learns_tiny_data(tmp_path, sentence):
             models=[kind], batch_size=8, hidden=16, wide_dim=8, wide_bigrams=50, seed=1, sentence_encoder=sentence
         )
         enc_file, digests = _save(enc, tmp_path), embedding_digests(tmp_path)
-        fit = _Fit(kind, cfg, TitleEncoder.load(enc_file), ["a", "b", "c"], torch.device("cpu"), tmp_path, digests)
+        fit = Fit(kind, cfg, TitleEncoder.load(enc_file), ["a", "b", "c"], torch.device("cpu"), tmp_path, digests)
         fit.set_tokens(tokens, vectors)
         model = fit.new_model(split)
         losses: list[float] = []

@@ -147,8 +147,8 @@ def test_continued_fasttext_training_logs_no_alpha_warning(tmp_path, caplog):
     assert emb["continued_on"] == 3 and emb["vocab_size"] > emb["base_vocab_size"]
     assert "Effective 'alpha'" not in caplog.text, caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
-    from pipelines.training.warm import _quiet_alpha_restart
+    from pipelines.training.warm import quiet_alpha_restart
 
-    with _quiet_alpha_restart(), caplog.at_level(logging.WARNING):
+    with quiet_alpha_restart(), caplog.at_level(logging.WARNING):
         logging.getLogger("gensim.models.word2vec").warning("another gensim warning")
     assert "another gensim warning" in caplog.text

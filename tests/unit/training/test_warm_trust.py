@@ -94,14 +94,14 @@ def test_no_record_no_warm_start_and_the_recorded_bytes_do_load(plan, tmp_path):
     ],
 )
 def test_a_tag_value_that_builds_a_path_is_validated_and_confined(settings, tmp_path, monkeypatch, run_date, why):
-    from pipelines.training.warm import _version_info, plan_run
+    from pipelines.training.warm import plan_run, version_info
 
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "embedding").mkdir(parents=True)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     (settings.work_dir / "2026-11-01").symlink_to(elsewhere, target_is_directory=True)
     mv = SimpleNamespace(version=4, run_id="a" * 32, tags={"meli.run_date": run_date, "meli.model_type": "mlp"})
-    info = _version_info(settings, mv)
+    info = version_info(settings, mv)
     assert info["embedding_dir"] == "" and why in info["problem"], info
 
     monkeypatch.setattr("pipelines.training.warm.find_parents", lambda s, kinds: (info, {"mlp": info}))
@@ -111,7 +111,7 @@ def test_a_tag_value_that_builds_a_path_is_validated_and_confined(settings, tmp_
     r = plan_run(settings, {"dir": str(ds)}, TrainConfig(models=["mlp"]), "2026-11-10")
     assert r["mode"] == "full" and "its tags name no usable run" in r["reason"], r
 
-    ok = _version_info(settings, SimpleNamespace(version=5, run_id="b" * 32, tags={"meli.run_date": "2026-11-02"}))
+    ok = version_info(settings, SimpleNamespace(version=5, run_id="b" * 32, tags={"meli.run_date": "2026-11-02"}))
     assert ok["embedding_dir"] == str(settings.work_dir / "2026-11-02" / "embedding") and not ok["problem"]
 
 
@@ -157,26 +157,26 @@ def test_the_retrain_records_the_embedding_and_warm_start_checks_it(settings, sy
 
 
 def test_a_training_without_an_embedding_record_unpickles_nothing(tmp_path):
-    """Security item 4: the train/tune loop (``_Fit``) loads a FastText only against its recorded sha256;
+    """Security item 4: the train/tune loop (``Fit``) loads a FastText only against its recorded sha256;
     with none (None, {}) it refuses in one line before anything is unpickled."""
     import torch
 
     from pipelines.features.embedding import EmbeddingIntegrityError, embedding_digests
-    from pipelines.training.loop import _Fit
+    from pipelines.training.loop import Fit
 
     enc, ft = encoder_and_ft()
     ft.save(str(tmp_path / "fasttext.model"))
     digests = embedding_digests(tmp_path)
     cfg = TrainConfig(models=["mlp"], hidden=16, wide_dim=8, wide_bigrams=50)
-    fit = _Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), tmp_path, digests)  # recorded: loads
+    fit = Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), tmp_path, digests)  # recorded: loads
     assert fit.init_vectors.shape[0] == enc.num_embeddings
     marker = tmp_path / "unpickled"
     _tamper(tmp_path / "fasttext.model", marker)
     for record in (None, {}):
         with pytest.raises(EmbeddingIntegrityError, match="no sha256 of its files was recorded"):
-            _Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), tmp_path, record)
+            Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), tmp_path, record)
     with pytest.raises(EmbeddingIntegrityError, match="does not match"):
-        _Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), tmp_path, digests)
+        Fit("mlp", cfg, enc, ["a", "b", "c"], torch.device("cpu"), tmp_path, digests)
     assert not marker.exists()
 
 
@@ -188,7 +188,7 @@ def test_a_tuning_study_needs_a_valid_run_id_and_its_embedding_record(settings, 
     import mlflow
 
     from pipelines.features.embedding import EmbeddingIntegrityError
-    from pipelines.training.tune import _prepared, objective, tune_settings
+    from pipelines.training.tune import objective, prepared_study, tune_settings
 
     root = settings.tune_dir / "s1"
     (root / "emb").mkdir(parents=True)
@@ -197,10 +197,10 @@ def test_a_tuning_study_needs_a_valid_run_id_and_its_embedding_record(settings, 
     for bad in ("../../etc", "r", None, "0" * 31 + "/"):
         (root / "prepared.json").write_text(json.dumps(info | {"mlflow_run_id": bad}))
         with pytest.raises(ValueError, match="is not an MLflow run id"):
-            _prepared(settings, "s1")
+            prepared_study(settings, "s1")
     run_id = "0123456789abcdef" * 2
     (root / "prepared.json").write_text(json.dumps(info | {"mlflow_run_id": run_id}))
-    assert _prepared(settings, "s1")["mlflow_run_id"] == run_id
+    assert prepared_study(settings, "s1")["mlflow_run_id"] == run_id
 
     class _Run:
         data = SimpleNamespace(tags={})  # a study run from before the record existed
@@ -211,5 +211,5 @@ def test_a_tuning_study_needs_a_valid_run_id_and_its_embedding_record(settings, 
     trial = SimpleNamespace(suggest_float=lambda n, lo, hi, log=False: lo, suggest_int=lambda n, lo, hi: lo)
     trial.suggest_categorical = lambda n, choices: choices[0]
     with pytest.raises(EmbeddingIntegrityError, match=f"study s1: its MLflow run {run_id} records no sha256"):
-        objective(trial, tune_settings(settings), _prepared(settings, "s1"), TrainConfig(), "mlp", 1)
+        objective(trial, tune_settings(settings), prepared_study(settings, "s1"), TrainConfig(), "mlp", 1)
     assert trained == []
