@@ -230,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import TrainConfig
     from pipelines.data.ingest import ingest
     from pipelines.features.batches import pick_device
-    from pipelines.features.embedding import prepare_dataset, read_split, train_embedding
+    from pipelines.features.embedding import embedding_config, prepare_dataset, read_split, train_embedding
     from pipelines.features.text import TextConfig
     from pipelines.settings import get_settings
-    from pipelines.training.train import embedding_config, train_classifier, train_ensemble
+    from pipelines.training.train import train_classifier, train_ensemble
 
     overrides = {"models": args.models, "device": args.device}
     if args.epochs:

@@ -66,7 +66,7 @@ def child_score(path: str) -> dict:
     settings = get_settings()
     t0 = time.perf_counter()
     # shadow off: the served path's throughput, comparable with earlier results
-    r = score(settings, path, Path(os.environ["MELI_HOME"]) / "out.parquet", progress=False, shadow=False)
+    r = score(settings, path, Path(os.environ["MELI_HOME"]) / "out.parquet", progress=False)
     seconds = time.perf_counter() - t0
     configure(settings)
     mv = mlflow.MlflowClient().get_model_version(settings.model_name, r.model_version)

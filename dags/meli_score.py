@@ -29,7 +29,6 @@ which schedules `meli_retrain`; within thresholds it is skipped and nothing is e
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 
 import pendulum
@@ -95,74 +94,26 @@ DRIFT = Asset("meli_drift")
 def meli_score():
     @task
     def score(params=None, triggering_asset_events=None, **context) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from pipelines.config import run_date_from_context
-        from pipelines.core.paths import check_output, event_extras
-        from pipelines.serving.score import event_run_date, resolve_input
-        from pipelines.serving.score import score as run_score
+        from pipelines.flows.scoring import Refused, score_run
         from pipelines.settings import get_settings
 
-        settings = get_settings()
-        extras = []
-        for events in (triggering_asset_events or {}).values():
-            extras += [e.extra or {} for e in events]
-        try:  # a refusal fails the task at once: a retry would be refused the same
-            extras = event_extras(settings, extras)  # run_date parsed, partition inside the lake
-            # the form's paths stay inside their roots: input under the landing, MELI_INPUT_ROOTS or the
-            # lake's listings; output a .parquet file under $MELI_HOME/adhoc/
-            source = resolve_input(settings, params["input"] or "", extras, confine=True)
-            output = str(check_output(settings, params["output"])) if params["output"] else None
-        except ValueError as exc:
-            from airflow.sdk.exceptions import AirflowFailException
-
+        extras = [e.extra or {} for events in (triggering_asset_events or {}).values() for e in events]
+        try:
+            return score_run(get_settings(), dict(params), extras, run_date_from_context({**context, "params": params}))
+        except Refused as exc:  # a refusal fails the task at once: a retry would be refused the same
             raise AirflowFailException(str(exc)) from exc
-        # the output's date: the form's, else that of the retrain run whose partition this is
-        run_date = params["run_date"] or event_run_date(source, extras)
-        run_date = run_date or run_date_from_context({**context, "params": params})
-        result = run_score(
-            settings,
-            source,
-            output,
-            params["model"],
-            params["input_format"],
-            run_date=run_date,
-            progress=False,
-            shadow=params.get("shadow"),
-            adhoc_unless_served=True,  # another version than the champion: an ad-hoc file, logged
-        )
-        sh = result.shadow
-        if sh is None:  # on with no version above the served one: run_shadow said so, once
-            if not (settings.shadow if params.get("shadow") is None else params["shadow"]):
-                logging.getLogger("meli_score").info("shadow: off")
-        elif "error" in sh:
-            logging.getLogger("meli_score").warning("shadow: FAILED (served scores kept): %s", sh["error"])
-        else:
-            logging.getLogger("meli_score").info(
-                "shadow: v%s agrees with v%s on %s of %d rows; report %s",
-                sh["challenger_version"],
-                sh["champion_version"],
-                "n/a" if sh["agreement"] is None else f"{sh['agreement']:.2%}",
-                sh["rows"],
-                sh["report_json"],
-            )
-        return {**result.to_dict(), "run_date": run_date}
 
     @task
     def monitor(scored: dict, dag_run=None) -> dict:
         """Drift of the batch against the served version's reference; the figures and report paths.
         The run's "Drift report" tab shows the report and its note says the status."""
-
-        from pipelines.flows.airflow_ui import link_monitor_run, post_run_note
-        from pipelines.monitoring.batch import monitor_batch, one_line, summary
+        from pipelines.flows.scoring import monitor_run
         from pipelines.settings import get_settings
 
-        settings = get_settings()
-        report = monitor_batch(settings, scored["output"], scored.get("run_date"))
-        logging.getLogger("meli_score").log(
-            logging.WARNING if report["status"] == "drift" else logging.INFO, one_line(report)
-        )
-        link_monitor_run(settings, dag_run.run_id, report, dag_id=dag_run.dag_id)
-        post_run_note(dag_run.dag_id, dag_run.run_id)  # signed; to the api-server the tasks reach
-        return summary(report)
+        return monitor_run(get_settings(), scored, dag_run.dag_id, dag_run.run_id)
 
     # emits meli_drift (scheduling meli_retrain) only on a breach: a skipped task emits no asset event
     @task(outlets=[DRIFT])

@@ -153,8 +153,8 @@ def init_text(package: str, doc: str, exports: dict[str, list[str]]) -> str:
     lines = [f'"""{doc}"""', "", "from pipelines.exports import lazy_exports", "", "EXPORTS = {"]
     for mod in sorted(exports):
         names = [n for n in exports[mod] if seen[n] == 1]  # a name two modules define: import it from its module
-        body = ", ".join(f'"{n}"' for n in names) + ("," if len(names) == 1 else "")
-        lines.append(f'    "{mod}": ({body}),')
+        lines.append(f'    "{mod}": (' + ("" if names else "),"))
+        lines += [f'        "{n}",' for n in names] + (["    ),"] if names else [])
     lines += ["}", "__all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)", ""]
     return "\n".join(lines)
 

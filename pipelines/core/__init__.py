@@ -4,8 +4,14 @@ alerts, system (cores, device), tracking (the MLflow client, runs, aliases), ren
 from pipelines.exports import lazy_exports
 
 EXPORTS = {
-    "alerts": ("notify", "retrain_deadline_missed"),
-    "faults": ("POINTS", "point"),
+    "alerts": (
+        "notify",
+        "retrain_deadline_missed",
+    ),
+    "faults": (
+        "POINTS",
+        "point",
+    ),
     "fs": (
         "BundleCorrupt",
         "LOW_SPACE_BYTES",
@@ -22,7 +28,12 @@ EXPORTS = {
         "sha256_file",
         "writing",
     ),
-    "locks": ("LockTimeout", "POLL_S", "advisory_lock", "file_lock"),
+    "locks": (
+        "LockTimeout",
+        "POLL_S",
+        "advisory_lock",
+        "file_lock",
+    ),
     "paths": (
         "OutsideRoot",
         "SCORED_COLUMNS",
@@ -36,8 +47,19 @@ EXPORTS = {
         "parse_date",
         "within",
     ),
-    "render": ("PAGE_CSP", "TEMPLATES", "http_url", "markdown_html", "md_link", "md_text", "render"),
-    "system": ("train_threads", "usable_cores"),
+    "render": (
+        "PAGE_CSP",
+        "TEMPLATES",
+        "http_url",
+        "markdown_html",
+        "md_link",
+        "md_text",
+        "render",
+    ),
+    "system": (
+        "train_threads",
+        "usable_cores",
+    ),
     "tracking": (
         "DESCRIPTIONS",
         "GATE_PENDING",

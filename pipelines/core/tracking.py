@@ -458,3 +458,6 @@ def log_report(client, run_id: str, metrics: dict, artifacts: list[str]) -> None
             client.log_metric(run_id, key, float(v))
     for path in artifacts:
         client.log_artifact(run_id, path)
+
+
+CHAMPION, PREVIOUS = "champion", "previous"

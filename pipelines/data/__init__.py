@@ -4,7 +4,13 @@ Expectations), data_docs, synthetic listings."""
 from pipelines.exports import lazy_exports
 
 EXPORTS = {
-    "data_docs": ("MARKER", "VENDOR", "install_assets", "localize_page", "localize_site"),
+    "data_docs": (
+        "MARKER",
+        "VENDOR",
+        "install_assets",
+        "localize_page",
+        "localize_site",
+    ),
     "lake": (
         "EXCLUDED_BECAUSE",
         "KEEP_VERSIONS",

@@ -24,6 +24,7 @@ EXPORTS = {
         "build_ngram_vocab",
         "build_vocab",
         "char_ngrams",
+        "embedding_config",
         "embedding_digests",
         "embedding_matrix",
         "load_fasttext",
@@ -52,6 +53,14 @@ EXPORTS = {
         "WordVectorCache",
         "dim",
     ),
-    "text": ("STOPWORDS", "STOPWORDS_ES", "STOPWORDS_PT", "TextConfig", "normalize", "tokenize", "tokenizer"),
+    "text": (
+        "STOPWORDS",
+        "STOPWORDS_ES",
+        "STOPWORDS_PT",
+        "TextConfig",
+        "normalize",
+        "tokenize",
+        "tokenizer",
+    ),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

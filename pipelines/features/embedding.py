@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.config import TrainConfig
 from pipelines.features.text import TextConfig, tokenize
 
 log = logging.getLogger(__name__)
@@ -360,3 +361,11 @@ def load_fasttext(emb_dir: str | Path, record):
     with tempfile.TemporaryDirectory(prefix="meli-fasttext-") as tmp:
         verify_embedding(emb_dir, record, copy_to=Path(tmp))
         return FastText.load(str(Path(tmp) / "fasttext.model"))  # mmap=None: every array read in now
+
+
+def embedding_config(cfg: TrainConfig) -> EmbeddingConfig:
+    """FastText settings of a run; gensim's worker threads: every core (the embedding task runs alone)."""
+    from pipelines.core.system import usable_cores
+
+    workers = usable_cores()
+    return EmbeddingConfig(dim=cfg.embedding_dim, epochs=cfg.embedding_epochs, bucket=cfg.bucket, workers=workers)

@@ -35,8 +35,18 @@ EXPORTS = {
         "hitl_assignees",
         "os_identity",
     ),
-    "cli": ("SIGPIPE_EXIT", "STORE_FULL", "entrypoint", "main", "one_line", "run_summary", "today"),
-    "cli_parser": ("build_parser",),
+    "cli": (
+        "SIGPIPE_EXIT",
+        "STORE_FULL",
+        "entrypoint",
+        "main",
+        "one_line",
+        "run_summary",
+        "today",
+    ),
+    "cli_parser": (
+        "build_parser",
+    ),
     "models_view": (
         "DATE",
         "SCORE_DAG_ID",
@@ -72,6 +82,17 @@ EXPORTS = {
         "step_train_all",
         "step_validate",
     ),
-    "schedules": ("DRIFT_TEXT", "cron_text", "retrain_schedule_text"),
+    "schedules": (
+        "DRIFT_TEXT",
+        "cron_text",
+        "retrain_schedule_text",
+    ),
+    "scoring": (
+        "Refused",
+        "monitor_run",
+        "score_listings",
+        "score_run",
+        "shadow_line",
+    ),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

@@ -369,12 +369,13 @@ def _cmd_retrain(settings, args, run_date: str) -> int:
 
 
 def _cmd_score(settings, args, run_date: str) -> int:
-    from pipelines.serving.score import adhoc_output, score
+    from pipelines.flows.scoring import score_listings
+    from pipelines.serving.score import adhoc_output
 
     output = args.output
     if output is None and args.run_date is None:  # ad hoc: never replaces the nightly partition
         output = adhoc_output(settings, args.input)
-    r = score(
+    r = score_listings(
         settings,
         args.input,
         output,

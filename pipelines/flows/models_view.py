@@ -270,8 +270,8 @@ def latest_scoring(settings: Settings, version: str | None, scan: int = 500) -> 
 
 
 def champion_version(settings: Settings) -> str | None:
-    from pipelines.core.tracking import alias_version
-    from pipelines.registry.records import CHAMPION, registry_client
+    from pipelines.core.tracking import CHAMPION, alias_version
+    from pipelines.registry.records import registry_client
 
     try:
         mv = alias_version(registry_client(settings), settings.model_name, CHAMPION)

@@ -141,11 +141,10 @@ def _embedding(settings: Settings, dataset: dict, cfg: TrainConfig, dag_run_id: 
     from pipelines.config import load_recipe
     from pipelines.core.fs import atomic_write_json
     from pipelines.core.tracking import quiet_libraries
-    from pipelines.features.embedding import train_embedding
+    from pipelines.features.embedding import embedding_config, train_embedding
     from pipelines.features.encoded import encode_dataset
     from pipelines.features.text import TextConfig
     from pipelines.training.runs import log_embedding
-    from pipelines.training.train import embedding_config
     from pipelines.training.warm import PLAN_FILE, plan_run, warm_embedding
 
     quiet_libraries()  # gensim's load/save INFO lines
@@ -221,8 +220,8 @@ def record_skip(settings: Settings, dataset: dict, plan: dict, dag_run_id: str =
 
 
 def _champion_version(settings: Settings) -> str | None:
-    from pipelines.core.tracking import alias_version
-    from pipelines.registry.records import CHAMPION, registry_client
+    from pipelines.core.tracking import CHAMPION, alias_version
+    from pipelines.registry.records import registry_client
 
     try:
         mv = alias_version(registry_client(settings), settings.model_name, CHAMPION)

@@ -4,8 +4,19 @@ model), metrics."""
 from pipelines.exports import lazy_exports
 
 EXPORTS = {
-    "bundle": ("Bundle", "OUTPUT_COLUMNS", "TOP_K"),
-    "metrics": ("Comparison", "accuracy", "confusion_summary", "macro_recall", "paired_bootstrap", "per_class_recall"),
+    "bundle": (
+        "Bundle",
+        "OUTPUT_COLUMNS",
+        "TOP_K",
+    ),
+    "metrics": (
+        "Comparison",
+        "accuracy",
+        "confusion_summary",
+        "macro_recall",
+        "paired_bootstrap",
+        "per_class_recall",
+    ),
     "modules": (
         "BIGRAM_PRIME",
         "BiLSTMClassifier",
@@ -23,7 +34,9 @@ EXPORTS = {
         "sentence_mean",
         "upgrade_state_dict",
     ),
-    "pyfunc": ("TitleClassifierModel",),
+    "pyfunc": (
+        "TitleClassifierModel",
+    ),
     "pyfunc_model": (),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

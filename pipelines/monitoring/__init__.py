@@ -36,7 +36,12 @@ EXPORTS = {
         "title_lengths",
         "word_hashes",
     ),
-    "history": ("append_history", "history_path", "read_history", "record_monitor_run"),
+    "history": (
+        "append_history",
+        "history_path",
+        "read_history",
+        "record_monitor_run",
+    ),
     "reference": (
         "REFERENCE_TAG",
         "build_reference",
@@ -45,6 +50,10 @@ EXPORTS = {
         "reference_paths",
         "try_build_reference",
     ),
-    "report": ("fmt4", "over_time", "render_html"),
+    "report": (
+        "fmt4",
+        "over_time",
+        "render_html",
+    ),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

@@ -30,7 +30,13 @@ EXPORTS = {
         "try_write_card",
         "write_card",
     ),
-    "comparison": ("PERSON_DECIDES", "decide", "evaluate", "predict_titles", "with_rules"),
+    "comparison": (
+        "PERSON_DECIDES",
+        "decide",
+        "evaluate",
+        "predict_titles",
+        "with_rules",
+    ),
     "decisions": (
         "GATE_DAG_ID",
         "NoSuchModel",
@@ -41,7 +47,11 @@ EXPORTS = {
         "link_run_record",
         "status",
     ),
-    "gate": ("gate", "respond", "rollback"),
+    "gate": (
+        "gate",
+        "respond",
+        "rollback",
+    ),
     "records": (
         "GateError",
         "decision_description",

@@ -85,8 +85,8 @@ def gather(settings: Settings, version: str) -> dict:
     """Everything the card says, from the records of ``version`` (no model is loaded)."""
     import mlflow
 
-    from pipelines.core.tracking import alias_version
-    from pipelines.registry.records import CHAMPION, PREVIOUS, registry_client
+    from pipelines.core.tracking import CHAMPION, PREVIOUS, alias_version
+    from pipelines.registry.records import registry_client
 
     client = registry_client(settings)
     name = settings.model_name

@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipelines.core.fs import atomic_file, atomic_write_json, read_json
-from pipelines.core.tracking import alias_version
-from pipelines.registry.records import CHAMPION, GateError, registry_client
+from pipelines.core.tracking import CHAMPION, alias_version
+from pipelines.registry.records import GateError, registry_client
 from pipelines.settings import GateRules, Settings
 
 log = logging.getLogger(__name__)

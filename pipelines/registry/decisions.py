@@ -10,15 +10,8 @@ from pathlib import Path
 
 from pipelines.core.fs import read_json
 from pipelines.core.render import md_text
-from pipelines.core.tracking import alias_version
-from pipelines.registry.records import (
-    CHAMPION,
-    PREVIOUS,
-    decision_figures,
-    decision_markdown,
-    registry_client,
-    run_link_path,
-)
+from pipelines.core.tracking import CHAMPION, PREVIOUS, alias_version
+from pipelines.registry.records import decision_figures, decision_markdown, registry_client, run_link_path
 from pipelines.settings import Settings
 
 

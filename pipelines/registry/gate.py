@@ -27,11 +27,9 @@ from pathlib import Path
 
 from pipelines.core import faults
 from pipelines.core.fs import atomic_write_json, read_json
-from pipelines.core.tracking import alias_version
+from pipelines.core.tracking import CHAMPION, PREVIOUS, alias_version
 from pipelines.registry.comparison import PERSON_DECIDES, decide
 from pipelines.registry.records import (
-    CHAMPION,
-    PREVIOUS,
     GateError,
     journal_begin,
     record_decision,

@@ -18,13 +18,10 @@ from pathlib import Path
 from pipelines.core.fs import atomic_write_bytes, atomic_write_json
 from pipelines.core.locks import advisory_lock, file_lock
 from pipelines.core.render import md_text
-from pipelines.core.tracking import alias_version, tracking_client
+from pipelines.core.tracking import CHAMPION, PREVIOUS, alias_version, tracking_client
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-CHAMPION, PREVIOUS = "champion", "previous"
 
 
 class GateError(RuntimeError):

@@ -21,6 +21,14 @@ EXPORTS = {
         "write_output",
         "write_scores",
     ),
-    "shadow": ("COLUMNS", "agreement", "latest_report", "markdown", "report_dir", "run_shadow", "shadow_candidate"),
+    "shadow": (
+        "COLUMNS",
+        "agreement",
+        "latest_report",
+        "markdown",
+        "report_dir",
+        "run_shadow",
+        "shadow_candidate",
+    ),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

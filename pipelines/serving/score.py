@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,10 +57,9 @@ class NotServed(ValueError):
 def served_versions(settings: Settings) -> set[str]:
     """The versions that may write the lake's ``scored`` partition: the champion's, and the one named
     by ``MELI_SCORING_VERSION``."""
-    from pipelines.core.tracking import alias_version
-    from pipelines.registry.records import CHAMPION, registry_client
+    from pipelines.core.tracking import CHAMPION, alias_version, tracking_client
 
-    champ = alias_version(registry_client(settings), settings.model_name, CHAMPION)
+    champ = alias_version(tracking_client(settings), settings.model_name, CHAMPION)
     return {v for v in (str(champ.version) if champ else "", settings.scoring_version) if v}
 
 
@@ -82,12 +81,17 @@ class ScoreResult:
     reasons: dict
     seconds: float
     rows_per_s: float
-    # the challenger's shadow scores and agreement report (pipelines/serving/shadow.py): a small summary,
-    # {"error": ...} when the shadow part failed, None when shadow is off or there is no challenger
+    # the challenger's shadow scores and agreement report (pipelines/serving/shadow.py, run after these
+    # scores by pipelines/flows/scoring.py): a small summary, {"error": ...} when the shadow part
+    # failed, None when shadow is off or there is no challenger
     shadow: dict | None = None
+    # the committed scores (the lake partition's version folder, or the output file) and whether they
+    # went to the lake: what the shadow run compares against; not part of the summary
+    written: str = field(default="", repr=False)
+    lake: bool = field(default=False, repr=False)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k not in ("written", "lake")}
 
 
 def resolve_model(settings: Settings, model: str = "champion") -> tuple[str, str]:
@@ -180,16 +184,13 @@ def score(
     chunk_rows: int = CHUNK_ROWS,
     progress: bool = True,
     on_resolved: Callable[[str, str], None] | None = None,
-    shadow: bool | None = None,
     adhoc_unless_served: bool = False,
 ) -> ScoreResult:
     """Score ``input_path`` into ``output`` (a .parquet file) or, without it, into the lake's
     ``scored/run_date=D`` partition (a new version, committed atomically). An input with no
     scorable row raises ``NothingScorable`` and writes nothing.
 
-    ``shadow`` (None = ``settings.shadow``): once these scores are committed, a registered version
-    newer than the one served also scores the input, beside them, and an agreement report is
-    written (pipelines/serving/shadow.py); a failure there is logged and returned, never raised.
+    The challenger's shadow scores come after, from ``pipelines.flows.scoring.score_listings``.
 
     Only the champion (or ``MELI_SCORING_VERSION``) writes the scored partition: another version
     raises ``NotServed`` before anything is loaded, or with ``adhoc_unless_served`` (the DAG) scores
@@ -244,14 +245,10 @@ def score(
         reasons=stats["reasons"],
         seconds=round(seconds, 3),
         rows_per_s=round(stats["rows"] / max(seconds, 1e-9), 1),
+        written=str(written),
+        lake=output is None,
     )
     log.info("scoring done: %s", result)
-    if settings.shadow if shadow is None else shadow:  # after the served scores are committed
-        from pipelines.serving.shadow import run_shadow
-
-        result.shadow = run_shadow(
-            settings, result, input_path, fmt, chunk_rows, run_date, written, output is None, progress
-        )
     return result
 
 

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -25,10 +24,8 @@ import pyarrow.parquet as pq
 
 from pipelines.core.fs import atomic_write_bytes, atomic_write_json
 from pipelines.core.tracking import side_experiment, tracking_client
+from pipelines.serving.score import Progress, ScoreResult, load_bundle, new_stats, write_output, write_scores
 from pipelines.settings import Settings
-
-if TYPE_CHECKING:
-    from pipelines.serving.score import ScoreResult
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +146,7 @@ def _batches(path: Path) -> Iterator[pa.RecordBatch]:
 
 
 # ------------------------------------------------------------------------------------------
-# The hook score() calls once the served scores are committed
+# Run once the served scores are committed (pipelines/flows/scoring.py)
 # ------------------------------------------------------------------------------------------
 def run_shadow(
     settings: Settings,
@@ -187,7 +184,6 @@ def _shadow(
     lake: bool,
     progress: bool,
 ) -> dict:
-    from pipelines.serving.score import Progress, load_bundle, new_stats, write_output, write_scores
 
     name = served.model_name
     run_date = run_date or datetime.now(UTC).date().isoformat()
@@ -221,9 +217,6 @@ def _shadow(
         "created_at": datetime.now(UTC).isoformat(),
     }
     report = _record(settings, report, stem=run_date if lake else f"{run_date}.{Path(served.output).stem}")
-    from pipelines.registry.card import try_write_card
-
-    try_write_card(settings, challenger)  # the challenger's model card quotes its latest shadow report
     keys = ("champion_version", "challenger_version", "shadow_output", "rows", "agreement", "report_json", "report_md")
     summary = {k: report[k] for k in keys} | {
         "confidence_shift": report["confidence"]["shift"],

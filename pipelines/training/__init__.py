@@ -16,7 +16,12 @@ EXPORTS = {
         "select",
         "wide_idf",
     ),
-    "rows": ("RowAdam", "RowTables", "apply_rows", "row_tables"),
+    "rows": (
+        "RowAdam",
+        "RowTables",
+        "apply_rows",
+        "row_tables",
+    ),
     "runs": (
         "INPUT_EXAMPLE_TITLES",
         "dataset_lineage",
@@ -33,7 +38,11 @@ EXPORTS = {
         "start_model_run",
         "start_parent_run",
     ),
-    "train": ("embedding_config", "pick_challenger", "train_classifier", "train_ensemble"),
+    "train": (
+        "pick_challenger",
+        "train_classifier",
+        "train_ensemble",
+    ),
     "tune": (
         "COMMON_SPACE",
         "PRUNERS",

@@ -134,8 +134,7 @@ def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainC
     import mlflow
 
     from pipelines.core.tracking import configure, open_run
-    from pipelines.features.embedding import EMBEDDING_SHA_TAG
-    from pipelines.training.train import embedding_config
+    from pipelines.features.embedding import EMBEDDING_SHA_TAG, embedding_config
 
     configure(settings)
     with open_run(settings, "RUNNING", run_id=parent_run_id):  # finished by the gate (failing_parent)

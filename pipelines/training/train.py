@@ -21,61 +21,25 @@ import numpy as np
 
 from pipelines.config import TrainConfig
 from pipelines.core.fs import atomic_tree, writing
-from pipelines.features.batches import EncodedSplit, gather_keys_t, pick_device
-from pipelines.features.embedding import EmbeddingConfig, TitleEncoder, read_split
+from pipelines.features.batches import EncodedSplit, pick_device
+from pipelines.features.embedding import TitleEncoder, read_split
 from pipelines.features.encoded import load_encoded
 from pipelines.settings import Settings
 from pipelines.training.loop import (
     Fit,
-    batch_branches,
-    effective_recipe,
     evaluate_split,
-    predict_split,
     refit,
-    seed_everything,
     select,
-    wide_idf,
 )
-from pipelines.training.rows import RowAdam, RowTables, apply_rows
 from pipelines.training.runs import (
     dataset_lineage,
-    log_embedding,
     log_model_run,
     log_served_model,
     member_val_probs,
     start_model_run,
-    start_parent_run,
 )
 
-__all__ = [  # this module's own, then the names callers and tests import from it (defined in the modules above)
-    "embedding_config",
-    "pick_challenger",
-    "train_classifier",
-    "train_ensemble",
-    "RowAdam",
-    "RowTables",
-    "Fit",
-    "apply_rows",
-    "batch_branches",
-    "effective_recipe",
-    "gather_keys_t",
-    "log_embedding",
-    "member_val_probs",
-    "predict_split",
-    "seed_everything",
-    "start_parent_run",
-    "wide_idf",
-]
-
 log = logging.getLogger(__name__)
-
-
-def embedding_config(cfg: TrainConfig) -> EmbeddingConfig:
-    """FastText settings of a run; gensim's worker threads: every core (the embedding task runs alone)."""
-    import os
-
-    workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    return EmbeddingConfig(dim=cfg.embedding_dim, epochs=cfg.embedding_epochs, bucket=cfg.bucket, workers=workers)
 
 
 def train_classifier(

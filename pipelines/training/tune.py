@@ -244,10 +244,9 @@ def _prepare_data(settings: Settings, run_date: str, name: str, root: Path, base
 
     from pipelines.core.tracking import configure
     from pipelines.data.validate import validate_pending
-    from pipelines.features.embedding import EMBEDDING_SHA_TAG, prepare_dataset, train_embedding
+    from pipelines.features.embedding import EMBEDDING_SHA_TAG, embedding_config, prepare_dataset, train_embedding
     from pipelines.features.encoded import encode_dataset
     from pipelines.features.text import TextConfig
-    from pipelines.training.train import embedding_config
 
     validate_pending(settings, run_date)  # as train does: never-validated partitions first, only passed ones read
     # the same lake, its splits written under the study's folder (never over a retrain's run dir)

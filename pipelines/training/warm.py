@@ -143,10 +143,9 @@ def _holds(info: dict, kind: str) -> bool:
 
 def find_parents(settings, kinds: list[str]) -> tuple[dict | None, dict[str, dict | None]]:
     """(base, parent per model type): the champion, else the latest registered version."""
-    from pipelines.core.tracking import alias_version
-    from pipelines.registry.records import registry_client
+    from pipelines.core.tracking import alias_version, tracking_client
 
-    client = registry_client(settings)
+    client = tracking_client(settings)  # a reader: an interrupted alias move is the registry's to complete
     try:
         versions = client.search_model_versions(f"name='{settings.model_name}'")
     except Exception as exc:  # no registered model yet
@@ -340,9 +339,8 @@ def skip_plan(plan: dict) -> dict | None:
 
 def plan_run(settings, dataset: dict, cfg, run_date: str) -> dict:
     """Full or warm for this run, and why; for warm the base and each type's parent."""
-    from pipelines.features.embedding import EmbeddingIntegrityError, TitleEncoder, verify_embedding
+    from pipelines.features.embedding import EmbeddingIntegrityError, TitleEncoder, embedding_config, verify_embedding
     from pipelines.features.text import TextConfig
-    from pipelines.training.train import embedding_config
 
     info = json.loads((Path(dataset["dir"]) / "dataset.json").read_text())
     snap = {d: int(v) for d, v in info.get("lake_versions", {}).items()}

@@ -14,7 +14,9 @@ its partition."""
 from pipelines.exports import lazy_exports
 
 EXPORTS = {
-    "csv": ("read_csv",),
+    "csv": (
+        "read_csv",
+    ),
     "ids": (
         "Dedup",
         "SPLITS",
@@ -27,10 +29,27 @@ EXPORTS = {
         "string_bytes",
         "strip_or_none",
     ),
-    "jsonl": ("read_jsonl", "read_jsonl_chunks"),
-    "parquet": ("read_parquet", "read_parquet_chunks"),
-    "read": ("FORMATS", "read_chunks", "read_source"),
-    "rules": ("LANGUAGES", "MAX_TITLE_CHARS", "QUARANTINE_REASONS", "REASONS", "check_chunk", "quarantine_table"),
+    "jsonl": (
+        "read_jsonl",
+        "read_jsonl_chunks",
+    ),
+    "parquet": (
+        "read_parquet",
+        "read_parquet_chunks",
+    ),
+    "read": (
+        "FORMATS",
+        "read_chunks",
+        "read_source",
+    ),
+    "rules": (
+        "LANGUAGES",
+        "MAX_TITLE_CHARS",
+        "QUARANTINE_REASONS",
+        "REASONS",
+        "check_chunk",
+        "quarantine_table",
+    ),
     "sources": (
         "BLOCK_BYTES",
         "Bytes",
@@ -57,6 +76,9 @@ EXPORTS = {
         "line_regions",
         "utf8_ok",
     ),
-    "writer": ("IngestResult", "ingest"),
+    "writer": (
+        "IngestResult",
+        "ingest",
+    ),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

@@ -185,9 +185,9 @@ def test_train_log_load_predict_roundtrip(settings, synthetic_jsonl):
 
     from pipelines.data.ingest import ingest
     from pipelines.data.lake import record_validation
-    from pipelines.features.embedding import prepare_dataset, train_embedding
+    from pipelines.features.embedding import embedding_config, prepare_dataset, train_embedding
     from pipelines.training.runs import start_parent_run
-    from pipelines.training.train import embedding_config, train_classifier
+    from pipelines.training.train import train_classifier
 
     r = ingest([synthetic_jsonl(800, seed=3)], "2026-11-01", settings)
     record_validation(r.partition, r.version, "passed")  # as if GX passed it: only passed data is trained on
@@ -270,9 +270,9 @@ def test_cuda_training_and_serving_match_the_cpu(settings, synthetic_jsonl):
 
     from pipelines.data.ingest import ingest
     from pipelines.data.lake import record_validation
-    from pipelines.features.embedding import prepare_dataset, train_embedding
+    from pipelines.features.embedding import embedding_config, prepare_dataset, train_embedding
     from pipelines.model.bundle import Bundle
-    from pipelines.training.train import embedding_config, train_classifier
+    from pipelines.training.train import train_classifier
 
     r = ingest([synthetic_jsonl(800, seed=5)], "2026-11-02", settings)
     record_validation(r.partition, r.version, "passed")  # as if GX passed it: only passed data is trained on

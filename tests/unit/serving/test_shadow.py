@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.data.lake import read_partition, resolve
+from pipelines.flows.scoring import score_listings
 from pipelines.serving import shadow
 from pipelines.serving.score import SCORED_SCHEMA, score
 from pipelines.serving.shadow import agreement, latest_report, shadow_candidate
@@ -123,7 +124,7 @@ def test_candidate_is_the_newest_version_above_the_served_one(s):
 def test_shadow_beside_an_output_file_writes_scores_report_and_tags(s, tmp_path):
     src, lines = _input(tmp_path)
     out = tmp_path / "scored.parquet"
-    res = score(s, src, out, run_date="2026-11-20", progress=False, shadow=True)
+    res = score_listings(s, src, out, run_date="2026-11-20", progress=False, shadow=True)
     assert res.model_version == "1" and pq.read_table(out).num_rows == len(lines)
     sh = res.shadow
     assert sh["challenger_version"] == "2" and sh["champion_version"] == "1", sh
@@ -158,14 +159,14 @@ def test_a_shadow_failure_keeps_the_served_scores_and_reports_the_error(s, tmp_p
         raise RuntimeError("boom")
 
     monkeypatch.setattr(shadow, "agreement", boom)  # after the shadow partition is committed
-    res = score(s, src, None, run_date="2026-11-21", progress=False, shadow=True)
+    res = score_listings(s, src, None, run_date="2026-11-21", progress=False, shadow=True)
     assert res.shadow == {"error": "RuntimeError: boom"}
     assert read_partition(s.scored_dir / "run_date=2026-11-21").num_rows == len(lines)
 
     monkeypatch.setattr(
         "pipelines.serving.score.load_bundle", lambda name, v: boom() if v == "2" else bundle_of(name, v)
     )
-    res = score(s, src, None, run_date="2026-11-22", progress=False, shadow=True)
+    res = score_listings(s, src, None, run_date="2026-11-22", progress=False, shadow=True)
     assert res.shadow == {"error": "RuntimeError: boom"} and res.model_version == "1"
     assert read_partition(s.scored_dir / "run_date=2026-11-22").num_rows == len(lines)
     assert not (s.shadow_dir / "run_date=2026-11-22").exists()
@@ -179,7 +180,7 @@ def bundle_of(name: str, version: str):
 
 def test_shadow_off_writes_no_shadow_output(s, tmp_path, monkeypatch):
     src, _ = _input(tmp_path)
-    res = score(s, src, None, run_date="2026-11-23", progress=False, shadow=False)
+    res = score_listings(s, src, None, run_date="2026-11-23", progress=False, shadow=False)
     assert res.shadow is None and resolve(s.scored_dir / "run_date=2026-11-23").is_dir()
     monkeypatch.setenv("MELI_SHADOW", "0")  # None = the setting
     out = tmp_path / "off.parquet"
