@@ -153,8 +153,10 @@ def init_text(package: str, doc: str, exports: dict[str, list[str]]) -> str:
     lines = [f'"""{doc}"""', "", "from pipelines.exports import lazy_exports", "", "EXPORTS = {"]
     for mod in sorted(exports):
         names = [n for n in exports[mod] if seen[n] == 1]  # a name two modules define: import it from its module
-        lines.append(f'    "{mod}": (' + ("" if names else "),"))
-        lines += [f'        "{n}",' for n in names] + (["    ),"] if names else [])
+        if len(names) < 2:  # the shape ruff format keeps
+            lines.append(f'    "{mod}": (' + "".join(f'"{n}",' for n in names) + "),")
+        else:
+            lines += [f'    "{mod}": ('] + [f'        "{n}",' for n in names] + ["    ),"]
     lines += ["}", "__all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)", ""]
     return "\n".join(lines)
 

@@ -44,9 +44,7 @@ EXPORTS = {
         "run_summary",
         "today",
     ),
-    "cli_parser": (
-        "build_parser",
-    ),
+    "cli_parser": ("build_parser",),
     "models_view": (
         "DATE",
         "SCORE_DAG_ID",

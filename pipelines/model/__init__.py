@@ -34,9 +34,7 @@ EXPORTS = {
         "sentence_mean",
         "upgrade_state_dict",
     ),
-    "pyfunc": (
-        "TitleClassifierModel",
-    ),
+    "pyfunc": ("TitleClassifierModel",),
     "pyfunc_model": (),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

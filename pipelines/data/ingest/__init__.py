@@ -14,9 +14,7 @@ its partition."""
 from pipelines.exports import lazy_exports
 
 EXPORTS = {
-    "csv": (
-        "read_csv",
-    ),
+    "csv": ("read_csv",),
     "ids": (
         "Dedup",
         "SPLITS",
