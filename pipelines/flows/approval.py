@@ -46,15 +46,6 @@ def os_identity() -> str:
         return f"uid:{uid}"
 
 
-def check_approver(settings: Settings, who: str) -> None:
-    """Refuse (PermissionError, one line) an answer by someone not in ``MELI_APPROVERS`` when it is set."""
-    if settings.approvers and who not in settings.approvers:
-        raise PermissionError(
-            f"{who or 'an unknown user'} may not approve or reject promotions: not in MELI_APPROVERS "
-            f"({', '.join(settings.approvers)})"
-        )
-
-
 def hitl_assignees(settings: Settings, triggered_by: str | None) -> tuple[list[dict] | None, str]:
     """The approval task's ``assigned_users`` (HITLUser dicts, id = name: the simple auth manager's user
     id is its user name) and why, in a line for the task log. ``None``: no list, anyone allowed on the DAG.

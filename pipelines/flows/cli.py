@@ -434,7 +434,8 @@ def _cmd_registry(settings, args, run_date: str) -> int:
             card = write_card(settings, args.version)
             print(card["html"] if args.html else card["markdown"], end="" if not args.html else "\n")
             return 0
-        from pipelines.flows.approval import check_approver, os_identity
+        from pipelines.flows.approval import os_identity
+        from pipelines.registry.gate import check_approver
 
         who = os_identity()
         if args.by is not None:

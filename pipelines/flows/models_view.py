@@ -175,7 +175,7 @@ def scoring_run(settings: Settings, dag_id: str, run_id: str, xcom=None) -> dict
     """``{"version", "run_date", "monitor"}`` of a scoring run: from its drift report's link (the
     monitor task), else from what its ``score`` task returned (``xcom(dag_id, run_id)``: the
     api-server reads it from Airflow's DB). None when the run scored nothing on record."""
-    from pipelines.flows.airflow_ui import monitor_link
+    from pipelines.monitoring.links import monitor_link
 
     link = monitor_link(settings, run_id, dag_id)
     version, run_date = (link or {}).get("version"), (link or {}).get("run_date")

@@ -113,8 +113,9 @@ def score_run(settings: Settings, params: dict, asset_extras: list[dict], contex
 def monitor_run(settings: Settings, scored: dict, dag_id: str, run_id: str) -> dict:
     """Drift of a scored batch against the served version's reference, linked to the run (its "Drift
     report" tab and note); the report's summary for XCom."""
-    from pipelines.flows.airflow_ui import link_monitor_run, post_run_note
+    from pipelines.flows.airflow_ui import post_run_note
     from pipelines.monitoring.batch import monitor_batch, one_line, summary
+    from pipelines.monitoring.links import link_monitor_run
 
     report = monitor_batch(settings, scored["output"], scored.get("run_date"))
     log.log(logging.WARNING if report["status"] == "drift" else logging.INFO, one_line(report))

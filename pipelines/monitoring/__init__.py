@@ -42,6 +42,12 @@ EXPORTS = {
         "read_history",
         "record_monitor_run",
     ),
+    "links": (
+        "MONITOR_DAG_ID",
+        "link_monitor_run",
+        "monitor_link",
+        "monitor_link_path",
+    ),
     "reference": (
         "REFERENCE_TAG",
         "build_reference",

@@ -48,6 +48,7 @@ EXPORTS = {
         "status",
     ),
     "gate": (
+        "check_approver",
         "gate",
         "respond",
         "rollback",

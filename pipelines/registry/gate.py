@@ -262,7 +262,7 @@ def respond(
     (``triggered_by``: the user who triggered the run, when known). ``by`` must be in
     ``MELI_APPROVERS`` when that is set (PermissionError), unless nobody answered in time."""
     if not timed_out:
-        from pipelines.flows.approval import check_approver
+        from pipelines.registry.gate import check_approver
 
         check_approver(settings, by)
     client = registry_client(settings)
@@ -386,3 +386,12 @@ def _rollback_locked(settings: Settings, client, to_version: str | None, reason:
     record_rollback(settings, client, d)
     log.info("rolled back %s champion %s -> %s", name, d["champion_version"], to_version)
     return d
+
+
+def check_approver(settings: Settings, who: str) -> None:
+    """Refuse (PermissionError, one line) an answer by someone not in ``MELI_APPROVERS`` when it is set."""
+    if settings.approvers and who not in settings.approvers:
+        raise PermissionError(
+            f"{who or 'an unknown user'} may not approve or reject promotions: not in MELI_APPROVERS "
+            f"({', '.join(settings.approvers)})"
+        )

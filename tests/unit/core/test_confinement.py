@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
+import pipelines.monitoring.links as links
 from pipelines.core.paths import OutsideRoot, check_output, event_extras
 from pipelines.flows.retrain import step_ingest
 
@@ -236,12 +237,11 @@ def test_link_files_naming_etc_hostname_are_not_followed(settings, monkeypatch, 
     if not secret.is_file():  # any file outside $MELI_HOME stands in for it
         secret = Path(__file__)
     # the drift report tab: a monitor link naming a page outside $MELI_HOME/monitor
-    import pipelines.flows.airflow_ui as ui
 
     link = {"run_id": run_id, "report_html": str(secret), "report_json": None, "note": "x"}
-    ui.monitor_link_path(settings, run_id).parent.mkdir(parents=True)
-    ui.monitor_link_path(settings, run_id).write_text(json.dumps(link))
-    assert ui.monitor_link(settings, run_id) is None
+    links.monitor_link_path(settings, run_id).parent.mkdir(parents=True)
+    links.monitor_link_path(settings, run_id).write_text(json.dumps(link))
+    assert links.monitor_link(settings, run_id) is None
     q = urllib.parse.quote(run_id, safe="")
     r = _client().get(f"/meli/runs/meli_score/{q}/monitor", headers=airflow_tokens["viewer"])
     assert r.status_code == 404 and secret.read_text()[:20] not in r.text
@@ -263,7 +263,7 @@ def test_link_files_naming_etc_hostname_are_not_followed(settings, monkeypatch, 
     page.parent.mkdir(parents=True)
     page.write_text("<h1>drift report</h1>")
     report = {"status": "ok", "version": "1", "run_date": "2026-11-21", "scored_rows": 900, "reason": ""}
-    ui.link_monitor_run(settings, run_id, report | {"estimate": {"macro_recall": 0.8}, "report_html": str(page)})
+    links.link_monitor_run(settings, run_id, report | {"estimate": {"macro_recall": 0.8}, "report_html": str(page)})
     r = _client().get(f"/meli/runs/meli_score/{q}/monitor", headers=airflow_tokens["viewer"])
     assert r.status_code == 200 and "drift report" in r.text
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+import pipelines.monitoring.links as links
 from pipelines.data.validate import link_run
 from tests.unit.data.test_validate import METRICS, RUN_DATE, _table
 
@@ -68,7 +69,7 @@ def test_a_scoring_runs_drift_report_tab_and_note(settings, monkeypatch, airflow
         "report_html": str(page),
     }
     run_id = "asset_triggered__2026-11-21T02:30:00+00:00"
-    ui.link_monitor_run(settings, run_id, report, dag_id="meli_score")
+    links.link_monitor_run(settings, run_id, report, dag_id="meli_score")
     notes = {}
     monkeypatch.setattr(ui, "set_run_note", lambda dag_id, rid, note: notes.update({rid: note}))
     client = _client()
@@ -365,7 +366,6 @@ def test_a_title_a_category_and_a_reviewer_on_the_model_card_stay_text(settings,
 
 
 def test_a_category_and_a_reason_in_the_drift_report_stay_text(settings, airflow_tokens):
-    import pipelines.flows.airflow_ui as ui
     from pipelines.monitoring.report import render_html
 
     report = {
@@ -386,11 +386,11 @@ def test_a_category_and_a_reason_in_the_drift_report_stay_text(settings, airflow
     path = settings.monitor_dir / "r.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
-    ui.link_monitor_run(settings, RUN, {**report, "report_html": str(path)}, dag_id="meli_score")
+    links.link_monitor_run(settings, RUN, {**report, "report_html": str(path)}, dag_id="meli_score")
     r = _client().get(f"/meli/runs/meli_score/{Q}/monitor", headers=airflow_tokens["viewer"])
     assert r.status_code == 200 and "default-src 'none'" in r.headers["content-security-policy"]
     _no_markup(r.text)
-    note = json.loads(ui.monitor_link_path(settings, RUN).read_text())["note"]
+    note = json.loads(links.monitor_link_path(settings, RUN).read_text())["note"]
     _no_markup_md(note)
 
 
@@ -496,14 +496,13 @@ def test_the_models_page_without_a_registry_says_so(settings, airflow_tokens):
 
 def _scoring_run(settings, run_id: str, version: str, run_date: str) -> None:
     """What the monitor task of a meli_score run leaves: the report and the run's link."""
-    import pipelines.flows.airflow_ui as ui
 
     page = settings.monitor_dir / f"v{version}" / f"{run_date}.html"
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text("<!doctype html><h1>the drift report</h1>")
     report = {"status": "ok", "version": version, "run_date": run_date, "report_html": str(page)}
     page.with_suffix(".json").write_text(json.dumps(report))
-    ui.link_monitor_run(settings, run_id, {**report, "report_json": str(page.with_suffix(".json"))}, "meli_score")
+    links.link_monitor_run(settings, run_id, {**report, "report_json": str(page.with_suffix(".json"))}, "meli_score")
 
 
 def test_a_scoring_runs_tabs_show_the_version_that_scored(settings, monkeypatch, airflow_tokens):
@@ -663,8 +662,8 @@ def test_the_run_notes_link_the_version_in_mlflow_when_its_ui_url_is_set(setting
     # a scoring run's note: the version that scored and the monitor's MLflow run
     run_url = f"{MLFLOW_UI}/#/experiments/4/runs/9f00"
     report = {"status": "drift", "version": "3", "run_date": "2026-11-21", "reason": "shift", "mlflow_run_url": run_url}
-    ui.link_monitor_run(linked, "scoring1", report)
-    note = ui.monitor_link(linked, "scoring1")["note"]
+    links.link_monitor_run(linked, "scoring1", report)
+    note = links.monitor_link(linked, "scoring1")["note"]
     assert note.startswith("**DRIFT** monitor v3 2026-11-21: DRIFT")
     assert note.endswith(
         f"[v3 in MLflow]({MLFLOW_UI}/#/models/meli-title-classifier/versions/3) · [the monitor's MLflow run]({run_url})"
@@ -672,8 +671,8 @@ def test_the_run_notes_link_the_version_in_mlflow_when_its_ui_url_is_set(setting
     # a UI URL that is not http(s), or a report's URL that is not: no link
     monkeypatch.setenv("MELI_MLFLOW_UI_URL", "javascript:alert(1)")
     assert "MLflow" not in decision_note(d, get_settings())
-    ui.link_monitor_run(get_settings(), "scoring2", {**report, "mlflow_run_url": "javascript:alert(1)"})
-    assert "](" not in ui.monitor_link(settings, "scoring2")["note"]
+    links.link_monitor_run(get_settings(), "scoring2", {**report, "mlflow_run_url": "javascript:alert(1)"})
+    assert "](" not in links.monitor_link(settings, "scoring2")["note"]
 
 
 def test_a_tab_quoting_another_dags_record_asks_for_that_dag_too(settings, monkeypatch, airflow_tokens):
