@@ -86,19 +86,23 @@ def child(stage: str, home: Path, args: dict) -> dict:
     cfg = TrainConfig.from_dict(args.get("cfg") or {"models": ["mlp", "cnn", "bilstm"]})
     date = args.get("date", DATE)
     if stage == "ingest":
-        return retrain.step_ingest(s, [args["src"]], date)
+        return retrain.step_ingest(s, [args["src"]], date).to_dict()
     if stage == "validate":
-        return {k: v for k, v in retrain.step_validate(s, date).items() if k in ("success", "passed", "evaluated")}
+        return {
+            k: v for k, v in retrain.step_validate(s, date).to_dict().items() if k in ("success", "passed", "evaluated")
+        }
     if stage == "prepare":
-        return _state(home, f"dataset-{date}", retrain.step_prepare(s, date, None))
+        return _state(home, f"dataset-{date}", retrain.step_prepare(s, date, None).to_dict())
     if stage == "embedding":
-        return _state(home, f"embedding-{date}", retrain.step_embedding(s, _state(home, f"dataset-{date}"), cfg))
+        return _state(
+            home, f"embedding-{date}", retrain.step_embedding(s, _state(home, f"dataset-{date}"), cfg).to_dict()
+        )
     if stage == "train":
         if args.get("max_batches"):  # the RSS probe: every step of the flow, fewer batches per epoch
             full = batches.length_bucketed_batches
             batches.length_bucketed_batches = lambda *a, **k: full(*a, **k)[: args["max_batches"]]
         ds, emb = _state(home, f"dataset-{date}"), _state(home, f"embedding-{date}")
-        r = retrain.step_train(s, ds, emb, args["kind"], cfg, side_by_side=args.get("side_by_side", 1))
+        r = retrain.step_train(s, ds, emb, args["kind"], cfg, side_by_side=args.get("side_by_side", 1)).to_dict()
         import mlflow
 
         hist = mlflow.MlflowClient().get_metric_history(r["run_id"], "epoch_samples_per_s")
@@ -108,14 +112,16 @@ def child(stage: str, home: Path, args: dict) -> dict:
         ds = _state(home, f"dataset-{date}")
         trained = [_state(home, f"train-{date}-{k}") for k in cfg.models]
         results = retrain.step_ensemble(s, ds, trained, cfg)
-        return _state(home, f"challenger-{date}", retrain.step_register(s, results, date, "", ds["parent_run_id"]))
+        return _state(
+            home, f"challenger-{date}", retrain.step_register(s, results, date, "", ds["parent_run_id"]).to_dict()
+        )
     if stage == "evaluate":
-        return retrain.step_evaluate(s, date, _state(home, f"challenger-{date}"))
+        return retrain.step_evaluate(s, date, _state(home, f"challenger-{date}")).to_dict()
     if stage == "gate":
         ds = _state(home, f"dataset-{date}")
         force = bool(args.get("force"))  # the one-epoch parent run is made champion whatever its score
         d = retrain.step_gate(s, date, _state(home, f"challenger-{date}"), ds["parent_run_id"], force_promote=force)
-        return {"decision": d["decision"], "rule": d.get("rule")}
+        return {"decision": d.decision, "rule": d.rule}
     if stage == "score":
         from pipelines.data.lake import resolve
         from pipelines.serving.score import score

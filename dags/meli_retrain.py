@@ -81,7 +81,7 @@ from pipelines.config import (
 )
 from pipelines.flows.approval import approval_operator
 from pipelines.flows.schedules import retrain_schedule_text
-from pipelines.settings import RULE_OVERRIDES, GateRules, Settings
+from pipelines.settings import GateRules, Settings
 
 LISTINGS = Asset("meli_lake_listings")
 CHAMPION = Asset("meli_champion")
@@ -331,123 +331,46 @@ def _train_cfg(params) -> TrainConfig:
 def meli_retrain():
     @task
     def ingest(params=None, **context) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
+        from pipelines.config import run_date_from_context
+        from pipelines.flows import dag_tasks
+        from pipelines.flows.outcomes import airflow_outcomes
 
-        from pipelines.config import check_conf, run_date_from_context
-        from pipelines.flows.retrain import step_ingest
-
-        try:  # the training parameters are checked before any work, as the CLI does (a retry fails the same)
-            check_conf(getattr(context.get("dag_run"), "conf", None), MELI_RETRAIN.params)
-            _train_cfg(params)
-        except (TypeError, ValueError) as exc:
-            raise AirflowFailException(f"bad training parameters: {exc}") from exc
-        settings = _settings()
-        run_date = run_date_from_context({**context, "params": params})
-        sources = list(params["sources"] or [])
-        drift = [
-            e.extra or {}
-            for key, events in (context.get("triggering_asset_events") or {}).items()
-            if getattr(key, "name", key) == DRIFT.name
-            for e in events
-        ]
-        if drift and not sources:  # a drift-triggered run: the landing's files, or nothing to do
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            from pipelines.flows.retrain import landing_sources
-
-            why = "; ".join(sorted({str(d.get("reason", "")) for d in drift}))
-            print(f"triggered by meli_drift: {why}")
-            try:
-                landing_sources(settings, run_date)
-            except FileNotFoundError as exc:
-                raise AirflowSkipException(
-                    f"drift-triggered, but {exc}; the lake is unchanged since the last retrain, so there is "
-                    "nothing new to retrain on: the run is skipped (drop new labelled files in the landing, or "
-                    "trigger with sources)"
-                ) from exc
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from pipelines.core.paths import OutsideRoot
-
-        try:  # confine: the form's sources (and landing symlinks) only under the landing and MELI_INPUT_ROOTS
-            return step_ingest(
-                settings, sources, run_date, params["input_format"], bool(params["allow_empty"]), confine=True
-            )
-        except OutsideRoot as exc:  # a retry would be refused the same
-            raise AirflowFailException(str(exc)) from exc
+        events = context.get("triggering_asset_events") or {}
+        drift = [e.extra or {} for key, evs in events.items() if getattr(key, "name", key) == DRIFT.name for e in evs]
+        with airflow_outcomes():
+            dag_tasks.check_params(getattr(context.get("dag_run"), "conf", None), params, MELI_RETRAIN.params)
+            return dag_tasks.ingest(_settings(), params, run_date_from_context({**context, "params": params}), drift)
 
     # the new partition is announced (scheduling meli_score) only once it passed validation: a batch
     # that fails a critical expectation is neither trained on nor scored
     @task(outlets=[LISTINGS])
     def validate(ingested: dict, dag_run=None, outlet_events=None) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
+        from pipelines.flows import dag_tasks
+        from pipelines.flows.outcomes import airflow_outcomes
 
-        from pipelines.data.validate import ValidationFailed, link_run
-        from pipelines.flows.retrain import step_validate
-
-        settings = _settings()
-        try:
-            report = step_validate(settings, ingested["run_date"])
-        except Exception as exc:
-            if getattr(exc, "report", None):
-                link_run(settings, dag_run.dag_id, dag_run.run_id, exc.report)
-            if isinstance(exc, ValidationFailed):  # the data fails, not the task: a retry would fail the same
-                raise AirflowFailException(str(exc)) from exc
-            raise
-        link_run(settings, dag_run.dag_id, dag_run.run_id, report)
-        outlet_events[LISTINGS].extra = {"partition": ingested["partition"], "run_date": ingested["run_date"]}
-        return {
-            k: report[k]
-            for k in (
-                "run_date",
-                "success",
-                "passed",
-                "evaluated",
-                "warnings",
-                "data_docs_index",
-                "data_docs_pages",
-                "data_docs_dir",
-                "report_json",
+        with airflow_outcomes():
+            summary, outlet_events[LISTINGS].extra = dag_tasks.validate(
+                _settings(), ingested, dag_run.dag_id, dag_run.run_id
             )
-        }
+        return summary
 
     # only partition versions that passed validation are read; earlier ones never validated are
     # validated here first, and those that failed are left out (listed in dataset.json)
     @task
     def prepare(ingested: dict, validation: dict, dag_run=None) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
+        from pipelines.flows import dag_tasks
+        from pipelines.flows.outcomes import airflow_outcomes
 
-        from pipelines.data.lake import NotEligible
-        from pipelines.data.validate import ValidationFailed
-        from pipelines.flows.retrain import step_prepare
-
-        try:
-            return step_prepare(
-                _settings(),
-                ingested["run_date"],
-                validation,
-                {"meli.dag_run_id": dag_run.run_id, "meli.trigger": "airflow"},
-            )
-        except (NotEligible, ValidationFailed) as exc:  # the data fails, not the task: no retries
-            raise AirflowFailException(str(exc)) from exc
+        with airflow_outcomes():
+            return dag_tasks.prepare(_settings(), ingested, validation, dag_run.run_id)
 
     @task
     def embedding(dataset: dict, params=None, dag_run=None) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+        from pipelines.flows import dag_tasks
+        from pipelines.flows.outcomes import airflow_outcomes
 
-        from pipelines.flows.retrain import step_embedding
-        from pipelines.training.warm import WarmStartError
-
-        try:
-            emb = step_embedding(_settings(), dataset, _train_cfg(params), dag_run.run_id)
-        except WarmStartError as exc:  # mode=warm with nothing to start from: a retry would fail the same
-            raise AirflowFailException(str(exc)) from exc
-        if emb.get("skipped"):  # no new or changed rows: train, register and gate are skipped too
-            from pipelines.flows.airflow_ui import post_run_note
-
-            post_run_note(dag_run.dag_id, dag_run.run_id)  # signed; the note says why nothing was trained
-            raise AirflowSkipException(emb["skipped"]["reason"])
-        return emb
+        with airflow_outcomes():
+            return dag_tasks.embedding(_settings(), dataset, _train_cfg(params), dag_run.dag_id, dag_run.run_id)
 
     @task
     def model_types(params=None) -> list[str]:
@@ -466,7 +389,7 @@ def meli_retrain():
         from pipelines.flows.retrain import step_train
 
         cfg = _train_cfg(params)
-        return step_train(_settings(), dataset, emb, kind, cfg, side_by_side=len(cfg.models))
+        return step_train(_settings(), dataset, emb, kind, cfg, side_by_side=len(cfg.models)).to_dict()
 
     @task(execution_timeout=timedelta(hours=1))
     def ensemble(results: list[dict], dataset: dict, params=None) -> list[dict]:
@@ -476,52 +399,30 @@ def meli_retrain():
 
         # by index: iterating the mapped results reads one past the end (an 'XCom not found' ERROR line)
         trained = [results[i] for i in range(len(results))]
-        return step_ensemble(_settings(), dataset, trained, _train_cfg(params))
+        return [r.to_dict() for r in step_ensemble(_settings(), dataset, trained, _train_cfg(params))]
 
     @task
     def register(results: list[dict], dataset: dict, dag_run=None) -> dict:
         from pipelines.flows.retrain import step_register
 
-        return step_register(_settings(), list(results), dataset["run_date"], dag_run.run_id, dataset["parent_run_id"])
+        ds = dataset
+        return step_register(_settings(), list(results), ds["run_date"], dag_run.run_id, ds["parent_run_id"]).to_dict()
 
     @task
     def evaluate(challenger: dict, dataset: dict) -> dict:
         from pipelines.flows.retrain import step_evaluate
 
-        return step_evaluate(_settings(), dataset["run_date"], challenger)
+        return step_evaluate(_settings(), dataset["run_date"], challenger).to_dict()
 
     @task
     def gate(challenger: dict, dataset: dict, evaluation: dict, params=None, dag_run=None, ti=None) -> dict:
-        from pipelines.flows.retrain import step_gate
+        from pipelines.flows import dag_tasks
 
-        rules = {k: params[k] for k in RULE_OVERRIDES}
-        from pipelines.flows.airflow_ui import api_base_url, post_run_note
-        from pipelines.flows.approval import approval_body, card_url, decision_url
-        from pipelines.registry.decisions import decision_text
-
-        settings = _settings()
-        decision = step_gate(
-            settings,
-            dataset["run_date"],
-            challenger,
-            dataset["parent_run_id"],
-            bool(params["force_promote"]),
-            bool(params["dry_run"]),
-            dag_run.run_id,
-            require_approval=bool(params["require_approval"]),
-            dag_id=dag_run.dag_id,
-            **rules,
+        decision, approval_body = dag_tasks.gate(
+            _settings(), dataset, challenger, params, dag_run.dag_id, dag_run.run_id
         )
-        print(decision_text(decision))  # plain text in the log; Markdown in the note and "Gate decision" tab
-        base_url = api_base_url()
-        print(f"model card: {card_url(base_url, decision['challenger_version'])}")
-        if decision["decision"] == "pending_approval":  # the evidence the approval page shows
-            links = {
-                "Model card": card_url(base_url, decision["challenger_version"]),
-                "Gate decision": decision_url(base_url, dag_run.dag_id, dag_run.run_id),
-            }
-            ti.xcom_push(key="approval_body", value=approval_body(settings, decision, links))
-        post_run_note(dag_run.dag_id, dag_run.run_id)  # signed; to the api-server the tasks reach
+        if approval_body is not None:  # the evidence the approval page shows
+            ti.xcom_push(key="approval_body", value=approval_body)
         return decision
 
     # skipped by the approval task on Reject; runs after it on Approve, or when it was not needed
@@ -529,11 +430,9 @@ def meli_retrain():
     @task.short_circuit(outlets=[CHAMPION], trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def announce_champion(decision: dict, dag_run=None) -> bool:
         """Emit the champion asset (scheduling meli_score) only when a new champion was promoted."""
-        if decision["decision"] == "pending_approval":  # answered since: the record says how
-            from pipelines.registry.decisions import decision_for_run
+        from pipelines.flows import dag_tasks
 
-            decision = (decision_for_run(_settings(), dag_run.run_id) or {"decision": decision})["decision"]
-        return decision["decision"] == "promoted"
+        return dag_tasks.champion_promoted(_settings(), decision, dag_run.run_id)
 
     approve_promotion = approval_operator(
         task_id="approve_promotion", gate_task_id="gate", timeout_h=_S.approval_timeout_h, retries=0

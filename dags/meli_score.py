@@ -94,17 +94,14 @@ DRIFT = Asset("meli_drift")
 def meli_score():
     @task
     def score(params=None, triggering_asset_events=None, **context) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from pipelines.config import run_date_from_context
-        from pipelines.flows.scoring import Refused, score_run
+        from pipelines.flows.outcomes import airflow_outcomes
+        from pipelines.flows.scoring import score_run
         from pipelines.settings import get_settings
 
         extras = [e.extra or {} for events in (triggering_asset_events or {}).values() for e in events]
-        try:
+        with airflow_outcomes():  # a refused path fails the task at once: a retry would be refused the same
             return score_run(get_settings(), dict(params), extras, run_date_from_context({**context, "params": params}))
-        except Refused as exc:  # a refusal fails the task at once: a retry would be refused the same
-            raise AirflowFailException(str(exc)) from exc
 
     @task
     def monitor(scored: dict, dag_run=None) -> dict:

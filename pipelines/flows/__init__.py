@@ -40,6 +40,15 @@ EXPORTS = {
         "today",
     ),
     "cli_parser": ("build_parser",),
+    "dag_tasks": (
+        "champion_promoted",
+        "check_params",
+        "embedding",
+        "gate",
+        "ingest",
+        "prepare",
+        "validate",
+    ),
     "models_view": (
         "DATE",
         "SCORE_DAG_ID",
@@ -54,6 +63,11 @@ EXPORTS = {
         "scoring_run",
         "version_decision",
         "when",
+    ),
+    "outcomes": (
+        "NothingToDo",
+        "StopRun",
+        "airflow_outcomes",
     ),
     "retrain": (
         "SKIP_FILE",
@@ -81,11 +95,20 @@ EXPORTS = {
         "retrain_schedule_text",
     ),
     "scoring": (
-        "Refused",
         "monitor_run",
         "score_listings",
         "score_run",
         "shadow_line",
+    ),
+    "stages": (
+        "Challenger",
+        "Dataset",
+        "Decision",
+        "Embedding",
+        "Evaluation",
+        "StageResult",
+        "Trained",
+        "Validated",
     ),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

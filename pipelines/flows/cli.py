@@ -219,7 +219,7 @@ def _cmd_demo_data(settings, args, run_date: str) -> int:
 def _cmd_ingest(settings, args, run_date: str) -> int:
     from pipelines.flows.retrain import step_ingest
 
-    _print(step_ingest(settings, args.sources, run_date, args.format, allow_empty=args.allow_empty))
+    _print(step_ingest(settings, args.sources, run_date, args.format, allow_empty=args.allow_empty).to_dict())
     return 0
 
 
@@ -275,15 +275,15 @@ def _cmd_train(settings, args, run_date: str) -> int:
     # validates what was never validated (as the DAG does), then reads only versions that passed
     dataset = step_prepare(settings, run_date, None, {"meli.trigger": "cli"})
     emb = step_embedding(settings, dataset, cfg)
-    if emb.get("skipped"):
-        print(f"skipped: {emb['skipped']['reason']}")
+    if emb.is_skipped:
+        print(f"skipped: {emb.skipped['reason']}")
         return 0
     trained = step_train_all(settings, dataset, emb, cfg)
     results = step_ensemble(settings, dataset, trained, cfg)
-    challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
+    challenger = step_register(settings, results, run_date, parent_run_id=dataset.parent_run_id)
     # this command stops before the gate: the parent run is done (FINISHED) until `promote` reopens it
-    finish_parent(settings, dataset["parent_run_id"])
-    _print({"trained": results, "challenger": challenger})
+    finish_parent(settings, dataset.parent_run_id)
+    _print({"trained": [r.to_dict() for r in results], "challenger": challenger.to_dict()})
     return 0
 
 
@@ -311,6 +311,7 @@ def _cmd_tune(settings, args, run_date: str) -> int:
 
 def _cmd_promote(settings, args, run_date: str) -> int:
     from pipelines.flows.retrain import step_evaluate, step_gate
+    from pipelines.flows.stages import Challenger
 
     info_path = settings.run_dir(run_date) / "challenger.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
@@ -318,7 +319,7 @@ def _cmd_promote(settings, args, run_date: str) -> int:
     if not version:
         print(f"error: no challenger for {run_date}: run `train` first or pass --version", file=sys.stderr)
         return 2
-    challenger = {"version": str(version)}
+    challenger = Challenger(version=str(version))
     step_evaluate(settings, run_date, challenger)
     d = step_gate(
         settings,
@@ -330,8 +331,8 @@ def _cmd_promote(settings, args, run_date: str) -> int:
         require_approval=args.require_approval,
         **_gate_rules(args),
     )
-    _print(d)
-    _pending_hint(settings, d)
+    _print(d.to_dict())
+    _pending_hint(settings, d.to_dict())
     return 0
 
 

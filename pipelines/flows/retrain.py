@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pipelines.config import TrainConfig
 from pipelines.core.system import train_threads
+from pipelines.data.ingest.writer import IngestResult
+from pipelines.flows.stages import Challenger, Dataset, Decision, Embedding, Evaluation, Trained, Validated
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -20,7 +22,7 @@ def step_ingest(
     fmt: str = "auto",
     allow_empty: bool = False,
     confine: bool = False,
-) -> dict:
+) -> IngestResult:
     """Ingest ``sources``; with none, the landing folder's files (see ``landing_sources``).
     ``confine`` (the DAG: sources from the trigger form): every file, symlinks followed, must lie
     under ``$MELI_HOME/landing`` or a folder of ``MELI_INPUT_ROOTS`` (pipelines/core/paths.py), else
@@ -32,11 +34,11 @@ def step_ingest(
         paths = expand_sources(sources)
         if confine:
             check_inputs(settings, paths)
-        return ingest(paths, run_date, settings, fmt=fmt, allow_empty=allow_empty).to_dict()
+        return ingest(paths, run_date, settings, fmt=fmt, allow_empty=allow_empty)
     paths = landing_sources(settings, run_date)
     if confine:  # a symlink in the landing is followed only into an allowed folder
         check_inputs(settings, paths)
-    result = ingest(paths, run_date, settings, fmt=fmt, allow_empty=allow_empty).to_dict()
+    result = ingest(paths, run_date, settings, fmt=fmt, allow_empty=allow_empty)
     claim_landing(settings, run_date, paths)
     return result
 
@@ -82,13 +84,16 @@ def expand_sources(sources: list[str]) -> list[str]:
     return out
 
 
-def step_validate(settings: Settings, run_date: str) -> dict:
+def step_validate(settings: Settings, run_date: str) -> Validated:
+    """Validate the run date's partition (GX); raises ValidationFailed (with its report) when it fails."""
     from pipelines.data.validate import validate_partition
 
-    return validate_partition(settings, run_date)
+    return Validated.from_dict(validate_partition(settings, run_date))
 
 
-def step_prepare(settings: Settings, run_date: str, validation: dict | None, tags: dict | None = None) -> dict:
+def step_prepare(
+    settings: Settings, run_date: str, validation: Validated | dict | None, tags: dict | None = None
+) -> Dataset:
     """Freeze the run's dataset splits and open the parent MLflow run (with the GX report).
 
     Partitions up to ``run_date`` never validated are validated first (``validate_pending``); the
@@ -101,6 +106,8 @@ def step_prepare(settings: Settings, run_date: str, validation: dict | None, tag
     from pipelines.training.runs import start_parent_run
 
     validated = validate_pending(settings, run_date)
+    if validation is not None:
+        validation = Validated.from_dict(validation).to_dict()
     if validation is None:
         validation = validated.get(run_date)
     if validation is None:
@@ -123,18 +130,19 @@ def step_prepare(settings: Settings, run_date: str, validation: dict | None, tag
                 "meli.validation",
                 f"{validation['passed']}/{validation['evaluated']} passed, {len(validation['warnings'])} warnings",
             )
-    return {**dataset, "parent_run_id": parent}
+    return Dataset.from_dict({**dataset, "parent_run_id": parent})
 
 
-def step_embedding(settings: Settings, dataset: dict, cfg: TrainConfig, dag_run_id: str = "") -> dict:
+def step_embedding(settings: Settings, dataset: Dataset | dict, cfg: TrainConfig, dag_run_id: str = "") -> Embedding:
     """The run's mode (full or warm, pipelines/training/warm.py), FastText on the training split (warm: the
     base's, continued on the new rows), then the splits encoded once as arrays for the trainings.
     Mode ``skip`` (a warm run with no new or changed rows): nothing is trained; returns
-    ``{"plan": ..., "skipped": <record>}`` and the caller stops (the DAG skips the rest)."""
+    an Embedding with only ``plan`` and ``skipped`` (the record), and the caller stops (the DAG skips the rest)."""
     from pipelines.training.runs import failing_parent
 
-    with failing_parent(settings, dataset.get("parent_run_id")):
-        return _embedding(settings, dataset, cfg, dag_run_id)
+    dataset = Dataset.from_dict(dataset)
+    with failing_parent(settings, dataset.parent_run_id):
+        return Embedding.from_dict(_embedding(settings, dataset.to_dict(), cfg, dag_run_id))
 
 
 def _embedding(settings: Settings, dataset: dict, cfg: TrainConfig, dag_run_id: str) -> dict:
@@ -247,8 +255,13 @@ def _record_recipe(settings: Settings, parent_run_id: str, recipe: dict | None) 
 
 
 def step_train(
-    settings: Settings, dataset: dict, embedding: dict, kind: str, cfg: TrainConfig, side_by_side: int = 1
-) -> dict:
+    settings: Settings,
+    dataset: Dataset | dict,
+    embedding: Embedding | dict,
+    kind: str,
+    cfg: TrainConfig,
+    side_by_side: int = 1,
+) -> Trained:
     """Train one model type; ``side_by_side``: trainings sharing this machine's cores at once. The
     run's recipe (``embedding["recipe"]``, step_embedding) sets this type's defaults (apply_recipe)."""
     from pipelines.config import apply_recipe
@@ -257,24 +270,25 @@ def step_train(
     from pipelines.training.train import train_classifier
 
     quiet_libraries()  # gensim's load INFO lines
-    cfg = apply_recipe(cfg, kind, embedding.get("recipe"))
-    with failing_parent(settings, dataset["parent_run_id"]):
+    dataset, embedding = Dataset.from_dict(dataset), Embedding.from_dict(embedding)
+    cfg = apply_recipe(cfg, kind, embedding.recipe)
+    with failing_parent(settings, dataset.parent_run_id):
         result = train_classifier(
             settings,
-            dataset["dir"],
-            embedding["dir"],
+            dataset.dir,
+            embedding.dir,
             kind,
             cfg,
-            parent_run_id=dataset["parent_run_id"],
-            run_date=dataset["run_date"],
+            parent_run_id=dataset.parent_run_id,
+            run_date=dataset.run_date,
             threads=train_threads(settings, side_by_side),
-            plan=embedding.get("plan"),
-            embedding_sha256=embedding.get("sha256"),
+            plan=embedding.plan,
+            embedding_sha256=embedding.sha256,
         )
-    return {**result, "recipe": cfg.recipe}
+    return Trained.from_dict({**result, "recipe": cfg.recipe})
 
 
-def step_train_all(settings: Settings, dataset: dict, embedding: dict, cfg: TrainConfig) -> list[dict]:
+def step_train_all(settings: Settings, dataset: Dataset, embedding: Embedding, cfg: TrainConfig) -> list[Trained]:
     """Every model type of ``cfg``, ``settings.train_concurrency`` side by side in worker processes
     (as the DAG's mapped train tasks run, each with its share of the cores); results in
     ``cfg.models`` order. One at a time where worker processes cannot start (a daemonic process,
@@ -311,29 +325,38 @@ def _worker_logging(level: int, fmt: str | None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def step_ensemble(settings: Settings, dataset: dict, results: list[dict], cfg: TrainConfig) -> list[dict]:
+def step_ensemble(
+    settings: Settings, dataset: Dataset | dict, results: list[Trained | dict], cfg: TrainConfig
+) -> list[Trained]:
     """The trained models plus, when enabled and at least two trained, their mean as a candidate."""
     from pipelines.training.runs import failing_parent
     from pipelines.training.train import train_ensemble
 
-    results = list(results)
+    dataset, results = Dataset.from_dict(dataset), [Trained.from_dict(r) for r in results]
     if cfg.ensemble:
-        with failing_parent(settings, dataset.get("parent_run_id")):
-            ens = train_ensemble(settings, dataset["dir"], results, dataset.get("parent_run_id"), dataset["run_date"])
+        with failing_parent(settings, dataset.parent_run_id):
+            ens = train_ensemble(
+                settings, dataset.dir, [r.to_dict() for r in results], dataset.parent_run_id, dataset.run_date
+            )
         if ens is not None:
-            results.append(ens)
+            results.append(Trained.from_dict(ens))
     return results
 
 
 def step_register(
-    settings: Settings, results: list[dict], run_date: str, dag_run_id: str = "", parent_run_id: str | None = None
-) -> dict:
+    settings: Settings,
+    results: list[Trained | dict],
+    run_date: str,
+    dag_run_id: str = "",
+    parent_run_id: str | None = None,
+) -> Challenger:
     """Register the run's best model; ``challenger.json`` in the run dir names it for a later
     ``python -m pipelines promote --run-date D`` (the same version the DAG or ``train`` registered)."""
     from pipelines.training.runs import failing_parent
 
+    results = [Trained.from_dict(r).to_dict() for r in results]
     with failing_parent(settings, parent_run_id):
-        return _register(settings, results, run_date, dag_run_id, parent_run_id)
+        return Challenger.from_dict(_register(settings, results, run_date, dag_run_id, parent_run_id))
 
 
 def _register(settings: Settings, results: list[dict], run_date: str, dag_run_id: str, parent_run_id: str | None):
@@ -362,7 +385,7 @@ def _register(settings: Settings, results: list[dict], run_date: str, dag_run_id
     return challenger
 
 
-def step_resume(settings: Settings, run_date: str, parent_run_id: str | None) -> dict | None:
+def step_resume(settings: Settings, run_date: str, parent_run_id: str | None) -> Challenger | None:
     """A rerun of a run killed after it registered: the version it registered for this date and
     data, still undecided (pipelines/registry/versions.py pending_version), as the challenger to evaluate and
     gate; None when there is none (train and register as usual)."""
@@ -390,27 +413,28 @@ def step_resume(settings: Settings, run_date: str, parent_run_id: str | None) ->
         client.set_tag(parent_run_id, "meli.mode", mode)
         client.set_tag(parent_run_id, "meli.resumed_version", challenger["version"])
         rename_parent_run(parent_run_id, f"{mode} resumed")
-    return challenger
+    return Challenger.from_dict(challenger)
 
 
-def step_evaluate(settings: Settings, run_date: str, challenger: dict) -> dict:
+def step_evaluate(settings: Settings, run_date: str, challenger: Challenger | dict) -> Evaluation:
+    """Champion and challenger on the same frozen test rows; the challenger's test metrics on its
+    LoggedModel, and the drift monitor's reference for it."""
+    from pipelines.monitoring.reference import try_build_reference
     from pipelines.registry.comparison import evaluate
-
-    ev = evaluate(settings, run_date, challenger["version"])
     from pipelines.registry.versions import log_test_metrics
 
-    log_test_metrics(settings, run_date, challenger["version"], ev)  # on the challenger's LoggedModel
-    from pipelines.monitoring.reference import try_build_reference
-
+    version = Challenger.from_dict(challenger).version
+    ev = evaluate(settings, run_date, version)
+    log_test_metrics(settings, run_date, version, ev)  # on the challenger's LoggedModel
     # what the drift monitor compares scored batches with (best effort: built on first monitor if missing)
-    reference = try_build_reference(settings, run_date, challenger["version"])
-    return {"run_date": run_date, "models": ev["models"], "test_rows": ev["test_rows"], "monitor_reference": reference}
+    reference = try_build_reference(settings, run_date, version)
+    return Evaluation(run_date=run_date, models=ev["models"], test_rows=ev["test_rows"], monitor_reference=reference)
 
 
 def step_gate(
     settings: Settings,
     run_date: str,
-    challenger: dict,
+    challenger: Challenger | dict,
     parent_run_id: str | None,
     force_promote: bool = False,
     dry_run: bool = False,
@@ -418,7 +442,7 @@ def step_gate(
     require_approval: bool | None = None,
     dag_id: str = "",
     **rules,
-) -> dict:
+) -> Decision:
     """Decide (and apply, or with ``require_approval`` leave pending for a person); the version's
     model card is rewritten with the decision. ``MELI_REQUIRE_APPROVAL`` is a floor (``registry.gate``):
     ``require_approval`` (None = the deployment's) can add approval, never remove it."""
@@ -427,11 +451,12 @@ def step_gate(
     from pipelines.registry.gate import gate
     from pipelines.training.runs import failing_parent
 
+    challenger = Challenger.from_dict(challenger)
     with failing_parent(settings, parent_run_id, last=True):  # the gate's end finishes the parent run
         decision = gate(
             settings,
             run_date,
-            challenger["version"],
+            challenger.version,
             with_rules(settings.gate, **rules),
             force_promote=force_promote,
             dry_run=dry_run,
@@ -440,8 +465,8 @@ def step_gate(
             require_approval=settings.require_approval if require_approval is None else require_approval,
             dag_id=dag_id,
         )
-    try_write_card(settings, challenger["version"])
-    return decision
+    try_write_card(settings, challenger.version)
+    return Decision.from_dict(decision)
 
 
 def run_all(
@@ -468,45 +493,53 @@ def run_all(
     validation = step_validate(settings, run_date)
     dataset = step_prepare(settings, run_date, validation, {"meli.trigger": "cli"})
     # the parent run's lease from here to its end: a kill between steps leaves it to be marked FAILED
-    with run_lease(settings, dataset["parent_run_id"]):
+    with run_lease(settings, dataset.parent_run_id):
         return _run_steps(
             settings, run_date, cfg, force_promote, dry_run, require_approval, ingested, validation, dataset, rules
         )
 
 
 def _run_steps(
-    settings, run_date, cfg, force_promote, dry_run, require_approval, ingested, validation, dataset, rules
+    settings: Settings,
+    run_date: str,
+    cfg: TrainConfig,
+    force_promote: bool,
+    dry_run: bool,
+    require_approval: bool | None,
+    ingested: IngestResult,
+    validation: Validated,
+    dataset: Dataset,
+    rules: dict,
 ) -> dict:
     from pipelines.training.runs import failing_parent
 
-    with failing_parent(settings, dataset["parent_run_id"]):
-        challenger = step_resume(settings, run_date, dataset["parent_run_id"])
+    done = {"ingest": ingested.to_dict(), "validation": validation.to_dict(), "dataset": dataset.to_dict()}
+    with failing_parent(settings, dataset.parent_run_id):
+        challenger = step_resume(settings, run_date, dataset.parent_run_id)
     if challenger is None:
         emb = step_embedding(settings, dataset, cfg)
-        if emb.get("skipped"):  # nothing new to train on: nothing trained, registered or gated
-            return {"ingest": ingested, "validation": validation, "dataset": dataset, "skipped": emb["skipped"]}
+        if emb.is_skipped:  # nothing new to train on: nothing trained, registered or gated
+            return {**done, "skipped": emb.skipped}
         trained = step_train_all(settings, dataset, emb, cfg)
         results = step_ensemble(settings, dataset, trained, cfg)
-        challenger = step_register(settings, results, run_date, parent_run_id=dataset["parent_run_id"])
+        challenger = step_register(settings, results, run_date, parent_run_id=dataset.parent_run_id)
     else:
         results = []
-    with failing_parent(settings, dataset["parent_run_id"]):
+    with failing_parent(settings, dataset.parent_run_id):
         step_evaluate(settings, run_date, challenger)
     decision = step_gate(
         settings,
         run_date,
         challenger,
-        dataset["parent_run_id"],
+        dataset.parent_run_id,
         force_promote,
         dry_run,
         require_approval=require_approval,
         **rules,
     )
     return {
-        "ingest": ingested,
-        "validation": validation,
-        "dataset": dataset,
-        "trained": results,
-        "challenger": challenger,
-        "decision": decision,
+        **done,
+        "trained": [r.to_dict() for r in results],
+        "challenger": challenger.to_dict(),
+        "decision": decision.to_dict(),
     }

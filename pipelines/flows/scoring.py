@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.data.ingest.sources import CHUNK_ROWS
+from pipelines.flows.outcomes import StopRun
 from pipelines.registry.card import try_write_card
 from pipelines.serving.score import ScoreResult, score
 from pipelines.serving.shadow import run_shadow
@@ -55,11 +56,6 @@ def score_listings(
     return result
 
 
-class Refused(ValueError):
-    """A trigger form or asset event the scoring run may not act on (a path outside its roots, a bad
-    date): the task fails at once, since a retry would be refused the same."""
-
-
 def shadow_line(result: ScoreResult, shadow_param: bool | None, settings: Settings) -> tuple[int, str] | None:
     """The log line (level, text) that says what the shadow part did; None when it said so itself."""
     sh = result.shadow
@@ -79,7 +75,7 @@ def score_run(settings: Settings, params: dict, asset_extras: list[dict], contex
     started it (``asset_extras``, untrusted: parsed and confined), then ``score_listings``; the run's
     result as a small dict for XCom (``ScoreResult.to_dict()`` plus ``run_date``). ``context_run_date``:
     the run's own date (``run_date_from_context``), used when neither the form nor an event gives one.
-    Raises ``Refused`` for an input or output outside its roots."""
+    Raises ``StopRun`` for an input or output outside its roots, or a bad date."""
     from pipelines.core.paths import check_output, event_extras
     from pipelines.serving.score import event_run_date, resolve_input
 
@@ -90,7 +86,7 @@ def score_run(settings: Settings, params: dict, asset_extras: list[dict], contex
         source = resolve_input(settings, params.get("input") or "", extras, confine=True)
         output = str(check_output(settings, params["output"])) if params.get("output") else None
     except ValueError as exc:
-        raise Refused(str(exc)) from exc
+        raise StopRun(str(exc)) from exc
     # the output's date: the form's, else that of the retrain run whose partition this is
     run_date = params.get("run_date") or event_run_date(source, extras) or context_run_date
     result = score_listings(

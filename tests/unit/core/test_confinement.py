@@ -66,9 +66,9 @@ def test_dag_sources_outside_the_roots_are_refused_and_the_cli_stays_free(
     from pipelines.settings import get_settings
 
     allowed = get_settings()
-    assert step_ingest(allowed, [str(f)], RUN_DATE, confine=True)["rows_written"] > 0
+    assert step_ingest(allowed, [str(f)], RUN_DATE, confine=True).rows_written > 0
     # the CLI (no confinement) reads what its user names
-    assert step_ingest(settings, [str(f)], "2026-11-02")["rows_written"] > 0
+    assert step_ingest(settings, [str(f)], "2026-11-02").rows_written > 0
 
 
 def test_a_landing_symlink_pointing_outside_is_refused(settings, tmp_path, synthetic_jsonl):

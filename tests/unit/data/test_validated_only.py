@@ -139,7 +139,7 @@ def test_ingest_then_train_validates_first_and_a_fixed_reingest_becomes_eligible
     seen = {}
 
     def stop(settings_, dataset, cfg):
-        seen.update(dataset)
+        seen.update(dataset.to_dict())
         raise _Stop
 
     monkeypatch.setattr(retrain, "step_embedding", stop)
@@ -154,5 +154,5 @@ def test_ingest_then_train_validates_first_and_a_fixed_reingest_becomes_eligible
     assert r.version == 2 and validation_of(p2)["validation"] == "not_validated"
     ds = retrain.step_prepare(settings, D3, None)
     assert validation_of(p2)["validation"] == "passed" and validation_of(p2)["version"] == 2
-    assert ds["excluded"] == []
-    assert _dataset_json(ds)["lake_versions"] == {D1: 1, D2: 2, D3: 1}
+    assert ds.excluded == []
+    assert _dataset_json(ds.to_dict())["lake_versions"] == {D1: 1, D2: 2, D3: 1}

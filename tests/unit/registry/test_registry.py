@@ -630,6 +630,7 @@ def test_the_deployments_approval_is_a_floor_a_run_cannot_lower(settings, test_r
     the CLI's flags) still stops at pending_approval, and no alias moves."""
     from pipelines.flows.cli import main
     from pipelines.flows.retrain import step_gate
+    from pipelines.flows.stages import Challenger
     from pipelines.settings import get_settings
 
     v1 = make_version(settings, test_rows, 0.7)
@@ -638,7 +639,7 @@ def test_the_deployments_approval_is_a_floor_a_run_cannot_lower(settings, test_r
     s = get_settings()
     v2 = make_version(s, test_rows, 0.5)  # worse: only force_promote would promote it
     comparison.evaluate(s, RUN_DATE, v2)
-    d = step_gate(s, RUN_DATE, {"version": v2}, None, force_promote=True, require_approval=False)  # the DAG's call
+    d = step_gate(s, RUN_DATE, Challenger(version=v2), None, force_promote=True, require_approval=False).to_dict()
     assert (d["decision"], d["rule"], d["action"]) == ("pending_approval", "force_promote", "await approval")
     assert (d["require_approval"], d["approval_required_by"]) == (True, "deployment")
     assert _decision_on_disk(s)["approval_required_by"] == "deployment"
