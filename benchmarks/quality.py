@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MELI_TRAIN_CONCURRENCY"] = str(args.parallel)
 
     from pipelines.config import TrainConfig
+    from pipelines.core.system import pick_device
     from pipelines.data.ingest import ingest
-    from pipelines.features.batches import pick_device
     from pipelines.features.embedding import embedding_config, prepare_dataset, read_split, train_embedding
     from pipelines.features.text import TextConfig
     from pipelines.settings import get_settings

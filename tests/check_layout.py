@@ -201,6 +201,12 @@ def check(fix: bool = False) -> list[str]:
                 problems.append(f"private  {rel}:{line}: {target}.{name}")
             if in_pkg and target != here and not target.startswith(here + ".") and here != "pipelines":
                 graph[here].add(target)
+        if in_pkg and path.name != "__init__.py":
+            for node in tree.body:  # an __all__ naming what the module only imports: a re-export list
+                if isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == ["__all__"]:
+                    foreign = sorted(set(ast.literal_eval(node.value)) - defined[here])
+                    if foreign:
+                        problems.append(f"facade   {rel}:{node.lineno}: __all__ re-exports {', '.join(foreign)}")
         if in_pkg:
             for node in ast.walk(tree):
                 if (

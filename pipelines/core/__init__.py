@@ -57,6 +57,7 @@ EXPORTS = {
         "render",
     ),
     "system": (
+        "pick_device",
         "train_threads",
         "usable_cores",
     ),

@@ -22,3 +22,11 @@ def train_threads(settings: Settings, side_by_side: int, cores: int | None = Non
         return settings.torch_threads
     cores = usable_cores() if cores is None else cores
     return max(1, cores // max(1, min(side_by_side, settings.train_concurrency)))
+
+
+def pick_device(requested: str = "auto"):
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)

@@ -11,7 +11,6 @@ EXPORTS = {
         "gather_keys_t",
         "length_bucketed_batches",
         "pad_keys",
-        "pick_device",
         "row_offsets",
     ),
     "embedding": (

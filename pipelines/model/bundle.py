@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.core.fs import reading
-from pipelines.features.batches import collate, pad_keys, pick_device
+from pipelines.core.system import pick_device
+from pipelines.features.batches import collate, pad_keys
 
 TOP_K = 3
 OUTPUT_COLUMNS = ["predicted_category", "probability", "top_k_categories", "top_k_probabilities"]

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipelines.features.batches import collate, pick_device
-from pipelines.model.bundle import OUTPUT_COLUMNS, TOP_K, Bundle
+from pipelines.model.bundle import TOP_K, Bundle
 
 try:  # mlflow is a hard dependency at run time; the guard keeps this module importable for docs
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover
     PythonModel = object  # type: ignore[misc,assignment]
-
-__all__ = ["OUTPUT_COLUMNS", "TOP_K", "Bundle", "TitleClassifierModel", "collate", "pick_device"]
 
 
 class TitleClassifierModel(PythonModel):

@@ -21,7 +21,8 @@ import numpy as np
 
 from pipelines.config import TrainConfig
 from pipelines.core.fs import atomic_tree, writing
-from pipelines.features.batches import EncodedSplit, pick_device
+from pipelines.core.system import pick_device
+from pipelines.features.batches import EncodedSplit
 from pipelines.features.embedding import TitleEncoder, read_split
 from pipelines.features.encoded import load_encoded
 from pipelines.settings import Settings

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pipelines.config import MODEL_TYPES, TrainConfig
-from pipelines.features.batches import collate, pick_device
+from pipelines.core.system import pick_device
+from pipelines.features.batches import collate
 from pipelines.features.embedding import (
     EmbeddingConfig,
     TitleEncoder,
