@@ -1,5 +1,5 @@
 """HTML and Markdown from data, safely: every page is a Jinja2 template with autoescape (the templates
-live in ``pipelines/templates/``, found from any working directory), Markdown is rendered with raw
+live in ``pipelines/core/templates/``, found from any working directory), Markdown is rendered with raw
 HTML off, and text quoted into Markdown is escaped so it stays text.
 
 Values quoted from data (a run id, a listing title, a category, a reviewer's name or reason) are
@@ -37,7 +37,7 @@ def _env():
 
 
 def render(template: str, **ctx) -> str:
-    """``pipelines/templates/<template>`` rendered with ``ctx`` (autoescaped)."""
+    """``pipelines/core/templates/<template>`` rendered with ``ctx`` (autoescaped)."""
     return _env().get_template(template).render(**ctx)
 
 

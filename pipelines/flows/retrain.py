@@ -120,7 +120,7 @@ def step_prepare(
 
     parent = start_parent_run(settings, run_date, dataset, tags)
     if validation:
-        with open_run(settings, "RUNNING", run_id=parent):  # until the gate (train_tracking.failing_parent)
+        with open_run(settings, "RUNNING", run_id=parent):  # until the gate (training/runs.py failing_parent)
             docs = Path(validation["data_docs_dir"])
             if docs.is_dir():
                 mlflow.log_artifacts(str(docs), artifact_path="validation/data_docs")

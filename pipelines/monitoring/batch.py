@@ -50,10 +50,9 @@ from pipelines.monitoring.reference import (
 from pipelines.monitoring.report import fmt4, render_html
 from pipelines.settings import Settings
 
-# The names callers use as ``pipelines.monitoring.batch.<name>`` (the module was one file): the statistics live in
-# monitor_drift, the reference in monitor_reference, the records in monitor_history, the page in
-# monitor_report. ``load_reference`` and ``lake_labels`` are looked up here by ``monitor_batch`` and ``_realise``
-# (tests patch them on this module).
+# The batch step; the statistics live in monitoring/drift.py, the reference in reference.py, the records in
+# history.py, the page in report.py. ``load_reference`` and ``lake_labels`` are looked up on this module by
+# ``monitor_batch`` and ``_realise`` (tests patch them here).
 
 log = logging.getLogger(__name__)
 

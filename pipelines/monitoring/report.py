@@ -14,7 +14,7 @@ def fmt4(x) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-# The HTML page: inline SVG, no script, no network (pipelines/templates/monitor_report.html)
+# The HTML page: inline SVG, no script, no network (pipelines/core/templates/monitor_report.html)
 # ------------------------------------------------------------------------------------------
 def _svg_bars(
     series: list[tuple[str, list[float], str]], names: list[str], width: int = 720, height: int = 220

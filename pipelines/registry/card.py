@@ -416,7 +416,7 @@ def _limits_section(ctx: dict) -> list[str]:
 
 def render_html(md: str, title: str) -> str:
     """One self-contained HTML page (inline style, no script, no external request): the Markdown
-    rendered with raw HTML off, in pipelines/templates/markdown_page.html."""
+    rendered with raw HTML off, in pipelines/core/templates/markdown_page.html."""
     from pipelines.core.render import markdown_html, render
 
     return render("markdown_page.html", title=title, body=markdown_html(md), links=[])
