@@ -160,13 +160,10 @@ def _configs(params) -> tuple[TuneConfig, TrainConfig]:
 def meli_tune():
     @task
     def prepare(params=None) -> dict:
-        from pipelines.training.tune import latest_run_date, prepare
+        from pipelines.flows import dag_tasks
 
-        settings = _settings()
         tcfg, base = _configs(params)
-        run_date = params["run_date"] or latest_run_date(settings)
-        info = prepare(settings, run_date, tcfg, base)
-        return {"run_date": run_date, "study": info["study"], "mlflow_run_id": info["mlflow_run_id"]}
+        return dag_tasks.tune_prepare(_settings(), tcfg, base, params["run_date"])
 
     @task
     def worker_slots(params=None) -> list[int]:
@@ -175,25 +172,15 @@ def meli_tune():
     @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL, execution_timeout=timedelta(hours=12))
     def worker(slot: int, study: dict, params=None) -> dict:
         """Trials against the shared storage until the study's trial or time budget is spent."""
-        from pipelines.training.tune import run_worker
+        from pipelines.flows import dag_tasks
 
-        settings = _settings()
-        tcfg, _ = _configs(params)
-        ran = run_worker(settings, study["run_date"], tcfg, threads=settings.train_threads(tcfg.workers), worker=slot)
-        return {"slot": slot, "trials": ran}
+        return dag_tasks.tune_worker(_settings(), study["run_date"], _configs(params)[0], slot)
 
     @task
     def recipe(study: dict, workers: list[dict], params=None) -> dict:
-        from pipelines.training.tune import make_recipe, summary
+        from pipelines.flows import dag_tasks
 
-        settings = _settings()
-        tcfg, _ = _configs(params)
-        r = make_recipe(settings, study["run_date"], tcfg)
-        s = summary(settings, study["run_date"], tcfg)
-        best, default = r["best_val_macro_recall"], r["default_val_macro_recall"]
-        print(f"recipe {r['id']}: {r['params']} (val macro-recall best {best}, default {default})")
-        print(f"train with it: trigger meli_retrain with recipe=tuned or recipe={r['id']}")
-        return {"recipe": r["id"], "summary": s}
+        return dag_tasks.tune_recipe(_settings(), study["run_date"], _configs(params)[0])
 
     study = prepare()
     done = worker.partial(study=study).expand(slot=worker_slots())

@@ -47,6 +47,9 @@ EXPORTS = {
         "gate",
         "ingest",
         "prepare",
+        "tune_prepare",
+        "tune_recipe",
+        "tune_worker",
         "validate",
     ),
     "models_view": (

@@ -1,6 +1,6 @@
-"""meli_retrain's task bodies: each task of the DAG calls one of these with its inputs (XCom dicts,
-the trigger form's params, the run's ids) and returns what the next task reads. Every branch and
-message of the run lives here, so the DAG file only wires; a refusal raises ``StopRun`` and a run
+"""The DAGs' task bodies (meli_retrain's, then meli_tune's): each task calls one of these with its
+inputs (XCom dicts, the trigger form's params, the run's ids) and returns what the next task reads. Every branch and
+message of a run lives here, so the DAG files only wire; a refusal raises ``StopRun`` and a run
 with nothing to do raises ``NothingToDo`` (``pipelines.flows.outcomes``)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pipelines.flows.outcomes import NothingToDo, StopRun
 from pipelines.flows.retrain import step_embedding, step_gate, step_ingest, step_prepare, step_validate
 from pipelines.flows.stages import Challenger, Dataset, Decision, Validated
 from pipelines.settings import RULE_OVERRIDES, Settings
+from pipelines.training.tune import TuneConfig
 
 
 def check_params(conf: dict | None, params: dict, declared) -> TrainConfig:
@@ -148,3 +149,37 @@ def champion_promoted(settings: Settings, decision: dict, run_id: str) -> bool:
     if d.pending:  # answered since: the record says how
         return (decision_for_run(settings, run_id) or {"decision": d.decision})["decision"] == "promoted"
     return d.decision == "promoted"
+
+
+# ------------------------------------------------------------------------------------------
+# meli_tune's task bodies
+# ------------------------------------------------------------------------------------------
+def tune_prepare(settings: Settings, tcfg: TuneConfig, base: TrainConfig, run_date: str | None) -> dict:
+    """Open (or resume) the study on ``run_date``'s frozen splits (default: the latest run's)."""
+    from pipelines.training.tune import latest_run_date, prepare
+
+    run_date = run_date or latest_run_date(settings)
+    info = prepare(settings, run_date, tcfg, base)
+    return {"run_date": run_date, "study": info["study"], "mlflow_run_id": info["mlflow_run_id"]}
+
+
+def tune_worker(settings: Settings, run_date: str, tcfg: TuneConfig, slot: int) -> dict:
+    """One worker's trials against the shared storage, with its share of the cores, until the study's
+    trial or time budget is spent."""
+    from pipelines.core.system import train_threads
+    from pipelines.training.tune import run_worker
+
+    threads = train_threads(settings, tcfg.workers)
+    return {"slot": slot, "trials": run_worker(settings, run_date, tcfg, threads=threads, worker=slot)}
+
+
+def tune_recipe(settings: Settings, run_date: str, tcfg: TuneConfig) -> dict:
+    """The study's best trial as a recipe (printed with how to train with it) and its summary."""
+    from pipelines.training.tune import make_recipe, summary
+
+    r = make_recipe(settings, run_date, tcfg)
+    s = summary(settings, run_date, tcfg)
+    best, default = r["best_val_macro_recall"], r["default_val_macro_recall"]
+    print(f"recipe {r['id']}: {r['params']} (val macro-recall best {best}, default {default})")
+    print(f"train with it: trigger meli_retrain with recipe=tuned or recipe={r['id']}")
+    return {"recipe": r["id"], "summary": s}
