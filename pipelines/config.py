@@ -1,6 +1,6 @@
 """Light configuration objects (stdlib only): safe to import at DAG parse time.
 
-Each field of a run's configuration is declared once, on its dataclass, with ``spec(...)``: its type
+Each field of a run's configuration is declared once, on its dataclass, with ``declare(...)``: its type
 (the annotation), default, bounds or choices, title, help and trigger-form section. The CLI flags
 (pipelines/flows/cli_parser.py ``add_flags``), the DAGs' Params (``params_for``: Param keyword
 arguments the DAG wraps as ``Param(**kw)``), the checks of TrainConfig and of a recipe (``check_recipe``)
@@ -72,7 +72,7 @@ class Spec:
             raise ValueError(f"section {self.section!r} is not one of {SECTIONS}")
 
 
-def spec(default, *, title: str, help: str, section: str, **kw):
+def declare(default, *, title: str, help: str, section: str, **kw):
     """A dataclass field declared once: ``default`` (a list is copied per instance) and its ``Spec``."""
     meta = {"spec": Spec(title=title, help=help, section=section, **kw)}
     if isinstance(default, list):
@@ -81,7 +81,7 @@ def spec(default, *, title: str, help: str, section: str, **kw):
 
 
 def declared(cls) -> dict[str, tuple]:
-    """``{name: (field, Spec)}`` of the fields of the dataclass ``cls`` declared with ``spec``, in order."""
+    """``{name: (field, Spec)}`` of the fields of the dataclass ``cls`` declared with ``declare``, in order."""
     return {f.name: (f, f.metadata["spec"]) for f in fields(cls) if "spec" in f.metadata}
 
 
@@ -93,7 +93,7 @@ def bounds_of(cls) -> dict[str, Bound]:
 def check_choices(obj) -> None:
     """ValueError (one line) when a field of the dataclass instance ``obj`` declared with choices holds another
     value; a list field (``models``) must be a non-empty subset of its choices."""
-    for name, (f, s) in declared(type(obj)).items():
+    for name, (_, s) in declared(type(obj)).items():
         value = getattr(obj, name)
         if not s.choices:
             continue
@@ -196,10 +196,10 @@ def check_tables(tables: dict[str, tuple[int, int]]) -> None:
 
 @dataclass
 class TrainConfig:
-    """Training hyperparameters, each declared once (``spec``): a CLI flag of train/retrain/tune, a recipe
+    """Training hyperparameters, each declared once (``declare``): a CLI flag of train/retrain/tune, a recipe
     value, and (``param``) a trigger-form Param of meli_retrain."""
 
-    models: list[str] = spec(
+    models: list[str] = declare(
         list(MODEL_TYPES),
         title="Model types",
         help="Classifiers to train (comma-separated on the command line); the best on validation is the challenger.",
@@ -209,7 +209,7 @@ class TrainConfig:
     # full: today's recipe on every row; warm: each type starts from the champion's (else the latest
     # registered) weights, vocabulary extended, trained on the partitions new since that model plus a
     # replay sample of older rows; auto: warm unless a rule asks for full (pipelines/training/warm.py)
-    mode: str = spec(
+    mode: str = declare(
         "auto",
         title="Training mode",
         help="auto: warm on ordinary nights, full when no model exists, the last full retrain is older than "
@@ -219,21 +219,21 @@ class TrainConfig:
         section="Warm start",
         choices=TRAIN_MODES,
     )
-    replay_rows: int = spec(
+    replay_rows: int = declare(
         100_000,
         title="Warm: replayed older rows",
         help="Older training rows sampled beside the new or changed rows in a warm run.",
         section="Warm start",
         bound=Bound(0, 10_000_000),
     )
-    warm_epochs: int = spec(
+    warm_epochs: int = declare(
         3,
         title="Warm: epochs (max, early stopping)",
         help="Epochs of a warm run (at most; early stopping); the best epoch is served (no refit pass).",
         section="Warm start",
         bound=Bound(1, 50),
     )
-    epochs: int = spec(
+    epochs: int = declare(
         15,
         title="Epochs (max, early stopping)",
         help="Epochs of a full run (at most): training stops after `patience` epochs without a better "
@@ -241,12 +241,12 @@ class TrainConfig:
         section="Training",
         bound=Bound(1, 200),
     )
-    batch_size: int = spec(
+    batch_size: int = declare(
         64, title="Batch size", help="Titles per optimizer step (on a CPU).", section="Training", bound=Bound(1, 8192)
     )
     # on a CUDA device: this batch size, both learning rates scaled by sqrt(gpu_batch_size / batch_size)
     # (0 = use batch_size and the learning rates as given)
-    gpu_batch_size: int = spec(
+    gpu_batch_size: int = declare(
         1024,
         title="Batch size on a GPU",
         help="On CUDA: this batch size, learning rates scaled by sqrt(gpu_batch_size / batch_size); "
@@ -254,21 +254,21 @@ class TrainConfig:
         section="Training",
         bound=Bound(0, 65536),
     )
-    lr: float = spec(
+    lr: float = declare(
         3e-3,
         title="Learning rate (dense layers)",
         help="AdamW learning rate of the dense layers.",
         section="Training",
         bound=Bound(0, 1, lo_open=True),
     )
-    embedding_lr: float = spec(
+    embedding_lr: float = declare(
         1e-2,
         title="Learning rate (embedding)",
         help="SparseAdam learning rate of the embedding rows.",
         section="Training",
         bound=Bound(0, 1, lo_open=True),
     )
-    weight_decay: float = spec(
+    weight_decay: float = declare(
         1e-4,
         title="Weight decay",
         help="AdamW weight decay of the dense layers (command line and recipes only).",
@@ -276,15 +276,15 @@ class TrainConfig:
         bound=Bound(0, 1),
         param=False,
     )
-    dropout: float = spec(
+    dropout: float = declare(
         0.3, title="Dropout", help="Dropout of the hidden layers.", section="Model", bound=Bound(0, 0.9)
     )
-    hidden: int = spec(
+    hidden: int = declare(
         768, title="Hidden units (MLP)", help="Hidden units of the MLP model.", section="Model", bound=Bound(8, 4096)
     )
     # the "wide" branch: an MLP over an idf-weighted bag of word, char n-gram and hashed word-bigram
     # ids, trained beside the deep model (each with its own loss) and averaged with it. 0 = off.
-    wide_dim: int = spec(
+    wide_dim: int = declare(
         128,
         title="Wide branch units (0 = off)",
         help="An MLP over the idf-weighted bag of word, char n-gram and word-bigram ids, trained beside each "
@@ -292,14 +292,14 @@ class TrainConfig:
         section="Model",
         bound=Bound(0, 4096),
     )
-    wide_bigrams: int = spec(
+    wide_bigrams: int = declare(
         100_000,
         title="Wide branch: word-bigram buckets",
         help="Hash buckets for the wide branch's word bigrams (0 = no bigrams).",
         section="Model",
         bound=Bound(0, 4_000_000),
     )
-    ensemble: bool = spec(
+    ensemble: bool = declare(
         True,
         title="Ensemble candidate",
         help="Also offer the mean of the trained models' probabilities as a challenger (chosen only if best "
@@ -308,7 +308,7 @@ class TrainConfig:
     )
     # pretrained multilingual word vectors read by every model type (pipelines/features/sentence.py): "use"
     # (Universal Sentence Encoder multilingual v3), "e5" (multilingual-e5-small) or "none"
-    sentence_encoder: str = spec(
+    sentence_encoder: str = declare(
         "use",
         title="Pretrained word vectors",
         help="use: every model also reads each word's Universal Sentence Encoder multilingual v3 vector (es/pt "
@@ -318,14 +318,14 @@ class TrainConfig:
         section="Model",
         choices=SENTENCE_ENCODERS,
     )
-    balance: str = spec(
+    balance: str = declare(
         "weighted",
         title="Class balancing",
         help="weighted loss, balanced sampler, or none",
         section="Training",
         choices=BALANCE_MODES,
     )
-    label_smoothing: float = spec(
+    label_smoothing: float = declare(
         0.1,
         title="Label smoothing",
         help="Label smoothing of the cross-entropy loss (command line and recipes only).",
@@ -333,7 +333,7 @@ class TrainConfig:
         bound=Bound(0, 0.5),
         param=False,
     )
-    patience: int = spec(
+    patience: int = declare(
         5,
         title="Early-stopping patience (epochs)",
         help="Epochs without a better validation macro-recall before training stops.",
@@ -342,23 +342,23 @@ class TrainConfig:
     )
     # after early stopping on validation, retrain the served model on train + validation for the best
     # epoch count (validation metrics and the ensemble search still come from the first pass)
-    refit: bool = spec(
+    refit: bool = declare(
         True,
         title="Refit on train + validation",
         help="After early stopping, retrain the served model on train + validation rows for the best epoch "
         "count (~1.9x training time; validation metrics come from the first pass).",
         section="Training",
     )
-    freeze_embedding: bool = spec(
+    freeze_embedding: bool = declare(
         False,
         title="Freeze the FastText embedding",
         help="Keep the FastText word vectors as trained by gensim (no fine-tuning by the classifier).",
         section="Model",
     )
-    device: str = spec(
+    device: str = declare(
         "auto", title="Device", help="auto = CUDA when available", section="Training", choices=DEVICES
     )
-    seed: int = spec(
+    seed: int = declare(
         13,
         title="Random seed",
         help="Seed of the splits' shuffles, FastText and torch (command line and recipes only).",
@@ -366,17 +366,17 @@ class TrainConfig:
         bound=Bound(0, 2**32 - 1),
         param=False,
     )
-    embedding_dim: int = spec(
+    embedding_dim: int = declare(
         100,
         title="FastText dimension",
         help="Dimension of the FastText word vectors.",
         section="Model",
         bound=Bound(8, 1024),
     )
-    embedding_epochs: int = spec(
+    embedding_epochs: int = declare(
         20, title="FastText epochs", help="Epochs of gensim FastText training.", section="Training", bound=Bound(1, 100)
     )
-    bucket: int = spec(
+    bucket: int = declare(
         100_000,
         title="FastText n-gram buckets",
         help="Hash buckets of FastText's char n-grams (command line and recipes only).",
@@ -387,7 +387,7 @@ class TrainConfig:
     # the training recipe (pipelines/training/tune.py): "default" = these defaults; "tuned" = the latest tuned
     # recipe under $MELI_HOME/tune/recipes/; else a recipe id. A recipe's value of a field is used where
     # the run left that field at its default here; a field set to another value wins (apply_recipe)
-    recipe: str = spec(
+    recipe: str = declare(
         "default",
         title="Training recipe",
         help="default: these defaults; tuned: the latest recipe meli_tune made ($MELI_HOME/tune/recipes/); or a "
@@ -445,7 +445,7 @@ class RunOptions:
     """A retrain run's options besides TrainConfig and the gate rules (pipelines/settings.py GateRules):
     meli_retrain's Params; the CLI's hand-written flags (``--run-date``, ``--format``...) show the same help."""
 
-    run_date: str | None = spec(
+    run_date: str | None = declare(
         None,
         title="Run date",
         help="YYYY-MM-DD partition to (re)build; empty = the run's logical date or today.",
@@ -453,7 +453,7 @@ class RunOptions:
         pattern=DATE_PATTERN,
         optional=True,
     )
-    sources: list[str] | None = spec(
+    sources: list[str] | None = declare(
         None,
         title="Input files",
         help="Files or glob patterns to ingest; empty = the files in $MELI_HOME/landing/ (moved to "
@@ -461,30 +461,30 @@ class RunOptions:
         section="Data",
         optional=True,
     )
-    input_format: str = spec(
+    input_format: str = declare(
         "auto",
         title="Input format",
         help="auto detects DiploDatos jsonl(.gz), challenge CSV, title,category CSV, Parquet",
         section="Data",
         choices=INPUT_FORMATS,
     )
-    allow_empty: bool = spec(
+    allow_empty: bool = declare(
         False,
         title="Allow an empty batch",
         help="Commit the partition even if the input holds no rows (default: the run fails and the partition "
         "stays as it was).",
         section="Data",
     )
-    force_promote: bool = spec(
+    force_promote: bool = declare(
         False,
         title="Force promotion",
         help="Operator override: promote whatever the rules say (recorded); still waits for a person's approval "
         "when approval is required.",
         section="Gate",
     )
-    dry_run: bool = spec(False, title="Dry run", help="Decide and record, move no alias.", section="Gate")
+    dry_run: bool = declare(False, title="Dry run", help="Decide and record, move no alias.", section="Gate")
     # the default is the deployment's MELI_REQUIRE_APPROVAL (the DAG passes Settings().require_approval)
-    require_approval: bool = spec(
+    require_approval: bool = declare(
         False,
         title="Require a person's approval",
         help="A promotion the gate decides waits on the Required Actions page (task approve_promotion) with the "

@@ -68,7 +68,7 @@ _READERS = {bool: _bool, int: _int, float: _float, str: _env}
 def setting(var: str, default, help: str, *, read=None, shown: str | None = None, spec: Spec | None = None, **kw):
     """A setting declared once: its environment variable ``var``, ``default`` (read as the default's type, or
     by ``read(var, default)``), ``help``, the default as the docs show it (``shown``) and, for a setting a
-    run may override, its trigger-form ``spec`` (pipelines/config.py)."""
+    run may override, its trigger-form ``declare`` (pipelines/config.py)."""
     reader = read or _READERS[type(default)]
     meta = {"env": var, "default": default, "help": help, "shown": shown}
     if spec is not None:
@@ -121,7 +121,7 @@ def _rule(title: str, help: str, lo: float = 0) -> Spec:
 
 @dataclass(frozen=True)
 class GateRules:
-    """Champion/challenger decision rules (MELI_GATE_*). The ones declared with a ``spec`` a run may
+    """Champion/challenger decision rules (MELI_GATE_*). The ones declared with a ``declare`` a run may
     override (RULE_OVERRIDES: meli_retrain's Params, the CLI's flags)."""
 
     min_improvement: float = setting(
@@ -319,8 +319,7 @@ class Settings:
     input_roots: tuple[Path, ...] = setting(
         "MELI_INPUT_ROOTS",
         (),
-        "absolute folders (os.pathsep-separated) the DAGs' Params and asset events may read besides "
-        "$MELI_HOME/landing",
+        "absolute folders (os.pathsep-separated) the DAGs' Params and asset events may read besides $MELI_HOME/landing",
         read=lambda var, d: _paths(var),
         shown="",
     )
@@ -351,8 +350,7 @@ class Settings:
     max_inflate_ratio: float = setting(
         "MELI_MAX_INFLATE_RATIO",
         100.0,
-        "a gzip input inflating to more than this many times its compressed size fails (judged after 64 MiB); "
-        "0 = off",
+        "a gzip input inflating to more than this many times its compressed size fails (judged after 64 MiB); 0 = off",
     )
     create_store: bool = setting(
         "MELI_CREATE_STORE",
