@@ -38,13 +38,13 @@ def test_train_and_retrain_default_to_the_dags_training_defaults():
     ensemble candidate, the sentence features), i.e. TrainConfig(); the DAG's form reads the same
     (tests/integration/test_dags.py)."""
     from pipelines.config import MODEL_TYPES, TrainConfig
-    from pipelines.flows.cli_parser import _train_cfg
+    from pipelines.flows.cli_parser import train_config_from_args
 
     for argv in (["train"], ["retrain", "listings.jsonl.gz"]):
-        cfg = _train_cfg(build_parser().parse_args(argv))
+        cfg = train_config_from_args(build_parser().parse_args(argv))
         assert cfg == TrainConfig(), argv
         assert cfg.models == list(MODEL_TYPES) and cfg.ensemble and cfg.sentence_encoder == "use"
-    cfg = _train_cfg(build_parser().parse_args(["train", "--models", "cnn", "--sentence-encoder", "none"]))
+    cfg = train_config_from_args(build_parser().parse_args(["train", "--models", "cnn", "--sentence-encoder", "none"]))
     assert cfg.models == ["cnn"] and cfg.sentence_encoder == "none"
 
 
