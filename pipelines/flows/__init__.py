@@ -34,8 +34,8 @@ EXPORTS = {
         "hitl_assignees",
         "os_identity",
     ),
-    "cli": ("SIGPIPE_EXIT", "STORE_FULL", "entrypoint", "main", "one_line", "run_summary", "today"),
-    "cli_parser": ("build_parser",),
+    "cli": ("SIGPIPE_EXIT", "STORE_FULL", "champion_line", "entrypoint", "main", "one_line", "run_summary", "today"),
+    "cli_parser": ("add_flags", "build_parser", "gate_rules_from_args", "parse_date_arg", "train_config_from_args"),
     "models_view": (
         "DATE",
         "SCORE_DAG_ID",
