@@ -68,17 +68,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.configuration import conf
 
-from pipelines.config import (
-    BALANCE_MODES,
-    DEVICES,
-    INPUT_FORMATS,
-    MODEL_TYPES,
-    NAME_RE,
-    SENTENCE_ENCODERS,
-    TRAIN_BOUNDS,
-    TRAIN_MODES,
-    TrainConfig,
-)
+from pipelines.config import RunOptions, TrainConfig, by_section, params_for
 from pipelines.flows.approval import approval_operator
 from pipelines.flows.schedules import retrain_schedule_text
 from pipelines.settings import GateRules, Settings
@@ -93,10 +83,18 @@ TRAIN_CONCURRENCY = Settings().train_concurrency  # mapped train tasks at once (
 # embedded airflow.cfg): raise the cap for this DAG so MELI_TRAIN_CONCURRENCY > 2 is not silently lost.
 MAX_ACTIVE_TASKS = max(conf.getint("core", "max_active_tasks_per_dag"), TRAIN_CONCURRENCY)
 
-_T = TrainConfig()
-_B = TRAIN_BOUNDS  # the numeric fields' bounds: the form's, the CLI's and a recipe's (pipelines/config.py)
-_G = GateRules()
 _S = Settings()
+_PARAMS = by_section(
+    {
+        **params_for(
+            RunOptions,
+            context={"approval_timeout_h": _S.approval_timeout_h},
+            require_approval=_S.require_approval,  # the deployment's MELI_REQUIRE_APPROVAL
+        ),
+        **params_for(TrainConfig),
+        **params_for(GateRules()),  # MELI_GATE_* resolved: the defaults
+    }
+)
 # MELI_RETRAIN_SCHEDULE (a cron, UTC) or drift; empty: drift only (manual runs need no schedule)
 SCHEDULE = (
     AssetOrTimeSchedule(timetable=CronTriggerTimetable(_S.retrain_schedule, timezone="UTC"), assets=DRIFT)
@@ -147,186 +145,9 @@ def _train_cfg(params) -> TrainConfig:
     tags=["meli", "training", retrain_schedule_text(_S.retrain_schedule)],
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "owner": "meli-ml"},
-    params={
-        # optional fields are typed ["null", ...]: the trigger form treats a typed field as required
-        "run_date": Param(
-            None,
-            type=["null", "string"],
-            title="Run date",
-            description="YYYY-MM-DD partition to (re)build; empty = the run's logical date or today.",
-            pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-        ),
-        "sources": Param(
-            None,
-            type=["null", "array"],
-            items={"type": "string"},
-            title="Input files",
-            description="Files or glob patterns to ingest; empty = the files in $MELI_HOME/landing/ "
-            "(moved to landing/processed/<run date>/ once ingested)",
-        ),
-        "input_format": Param(
-            "auto",
-            enum=list(INPUT_FORMATS),
-            title="Input format",
-            description="auto detects DiploDatos jsonl(.gz), challenge CSV, title,category CSV, Parquet",
-        ),
-        "allow_empty": Param(
-            False,
-            type="boolean",
-            title="Allow an empty batch",
-            description="Commit the partition even if the input holds no rows (default: the run fails and the "
-            "partition stays as it was).",
-        ),
-        "models": Param(
-            list(_T.models),
-            type="array",
-            items={"type": "string", "enum": list(MODEL_TYPES)},
-            title="Model types",
-            description="Classifiers to train; the best on validation is the challenger.",
-        ),
-        "ensemble": Param(
-            _T.ensemble,
-            type="boolean",
-            title="Ensemble candidate",
-            description="Also offer the mean of the trained models' probabilities as a challenger (chosen "
-            "only if best on validation; scoring then runs every member).",
-        ),
-        "sentence_encoder": Param(
-            _T.sentence_encoder,
-            enum=list(SENTENCE_ENCODERS),
-            title="Pretrained word vectors",
-            description="use: every model also reads each word's Universal Sentence Encoder multilingual v3 "
-            "vector (es/pt and 14 more languages, computed once per distinct word and cached across runs), "
-            "through its own head averaged with the others; e5: multilingual-e5-small instead (19x slower to "
-            "encode); none: today's models without them.",
-        ),
-        "mode": Param(
-            _T.mode,
-            enum=list(TRAIN_MODES),
-            title="Training mode",
-            description="auto: warm on ordinary nights, full when no model exists, the last full retrain is older "
-            "than MELI_WARM_MAX_AGE_DAYS or the vocabulary grew past MELI_WARM_MAX_VOCAB_GROWTH; full: every row "
-            "from scratch; warm: start each type from the champion (else latest) weights, train on what is new "
-            "since then plus a replay sample.",
-        ),
-        "replay_rows": Param(
-            _T.replay_rows,
-            type="integer",
-            **_B["replay_rows"].schema(),
-            title="Warm: replayed older rows",
-            description="Older training rows sampled beside the new or changed rows in a warm run.",
-        ),
-        "warm_epochs": Param(
-            _T.warm_epochs, type="integer", **_B["warm_epochs"].schema(), title="Warm: epochs (max, early stopping)"
-        ),
-        "epochs": Param(_T.epochs, type="integer", **_B["epochs"].schema(), title="Epochs (max, early stopping)"),
-        "batch_size": Param(_T.batch_size, type="integer", **_B["batch_size"].schema(), title="Batch size"),
-        "gpu_batch_size": Param(
-            _T.gpu_batch_size,
-            type="integer",
-            **_B["gpu_batch_size"].schema(),
-            title="Batch size on a GPU",
-            description="On CUDA: this batch size, learning rates scaled by sqrt(gpu_batch_size / batch_size); "
-            "0 = batch_size and the learning rates as given.",
-        ),
-        "lr": Param(_T.lr, type="number", **_B["lr"].schema(), title="Learning rate (dense layers)"),
-        "embedding_lr": Param(
-            _T.embedding_lr, type="number", **_B["embedding_lr"].schema(), title="Learning rate (embedding)"
-        ),
-        "hidden": Param(_T.hidden, type="integer", **_B["hidden"].schema(), title="Hidden units (MLP)"),
-        "wide_dim": Param(
-            _T.wide_dim,
-            type="integer",
-            **_B["wide_dim"].schema(),
-            title="Wide branch units (0 = off)",
-            description="An MLP over the idf-weighted bag of word, char n-gram and word-bigram ids, trained "
-            "beside each model and averaged with it.",
-        ),
-        "wide_bigrams": Param(
-            _T.wide_bigrams, type="integer", **_B["wide_bigrams"].schema(), title="Wide branch: word-bigram buckets"
-        ),
-        "dropout": Param(_T.dropout, type="number", **_B["dropout"].schema(), title="Dropout"),
-        "balance": Param(
-            _T.balance,
-            enum=list(BALANCE_MODES),
-            title="Class balancing",
-            description="weighted loss, balanced sampler, or none",
-        ),
-        "patience": Param(
-            _T.patience, type="integer", **_B["patience"].schema(), title="Early-stopping patience (epochs)"
-        ),
-        "refit": Param(
-            _T.refit,
-            type="boolean",
-            title="Refit on train + validation",
-            description="After early stopping, retrain the served model on train + validation rows for the "
-            "best epoch count (~1.9x training time; validation metrics come from the first pass).",
-        ),
-        "freeze_embedding": Param(_T.freeze_embedding, type="boolean", title="Freeze the FastText embedding"),
-        "embedding_dim": Param(
-            _T.embedding_dim, type="integer", **_B["embedding_dim"].schema(), title="FastText dimension"
-        ),
-        "embedding_epochs": Param(
-            _T.embedding_epochs, type="integer", **_B["embedding_epochs"].schema(), title="FastText epochs"
-        ),
-        "device": Param(_T.device, enum=list(DEVICES), title="Device", description="auto = CUDA when available"),
-        "recipe": Param(
-            _T.recipe,
-            type="string",
-            pattern=f"^$|{NAME_RE.pattern}",
-            title="Training recipe",
-            description="default: the values of this form; tuned: the latest recipe meli_tune made "
-            "($MELI_HOME/tune/recipes/); or a recipe id. A recipe sets each model type's tuned fields that "
-            "are left at their defaults here (a field changed in this form wins). Recorded as the MLflow tag "
-            "meli.recipe; the model still has to win the gate.",
-        ),
-        "min_improvement": Param(
-            _G.min_improvement, type="number", minimum=-1, maximum=1, title="Gate: minimum macro-recall gain"
-        ),
-        "min_macro_recall": Param(
-            _G.min_macro_recall, type="number", minimum=0, maximum=1, title="Gate: absolute macro-recall floor"
-        ),
-        "max_class_drop": Param(
-            _G.max_class_drop,
-            type="number",
-            minimum=0,
-            maximum=1,
-            title="Gate: a category 'collapses' if its recall drops more than this",
-        ),
-        "max_share_classes_dropped": Param(
-            _G.max_share_classes_dropped,
-            type="number",
-            minimum=0,
-            maximum=1,
-            title="Gate: reject if more than this share of categories collapse",
-        ),
-        "min_behaviour_pass": Param(
-            _G.min_behaviour_pass,
-            type="number",
-            minimum=0,
-            maximum=1,
-            title="Gate: minimum share passing the behavioural checks",
-            description="Reject when fewer test titles keep their prediction under case/accent/space/punctuation "
-            "changes, or fewer reviewed minimum-function cases are right, than this share.",
-        ),
-        "require_approval": Param(
-            _S.require_approval,
-            type="boolean",
-            title="Require a person's approval",
-            description="A promotion the gate decides waits on the Required Actions page (task approve_promotion) "
-            f"with the evidence; Reject or no answer within {_S.approval_timeout_h:g} h keeps the champion. "
-            "This can only add approval: when the deployment requires it (MELI_REQUIRE_APPROVAL), unticking it "
-            "changes nothing.",
-        ),
-        "force_promote": Param(
-            False,
-            type="boolean",
-            title="Force promotion",
-            description="Operator override: promote whatever the rules say (recorded); still waits for a "
-            "person's approval when approval is required.",
-        ),
-        "dry_run": Param(False, type="boolean", title="Dry run", description="Decide and record, move no alias."),
-    },
+    # every Param generated from its one declaration (pipelines/config.py params_for): the run's options,
+    # TrainConfig's form fields, the gate rules a run may override; grouped by section in the form
+    params={name: Param(**kw) for name, kw in _PARAMS.items()},
 )
 def meli_retrain():
     @task

@@ -28,15 +28,28 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from pipelines.config import DEVICES, MODEL_TYPES, NAME_RE, SENTENCE_ENCODERS, TRAIN_BOUNDS, TrainConfig
-from pipelines.training.tune import PRUNERS, TUNE_BOUNDS, TuneConfig
+from pipelines.config import DATE_PATTERN, TrainConfig, by_section, params_for
+from pipelines.training.tune import TuneConfig
 
 TRAIN_QUEUE = os.environ.get("MELI_TRAIN_QUEUE", "gpu")
 TRAIN_POOL = os.environ.get("MELI_TRAIN_POOL", "default_pool")
 SCHEDULE = os.environ.get("MELI_TUNE_SCHEDULE") or None
-_T = TrainConfig()
-_U = TuneConfig()
-_UB = TUNE_BOUNDS  # TuneConfig's bounds (pipelines/training/tune.py): the form's and the CLI's
+_PARAMS = by_section(
+    {
+        "run_date": {
+            "default": None,
+            "type": ["null", "string"],
+            "title": "Run date",
+            "description": "The lake snapshot as of this YYYY-MM-DD (it also names the study); empty = the newest "
+            "committed partition.",
+            "pattern": DATE_PATTERN,
+            "section": "Data",
+        },
+        **params_for(TuneConfig),
+        # the base recipe: fixed for the study (not searched)
+        **params_for(TrainConfig, names=("epochs", "sentence_encoder", "device")),
+    }
+)
 
 
 def _settings():
@@ -77,85 +90,8 @@ def _configs(params) -> tuple[TuneConfig, TrainConfig]:
     tags=["meli", "training", "tuning", "optuna", "mlflow"],
     doc_md=__doc__,
     default_args={"retries": 1, "retry_delay": timedelta(minutes=2), "owner": "meli-ml"},
-    params={
-        "run_date": Param(
-            None,
-            type=["null", "string"],
-            title="Run date",
-            description="The lake snapshot as of this YYYY-MM-DD (it also names the study); empty = the newest "
-            "committed partition.",
-            pattern="^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-        ),
-        "study": Param(
-            None,
-            type=["null", "string"],
-            title="Study name",
-            pattern=f"^$|{NAME_RE.pattern}",
-            description="Empty = meli-tune-<run date>. The same name resumes that study (its finished trials count).",
-        ),
-        "models": Param(
-            list(_U.models),
-            type="array",
-            items={"type": "string", "enum": list(MODEL_TYPES)},
-            title="Model types",
-            description="One Optuna study per type; the recipe holds each type's best parameters.",
-        ),
-        "trials": Param(
-            _U.trials,
-            type="integer",
-            **_UB["trials"].schema(),
-            title="Trial budget (per model type)",
-            description="Finished (complete or pruned) trials per type, over every worker and rerun.",
-        ),
-        "budget_s": Param(
-            _U.budget_s,
-            type="number",
-            **_UB["budget_s"].schema(),
-            title="Wall-clock budget (seconds)",
-            description="Each worker stops starting trials after this long (every model type together).",
-        ),
-        "workers": Param(
-            1,
-            type="integer",
-            **_UB["workers"].schema(),
-            title="Workers",
-            description="Mapped worker tasks (queue MELI_TRAIN_QUEUE) running trials of the same study at once.",
-        ),
-        "pruner": Param(
-            _U.pruner,
-            enum=list(PRUNERS),
-            title="Pruner",
-            description="median: stop a trial whose epoch's validation macro-recall is below the median of earlier "
-            "trials at that epoch; hyperband: successive halving over epochs; none.",
-        ),
-        "startup_trials": Param(
-            _U.startup_trials,
-            type="integer",
-            **_UB["startup_trials"].schema(),
-            title="Median pruner: trials never pruned first",
-        ),
-        "warmup_epochs": Param(
-            _U.warmup_epochs,
-            type="integer",
-            **_UB["warmup_epochs"].schema(),
-            title="Median pruner: epochs never pruned first",
-        ),
-        "max_epochs": Param(
-            _U.max_epochs,
-            type="integer",
-            **_UB["max_epochs"].schema(),
-            title="Epochs per trial",
-            description="Early stopping within them; 0 = the Epochs Param (TrainConfig's).",
-        ),
-        "epochs": Param(_T.epochs, type="integer", **TRAIN_BOUNDS["epochs"].schema(), title="Epochs (base recipe)"),
-        "sentence_encoder": Param(
-            _T.sentence_encoder,
-            enum=list(SENTENCE_ENCODERS),
-            title="Pretrained word vectors",
-            description="As meli_retrain's: fixed for the study (not searched).",
-        ),
-        "device": Param(_T.device, enum=list(DEVICES), title="Device", description="auto = CUDA when available"),
-    },
+    # generated from the fields' one declaration (pipelines/config.py params_for), grouped by section
+    params={name: Param(**kw) for name, kw in _PARAMS.items()},
 )
 def meli_tune():
     @task

@@ -1,13 +1,21 @@
-"""Light configuration objects (stdlib only): safe to import at DAG parse time."""
+"""Light configuration objects (stdlib only): safe to import at DAG parse time.
+
+Each field of a run's configuration is declared once, on its dataclass, with ``declare(...)``: its type
+(the annotation), default, bounds or choices, title, help and trigger-form section. The CLI flags
+(pipelines/flows/cli_parser.py ``add_flags``), the DAGs' Params (``params_for``: Param keyword
+arguments the DAG wraps as ``Param(**kw)``), the checks of TrainConfig and of a recipe (``check_recipe``)
+and the settings' documentation all read that declaration.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+DATE_PATTERN = "^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 MODEL_TYPES = ("mlp", "cnn", "bilstm")
 BALANCE_MODES = ("weighted", "sampler", "none")
@@ -15,6 +23,11 @@ DEVICES = ("auto", "cpu", "cuda")
 INPUT_FORMATS = ("auto", "jsonl", "challenge_csv", "csv", "parquet")
 TRAIN_MODES = ("auto", "full", "warm")
 SENTENCE_ENCODERS = ("use", "e5", "none")  # pipelines/features/sentence.py
+
+# the trigger forms' sections (Airflow Param ``section``: a collapsible group), in the order the forms show them
+SECTIONS = ("Data", "Model", "Training", "Warm start", "Gate", "Approval", "Scoring")
+# a field's annotation -> its Param's JSON-schema type
+_JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "list[str]": "array"}
 
 
 class Bound(NamedTuple):
@@ -37,29 +50,128 @@ class Bound(NamedTuple):
         return {"exclusiveMinimum" if self.lo_open else "minimum": self.lo, "maximum": self.hi}
 
 
-# The bounds of every numeric TrainConfig field, one place (issue 35 item 9): TrainConfig checks them
-# (CLI flags, DAG Params, recipes through apply_recipe and check_recipe) and the DAGs' Params read them
-# (``Param(..., **TRAIN_BOUNDS[name].schema())``), so the form, the CLI and a recipe cannot disagree.
-TRAIN_BOUNDS: dict[str, Bound] = {
-    "replay_rows": Bound(0, 10_000_000),
-    "warm_epochs": Bound(1, 50),
-    "epochs": Bound(1, 200),
-    "batch_size": Bound(1, 8192),
-    "gpu_batch_size": Bound(0, 65536),
-    "lr": Bound(0, 1, lo_open=True),
-    "embedding_lr": Bound(0, 1, lo_open=True),
-    "weight_decay": Bound(0, 1),
-    "dropout": Bound(0, 0.9),
-    "hidden": Bound(8, 4096),
-    "wide_dim": Bound(0, 4096),
-    "wide_bigrams": Bound(0, 4_000_000),
-    "label_smoothing": Bound(0, 0.5),
-    "patience": Bound(1, 200),
-    "seed": Bound(0, 2**32 - 1),
-    "embedding_dim": Bound(8, 1024),
-    "embedding_epochs": Bound(1, 100),
-    "bucket": Bound(1, 10_000_000),
-}
+@dataclass(frozen=True)
+class Spec:
+    """What a field is to people and forms; the field's annotation and default are its type and default.
+
+    ``param``: the field is a trigger-form Param of the DAGs that run it (False: a CLI flag and a recipe
+    value only); ``optional``: the form's field may be left empty (typed ``["null", ...]``, default None:
+    the trigger form treats a typed field as required)."""
+
+    title: str
+    help: str
+    section: str
+    bound: Bound | None = None
+    choices: tuple[str, ...] = ()
+    pattern: str = ""
+    param: bool = True
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        if self.section not in SECTIONS:
+            raise ValueError(f"section {self.section!r} is not one of {SECTIONS}")
+
+
+def declare(default, *, title: str, help: str, section: str, **kw):
+    """A dataclass field declared once: ``default`` (a list is copied per instance) and its ``Spec``."""
+    meta = {"spec": Spec(title=title, help=help, section=section, **kw)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def declared(cls) -> dict[str, tuple]:
+    """``{name: (field, Spec)}`` of the fields of the dataclass ``cls`` declared with ``declare``, in order."""
+    return {f.name: (f, f.metadata["spec"]) for f in fields(cls) if "spec" in f.metadata}
+
+
+def bounds_of(cls) -> dict[str, Bound]:
+    """The bounds of ``cls``'s numeric fields, from their declaration."""
+    return {name: s.bound for name, (_, s) in declared(cls).items() if s.bound is not None}
+
+
+def check_choices(obj) -> None:
+    """ValueError (one line) when a field of the dataclass instance ``obj`` declared with choices holds another
+    value; a list field (``models``) must be a non-empty subset of its choices."""
+    for name, (_, s) in declared(type(obj)).items():
+        value = getattr(obj, name)
+        if not s.choices:
+            continue
+        if isinstance(value, list):
+            bad = [v for v in value if v not in s.choices]
+            if bad or not value:
+                raise ValueError(f"{name} must be a non-empty subset of {s.choices}; got {value}")
+        elif value not in s.choices:
+            raise ValueError(f"{name} must be one of {s.choices}; got {value!r}")
+
+
+def field_default(f):
+    """A dataclass field's default value (a fresh one from its factory)."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise ValueError(f"field {f.name} has no default")
+
+
+def json_type(f) -> str:
+    """The JSON-schema type of a field's annotation (``int`` -> integer, ``list[str]`` -> array...)."""
+    return _JSON_TYPES[str(f.type).replace(" | None", "").strip()]
+
+
+def param_kwargs(f, s: Spec, default, context: dict | None = None) -> dict:
+    """The keyword arguments of the Airflow ``Param`` of one declared field: default, JSON-schema type,
+    bounds, choices, pattern, title, description (the help; ``{name}`` filled from ``context``) and section."""
+    kw = {"default": None if s.optional and not default else default}
+    kind = json_type(f)
+    if kind == "array":
+        kw["type"] = ["null", "array"] if s.optional else "array"
+        kw["items"] = {"type": "string", "enum": list(s.choices)} if s.choices else {"type": "string"}
+        kw["default"] = None if kw["default"] is None else list(kw["default"])
+    elif s.choices:
+        kw["enum"] = list(s.choices)
+    else:
+        kw["type"] = ["null", kind] if s.optional else kind
+    if s.bound is not None:
+        kw.update(s.bound.schema())
+    if s.pattern:
+        kw["pattern"] = s.pattern
+    kw["title"] = s.title
+    kw["description"] = s.help.format(**context) if context else s.help
+    kw["section"] = s.section
+    return kw
+
+
+def params_for(obj, names=None, context: dict | None = None, **defaults) -> dict[str, dict]:
+    """``{name: Param kwargs}`` (``param_kwargs``) of the declared fields of ``obj``, a dataclass or an
+    instance (whose values become the defaults, e.g. GateRules() resolved from MELI_GATE_*): the fields
+    whose Spec has ``param`` (or exactly ``names``); ``defaults`` overrides a field's default. The DAG
+    wraps each as ``Param(**kw)``; nothing here imports Airflow."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    out = {}
+    for name, (f, s) in declared(cls).items():
+        if (names is None and not s.param) or (names is not None and name not in names):
+            continue
+        if name in defaults:
+            value = defaults[name]
+        else:
+            value = field_default(f) if isinstance(obj, type) else getattr(obj, name)
+        out[name] = param_kwargs(f, s, value, context)
+    missing = set(names or ()) - set(out)
+    if missing:
+        raise ValueError(f"{cls.__name__} declares no field {sorted(missing)}")
+    return out
+
+
+def by_section(params: dict[str, dict]) -> dict[str, dict]:
+    """``params`` ordered by the form's sections (SECTIONS), declaration order within a section."""
+    return dict(sorted(params.items(), key=lambda kv: SECTIONS.index(kv[1]["section"])))
+
+
+def help_of(cls, name: str) -> str:
+    """The help of one declared field (a CLI flag written by hand shows the form's text)."""
+    return declared(cls)[name][1].help
+
 
 # Products of the bounds (security item 2): fields each within its bound still multiply into tables that
 # do not fit in memory (bucket 10M x embedding_dim 1024 is a 38 GiB FastText n-gram table; the wide table
@@ -84,65 +196,213 @@ def check_tables(tables: dict[str, tuple[int, int]]) -> None:
 
 @dataclass
 class TrainConfig:
-    """Training hyperparameters. Every field is a CLI flag and an Airflow trigger-form Param."""
+    """Training hyperparameters, each declared once (``declare``): a CLI flag of train/retrain/tune, a recipe
+    value, and (``param``) a trigger-form Param of meli_retrain."""
 
-    models: list[str] = field(default_factory=lambda: list(MODEL_TYPES))
+    models: list[str] = declare(
+        list(MODEL_TYPES),
+        title="Model types",
+        help="Classifiers to train (comma-separated on the command line); the best on validation is the challenger.",
+        section="Model",
+        choices=MODEL_TYPES,
+    )
     # full: today's recipe on every row; warm: each type starts from the champion's (else the latest
     # registered) weights, vocabulary extended, trained on the partitions new since that model plus a
     # replay sample of older rows; auto: warm unless a rule asks for full (pipelines/training/warm.py)
-    mode: str = "auto"
-    replay_rows: int = 100_000  # warm: older training rows replayed beside the new ones
-    warm_epochs: int = 3  # warm: epochs (max, early stopping); the best epoch is served (no refit pass)
-    epochs: int = 15
-    batch_size: int = 64
+    mode: str = declare(
+        "auto",
+        title="Training mode",
+        help="auto: warm on ordinary nights, full when no model exists, the last full retrain is older than "
+        "MELI_WARM_MAX_AGE_DAYS or the vocabulary grew past MELI_WARM_MAX_VOCAB_GROWTH; full: every row from "
+        "scratch; warm: start each type from the champion (else latest) weights, train on what is new since "
+        "then plus a replay sample.",
+        section="Warm start",
+        choices=TRAIN_MODES,
+    )
+    replay_rows: int = declare(
+        100_000,
+        title="Warm: replayed older rows",
+        help="Older training rows sampled beside the new or changed rows in a warm run.",
+        section="Warm start",
+        bound=Bound(0, 10_000_000),
+    )
+    warm_epochs: int = declare(
+        3,
+        title="Warm: epochs (max, early stopping)",
+        help="Epochs of a warm run (at most; early stopping); the best epoch is served (no refit pass).",
+        section="Warm start",
+        bound=Bound(1, 50),
+    )
+    epochs: int = declare(
+        15,
+        title="Epochs (max, early stopping)",
+        help="Epochs of a full run (at most): training stops after `patience` epochs without a better "
+        "validation macro-recall.",
+        section="Training",
+        bound=Bound(1, 200),
+    )
+    batch_size: int = declare(
+        64, title="Batch size", help="Titles per optimizer step (on a CPU).", section="Training", bound=Bound(1, 8192)
+    )
     # on a CUDA device: this batch size, both learning rates scaled by sqrt(gpu_batch_size / batch_size)
     # (0 = use batch_size and the learning rates as given)
-    gpu_batch_size: int = 1024
-    lr: float = 3e-3  # dense layers (AdamW)
-    embedding_lr: float = 1e-2  # embedding rows (SparseAdam)
-    weight_decay: float = 1e-4
-    dropout: float = 0.3
-    hidden: int = 768
+    gpu_batch_size: int = declare(
+        1024,
+        title="Batch size on a GPU",
+        help="On CUDA: this batch size, learning rates scaled by sqrt(gpu_batch_size / batch_size); "
+        "0 = batch_size and the learning rates as given.",
+        section="Training",
+        bound=Bound(0, 65536),
+    )
+    lr: float = declare(
+        3e-3,
+        title="Learning rate (dense layers)",
+        help="AdamW learning rate of the dense layers.",
+        section="Training",
+        bound=Bound(0, 1, lo_open=True),
+    )
+    embedding_lr: float = declare(
+        1e-2,
+        title="Learning rate (embedding)",
+        help="SparseAdam learning rate of the embedding rows.",
+        section="Training",
+        bound=Bound(0, 1, lo_open=True),
+    )
+    weight_decay: float = declare(
+        1e-4,
+        title="Weight decay",
+        help="AdamW weight decay of the dense layers (command line and recipes only).",
+        section="Training",
+        bound=Bound(0, 1),
+        param=False,
+    )
+    dropout: float = declare(
+        0.3, title="Dropout", help="Dropout of the hidden layers.", section="Model", bound=Bound(0, 0.9)
+    )
+    hidden: int = declare(
+        768, title="Hidden units (MLP)", help="Hidden units of the MLP model.", section="Model", bound=Bound(8, 4096)
+    )
     # the "wide" branch: an MLP over an idf-weighted bag of word, char n-gram and hashed word-bigram
     # ids, trained beside the deep model (each with its own loss) and averaged with it. 0 = off.
-    wide_dim: int = 128
-    wide_bigrams: int = 100_000  # hash buckets for word bigrams (0 = no bigrams)
-    ensemble: bool = True  # also offer the mean of the trained models as a candidate challenger
+    wide_dim: int = declare(
+        128,
+        title="Wide branch units (0 = off)",
+        help="An MLP over the idf-weighted bag of word, char n-gram and word-bigram ids, trained beside each "
+        "model and averaged with it.",
+        section="Model",
+        bound=Bound(0, 4096),
+    )
+    wide_bigrams: int = declare(
+        100_000,
+        title="Wide branch: word-bigram buckets",
+        help="Hash buckets for the wide branch's word bigrams (0 = no bigrams).",
+        section="Model",
+        bound=Bound(0, 4_000_000),
+    )
+    ensemble: bool = declare(
+        True,
+        title="Ensemble candidate",
+        help="Also offer the mean of the trained models' probabilities as a challenger (chosen only if best "
+        "on validation; scoring then runs every member).",
+        section="Model",
+    )
     # pretrained multilingual word vectors read by every model type (pipelines/features/sentence.py): "use"
     # (Universal Sentence Encoder multilingual v3), "e5" (multilingual-e5-small) or "none"
-    sentence_encoder: str = "use"
-    balance: str = "weighted"
-    label_smoothing: float = 0.1
-    patience: int = 5
+    sentence_encoder: str = declare(
+        "use",
+        title="Pretrained word vectors",
+        help="use: every model also reads each word's Universal Sentence Encoder multilingual v3 vector (es/pt "
+        "and 14 more languages, computed once per distinct word and cached across runs), through its own head "
+        "averaged with the others; e5: multilingual-e5-small instead (19x slower to encode); none: the models "
+        "without them.",
+        section="Model",
+        choices=SENTENCE_ENCODERS,
+    )
+    balance: str = declare(
+        "weighted",
+        title="Class balancing",
+        help="weighted loss, balanced sampler, or none",
+        section="Training",
+        choices=BALANCE_MODES,
+    )
+    label_smoothing: float = declare(
+        0.1,
+        title="Label smoothing",
+        help="Label smoothing of the cross-entropy loss (command line and recipes only).",
+        section="Training",
+        bound=Bound(0, 0.5),
+        param=False,
+    )
+    patience: int = declare(
+        5,
+        title="Early-stopping patience (epochs)",
+        help="Epochs without a better validation macro-recall before training stops.",
+        section="Training",
+        bound=Bound(1, 200),
+    )
     # after early stopping on validation, retrain the served model on train + validation for the best
     # epoch count (validation metrics and the ensemble search still come from the first pass)
-    refit: bool = True
-    freeze_embedding: bool = False
-    device: str = "auto"
-    seed: int = 13
-    embedding_dim: int = 100
-    embedding_epochs: int = 20
-    bucket: int = 100_000
+    refit: bool = declare(
+        True,
+        title="Refit on train + validation",
+        help="After early stopping, retrain the served model on train + validation rows for the best epoch "
+        "count (~1.9x training time; validation metrics come from the first pass).",
+        section="Training",
+    )
+    freeze_embedding: bool = declare(
+        False,
+        title="Freeze the FastText embedding",
+        help="Keep the FastText word vectors as trained by gensim (no fine-tuning by the classifier).",
+        section="Model",
+    )
+    device: str = declare(
+        "auto", title="Device", help="auto = CUDA when available", section="Training", choices=DEVICES
+    )
+    seed: int = declare(
+        13,
+        title="Random seed",
+        help="Seed of the splits' shuffles, FastText and torch (command line and recipes only).",
+        section="Training",
+        bound=Bound(0, 2**32 - 1),
+        param=False,
+    )
+    embedding_dim: int = declare(
+        100,
+        title="FastText dimension",
+        help="Dimension of the FastText word vectors.",
+        section="Model",
+        bound=Bound(8, 1024),
+    )
+    embedding_epochs: int = declare(
+        20, title="FastText epochs", help="Epochs of gensim FastText training.", section="Training", bound=Bound(1, 100)
+    )
+    bucket: int = declare(
+        100_000,
+        title="FastText n-gram buckets",
+        help="Hash buckets of FastText's char n-grams (command line and recipes only).",
+        section="Model",
+        bound=Bound(1, 10_000_000),
+        param=False,
+    )
     # the training recipe (pipelines/training/tune.py): "default" = these defaults; "tuned" = the latest tuned
     # recipe under $MELI_HOME/tune/recipes/; else a recipe id. A recipe's value of a field is used where
     # the run left that field at its default here; a field set to another value wins (apply_recipe)
-    recipe: str = "default"
+    recipe: str = declare(
+        "default",
+        title="Training recipe",
+        help="default: these defaults; tuned: the latest recipe meli_tune made ($MELI_HOME/tune/recipes/); or a "
+        "recipe id. A recipe sets each model type's tuned fields that are left at their defaults here (a field "
+        "changed in this form or by a flag wins). Recorded as the MLflow tag meli.recipe; the model still has "
+        "to win the gate.",
+        section="Training",
+        pattern=f"^$|{NAME_RE.pattern}",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.models, str):
             self.models = [m.strip() for m in self.models.split(",") if m.strip()]
         self.models = list(dict.fromkeys(self.models))
-        bad = [m for m in self.models if m not in MODEL_TYPES]
-        if bad or not self.models:
-            raise ValueError(f"models must be a non-empty subset of {MODEL_TYPES}; got {self.models}")
-        if self.balance not in BALANCE_MODES:
-            raise ValueError(f"balance must be one of {BALANCE_MODES}; got {self.balance!r}")
-        if self.sentence_encoder not in SENTENCE_ENCODERS:
-            raise ValueError(f"sentence_encoder must be one of {SENTENCE_ENCODERS}; got {self.sentence_encoder!r}")
-        if self.mode not in TRAIN_MODES:
-            raise ValueError(f"mode must be one of {TRAIN_MODES}; got {self.mode!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
+        check_choices(self)  # models, mode, sentence_encoder, balance, device: their declared choices
         for name, bound in TRAIN_BOUNDS.items():  # one line naming the field and the bound
             bound.check(name, getattr(self, name))
         check_tables(
@@ -172,6 +432,67 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The bounds of every numeric TrainConfig field, from its declaration (issue 35 item 9): TrainConfig checks
+# them (CLI flags, DAG Params, recipes through apply_recipe and check_recipe) and the DAGs' Params carry them
+# (params_for), so the form, the CLI and a recipe cannot disagree.
+TRAIN_BOUNDS: dict[str, Bound] = bounds_of(TrainConfig)
+
+
+@dataclass
+class RunOptions:
+    """A retrain run's options besides TrainConfig and the gate rules (pipelines/settings.py GateRules):
+    meli_retrain's Params; the CLI's hand-written flags (``--run-date``, ``--format``...) show the same help."""
+
+    run_date: str | None = declare(
+        None,
+        title="Run date",
+        help="YYYY-MM-DD partition to (re)build; empty = the run's logical date or today.",
+        section="Data",
+        pattern=DATE_PATTERN,
+        optional=True,
+    )
+    sources: list[str] | None = declare(
+        None,
+        title="Input files",
+        help="Files or glob patterns to ingest; empty = the files in $MELI_HOME/landing/ (moved to "
+        "landing/processed/<run date>/ once ingested)",
+        section="Data",
+        optional=True,
+    )
+    input_format: str = declare(
+        "auto",
+        title="Input format",
+        help="auto detects DiploDatos jsonl(.gz), challenge CSV, title,category CSV, Parquet",
+        section="Data",
+        choices=INPUT_FORMATS,
+    )
+    allow_empty: bool = declare(
+        False,
+        title="Allow an empty batch",
+        help="Commit the partition even if the input holds no rows (default: the run fails and the partition "
+        "stays as it was).",
+        section="Data",
+    )
+    force_promote: bool = declare(
+        False,
+        title="Force promotion",
+        help="Operator override: promote whatever the rules say (recorded); still waits for a person's approval "
+        "when approval is required.",
+        section="Gate",
+    )
+    dry_run: bool = declare(False, title="Dry run", help="Decide and record, move no alias.", section="Gate")
+    # the default is the deployment's MELI_REQUIRE_APPROVAL (the DAG passes Settings().require_approval)
+    require_approval: bool = declare(
+        False,
+        title="Require a person's approval",
+        help="A promotion the gate decides waits on the Required Actions page (task approve_promotion) with the "
+        "evidence; Reject or no answer within {approval_timeout_h:g} h (MELI_APPROVAL_TIMEOUT_H) keeps the "
+        "champion. This can only add approval: when the deployment requires it (MELI_REQUIRE_APPROVAL), "
+        "unticking it changes nothing.",
+        section="Approval",
+    )
 
 
 def check_conf(conf, declared) -> None:
@@ -214,10 +535,11 @@ def load_recipe(recipes_dir, recipe: str) -> dict | None:
 
 
 def check_recipe(recipe: dict) -> dict:
-    """``recipe`` when its id is a valid name and each model type's values are TrainConfig fields
-    within TRAIN_BOUNDS (the trigger form's bounds); else ValueError naming the field and the bound."""
+    """``recipe`` when its id is a valid name and each model type's values are TrainConfig fields within
+    their declared bounds and choices (the trigger form's and the CLI's: TRAIN_BOUNDS, TrainConfig's
+    checks); else ValueError naming the field and the bound."""
     rid = check_name(recipe.get("id"), "recipe id")
-    names = {f.name for f in fields(TrainConfig)}
+    names = set(declared(TrainConfig))
     for kind, params in (recipe.get("params") or {}).items():
         if kind not in MODEL_TYPES:
             raise ValueError(f"recipe {rid}: unknown model type {kind!r}")

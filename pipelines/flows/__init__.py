@@ -33,13 +33,20 @@ EXPORTS = {
     "cli": (
         "SIGPIPE_EXIT",
         "STORE_FULL",
+        "champion_line",
         "entrypoint",
         "main",
         "one_line",
         "run_summary",
         "today",
     ),
-    "cli_parser": ("build_parser",),
+    "cli_parser": (
+        "add_flags",
+        "build_parser",
+        "gate_rules_from_args",
+        "parse_date_arg",
+        "train_config_from_args",
+    ),
     "dag_tasks": (
         "champion_promoted",
         "check_params",

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.flows.cli_parser import _date, _gate_rules, _train_cfg, build_parser
+from pipelines.flows.cli_parser import build_parser, gate_rules_from_args, parse_date_arg, train_config_from_args
 from pipelines.settings import get_settings
 
 
@@ -102,7 +103,7 @@ def _lake_table(st: dict) -> str:
     return "\n".join([f"lake {st['root']}", line(cols), line(["-" * w for w in widths]), *rows])
 
 
-def _champion_line(d: dict) -> str:
+def champion_line(d: dict) -> str:
     """Who serves after the decision: the challenger when promoted (and the one it replaced), else the champion."""
     before = (
         "none before this run"
@@ -150,7 +151,7 @@ def run_summary(settings, run_date: str) -> str:
         scored_line = (
             f"not scored yet (python -m pipelines score {listings} --run-date {run_date} / the meli_score DAG)"
         )
-    champ = _champion_line(d)
+    champ = champion_line(d)
     plan_path = settings.run_dir(run_date) / "embedding" / "warm.json"
     plan = json.loads(plan_path.read_text()) if plan_path.exists() else {"mode": "full", "reason": "no warm plan"}
     lines = [
@@ -244,7 +245,7 @@ def _cmd_validate(settings, args, run_date: str) -> int:
             print(f"error: {args.path}: no such file or lake partition", file=sys.stderr)
             return 2
         if path.is_dir() and path.name.startswith("ingest_date="):
-            run_date = _date(path.name.split("=", 1)[1])
+            run_date = parse_date_arg(path.name.split("=", 1)[1])
         elif path.is_dir():
             print(
                 f"error: {args.path} is a directory but not a lake partition (ingest_date=YYYY-MM-DD)",
@@ -270,7 +271,7 @@ def _cmd_train(settings, args, run_date: str) -> int:
     from pipelines.flows.retrain import step_embedding, step_ensemble, step_prepare, step_register, step_train_all
     from pipelines.training.runs import finish_parent
 
-    cfg = _train_cfg(args)
+    cfg = train_config_from_args(args)
     check_store(settings)  # a lost store fails before anything is validated or recorded
     # validates what was never validated (as the DAG does), then reads only versions that passed
     dataset = step_prepare(settings, run_date, None, {"meli.trigger": "cli"})
@@ -293,18 +294,10 @@ def _cmd_tune(settings, args, run_date: str) -> int:
     if args.recipe not in (None, "default"):
         print("error: tune searches around TrainConfig's defaults; --recipe is for train/retrain", file=sys.stderr)
         return 2
-    tcfg = TuneConfig(
-        models=args.models or ["mlp"],
-        trials=args.trials,
-        budget_s=args.budget_s,
-        pruner=args.pruner,
-        startup_trials=args.startup_trials,
-        warmup_epochs=args.warmup_epochs,
-        max_epochs=args.max_epochs,
-        study=args.study or "",
-        workers=args.workers,
-    )
-    out = tune(settings, args.run_date or latest_run_date(settings), tcfg, _train_cfg(args))
+    # the study's flags (add_flags: None = not set); --seed is the base recipe's (TrainConfig's)
+    names = [f.name for f in fields(TuneConfig) if f.name != "seed"]
+    tcfg = TuneConfig(**{k: getattr(args, k) for k in names if getattr(args, k, None) is not None})
+    out = tune(settings, args.run_date or latest_run_date(settings), tcfg, train_config_from_args(args))
     _print({**out["summary"], "recipe": out["recipe"]["id"], "recipe_path": str(settings.recipes_dir)})
     return 0
 
@@ -329,7 +322,7 @@ def _cmd_promote(settings, args, run_date: str) -> int:
         args.force_promote,
         args.dry_run,
         require_approval=args.require_approval,
-        **_gate_rules(args),
+        **gate_rules_from_args(args),
     )
     _print(d.to_dict())
     _pending_hint(settings, d.to_dict())
@@ -343,12 +336,12 @@ def _cmd_retrain(settings, args, run_date: str) -> int:
         settings,
         args.sources,
         run_date,
-        _train_cfg(args),
+        train_config_from_args(args),
         args.format,
         args.force_promote,
         args.dry_run,
         require_approval=args.require_approval,
-        **_gate_rules(args),
+        **gate_rules_from_args(args),
     )
     if out.get("skipped"):
         print(f"skipped: {out['skipped']['reason']}")

@@ -10,13 +10,14 @@ import argparse
 from dataclasses import fields
 from datetime import datetime
 
-from pipelines.config import INPUT_FORMATS
-from pipelines.settings import get_settings
+from pipelines.config import INPUT_FORMATS, RunOptions, TrainConfig, declared, field_default, help_of, json_type
+from pipelines.settings import RULE_OVERRIDES, GateRules, get_settings
 
 # The module docstring above is the CLI's --help description (``build_parser`` passes ``__doc__``).
 
 
-def _date(value: str) -> str:
+def parse_date_arg(value: str) -> str:
+    """A ``--run-date`` value as ``YYYY-MM-DD``; else argparse's error."""
     try:
         return datetime.strptime(value, "%Y-%m-%d").date().isoformat()
     except ValueError as exc:
@@ -34,38 +35,41 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         return f"{h} (default: %(default)s)".strip()
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    from pipelines.config import TrainConfig
-
-    g = p.add_argument_group("training hyperparameters (defaults from TrainConfig)")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        value = getattr(defaults, f.name)
+def add_flags(g, obj, skip=()) -> None:
+    """One flag per declared field of the dataclass (or instance) ``obj`` (pipelines/config.py ``declare``),
+    but ``skip``: its type, help and default from the declaration (an instance's values as the defaults).
+    Every flag defaults to None (= not set: the dataclass's default applies, and a recipe may set it)."""
+    for name, (f, s) in declared(obj if isinstance(obj, type) else type(obj)).items():
+        if name in skip:
+            continue
+        value = field_default(f) if isinstance(obj, type) else getattr(obj, name)
         shown = ",".join(value) if isinstance(value, (list, tuple)) else value
-        if f.type in ("bool", bool):
-            g.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=f"(default: {shown})"
-            )
-        elif f.name == "models":
-            g.add_argument(flag, dest=f.name, default=None, help=f"comma-separated: mlp,cnn,bilstm (default: {shown})")
+        shown = "empty" if shown == "" else shown
+        flag = "--" + name.replace("_", "-")
+        kind = json_type(f)
+        kw = {"dest": name, "default": None, "help": f"{s.help} (default: {shown})".replace("%", "%%")}
+        if kind == "boolean":
+            kw["action"] = argparse.BooleanOptionalAction
         else:
-            typ = {"int": int, "float": float}.get(str(f.type), str)
-            g.add_argument(flag, dest=f.name, type=typ, default=None, help=f"(default: {shown})")
+            kw["type"] = {"integer": int, "number": float}.get(kind, str)
+            if s.choices:  # shown, checked by the dataclass (one line naming the field)
+                kw["metavar"] = "{" + ",".join(s.choices) + "}" + ("[,...]" if kind == "array" else "")
+        g.add_argument(flag, **kw)
 
 
-def _train_cfg(args):
-    from pipelines.config import TrainConfig
+def _add_train_flags(p: argparse.ArgumentParser, skip=()) -> None:
+    g = p.add_argument_group("training hyperparameters (defaults from TrainConfig)")
+    add_flags(g, TrainConfig, skip)
 
+
+def train_config_from_args(args) -> TrainConfig:
+    """The TrainConfig of a train/retrain/tune command line: the flags set, TrainConfig's defaults for the rest."""
     return TrainConfig.from_dict({f.name: getattr(args, f.name, None) for f in fields(TrainConfig)})
 
 
 def _add_gate_flags(p: argparse.ArgumentParser) -> None:
-    from pipelines.settings import GateRules
-
-    rules = GateRules()  # MELI_GATE_* resolved
-    p.add_argument("--force-promote", action="store_true", help="promote whatever the rules say")
-    p.add_argument("--dry-run", action="store_true", help="decide and record, but move no alias")
+    p.add_argument("--force-promote", action="store_true", help=help_of(RunOptions, "force_promote"))
+    p.add_argument("--dry-run", action="store_true", help=help_of(RunOptions, "dry_run"))
     p.add_argument(
         "--require-approval",
         action=argparse.BooleanOptionalAction,
@@ -73,21 +77,18 @@ def _add_gate_flags(p: argparse.ArgumentParser) -> None:
         help="a promotion waits as 'pending approval' until `registry approve|reject VERSION` "
         f"(default: MELI_REQUIRE_APPROVAL, now {get_settings().require_approval})",
     )
-    for name, what in (
-        ("min_improvement", "minimum macro-recall gain over the champion"),
-        ("min_macro_recall", "absolute macro-recall floor"),
-        ("max_class_drop", "a category 'collapses' if its recall drops more than this"),
-        ("max_share_classes_dropped", "reject if more than this share of categories collapse"),
-        ("min_behaviour_pass", "reject below this share passing the behavioural checks"),
-    ):
-        flag = "--" + name.replace("_", "-")
-        p.add_argument(flag, type=float, default=None, help=f"{what} (default: {getattr(rules, name)})")
+    g = p.add_argument_group("gate rules (defaults from MELI_GATE_*)")
+    add_flags(g, GateRules(), skip=set(declared(GateRules)) - set(RULE_OVERRIDES))  # MELI_GATE_* resolved
 
 
-def _gate_rules(args) -> dict:
-    from pipelines.settings import RULE_OVERRIDES
-
-    return {k: getattr(args, k) for k in RULE_OVERRIDES}
+def gate_rules_from_args(args) -> dict:
+    """The gate rules a promote/retrain command line overrides (None: the MELI_GATE_* value), each checked
+    against its declared bound (the trigger form's)."""
+    rules = {k: getattr(args, k) for k in RULE_OVERRIDES}
+    for name, (_, s) in declared(GateRules).items():
+        if rules.get(name) is not None and s.bound is not None:
+            s.bound.check(name, rules[name])
+    return rules
 
 
 def _parser_class():
@@ -129,7 +130,7 @@ def _add_data_commands(sub) -> None:
 
     p = sub.add_parser("ingest", help="ingest files into the lake partition of a run date")
     p.add_argument("sources", nargs="+", help="input files or glob patterns")
-    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--run-date", type=parse_date_arg, default=None, help="YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--format", default="auto", choices=INPUT_FORMATS, help="input format")
     p.add_argument(
         "--allow-empty",
@@ -143,7 +144,7 @@ def _add_data_commands(sub) -> None:
         "rows, validation outcome and commit time",
     )
     p.add_argument("action", choices=["status"], help="status: the table (or --json)")
-    p.add_argument("--run-date", type=_date, default=None, help="only this partition (default: all)")
+    p.add_argument("--run-date", type=parse_date_arg, default=None, help="only this partition (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
@@ -156,14 +157,16 @@ def _add_data_commands(sub) -> None:
         help="a lake partition dir (ingest_date=YYYY-MM-DD), or a raw input file to check before it lands "
         "(ingested into a scratch lake; nothing is written to the real lake); default: --run-date's partition",
     )
-    p.add_argument("--run-date", type=_date, default=None, help="the partition's date (default: today, UTC)")
+    p.add_argument("--run-date", type=parse_date_arg, default=None, help="the partition's date (default: today, UTC)")
     p.add_argument("--format", default="auto", choices=INPUT_FORMATS, help="input format")
 
 
 def _add_training_commands(sub) -> None:
     """train, tune, promote, retrain."""
+    from pipelines.training.tune import TuneConfig
+
     p = sub.add_parser("train", help="prepare the dataset, train the embedding and classifiers, register the best")
-    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--run-date", type=parse_date_arg, default=None, help="YYYY-MM-DD (default: today, UTC)")
     _add_train_flags(p)
 
     p = sub.add_parser(
@@ -172,26 +175,23 @@ def _add_training_commands(sub) -> None:
         "its best trials become a recipe (train/retrain --recipe tuned)",
     )
     p.add_argument(
-        "--run-date", type=_date, default=None, help="the lake snapshot as of this date (default: the newest partition)"
+        "--run-date",
+        type=parse_date_arg,
+        default=None,
+        help="the lake snapshot as of this date (default: the newest partition)",
     )
-    p.add_argument("--trials", type=int, default=20, help="trials per model type, over every worker and restart")
-    p.add_argument("--budget-s", type=float, default=7200.0, help="wall-clock budget of this call, seconds")
-    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"], help="pruning on each epoch")
-    p.add_argument("--startup-trials", type=int, default=2, help="median pruner: trials never pruned first")
-    p.add_argument("--warmup-epochs", type=int, default=1, help="median pruner: epochs never pruned first")
-    p.add_argument("--max-epochs", type=int, default=0, help="epochs per trial (0 = --epochs, TrainConfig's)")
-    p.add_argument("--workers", type=int, default=1, help="trial processes side by side on this machine")
-    p.add_argument("--study", default=None, help="study name (default: meli-tune-<run date>; same name = resume)")
-    _add_train_flags(p)  # the base recipe (--models: the types to tune, default mlp)
+    g = p.add_argument_group("the study (defaults from TuneConfig)")
+    add_flags(g, TuneConfig, skip=("seed",))
+    _add_train_flags(p, skip=("models",))  # the base recipe (--models: the study's, the types to tune)
 
     p = sub.add_parser("promote", help="evaluate the challenger vs the champion and apply the gate")
-    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--run-date", type=parse_date_arg, default=None, help="YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--version", default=None, help="challenger version (default: the one `train` registered)")
     _add_gate_flags(p)
 
     p = sub.add_parser("retrain", help="ingest SOURCES, validate, train, evaluate and gate in one process")
     p.add_argument("sources", nargs="+", help="input files or glob patterns")
-    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--run-date", type=parse_date_arg, default=None, help="YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--format", default="auto", choices=INPUT_FORMATS, help="input format")
     _add_train_flags(p)
     _add_gate_flags(p)
@@ -210,7 +210,7 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--model", default="champion", help="alias or version number")
     p.add_argument(
         "--run-date",
-        type=_date,
+        type=parse_date_arg,
         default=None,
         help="write the lake's scored partition of this date, as the DAG does (default: none, see --output)",
     )
@@ -230,12 +230,14 @@ def _add_serving_commands(sub) -> None:
         "(exit 0: within thresholds, 3: drifted)",
     )
     p.add_argument("scored", help="a scored .parquet file or a lake/scored/run_date=D partition")
-    p.add_argument("--run-date", type=_date, default=None, help="the batch's date in the report (default: today)")
+    p.add_argument(
+        "--run-date", type=parse_date_arg, default=None, help="the batch's date in the report (default: today)"
+    )
     p.add_argument("--no-record", action="store_true", help="print the figures only: no report, MLflow run or history")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
     p = sub.add_parser("summary", help="what a run produced: decision, partition, Data Docs, MLflow run, scores")
-    p.add_argument("--run-date", type=_date, default=None, help="YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--run-date", type=parse_date_arg, default=None, help="YYYY-MM-DD (default: today, UTC)")
 
     p = sub.add_parser(
         "registry", help="champion status, promotion history, rollback, approve/reject a pending promotion, model card"

@@ -24,11 +24,11 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.config import MODEL_TYPES, Bound, TrainConfig, check_name
+from pipelines.config import MODEL_TYPES, NAME_RE, Bound, TrainConfig, bounds_of, check_choices, check_name, declare
 from pipelines.core.paths import confined
 from pipelines.core.system import usable_cores
 from pipelines.settings import Settings
@@ -54,47 +54,103 @@ SEARCH_SPACE: dict[str, dict[str, tuple]] = {
     "bilstm": dict(COMMON_SPACE),
 }
 PRUNERS = ("median", "hyperband", "none")
-# the bounds of TuneConfig's numeric fields: checked by TuneConfig, read by meli_tune's Params (issue 35 item 9)
-TUNE_BOUNDS: dict[str, Bound] = {
-    "trials": Bound(1, 10_000),
-    "budget_s": Bound(0, 43_200, lo_open=True),  # the worker task's execution_timeout: 12 h
-    "startup_trials": Bound(0, 1000),
-    "warmup_epochs": Bound(0, 200),
-    "max_epochs": Bound(0, 200),
-    "workers": Bound(1, 32),
-    "seed": Bound(0, 2**32 - 1),
-}
 
 
 @dataclass
 class TuneConfig:
-    """A tuning study. ``trials``: per model type, counted over every worker and restart (complete +
+    """A tuning study, each field declared once (pipelines/config.py ``declare``): a ``tune`` flag and a
+    meli_tune Param. ``trials``: per model type, counted over every worker and restart (complete +
     pruned trials); ``budget_s``: wall-clock seconds of one call (every model type together)."""
 
-    models: list[str] = field(default_factory=lambda: ["mlp"])
-    trials: int = 20
-    budget_s: float = 7200.0
-    pruner: str = "median"
+    models: list[str] = declare(
+        ["mlp"],
+        title="Model types",
+        help="One Optuna study per type; the recipe holds each type's best parameters.",
+        section="Model",
+        choices=MODEL_TYPES,
+    )
+    trials: int = declare(
+        20,
+        title="Trial budget (per model type)",
+        help="Finished (complete or pruned) trials per type, over every worker and rerun.",
+        section="Training",
+        bound=Bound(1, 10_000),
+    )
+    budget_s: float = declare(
+        7200.0,
+        title="Wall-clock budget (seconds)",
+        help="Each worker stops starting trials after this long (every model type together).",
+        section="Training",
+        bound=Bound(0, 43_200, lo_open=True),  # the worker task's execution_timeout: 12 h
+    )
+    pruner: str = declare(
+        "median",
+        title="Pruner",
+        help="median: stop a trial whose epoch's validation macro-recall is below the median of earlier trials at "
+        "that epoch; hyperband: successive halving over epochs; none.",
+        section="Training",
+        choices=PRUNERS,
+    )
     # median: never prune during the first ``startup_trials`` trials, nor before epoch ``warmup_epochs`` + 1
-    startup_trials: int = 2
-    warmup_epochs: int = 1
-    max_epochs: int = 0  # epochs per trial (early stopping within them); 0 = the base recipe's epochs
-    study: str = ""  # default: meli-tune-<run date>
-    seed: int = 13
-    workers: int = 1  # processes side by side on this machine (CLI); the DAG maps worker tasks instead
+    startup_trials: int = declare(
+        2,
+        title="Median pruner: trials never pruned first",
+        help="The median pruner prunes no trial among the first this many.",
+        section="Training",
+        bound=Bound(0, 1000),
+    )
+    warmup_epochs: int = declare(
+        1,
+        title="Median pruner: epochs never pruned first",
+        help="The median pruner prunes no trial before this many epochs.",
+        section="Training",
+        bound=Bound(0, 200),
+    )
+    max_epochs: int = declare(
+        0,
+        title="Epochs per trial",
+        help="Early stopping within them; 0 = the base recipe's epochs (TrainConfig's).",
+        section="Training",
+        bound=Bound(0, 200),
+    )
+    study: str = declare(
+        "",
+        title="Study name",
+        help="Empty = meli-tune-<run date>. The same name resumes that study (its finished trials count).",
+        section="Training",
+        pattern=f"^$|{NAME_RE.pattern}",
+        optional=True,
+    )
+    seed: int = declare(
+        13,
+        title="Sampler seed",
+        help="Seed of the Optuna sampler.",
+        section="Training",
+        bound=Bound(0, 2**32 - 1),
+        param=False,
+    )
+    workers: int = declare(
+        1,
+        title="Workers",
+        help="Trial processes side by side on this machine (CLI); meli_tune maps this many worker tasks "
+        "(queue MELI_TRAIN_QUEUE) running trials of the same study at once.",
+        section="Training",
+        bound=Bound(1, 32),
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.models, str):
             self.models = [m.strip() for m in self.models.split(",") if m.strip()]
-        bad = [m for m in self.models if m not in MODEL_TYPES]
-        if bad or not self.models:
-            raise ValueError(f"models must be a non-empty subset of {MODEL_TYPES}; got {self.models}")
-        if self.pruner not in PRUNERS:
-            raise ValueError(f"pruner must be one of {PRUNERS}; got {self.pruner!r}")
+        check_choices(self)  # models, pruner
         for name, bound in TUNE_BOUNDS.items():
             bound.check(name, getattr(self, name))
         if self.study:  # a folder under $MELI_HOME/tune/ and a recipe id prefix
             check_name(self.study, "study")
+
+
+# the bounds of TuneConfig's numeric fields, from their declaration: checked by TuneConfig, carried by
+# meli_tune's Params (issue 35 item 9)
+TUNE_BOUNDS: dict[str, Bound] = bounds_of(TuneConfig)
 
 
 def latest_run_date(settings: Settings) -> str:

@@ -8,6 +8,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from pipelines.flows.cli import main
 from pipelines.flows.cli_parser import build_parser
 
@@ -29,8 +31,71 @@ def test_help_shows_every_default():
             help_text = p._get_formatter()._expand_help(action) if action.help else ""
             assert "default" in help_text, (name, action.option_strings, help_text)
     train = _subparsers(build_parser())["train"].format_help()
-    assert re.search(r"--epochs EPOCHS\s+\(default: 15\)", train)
+    assert re.search(r"--epochs EPOCHS\s+Epochs of a full run(?:(?!\n  --).)*\(default: 15\)", train, re.S)
     assert "(default: champion)" in _subparsers(build_parser())["score"].format_help()
+
+
+def _flag_help(p: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option's help as --help prints it, joined onto one line (argparse wraps after a hyphen)."""
+    text = re.sub(r"-\s+", "-", " ".join(p.format_help().split()))
+    out = {}
+    for action in p._actions:
+        if action.option_strings and action.help not in (None, argparse.SUPPRESS):
+            out[action.dest] = re.sub(r"-\s+", "-", " ".join(p._get_formatter()._expand_help(action).split()))
+            assert out[action.dest] in text, action.dest
+    return out
+
+
+def test_help_of_train_retrain_and_tune_shows_each_declared_default():
+    """Issue 32: the flags are generated from the one declaration (pipelines/config.py ``declare``):
+    each field's help and its default, in --help."""
+    from dataclasses import fields
+
+    from pipelines.config import TrainConfig, declared
+    from pipelines.settings import RULE_OVERRIDES, GateRules
+    from pipelines.training.tune import TuneConfig
+
+    def shown(v):
+        return ",".join(v) if isinstance(v, list) else ("empty" if v == "" else str(v))
+
+    subs = _subparsers(build_parser())
+    train_defaults = {f.name: shown(getattr(TrainConfig(), f.name)) for f in fields(TrainConfig)}
+    for name in ("train", "retrain", "tune"):
+        helps = _flag_help(subs[name])
+        want = dict(train_defaults)
+        if name == "tune":  # --models is the study's (TuneConfig: mlp)
+            want |= {k: shown(getattr(TuneConfig(), k)) for k in declared(TuneConfig) if k != "seed"}
+        if name == "retrain":
+            want |= {k: shown(getattr(GateRules(), k)) for k in RULE_OVERRIDES}
+        for dest, default in want.items():
+            assert dest in helps, (name, dest)
+            assert helps[dest].endswith(f"(default: {default})"), (name, dest, helps[dest])
+        for dest, (_, s) in declared(TrainConfig).items():
+            if name == "tune" and dest == "models":
+                continue
+            assert helps[dest].startswith(re.sub(r"-\s+", "-", " ".join(s.help.split()))), (name, dest)
+    assert "--models {mlp,cnn,bilstm}[,...]" in subs["train"].format_help()
+    assert "(default: mlp,cnn,bilstm)" in _flag_help(subs["train"])["models"]
+    assert _flag_help(subs["tune"])["models"].endswith("(default: mlp)")
+
+
+def test_gate_rule_flags_are_checked_against_the_forms_bounds():
+    from pipelines.flows.cli_parser import gate_rules_from_args
+
+    ap = build_parser()
+    assert gate_rules_from_args(ap.parse_args(["promote", "--min-improvement", "-0.5"]))["min_improvement"] == -0.5
+    with pytest.raises(ValueError, match="min_macro_recall must be <= 1"):
+        gate_rules_from_args(ap.parse_args(["promote", "--min-macro-recall", "5"]))
+
+
+def test_tune_flags_build_the_study_config():
+    from pipelines.flows.cli_parser import train_config_from_args
+    from pipelines.training.tune import TuneConfig
+
+    args = build_parser().parse_args(["tune", "--models", "cnn", "--startup-trials", "0", "--seed", "3"])
+    assert args.models == "cnn" and args.startup_trials == 0 and args.trials is None
+    assert TuneConfig(models=args.models, startup_trials=0).models == ["cnn"]
+    assert train_config_from_args(args).seed == 3
 
 
 def test_train_and_retrain_default_to_the_dags_training_defaults():
@@ -38,13 +103,13 @@ def test_train_and_retrain_default_to_the_dags_training_defaults():
     ensemble candidate, the sentence features), i.e. TrainConfig(); the DAG's form reads the same
     (tests/integration/test_dags.py)."""
     from pipelines.config import MODEL_TYPES, TrainConfig
-    from pipelines.flows.cli_parser import _train_cfg
+    from pipelines.flows.cli_parser import train_config_from_args
 
     for argv in (["train"], ["retrain", "listings.jsonl.gz"]):
-        cfg = _train_cfg(build_parser().parse_args(argv))
+        cfg = train_config_from_args(build_parser().parse_args(argv))
         assert cfg == TrainConfig(), argv
         assert cfg.models == list(MODEL_TYPES) and cfg.ensemble and cfg.sentence_encoder == "use"
-    cfg = _train_cfg(build_parser().parse_args(["train", "--models", "cnn", "--sentence-encoder", "none"]))
+    cfg = train_config_from_args(build_parser().parse_args(["train", "--models", "cnn", "--sentence-encoder", "none"]))
     assert cfg.models == ["cnn"] and cfg.sentence_encoder == "none"
 
 

@@ -258,11 +258,11 @@ def test_the_readme_lists_each_place_once():
 
 
 def test_the_summary_after_a_promotion_names_the_new_champion_and_the_replaced_one():
-    from pipelines.flows.cli import _champion_line
+    from pipelines.flows.cli import champion_line
 
     d = {"decision": "promoted", "challenger_version": "2", "champion_version": "1", "champion_macro_recall": 0.972}
-    assert _champion_line(d) == "v2 (this run's challenger, promoted); it replaced v1 (test macro-recall 0.9720)"
-    assert _champion_line({**d, "decision": "rejected"}) == "v1 (test macro-recall 0.9720), unchanged"
+    assert champion_line(d) == "v2 (this run's challenger, promoted); it replaced v1 (test macro-recall 0.9720)"
+    assert champion_line({**d, "decision": "rejected"}) == "v1 (test macro-recall 0.9720), unchanged"
     readme = (REPO / "README.md").read_text()
     assert "typically *rejected: not_better* the second time" not in readme
     assert "the second run of `make demo` re-ingests the same file: nothing is new" in readme
