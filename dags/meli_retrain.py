@@ -51,7 +51,6 @@ Operators: trigger with the form to change sources, models, hyperparameters and 
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from airflow.sdk import (
@@ -76,8 +75,6 @@ from pipelines.settings import GateRules, Settings
 LISTINGS = Asset("meli_lake_listings")
 CHAMPION = Asset("meli_champion")
 DRIFT = Asset("meli_drift")  # emitted by meli_score's monitor on a breach
-TRAIN_QUEUE = os.environ.get("MELI_TRAIN_QUEUE", "gpu")
-TRAIN_POOL = os.environ.get("MELI_TRAIN_POOL", "default_pool")
 TRAIN_CONCURRENCY = Settings().train_concurrency  # mapped train tasks at once (MELI_TRAIN_CONCURRENCY)
 # Airflow 3 caps the tasks running at once in one DAG run (core.max_active_tasks_per_dag, 2 in the
 # embedded airflow.cfg): raise the cap for this DAG so MELI_TRAIN_CONCURRENCY > 2 is not silently lost.
@@ -198,8 +195,8 @@ def meli_retrain():
         return _train_cfg(params).models
 
     @task(
-        queue=TRAIN_QUEUE,
-        pool=TRAIN_POOL,
+        queue=_S.train_queue,
+        pool=_S.train_pool,
         retries=1,
         execution_timeout=timedelta(hours=3),
         max_active_tis_per_dagrun=TRAIN_CONCURRENCY,

@@ -22,18 +22,17 @@ Manual by default; `MELI_TUNE_SCHEDULE` (e.g. `@weekly`) schedules it.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, task
 
 from pipelines.config import DATE_PATTERN, TrainConfig, by_section, params_for
+from pipelines.settings import Settings
 from pipelines.training.tune import TuneConfig
 
-TRAIN_QUEUE = os.environ.get("MELI_TRAIN_QUEUE", "gpu")
-TRAIN_POOL = os.environ.get("MELI_TRAIN_POOL", "default_pool")
-SCHEDULE = os.environ.get("MELI_TUNE_SCHEDULE") or None
+_S = Settings()
+
 _PARAMS = by_section(
     {
         "run_date": {
@@ -83,7 +82,7 @@ def _configs(params) -> tuple[TuneConfig, TrainConfig]:
 
 @dag(
     dag_id="meli_tune",
-    schedule=SCHEDULE,
+    schedule=_S.tune_schedule or None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -105,7 +104,7 @@ def meli_tune():
     def worker_slots(params=None) -> list[int]:
         return list(range(int(params["workers"])))
 
-    @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL, execution_timeout=timedelta(hours=12))
+    @task(queue=_S.train_queue, pool=_S.train_pool, execution_timeout=timedelta(hours=12))
     def worker(slot: int, study: dict, params=None) -> dict:
         """Trials against the shared storage until the study's trial or time budget is spent."""
         from pipelines.flows import dag_tasks

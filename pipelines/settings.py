@@ -256,6 +256,13 @@ class Settings:
     train_concurrency: int = setting(
         "MELI_TRAIN_CONCURRENCY", 2, "model types the DAG trains at once (mapped train tasks per run; at least 1)"
     )
+    train_queue: str = setting(
+        "MELI_TRAIN_QUEUE",
+        "gpu",
+        "the Celery queue of the training tasks (meli_retrain's train, meli_tune's worker); LocalExecutor ignores it",
+    )
+    train_pool: str = setting("MELI_TRAIN_POOL", "default_pool", "the Airflow pool of the training tasks")
+    tune_schedule: str = setting("MELI_TUNE_SCHEDULE", "", "meli_tune's cron schedule (UTC); empty: manual only")
     torch_threads: int = setting(
         "MELI_TORCH_THREADS",
         0,
