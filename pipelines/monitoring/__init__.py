@@ -30,7 +30,7 @@ EXPORTS = {
         "psi",
         "realised_macro_recall",
         "reason_text",
-        "sample_rows",
+        "sample_indices",
         "share_array",
         "text_stats",
         "title_lengths",

@@ -234,7 +234,7 @@ def text_stats(titles: list[str], text: TextConfig, vocab: np.ndarray) -> dict:
     }
 
 
-def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+def sample_indices(n: int, size: int, seed: int) -> np.ndarray:
     if n <= size:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
@@ -280,7 +280,7 @@ def compare(ref: dict, arrays: dict, batch: pa.Table, rules: Monitor, seed: int 
     edges = np.asarray(ref["text"]["length_edges"])
     lengths = title_lengths(titles.combine_chunks() if isinstance(titles, pa.ChunkedArray) else titles)
     length_hist = length_histogram(lengths, edges)
-    sample = sample_rows(rows, rules.sample_rows, seed)
+    sample = sample_indices(rows, rules.sample_rows, seed)
     sampled = titles.take(pa.array(sample)).to_pylist() if rows else []
     stats = text_stats([t or "" for t in sampled], TextConfig.from_dict(ref["text_config"]), arrays["vocab"])
     ref_lang = ref["text"]["languages"]

@@ -24,6 +24,7 @@ from pipelines.monitoring.drift import (
     calibration,
     estimate_macro_recall,
     length_histogram,
+    sample_indices,
     text_stats,
     title_lengths,
     word_hashes,
@@ -63,7 +64,7 @@ def reference_from_predictions(
     vocab = word_hashes(vocab_words)
     lengths = title_lengths(pa.array(titles, pa.string()))
     edges = np.unique(np.quantile(lengths, np.linspace(0, 1, 11)[1:-1])) if len(lengths) else np.array([])
-    idx = sample_rows(len(titles), sample_rows, seed)
+    idx = sample_indices(len(titles), sample_rows, seed)
     stats = text_stats([titles[i] for i in idx], text, vocab)
     n_scored = len(pred)
     # realised macro-recall over the scored test rows (a row with no token is never right)
