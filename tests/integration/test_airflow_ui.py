@@ -110,12 +110,18 @@ DIALOG = "[...document.querySelectorAll('[role=dialog]')].find(d => d.innerText.
 TRIGGER = f"[...{DIALOG}.querySelectorAll('button')].filter(x => x.innerText.trim() === 'Trigger').pop()"
 
 
-def _submit_trigger_form(b: Browser, ui: UI, dag_id: str) -> None:
-    b.open(f"{ui.base}/dags/{dag_id}", settle=2)
+def open_trigger_form(b: Browser, base: str, dag_id: str) -> None:
+    """Open the DAG's page in Airflow's UI at ``base`` and its "Trigger Dag" dialog (the form drawn)."""
+    b.open(f"{base}/dags/{dag_id}", settle=2)
     b.wait_for("!!document.querySelector('button[aria-label=\"Trigger Dag\"]')")
     b.js("document.querySelector('button[aria-label=\"Trigger Dag\"]').click()")
-    b.wait_for(f"!!{DIALOG} && {DIALOG}.innerText.includes('Run Parameters')")
+    # the params' form (an accordion: "Run Parameters" or the Params' sections, then "Advanced Options")
+    b.wait_for(f"!!{DIALOG} && !!{DIALOG}.querySelector('[data-testid=config-form]')")
     b.pump(1.5)
+
+
+def _submit_trigger_form(b: Browser, ui: UI, dag_id: str) -> None:
+    open_trigger_form(b, ui.base, dag_id)
     # with every default the form is valid: no field flagged, the dialog's Trigger button enabled
     invalid = b.js(f"{DIALOG}.querySelectorAll('[aria-invalid=true], [data-invalid]').length")
     assert invalid == 0, f"{dag_id}: {invalid} fields flagged invalid with the defaults"
