@@ -813,5 +813,5 @@ def test_descriptions_and_the_gate_log_read_as_plain_text(settings, test_rows):
     d = {**d, "reason": "macro-recall >= the floor [0.3] * 1"}
     assert "\\" not in decision_text(d) and "macro-recall >= the floor [0.3] * 1" in decision_text(d)
     assert "\\>=" in decision_note(d)
-    dag = (Path(__file__).resolve().parents[3] / "dags" / "meli_retrain.py").read_text()
-    assert "print(decision_text(decision))" in dag and "print(decision_note(" not in dag
+    task = (Path(__file__).resolve().parents[3] / "pipelines" / "flows" / "dag_tasks.py").read_text()
+    assert "print(decision_text(d))" in task and "print(decision_note(" not in task  # the gate task's log

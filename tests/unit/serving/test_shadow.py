@@ -163,9 +163,7 @@ def test_a_shadow_failure_keeps_the_served_scores_and_reports_the_error(s, tmp_p
     assert res.shadow == {"error": "RuntimeError: boom"}
     assert read_partition(s.scored_dir / "run_date=2026-11-21").num_rows == len(lines)
 
-    monkeypatch.setattr(
-        "pipelines.serving.score.load_bundle", lambda name, v: boom() if v == "2" else bundle_of(name, v)
-    )
+    monkeypatch.setattr(shadow, "load_bundle", lambda name, v: boom() if v == "2" else bundle_of(name, v))
     res = score_listings(s, src, None, run_date="2026-11-22", progress=False, shadow=True)
     assert res.shadow == {"error": "RuntimeError: boom"} and res.model_version == "1"
     assert read_partition(s.scored_dir / "run_date=2026-11-22").num_rows == len(lines)
