@@ -27,7 +27,7 @@ import numpy as np
 PredictFn = Callable[[list[str]], list[str]]
 
 LANGUAGES = ("spanish", "portuguese")
-CASES_PATH = Path(__file__).resolve().parent.parent / "expectations" / "behaviour" / "min_function.csv"
+CASES_PATH = Path(__file__).resolve().parents[2] / "expectations" / "behaviour" / "min_function.csv"
 CASE_COLUMNS = ("title", "category", "language")
 MAX_EXAMPLES, MAX_FAILURES = 10, 20
 

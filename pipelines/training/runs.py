@@ -330,7 +330,7 @@ def log_served_model(bundle_dir: Path, val_df, val_probs: np.ndarray, dataset_di
 
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(REPO_ROOT / "pipelines" / "pyfunc_model.py"),  # code, not a pickled object
+        python_model=str(REPO_ROOT / "pipelines" / "model" / "pyfunc_model.py"),  # code, not a pickled object
         artifacts={"bundle": str(bundle_dir)},
         code_paths=[str(REPO_ROOT / "pipelines")],
         pip_requirements=_pip_requirements(bundle_dir),
