@@ -329,7 +329,7 @@ def _train_cfg(params) -> TrainConfig:
     },
 )
 def meli_retrain():
-    @task
+    @task(multiple_outputs=True)
     def ingest(params=None, **context) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -378,7 +378,7 @@ def meli_retrain():
 
     # the new partition is announced (scheduling meli_score) only once it passed validation: a batch
     # that fails a critical expectation is neither trained on nor scored
-    @task(outlets=[LISTINGS])
+    @task(multiple_outputs=True, outlets=[LISTINGS])
     def validate(ingested: dict, dag_run=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -413,7 +413,7 @@ def meli_retrain():
 
     # only partition versions that passed validation are read; earlier ones never validated are
     # validated here first, and those that failed are left out (listed in dataset.json)
-    @task
+    @task(multiple_outputs=True)
     def prepare(ingested: dict, validation: dict, dag_run=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -431,7 +431,7 @@ def meli_retrain():
         except (NotEligible, ValidationFailed) as exc:  # the data fails, not the task: no retries
             raise AirflowFailException(str(exc)) from exc
 
-    @task
+    @task(multiple_outputs=True)
     def embedding(dataset: dict, params=None, dag_run=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -454,6 +454,7 @@ def meli_retrain():
         return _train_cfg(params).models
 
     @task(
+        multiple_outputs=True,
         queue=TRAIN_QUEUE,
         pool=TRAIN_POOL,
         retries=1,
@@ -478,19 +479,19 @@ def meli_retrain():
         trained = [results[i] for i in range(len(results))]
         return step_ensemble(_settings(), dataset, trained, _train_cfg(params))
 
-    @task
+    @task(multiple_outputs=True)
     def register(results: list[dict], dataset: dict, dag_run=None) -> dict:
         from pipelines.flows.retrain import step_register
 
         return step_register(_settings(), list(results), dataset["run_date"], dag_run.run_id, dataset["parent_run_id"])
 
-    @task
+    @task(multiple_outputs=True)
     def evaluate(challenger: dict, dataset: dict) -> dict:
         from pipelines.flows.retrain import step_evaluate
 
         return step_evaluate(_settings(), dataset["run_date"], challenger)
 
-    @task
+    @task(multiple_outputs=True)
     def gate(challenger: dict, dataset: dict, evaluation: dict, params=None, dag_run=None, ti=None) -> dict:
         from pipelines.flows.retrain import step_gate
 

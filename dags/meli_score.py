@@ -93,7 +93,7 @@ DRIFT = Asset("meli_drift")
     },
 )
 def meli_score():
-    @task
+    @task(multiple_outputs=True)
     def score(params=None, triggering_asset_events=None, **context) -> dict:
         from pipelines.config import run_date_from_context
         from pipelines.core.paths import check_output, event_extras
@@ -146,7 +146,7 @@ def meli_score():
             )
         return {**result.to_dict(), "run_date": run_date}
 
-    @task
+    @task(multiple_outputs=True)
     def monitor(scored: dict, dag_run=None) -> dict:
         """Drift of the batch against the served version's reference; the figures and report paths.
         The run's "Drift report" tab shows the report and its note says the status."""
@@ -165,7 +165,7 @@ def meli_score():
         return summary(report)
 
     # emits meli_drift (scheduling meli_retrain) only on a breach: a skipped task emits no asset event
-    @task(outlets=[DRIFT])
+    @task(multiple_outputs=True, outlets=[DRIFT])
     def announce_drift(report: dict, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 

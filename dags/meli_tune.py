@@ -158,7 +158,7 @@ def _configs(params) -> tuple[TuneConfig, TrainConfig]:
     },
 )
 def meli_tune():
-    @task
+    @task(multiple_outputs=True)
     def prepare(params=None) -> dict:
         from pipelines.training.tune import latest_run_date, prepare
 
@@ -172,7 +172,7 @@ def meli_tune():
     def worker_slots(params=None) -> list[int]:
         return list(range(int(params["workers"])))
 
-    @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL, execution_timeout=timedelta(hours=12))
+    @task(multiple_outputs=True, queue=TRAIN_QUEUE, pool=TRAIN_POOL, execution_timeout=timedelta(hours=12))
     def worker(slot: int, study: dict, params=None) -> dict:
         """Trials against the shared storage until the study's trial or time budget is spent."""
         from pipelines.training.tune import run_worker
@@ -182,7 +182,7 @@ def meli_tune():
         ran = run_worker(settings, study["run_date"], tcfg, threads=settings.train_threads(tcfg.workers), worker=slot)
         return {"slot": slot, "trials": ran}
 
-    @task
+    @task(multiple_outputs=True)
     def recipe(study: dict, workers: list[dict], params=None) -> dict:
         from pipelines.training.tune import make_recipe, summary
 

@@ -275,8 +275,8 @@ def pipeline_resources() -> tuple[str, str]:
 
 
 def pipeline_experiments(admin: Server, experiment: str) -> list[tuple[str, str]]:
-    """(name, id) of the existing experiments the pipelines write: ``experiment`` and its
-    ``experiment-*`` siblings (pipelines/registry/gate.py's ``-promotions``, pipelines/serving/shadow.py's ``-shadow``)."""
+    """(name, id) of the existing experiments the pipelines write: ``experiment`` and its ``experiment-*``
+    siblings (pipelines/registry/gate.py's ``-promotions``, pipelines/serving/shadow.py's ``-shadow``)."""
     found, token = [], None
     while True:
         body = {"max_results": 1000, "filter": f"name LIKE '{experiment.replace(chr(39), '')}%'"}
