@@ -282,10 +282,10 @@ def test_each_test_gets_the_home_as_trained(trained_home_template, s):
     client.set_registered_model_alias(s.model_name, "champion", "2")
     client.set_model_version_tag(s.model_name, "1", "scratch", "x")
     (home / "scratch.txt").write_text("x")
-    assert client.get_model_version_by_alias(s.model_name, "champion").version == "2"
+    assert str(client.get_model_version_by_alias(s.model_name, "champion").version) == "2"
 
     restore_trained_home(template, home)
-    assert client.get_model_version_by_alias(s.model_name, "champion").version == "1"
+    assert str(client.get_model_version_by_alias(s.model_name, "champion").version) == "1"
     assert "scratch" not in client.get_model_version(s.model_name, "1").tags
     assert not (home / "scratch.txt").exists()
     assert read_partition(s.listings_dir / "ingest_date=2026-11-02").num_rows > 0
