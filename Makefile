@@ -11,19 +11,21 @@ export MELI_HOME
 export MELI_REPO := $(REPO)
 export AIRFLOW_HOME := $(MELI_HOME)/airflow
 export AIRFLOW_CONFIG := $(REPO)/airflow.cfg
-export PYTHONPATH := $(REPO)
 export GX_ANALYTICS_ENABLED := false
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning
 DEMO_ROWS ?= 4000
 DEMO_CONF ?= {"epochs": 6, "embedding_epochs": 5, "models": ["mlp", "cnn", "bilstm"]}
 
-.PHONY: venv browser demo test lint airflow-ui mlflow-ui distributed-test bench clean
+.PHONY: venv browser demo test lint layout airflow-ui mlflow-ui distributed-test bench clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
+# the pinned requirements, then the project itself, editable and offline (setuptools comes with the venv):
+# `pipelines` imports from any directory and the `meli` command is on $(VENV)/bin
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 # `airflow dags test` runs no scheduler: the nightly run's DeadlineAlert is off there (MELI_RETRAIN_DEADLINE_H=0;
@@ -35,7 +37,7 @@ TASK_PROGRESS := { grep --line-buffered -oE '\[DAG TEST\] end task task_id=[a-z_
 demo: venv
 	@mkdir -p $(MELI_HOME)/landing
 	@echo "[1/4] writing $(DEMO_ROWS) SYNTHETIC listings to $(MELI_HOME)/landing/"
-	@$(PY) -m pipelines demo-data $(MELI_HOME)/landing/demo-listings.jsonl.gz --rows $(DEMO_ROWS) --seed 7 --dirty 4
+	@$(VENV)/bin/meli demo-data $(MELI_HOME)/landing/demo-listings.jsonl.gz --rows $(DEMO_ROWS) --seed 7 --dirty 4
 	@echo "[2/4] preparing the Airflow database (SQLite under $(AIRFLOW_HOME))"
 	@$(VENV)/bin/airflow db migrate > $(MELI_HOME)/airflow-db-migrate.log 2>&1 || (cat $(MELI_HOME)/airflow-db-migrate.log; exit 1)
 	@echo "[3/4] meli_retrain: ingest, validate (GX), FastText, 3 classifiers + ensemble, register, gate (~1 min on 2 cores)"
@@ -44,7 +46,7 @@ demo: venv
 	@echo "[4/4] meli_score: batch-score the new partition with the champion"
 	@$(VENV)/bin/airflow dags test meli_score 2>&1 | tee $(MELI_HOME)/demo-score.log | $(TASK_PROGRESS) \
 	  || (tail -n 80 $(MELI_HOME)/demo-score.log; echo "meli_score failed; full log: $(MELI_HOME)/demo-score.log"; exit 1)
-	@$(PY) -m pipelines summary
+	@$(VENV)/bin/meli summary
 
 # Debian's chromium for the Data Docs browser test (never a browser download); the test skips
 # with a message where it cannot be installed.
@@ -66,6 +68,10 @@ test: venv browser
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# the packages' import order, cycles, private reach-ins and facades (tests/check_layout.py's docstring)
+layout: venv
+	$(PY) tests/check_layout.py
 
 # The UIs on 127.0.0.1; ports: make airflow-ui AIRFLOW_PORT=8081, make mlflow-ui MLFLOW_PORT=5001.
 # `airflow standalone` starts its components as `airflow ...` subprocesses: the venv's bin goes first

@@ -147,7 +147,7 @@ def _train_cfg(params) -> TrainConfig:
     params={name: Param(**kw) for name, kw in _PARAMS.items()},
 )
 def meli_retrain():
-    @task
+    @task(multiple_outputs=True)
     def ingest(params=None, **context) -> dict:
         from pipelines.config import run_date_from_context
         from pipelines.flows import dag_tasks
@@ -161,7 +161,7 @@ def meli_retrain():
 
     # the new partition is announced (scheduling meli_score) only once it passed validation: a batch
     # that fails a critical expectation is neither trained on nor scored
-    @task(outlets=[LISTINGS])
+    @task(multiple_outputs=True, outlets=[LISTINGS])
     def validate(ingested: dict, dag_run=None, outlet_events=None) -> dict:
         from pipelines.flows import dag_tasks
         from pipelines.flows.outcomes import airflow_outcomes
@@ -174,7 +174,7 @@ def meli_retrain():
 
     # only partition versions that passed validation are read; earlier ones never validated are
     # validated here first, and those that failed are left out (listed in dataset.json)
-    @task
+    @task(multiple_outputs=True)
     def prepare(ingested: dict, validation: dict, dag_run=None) -> dict:
         from pipelines.flows import dag_tasks
         from pipelines.flows.outcomes import airflow_outcomes
@@ -182,7 +182,7 @@ def meli_retrain():
         with airflow_outcomes():
             return dag_tasks.prepare(_settings(), ingested, validation, dag_run.run_id)
 
-    @task
+    @task(multiple_outputs=True)
     def embedding(dataset: dict, params=None, dag_run=None) -> dict:
         from pipelines.flows import dag_tasks
         from pipelines.flows.outcomes import airflow_outcomes
@@ -195,6 +195,7 @@ def meli_retrain():
         return _train_cfg(params).models
 
     @task(
+        multiple_outputs=True,
         queue=_S.train_queue,
         pool=_S.train_pool,
         retries=1,
@@ -219,20 +220,20 @@ def meli_retrain():
         trained = [results[i] for i in range(len(results))]
         return [r.to_dict() for r in step_ensemble(_settings(), dataset, trained, _train_cfg(params))]
 
-    @task
+    @task(multiple_outputs=True)
     def register(results: list[dict], dataset: dict, dag_run=None) -> dict:
         from pipelines.flows.retrain import step_register
 
         ds = dataset
         return step_register(_settings(), list(results), ds["run_date"], dag_run.run_id, ds["parent_run_id"]).to_dict()
 
-    @task
+    @task(multiple_outputs=True)
     def evaluate(challenger: dict, dataset: dict) -> dict:
         from pipelines.flows.retrain import step_evaluate
 
         return step_evaluate(_settings(), dataset["run_date"], challenger).to_dict()
 
-    @task
+    @task(multiple_outputs=True)
     def gate(challenger: dict, dataset: dict, evaluation: dict, params=None, dag_run=None, ti=None) -> dict:
         from pipelines.flows import dag_tasks
 

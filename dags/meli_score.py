@@ -92,7 +92,7 @@ DRIFT = Asset("meli_drift")
     },
 )
 def meli_score():
-    @task
+    @task(multiple_outputs=True)
     def score(params=None, triggering_asset_events=None, **context) -> dict:
         from pipelines.config import run_date_from_context
         from pipelines.flows.outcomes import airflow_outcomes
@@ -103,7 +103,7 @@ def meli_score():
         with airflow_outcomes():  # a refused path fails the task at once: a retry would be refused the same
             return score_run(get_settings(), dict(params), extras, run_date_from_context({**context, "params": params}))
 
-    @task
+    @task(multiple_outputs=True)
     def monitor(scored: dict, dag_run=None) -> dict:
         """Drift of the batch against the served version's reference; the figures and report paths.
         The run's "Drift report" tab shows the report and its note says the status."""
@@ -113,7 +113,7 @@ def meli_score():
         return monitor_run(get_settings(), scored, dag_run.dag_id, dag_run.run_id)
 
     # emits meli_drift (scheduling meli_retrain) only on a breach: a skipped task emits no asset event
-    @task(outlets=[DRIFT])
+    @task(multiple_outputs=True, outlets=[DRIFT])
     def announce_drift(report: dict, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 

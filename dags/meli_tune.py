@@ -93,7 +93,7 @@ def _configs(params) -> tuple[TuneConfig, TrainConfig]:
     params={name: Param(**kw) for name, kw in _PARAMS.items()},
 )
 def meli_tune():
-    @task
+    @task(multiple_outputs=True)
     def prepare(params=None) -> dict:
         from pipelines.flows import dag_tasks
 
@@ -104,14 +104,14 @@ def meli_tune():
     def worker_slots(params=None) -> list[int]:
         return list(range(int(params["workers"])))
 
-    @task(queue=_S.train_queue, pool=_S.train_pool, execution_timeout=timedelta(hours=12))
+    @task(multiple_outputs=True, queue=_S.train_queue, pool=_S.train_pool, execution_timeout=timedelta(hours=12))
     def worker(slot: int, study: dict, params=None) -> dict:
         """Trials against the shared storage until the study's trial or time budget is spent."""
         from pipelines.flows import dag_tasks
 
         return dag_tasks.tune_worker(_settings(), study["run_date"], _configs(params)[0], slot)
 
-    @task
+    @task(multiple_outputs=True)
     def recipe(study: dict, workers: list[dict], params=None) -> dict:
         from pipelines.flows import dag_tasks
 

@@ -4,14 +4,13 @@ writes lands in the repo, and tests never see each other's lake, MLflow store or
 from __future__ import annotations
 
 import os
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MELI_SHARED_DATA", REPO.parent / "shared" / "data" / "meli2019"))
-sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -41,6 +40,69 @@ def settings(meli_home):
     from pipelines.settings import get_settings
 
     return get_settings().ensure()
+
+
+TINY = {"models": ["mlp"], "epochs": 2, "embedding_epochs": 2, "embedding_dim": 16, "bucket": 5000}
+
+
+def train_champion_and_rejected_challenger(settings, source: Path) -> None:
+    """v1 promoted (forced: the gate's other rules are not what these tests are about), v2 registered
+    and rejected (no tiny model beats another by a whole point of macro-recall)."""
+    from dataclasses import replace
+
+    from pipelines.config import TrainConfig
+    from pipelines.flows.retrain import run_all
+
+    cfg = TrainConfig(**TINY)
+    run_all(settings, [str(source)], "2026-11-01", cfg, force_promote=True)
+    # mode full: a warm run of the same rows would skip (nothing new to train on)
+    decision = run_all(settings, [str(source)], "2026-11-02", replace(cfg, mode="full"), min_improvement=1.0)[
+        "decision"
+    ]
+    assert decision["decision"] == "rejected" and decision["challenger_version"] == "2", decision
+
+
+def _trained_home_env(mp: pytest.MonkeyPatch, home: Path) -> None:
+    mp.setenv("MELI_HOME", str(home))
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MELI_LAKE_URI"):
+        mp.delenv(var, raising=False)
+    # MLflow keeps one SQLAlchemy engine per store URI for the whole process; pooled connections would
+    # keep reading a replaced mlflow.db (its deleted file): without a pool each call opens the file anew
+    mp.setenv("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
+
+
+def restore_trained_home(template: Path, home: Path) -> Path:
+    """``home`` as the template was trained, at the path it was trained at: the MLflow store holds
+    absolute artifact locations, so a copy elsewhere would still read and write the template's files."""
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(template, home, symlinks=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def trained_home_template(tmp_path_factory) -> tuple[Path, Path]:
+    """Trained once per session (tiny recipe, SYNTHETIC listings, two dates): v1 the champion, v2 a
+    rejected challenger, both ingest partitions in the lake. (home, template): every test of
+    ``trained_home`` works in ``home``, restored from ``template`` first."""
+    from pipelines.data.synthetic import write_jsonl
+    from pipelines.settings import get_settings
+
+    root = tmp_path_factory.mktemp("trained")
+    home, template = root / "meli", root / "template"
+    with pytest.MonkeyPatch.context() as mp:
+        _trained_home_env(mp, home)
+        train_champion_and_rejected_challenger(get_settings(), write_jsonl(root / "train.jsonl.gz", 900, seed=11))
+    shutil.copytree(home, template, symlinks=True)
+    return home, template
+
+
+@pytest.fixture
+def trained_home(trained_home_template, monkeypatch) -> Path:
+    """MELI_HOME with a champion (v1) and a rejected challenger (v2), a fresh copy for this test (what a
+    test writes there is gone for the next one), at the same absolute path for every test."""
+    home, template = trained_home_template
+    _trained_home_env(monkeypatch, home)
+    return restore_trained_home(template, home)
 
 
 @pytest.fixture

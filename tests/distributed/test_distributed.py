@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from meli_cluster import REPO, Cluster, services_available  # noqa: E402
+# tests/distributed/ is no package: pytest puts this folder on sys.path for its modules
+from meli_cluster import REPO, Cluster, services_available
 
 pytestmark = pytest.mark.distributed
 

@@ -13,7 +13,6 @@ import pytest
 
 from pipelines.data.lake import read_partition, versions
 from tests.integration.airflow_env import PY, airflow_env, dag_test, migrate
-from tests.unit.serving.test_shadow import train_champion_and_rejected_challenger
 
 pytestmark = pytest.mark.slow
 
@@ -35,16 +34,12 @@ def _xcom(home: Path, run_id: str) -> dict:
     return json.loads(line[len("@@XCOM@@") :])
 
 
-def test_score_dag_shadows_a_rejected_challenger(tmp_path, monkeypatch):
-    from pipelines.data.synthetic import write_jsonl
+def test_score_dag_shadows_a_rejected_challenger(trained_home, monkeypatch):
     from pipelines.settings import get_settings
 
-    home = tmp_path / "meli"
-    monkeypatch.setenv("MELI_HOME", str(home))
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MELI_LAKE_URI", "MELI_SHADOW"):
-        monkeypatch.delenv(var, raising=False)
+    home = trained_home  # v1 the champion, v2 a rejected challenger (tests/conftest.py)
+    monkeypatch.delenv("MELI_SHADOW", raising=False)
     s = get_settings()
-    train_champion_and_rejected_challenger(s, write_jsonl(tmp_path / "train.jsonl.gz", 900, seed=11))
     migrate(home)
 
     res = dag_test(home, "meli_score", {"run_date": "2026-11-03"})
@@ -66,7 +61,7 @@ def test_score_dag_shadows_a_rejected_challenger(tmp_path, monkeypatch):
     assert report["agree"] == round(report["agreement"] * report["rows"])
     assert (folder / "2026-11-03.md").read_text().startswith("# Shadow: ")
 
-    client = mlflow.MlflowClient()  # the test process's MLflow points at this home (training above)
+    client = mlflow.MlflowClient(s.tracking_uri, s.registry_uri)  # this home's store
     run = client.get_run(report["mlflow_run_id"])
     assert client.get_experiment(run.info.experiment_id).name == f"{s.experiment}-shadow"
     assert run.info.run_name == "shadow-v2-vs-v1-2026-11-03"

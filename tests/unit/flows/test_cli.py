@@ -116,7 +116,7 @@ def test_train_and_retrain_default_to_the_dags_training_defaults():
 def test_readme_lists_every_command_and_its_flags():
     block = README.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     for name in _subparsers(build_parser()):
-        assert f"python -m pipelines {name}" in block, name
+        assert f"meli {name}" in block, name
     for flag in (
         "summary",
         "score INPUT",

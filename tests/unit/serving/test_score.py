@@ -10,36 +10,14 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import TrainConfig
 from pipelines.data.lake import read_partition, resolve, versions
 from pipelines.serving.score import SCORED_SCHEMA, event_run_date, resolve_input, score
 from pipelines.settings import get_settings
 
 
-@pytest.fixture(scope="module")
-def trained_home(tmp_path_factory):
-    """A MELI_HOME with two registered versions; v1 is the champion."""
-    from dataclasses import replace
-
-    from pipelines.data.synthetic import write_jsonl
-    from pipelines.flows.retrain import run_all
-
-    home = tmp_path_factory.mktemp("score") / "meli"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MELI_HOME", str(home))
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MELI_LAKE_URI"):
-            mp.delenv(var, raising=False)
-        src = write_jsonl(home.parent / "train.jsonl.gz", 900, seed=11)
-        cfg = TrainConfig(models=["mlp"], epochs=2, embedding_epochs=2, embedding_dim=16, bucket=5000)
-        run_all(get_settings(), [str(src)], "2026-11-01", cfg, min_macro_recall=0.0, min_behaviour_pass=0.0)
-        # registers v2, no promotion (mode full: a warm run of the same rows would skip, nothing new)
-        run_all(get_settings(), [str(src)], "2026-11-02", replace(cfg, mode="full"), dry_run=True)
-        yield home
-
-
 @pytest.fixture
-def s(trained_home, monkeypatch):
-    monkeypatch.setenv("MELI_HOME", str(trained_home))
+def s(trained_home):
+    """A MELI_HOME with two registered versions; v1 is the champion (tests/conftest.py)."""
     return get_settings()
 
 
@@ -292,3 +270,22 @@ def test_only_the_champion_writes_the_scored_partition(s, tmp_path, monkeypatch,
     monkeypatch.setenv("MELI_SCORING_VERSION", "2")  # the deployment pins v2
     res = score(get_settings(), src, None, model="2", run_date="2026-11-12", progress=False)
     assert res.model_version == "2" and [v.number for v in versions(part)] == [1]
+
+
+def test_each_test_gets_the_home_as_trained(trained_home_template, s):
+    """What a test writes in the shared trained home is gone for the next one: the home is restored at
+    its own path, and this process's MLflow (one cached engine per store URI) reads the restored store."""
+    from tests.conftest import restore_trained_home
+
+    home, template = trained_home_template
+    client = mlflow.MlflowClient(s.tracking_uri, s.registry_uri)
+    client.set_registered_model_alias(s.model_name, "champion", "2")
+    client.set_model_version_tag(s.model_name, "1", "scratch", "x")
+    (home / "scratch.txt").write_text("x")
+    assert str(client.get_model_version_by_alias(s.model_name, "champion").version) == "2"
+
+    restore_trained_home(template, home)
+    assert str(client.get_model_version_by_alias(s.model_name, "champion").version) == "1"
+    assert "scratch" not in client.get_model_version(s.model_name, "1").tags
+    assert not (home / "scratch.txt").exists()
+    assert read_partition(s.listings_dir / "ingest_date=2026-11-02").num_rows > 0

@@ -19,43 +19,10 @@ from pipelines.serving.shadow import agreement, latest_report, shadow_candidate
 from pipelines.settings import get_settings
 from tests.unit.serving.test_score import _input
 
-TINY = {"models": ["mlp"], "epochs": 2, "embedding_epochs": 2, "embedding_dim": 16, "bucket": 5000}
-
-
-def train_champion_and_rejected_challenger(settings, source: Path) -> None:
-    """v1 promoted (forced: the gate's other rules are not what these tests are about), v2 registered
-    and rejected (no tiny model beats another by a whole point of macro-recall)."""
-    from dataclasses import replace
-
-    from pipelines.config import TrainConfig
-    from pipelines.flows.retrain import run_all
-
-    cfg = TrainConfig(**TINY)
-    run_all(settings, [str(source)], "2026-11-01", cfg, force_promote=True)
-    # mode full: a warm run of the same rows would skip (nothing new to train on)
-    decision = run_all(settings, [str(source)], "2026-11-02", replace(cfg, mode="full"), min_improvement=1.0)[
-        "decision"
-    ]
-    assert decision["decision"] == "rejected" and decision["challenger_version"] == "2", decision
-
-
-@pytest.fixture(scope="module")
-def shadow_home(tmp_path_factory):
-    from pipelines.data.synthetic import write_jsonl
-
-    home = tmp_path_factory.mktemp("shadow") / "meli"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MELI_HOME", str(home))
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MELI_LAKE_URI"):
-            mp.delenv(var, raising=False)
-        src = write_jsonl(home.parent / "train.jsonl.gz", 900, seed=11)
-        train_champion_and_rejected_challenger(get_settings(), src)
-    return home
-
 
 @pytest.fixture
-def s(shadow_home, monkeypatch):
-    monkeypatch.setenv("MELI_HOME", str(shadow_home))
+def s(trained_home):
+    """v1 the champion, v2 a rejected challenger (tests/conftest.py)."""
     return get_settings()
 
 
