@@ -12,7 +12,7 @@ byte-equal, not close.
   recipe: the embedding, the encoded arrays, each model's served weights (sha256), the challenger
   and its validation macro-recall, the test metrics and the gate decision.
 
-``PYTHONPATH=. .venv/bin/python -m benchmarks.equivalence --base 86ff59e`` (~10 min on 2 cores);
+``.venv/bin/python -m benchmarks.equivalence --base 86ff59e`` (~10 min on 2 cores);
 writes ``benchmarks/results/equivalence.md``; exit 1 when anything differs.
 """
 

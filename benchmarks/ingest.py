@@ -1,6 +1,6 @@
 """Ingest throughput and memory benchmark.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.ingest [--rows 1000000,5000000] [--out benchmarks/results/ingest.md]
+    .venv/bin/python -m benchmarks.ingest [--rows 1000000,5000000] [--out benchmarks/results/ingest.md]
 
 For each size it writes a DiploDatos jsonl.gz input into a temp dir (real titles from the shared
 MeLi 2019 sample replicated, each copy's titles suffixed with a copy counter so every row has a
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    cmd = "PYTHONPATH=. .venv/bin/python -m benchmarks.ingest --rows " + ",".join(str(s) for s in sizes)
+    cmd = ".venv/bin/python -m benchmarks.ingest --rows " + ",".join(str(s) for s in sizes)
     lines = [
         "# Ingest benchmark",
         "",

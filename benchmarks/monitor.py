@@ -11,7 +11,7 @@ in a temp MELI_HOME, then on its test split (the lake's hash split):
   (Dirichlet 0.5 weights), Portuguese-like titles (rule-based es->pt spelling), corrupted titles
   (15% of characters replaced), titles cut to their first two words.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.monitor [--data PATH] [--epochs 3]
+    .venv/bin/python -m benchmarks.monitor [--data PATH] [--epochs 3]
 
 Writes benchmarks/results/monitor.md.
 """
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Monitor: label-free macro-recall estimate vs realised (real sample)",
         "",
-        f"{date.today().isoformat()}, {cpu_name()}; `PYTHONPATH=. .venv/bin/python -m benchmarks.monitor`. Model: mlp, "
+        f"{date.today().isoformat()}, {cpu_name()}; `.venv/bin/python -m benchmarks.monitor`. Model: mlp, "
         f"{args.epochs} epochs, no ensemble/refit/pretrained vectors, trained on `{Path(args.data).name}` "
         f"({ref['test_rows']} test rows, {len(labels)} categories; training took {train_s:.0f} s).",
         "",

@@ -1,7 +1,7 @@
 """Quality benchmark (issue 5): test macro-recall of each model type on the real MeLi sample, side by
 side with a TF-IDF word+char LinearSVC baseline trained on the same split, in the same run.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.quality [--models mlp,cnn,bilstm] [--epochs N] [--data PATH]
+    .venv/bin/python -m benchmarks.quality [--models mlp,cnn,bilstm] [--epochs N] [--data PATH]
 
 Everything goes through the project's own code, in a temporary MELI_HOME: ``ingest`` (the lake's
 deterministic hash split, train/validation/test = 75/10/15 by listing id), ``prepare_dataset``,
@@ -460,9 +460,7 @@ def render_table(rows: list[dict]) -> str:
 
 
 def report(args, argv, data, ing, ds, emb, emb_s, cfg, table, compare, total_s, training) -> str:
-    command = "PYTHONPATH=. .venv/bin/python -m benchmarks.quality " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    command = ".venv/bin/python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
     c = ds["counts"]
     parts = [
         f"# Quality benchmark ({'GPU' if compare else 'CPU'})",

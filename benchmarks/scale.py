@@ -1,6 +1,6 @@
 """Scale benchmark: the stages of a nightly run at catalog volume, full and warm.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.scale [--rows 1000000] [--new-rows 50000]
+    .venv/bin/python -m benchmarks.scale [--rows 1000000] [--new-rows 50000]
         [--rss-rows 5000000] [--out benchmarks/results/scale.md]
 
 Real titles from the shared MeLi 2019 sample replicated to ``--rows`` (each copy's titles suffixed

@@ -1,7 +1,7 @@
 """Scoring benchmark: titles/s and peak RSS of batch scoring on 1M and 5M titles (CPU here), side
 by side with the TF-IDF word+char LinearSVC baseline's predict rate, in the same run.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.score [--sizes 1000000,5000000] [--models mlp,cnn,bilstm]
+    .venv/bin/python -m benchmarks.score [--sizes 1000000,5000000] [--models mlp,cnn,bilstm]
         [--sentence use,none] [--unseen 0.1]
 
 A model is trained (few epochs: throughput, not quality, is measured here) on the real sample when
@@ -191,7 +191,7 @@ def main() -> None:
     table += "".join(f"| {a} | {b} | {c:,} | {d:,.0f} | {e:,.0f} |\n" for a, b, c, d, e in rows_out)
     text = (
         f"# Scoring benchmark (CPU)\n\n{date.today()} on {platform.node()} ({os.cpu_count()} cores), "
-        f"`PYTHONPATH=. .venv/bin/python -m benchmarks.score --sizes {args.sizes} --models {args.models} "
+        f"`.venv/bin/python -m benchmarks.score --sizes {args.sizes} --models {args.models} "
         f"--sentence {args.sentence} --unseen {args.unseen}`\n\n"
         "Ours: `pipelines.serving.score.score()` end to end (read jsonl.gz, tokenize, batched inference, write Parquet "
         "with top-3). Baseline: sklearn pipeline `predict` on in-memory batches of 65,536 titles (no I/O, no "

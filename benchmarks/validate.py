@@ -1,6 +1,6 @@
 """Validation speed: GX checkpoints on a 1M-row listings partition (target: under 5 s here).
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.validate [--rows 1000000]
+    .venv/bin/python -m benchmarks.validate [--rows 1000000]
 
 Builds a synthetic-title partition with the canonical schema in a temp MELI_HOME, then times
 validate_partition() (read partition + metrics + both GX checkpoints + Data Docs), best of 3.
@@ -80,7 +80,7 @@ def main() -> None:
     )
     text = (
         f"# Validation benchmark\n\n{date.today()} on {platform.node()} ({os.cpu_count()} cores), "
-        f"`PYTHONPATH=. .venv/bin/python -m benchmarks.validate --rows {args.rows}`\n\n"
+        f"`.venv/bin/python -m benchmarks.validate --rows {args.rows}`\n\n"
         "validate_partition(): read the Parquet partition, batch metrics, both GX checkpoints "
         "(16 expectations), Data Docs update.\n\n" + table
     )

@@ -1,6 +1,6 @@
 """Warm vs full on the real sample split into two dates.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.warm [--models mlp] [--new-share 0.15]
+    .venv/bin/python -m benchmarks.warm [--models mlp] [--new-share 0.15]
         [--out benchmarks/results/warm.md]
 
 The shared sample's rows are split by a hash of the line into a base partition (``1 - new_share``)

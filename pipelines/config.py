@@ -524,9 +524,7 @@ def load_recipe(recipes_dir, recipe: str) -> dict | None:
     if recipe == "tuned":
         found = [json.loads(p.read_text()) for p in sorted(recipes_dir.glob("*.json"))]
         if not found:
-            raise FileNotFoundError(
-                f"recipe=tuned but no tuned recipe under {recipes_dir}: run `python -m pipelines tune` first"
-            )
+            raise FileNotFoundError(f"recipe=tuned but no tuned recipe under {recipes_dir}: run `meli tune` first")
         return check_recipe(max(found, key=lambda r: (r["created_at"], r["id"])))
     path = recipes_dir / f"{recipe}.json"
     if not path.is_file():

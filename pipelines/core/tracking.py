@@ -88,7 +88,7 @@ DESCRIPTIONS = {
     "<time>Z`; dataset lineage, Data Docs, the gate's decision in its description) with a child run per "
     "classifier (per-epoch curves, system metrics, the logged model).",
     "promotions": "The audit trail: one run per gate decision, approval, rejection and rollback "
-    "(`python -m pipelines registry history`).",
+    "(`meli registry history`).",
     "shadow": "One run per shadow agreement report (the challenger scored beside the champion).",
     "monitor": "One run per drift report of a scored batch (pipelines/monitoring/batch.py).",
 }

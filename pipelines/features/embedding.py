@@ -204,7 +204,7 @@ def prepare_dataset(settings, run_date: str) -> dict:
     snap, excluded = eligible_snapshot(settings.listings_dir, upto=run_date)
     own = next((e for e in excluded if e["ingest_date"] == run_date), None)
     if own is not None:
-        cmd = f"python -m pipelines validate --run-date {run_date}"
+        cmd = f"meli validate --run-date {run_date}"
         how = (
             f"fix the batch and re-ingest it (or re-validate: {cmd})"
             if own["validation"] == FAILED

@@ -230,7 +230,7 @@ def approval_operator(task_id: str, gate_task_id: str, timeout_h: float, **kwarg
                     raise PermissionError(
                         f"the answer of {by} was not applied: not an assigned approver of this run "
                         f"({', '.join(a['id'] for a in assignees)}); v{decision['challenger_version']} stays "
-                        "pending (answer with `python -m pipelines registry approve|reject`)"
+                        "pending (answer with `meli registry approve|reject`)"
                     )
                 apply_answer(
                     decision["challenger_version"],

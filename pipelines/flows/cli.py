@@ -148,9 +148,7 @@ def run_summary(settings, run_date: str) -> str:
         scored_line = f"{scored} ({scored_rows} rows)"
     else:  # a CLI retrain gates and stops: scoring is its own step
         listings = partition_dir(settings.listings_dir, run_date)
-        scored_line = (
-            f"not scored yet (python -m pipelines score {listings} --run-date {run_date} / the meli_score DAG)"
-        )
+        scored_line = f"not scored yet (meli score {listings} --run-date {run_date} / the meli_score DAG)"
     champ = champion_line(d)
     plan_path = settings.run_dir(run_date) / "embedding" / "warm.json"
     plan = json.loads(plan_path.read_text()) if plan_path.exists() else {"mode": "full", "reason": "no warm plan"}
@@ -478,10 +476,7 @@ def _pending_hint(settings, d: dict) -> None:
     v = d["challenger_version"]
     print(f"\npending approval: {settings.model_name} v{v}\n")
     print(approval_body(settings, d, {"Model card": str(card_paths(settings, v)["html"])}))
-    print(
-        f"\nanswer with: python -m pipelines registry approve {v} --reason '...'"
-        f"  |  python -m pipelines registry reject {v} --reason '...'"
-    )
+    print(f"\nanswer with: meli registry approve {v} --reason '...'  |  meli registry reject {v} --reason '...'")
 
 
 def one_line(exc: BaseException) -> str:

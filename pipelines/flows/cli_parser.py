@@ -101,7 +101,7 @@ def _parser_class():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__, formatter_class=_Help)
+    ap = argparse.ArgumentParser(prog="meli", description=__doc__, formatter_class=_Help)
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_parser_class())
 

@@ -242,8 +242,7 @@ def test_the_summary_of_a_gated_run_not_scored_yet_says_how_to_score_it(s, capsy
     listings = s.home / "lake" / "listings" / f"ingest_date={RUN_DATE}"
     line = next(ln for ln in out.splitlines() if ln.startswith("scored Parquet:"))
     assert line == (
-        f"scored Parquet:      not scored yet (python -m pipelines score {listings} --run-date {RUN_DATE} "
-        "/ the meli_score DAG)"
+        f"scored Parquet:      not scored yet (meli score {listings} --run-date {RUN_DATE} / the meli_score DAG)"
     )
 
 
