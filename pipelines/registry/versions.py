@@ -19,18 +19,6 @@ from pipelines.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _alias_version(client, name: str, alias: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        code = getattr(exc, "error_code", "")
-        if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or "not found" in str(exc).lower():
-            return None
-        raise
-
-
 @contextmanager
 def register_lock(settings: Settings) -> Iterator[None]:
     """One registration of this model at a time (looking for the run's pending version and
