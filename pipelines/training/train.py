@@ -124,7 +124,7 @@ def train_classifier(
         return result
 
 
-def _selection_metrics(best, rows: _Rows) -> dict:
+def _selection_metrics(best, rows: _TrainingSet) -> dict:
     return {
         "best_val_macro_recall": best.val,
         "best_epoch": best.epoch,
@@ -136,7 +136,7 @@ def _selection_metrics(best, rows: _Rows) -> dict:
     }
 
 
-def _result(kind: str, run_id: str, model_uri: str, best, train_seconds: float, fit: Fit, rows: _Rows) -> dict:
+def _result(kind: str, run_id: str, model_uri: str, best, train_seconds: float, fit: Fit, rows: _TrainingSet) -> dict:
     """A trained model, for XCom and the registry."""
     return {
         "model_type": kind,
@@ -154,7 +154,7 @@ def _result(kind: str, run_id: str, model_uri: str, best, train_seconds: float, 
     }
 
 
-class _Rows(NamedTuple):
+class _TrainingSet(NamedTuple):
     """What a model type trains on: its rows and epochs, full or warm, with the run tags that say so."""
 
     data: EncodedSplit
@@ -166,7 +166,9 @@ class _Rows(NamedTuple):
     parent: dict | None
 
 
-def _training_rows(settings: Settings, plan: dict | None, fit: Fit, run_date: str, train_df, train_data) -> _Rows:
+def _training_rows(
+    settings: Settings, plan: dict | None, fit: Fit, run_date: str, train_df, train_data
+) -> _TrainingSet:
     """Full: every train row for ``cfg.epochs``. Warm (this type has a parent in the plan): the
     parent's weights (``fit.parent``), the rows new or changed since its snapshot plus a replay sample,
     ``cfg.warm_epochs``."""
@@ -174,7 +176,7 @@ def _training_rows(settings: Settings, plan: dict | None, fit: Fit, run_date: st
     parent = (plan or {}).get("parents", {}).get(kind) if (plan or {}).get("mode") == "warm" else None
     if parent is None:
         lineage = {"meli.mode": "full", "meli.full_run_date": run_date}
-        return _Rows(train_data, cfg.epochs, "full", lineage, len(train_data), 0, None)
+        return _TrainingSet(train_data, cfg.epochs, "full", lineage, len(train_data), 0, None)
     from pipelines.training.warm import parent_bundle, parent_new_rows, parent_state, warm_rows
 
     bundle = parent_bundle(settings, parent, kind, Path(settings.run_dir(run_date or "adhoc")) / "parents" / kind)
@@ -191,7 +193,7 @@ def _training_rows(settings: Settings, plan: dict | None, fit: Fit, run_date: st
         "%s warm from version %s: %d new + %d replayed training rows (of %d), partitions %s",
         kind, parent["version"], n_new, n_replay, len(train_data), parent["new_partitions"],
     )  # fmt: skip
-    return _Rows(train_data.take(t_idx), cfg.warm_epochs, "warm", lineage, n_new, n_replay, parent)
+    return _TrainingSet(train_data.take(t_idx), cfg.warm_epochs, "warm", lineage, n_new, n_replay, parent)
 
 
 def _save_bundle(bundle_dir: Path, state: dict, fit: Fit, embedding_dir: Path, encoded) -> None:
