@@ -15,6 +15,7 @@ import pytest
 
 from pipelines.monitoring import drift as drift_mod
 from pipelines.monitoring import reference as reference_mod
+from pipelines.monitoring import report as report_mod
 from tests.integration.airflow_env import REPO, airflow_env, dag_test, migrate
 
 FAST = {"epochs": 2, "embedding_epochs": 2, "patience": 2, "min_behaviour_pass": 0.5}
@@ -171,7 +172,7 @@ def test_html_report_renders_offline_in_headless_chromium(tmp_path):
         )
         history.append({"kind": "realised", "report_json": f"r{i}", "realised": r})
     page = tmp_path / "monitor.html"
-    page.write_text(report.render_html(report, history))
+    page.write_text(report_mod.render_html(report, history))
     with Browser(tmp_path / "cdp") as b:
         b.call("Network.enable")
         b.open(page.as_uri())

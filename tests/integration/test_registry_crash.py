@@ -90,13 +90,13 @@ def test_retrain_killed_after_register_resumes_its_version(tmp_path, synthetic_j
 KILL_IN_RECORD = (  # the gate killed as it starts to record its decision (no fault point needed)
     "import os, signal, sys\n"
     "import pipelines.registry.gate as r\n"
-    "r._record = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "r.record_decision = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
     "from pipelines.flows.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
 
-@pytest.mark.parametrize("kill", ["fault point gate.champion_moved", "killed entering _record"])
+@pytest.mark.parametrize("kill", ["fault point gate.champion_moved", "killed entering record_decision"])
 def test_a_promotion_killed_before_its_record_is_in_the_history(registry_home, kill):
     home, settings, dates = registry_home
     args = ["promote", "--run-date", dates["2"]]
