@@ -194,9 +194,7 @@ def main(argv=None) -> int:
 def render(args, argv, data, ing, info, tcfg, summ, recipe, rows, finals, scores, prep_s, study_s, final_s,
            total_s, load_before, load_after) -> str:  # fmt: skip
     c = info["counts"]
-    cmd = "nice -n 5 .venv/bin/python -m benchmarks.tune " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    cmd = "nice -n 5 .venv/bin/python -m benchmarks.tune " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         "# Tuning benchmark (CPU)",
         "",
