@@ -23,7 +23,7 @@ def test_default_recipe_is_no_recipe(tmp_path):
 
 
 def test_tuned_is_the_latest_recipe_and_an_id_is_that_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="pipelines tune"):
+    with pytest.raises(FileNotFoundError, match="run `meli tune` first"):
         load_recipe(tmp_path, "tuned")
     _recipe(tmp_path, "s-r1", "2026-01-01T00:00:00", lr=0.001)
     _recipe(tmp_path, "s-r2", "2026-01-02T00:00:00", lr=0.002)
