@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = prepare_dataset(settings, RUN_DATE)
         train_df, test_df = read_split(ds["dir"], "train"), read_split(ds["dir"], "test")
         t0 = time.perf_counter()
-        emb = train_embedding(ds["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
+        emb = train_embedding(ds["dir"], embedding_config(cfg, ds["counts"]["train"]), TextConfig(), cfg.seed)
         emb_s = time.perf_counter() - t0
         from pipelines.features.encoded import encode_dataset
 

@@ -5,18 +5,20 @@
 
 Real titles from the shared MeLi 2019 sample replicated to ``--rows`` (each copy's titles suffixed
 with a copy counter, as ``benchmarks.ingest`` does: every row distinct), ingested as one partition;
-then every stage of a run with the DAG defaults, each in a fresh subprocess (wall time and peak RSS
-from os.wait4 of that child): ingest, validate, prepare, embedding (FastText), encode, one epoch of
-each model type (samples/s; 2 trainings side by side, 1 torch thread each, as the DAG runs them),
-register, evaluate, gate. The parent the warm night starts from is that one-epoch full run.
+then the **full run, measured**: every stage of a run with the DAG defaults, each in a fresh
+subprocess (wall time and peak RSS from os.wait4 of that child): ingest, validate, prepare,
+embedding (FastText, its epochs by data size), encode, every model type as the DAG trains them (its
+planned epochs, validation checks, early stopping and refit policy; 2 trainings side by side, 1
+torch thread each), register, evaluate, gate. Before the trainings, each type's **engine speed**:
+one training alone on every core for ``--probe-batches`` batches. The warm night starts from the
+full run's model.
 
 Then the **warm night**: ``--new-rows`` new distinct titles as the next day's partition, and the
 whole nightly run with the DAG defaults (mode auto, which picks warm): every stage timed, the
 trainings side by side as in the DAG, and scoring the new partition with the champion.
 
-The **full** run is extrapolated from the measured stages: each type's epochs as the DAG defaults
-run them (the selection pass's epochs and its refit, counted on the real sample by
-``benchmarks.quality``) times its measured epoch, trainings two at a time.
+The **5M** full run is extrapolated from the measured one: FastText and every training scaled by
+the samples the cost policy gives them at 5M (planned epochs x rows) over those it gave them here.
 
 ``--rss-rows``: a training task's peak RSS at that many titles (ingest, prepare, encode at that
 size, then ``train_classifier`` with every step of its flow but only the first 50 batches of each
@@ -105,9 +107,15 @@ def child(stage: str, home: Path, args: dict) -> dict:
         r = retrain.step_train(s, ds, emb, args["kind"], cfg, side_by_side=args.get("side_by_side", 1)).to_dict()
         import mlflow
 
-        hist = mlflow.MlflowClient().get_metric_history(r["run_id"], "epoch_samples_per_s")
+        client = mlflow.MlflowClient()
+        hist = client.get_metric_history(r["run_id"], "epoch_samples_per_s")
         r["epoch_samples_per_s"] = [h.value for h in sorted(hist, key=lambda h: h.step)]
-        return _state(home, f"train-{date}-{args['kind']}", r)
+        m = client.get_run(r["run_id"]).data
+        r["policy"] = {k: m.metrics.get(k) for k in ("planned_epochs", "checks_per_epoch", "val_check_rows")}
+        r["policy"]["checks_run"] = len(hist)
+        r["policy"]["refit"] = m.tags.get("meli.refit", "")
+        r["samples_per_s"] = m.metrics.get("train_samples_per_s")
+        return _state(home, f"{args.get('name', 'train')}-{date}-{args['kind']}", r)
     if stage == "register":
         ds = _state(home, f"dataset-{date}")
         trained = [_state(home, f"train-{date}-{k}") for k in cfg.models]
@@ -212,10 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-rows", type=int, default=50_000)
     p.add_argument("--rss-rows", type=int, default=0, help="also a training task's peak RSS at this size (0 = skip)")
     p.add_argument("--models", default="mlp,cnn,bilstm")
+    p.add_argument("--probe-batches", type=int, default=400, help="batches of each engine-speed probe (0 = skip)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.md")
     p.add_argument("--keep", type=Path, help="work directory to keep (default: a temp dir, deleted)")
+    p.add_argument("--render", type=Path, help="re-render --out from this report (.json) and exit")
     p.add_argument("--child", nargs=3, metavar=("STAGE", "HOME", "ARGS"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.render:
+        a.out.write_text(render(json.loads(a.render.read_text())))
+        return 0
     if a.child:
         stage, home, args = a.child
         child(stage, Path(home), json.loads(args))
@@ -226,21 +239,40 @@ def main(argv: list[str] | None = None) -> int:
     work = a.keep or Path(tempfile.mkdtemp(prefix="meli-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     report = {"rows": a.rows, "new_rows": a.new_rows, "started": datetime.now(UTC).isoformat(timespec="seconds")}
+    report["load"] = {"start": round(os.getloadavg()[0], 2)}
+    report["probe_batches"] = a.probe_batches
     t_all = time.perf_counter()
 
-    # ---- the 1M-row lake, one epoch of each type (the warm night's parent) -------------------
+    # ---- the 1M-row lake: the full run with the DAG defaults, measured (the warm night's parent) ----
     home = work / "home"
     (home / "bench").mkdir(parents=True, exist_ok=True)
     r = Runner(home)
     src = work / "lake.jsonl.gz"
     report["origin"] = write_input(src, a.rows)
-    print(f"full stages at {a.rows:,} rows ({report['origin']})", flush=True)
-    one_epoch = {"models": kinds, "epochs": 1, "refit": False}
-    full = [r.run("ingest", src=str(src)), r.run("validate"), r.run("prepare"), r.run("embedding", cfg=one_epoch)]
+    print(f"full run at {a.rows:,} rows ({report['origin']}), DAG defaults", flush=True)
+    defaults = {"models": kinds}
+    t_full = time.perf_counter()
+    full = [r.run("ingest", src=str(src)), r.run("validate"), r.run("prepare"), r.run("embedding", cfg=defaults)]
     emb = _state(home, f"embedding-{DATE}")
-    trains = r.trainings(kinds, DATE, one_epoch)
-    full += trains + [r.run("register", cfg=one_epoch), r.run("evaluate"), r.run("gate", force=True)]
-    report["full"] = {"stages": full, "embedding": emb, "dataset": _state(home, f"dataset-{DATE}")}
+    probe_s = 0.0
+    if a.probe_batches:  # each type alone on every core (not part of the run: its time is taken out)
+        t0 = time.perf_counter()
+        probe = {"models": kinds, "epochs": 1, "refit": False}
+        report["engine"] = [
+            r.run("train", kind=k, cfg=probe, max_batches=a.probe_batches, name="probe")
+            | {"result": _state(home, f"probe-{DATE}-{k}")}
+            for k in kinds
+        ]
+        probe_s = time.perf_counter() - t0
+    trains = r.trainings(kinds, DATE, defaults)
+    full += trains + [r.run("register", cfg=defaults), r.run("evaluate"), r.run("gate", force=True)]
+    report["full"] = {
+        "stages": full,
+        "embedding": emb,
+        "dataset": _state(home, f"dataset-{DATE}"),
+        "wall_s": round(time.perf_counter() - t_full - probe_s, 1),
+        "kinds": kinds,
+    }
     try:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "fasttext-numpy2"], check=True, timeout=600)
         report["fasttext"] = r.run("fasttext") | {"result": None}
@@ -251,7 +283,6 @@ def main(argv: list[str] | None = None) -> int:
     # ---- the warm night: new rows, the whole nightly run with the DAG defaults ---------------
     new_src = work / "night.jsonl.gz"
     write_input(new_src, a.new_rows, first_copy=a.rows // 44_000 + 1000)
-    defaults = {"models": kinds}
     print(f"warm night: {a.new_rows:,} new rows on the {a.rows:,}-row lake (DAG defaults, mode auto)", flush=True)
     t0 = time.perf_counter()
     night = [
@@ -277,13 +308,14 @@ def main(argv: list[str] | None = None) -> int:
         bsrc = work / "big.jsonl.gz"
         write_input(bsrc, a.rss_rows)
         print(f"training task RSS at {a.rss_rows:,} rows", flush=True)
-        cfg = {"models": ["bilstm"], "epochs": 2, "embedding_epochs": 1}
+        cfg = {"models": ["bilstm"], "embedding_epochs": 1}
         rss = [rb.run("ingest", src=str(bsrc)), rb.run("prepare"), rb.run("embedding", cfg=cfg)]
         rss.append(rb.run("train", kind="bilstm", cfg=cfg, max_batches=50))
         report["rss"] = {"rows": a.rss_rows, "stages": rss, "dataset": _state(big, f"dataset-{DATE}")}
         (work / "big.jsonl.gz").unlink(missing_ok=True)
 
     report["total_min"] = round((time.perf_counter() - t_all) / 60, 1)
+    report["load"]["end"] = round(os.getloadavg()[0], 2)
     report["defaults"] = TrainConfig().to_dict()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     (a.out.with_suffix(".json")).write_text(json.dumps(report, indent=2, default=str))
@@ -303,15 +335,71 @@ def _table(stages: list[dict]) -> list[str]:
         res = s.get("result") or {}
         if res.get("epoch_samples_per_s"):
             sps = res["epoch_samples_per_s"]
-            note = f"{res.get('mode', 'full')}, {res.get('train_rows', 0):,} rows, epoch samples/s: " + ", ".join(
-                f"{x:,.0f}" for x in sps
-            )
+            pol = res.get("policy") or {}
+            note = f"{res.get('mode', 'full')}, {res.get('train_rows', 0):,} rows"
+            if pol.get("planned_epochs"):
+                note += (
+                    f", {pol['planned_epochs']:.0f} epochs planned x {pol['checks_per_epoch']:.0f} checks, "
+                    f"{pol['checks_run']} run (best {res.get('best_epoch')}), refit {pol.get('refit', '')}"
+                )
+            note += f"; samples/s per check: {min(sps):,.0f}-{max(sps):,.0f}"
         out.append(f"| {s['stage']} | {s['wall_s']:,.1f} | {s['rss_gb']:.2f} | {note} |")
     return out
 
 
+def extrapolate(rep: dict, rows: int) -> dict:
+    """The full run at ``rows`` titles from the measured one: FastText and each training scaled by the
+    samples the cost policy gives them there over the samples they had here (no early stopping assumed
+    there), the DAG's two training slots replayed in order, every other stage linear in rows."""
+    import math
+
+    from pipelines.config import TrainConfig
+    from pipelines.features.embedding import embedding_epochs
+    from pipelines.training.loop import planned_epochs
+
+    cfg = TrainConfig(**{k: v for k, v in rep.get("defaults", {}).items() if k in TrainConfig.__dataclass_fields__})
+    counts = rep["full"]["dataset"]["counts"]
+    scale = rows / rep["rows"]
+    train_here, train_there = counts["train"], round(counts["train"] * scale)
+    stages = {s["stage"]: s for s in rep["full"]["stages"]}
+    emb = rep["full"]["embedding"]
+    ft_here = emb.get("seconds", 0.0)
+    ft_there = ft_here * embedding_epochs(cfg, train_there) * train_there / (emb.get("epochs") or 1) / train_here
+    other = sum(s["wall_s"] for name, s in stages.items() if name not in ("embedding", "trainings (wall)")
+                and not name.startswith("train "))  # fmt: skip
+    other += stages["embedding"]["wall_s"] - ft_here  # encoding the splits
+    per_type = {}
+    for name, s in stages.items():
+        if not name.startswith("train "):
+            continue
+        res, pol = s["result"], s["result"].get("policy") or {}
+        samples_here = pol.get("checks_run", 1) / max(pol.get("checks_per_epoch") or 1, 1) * train_here
+        refit_here = (pol.get("refit") or "").startswith("yes")
+        samples_here *= 2 if refit_here else 1
+        there = planned_epochs(cfg, train_there) * train_there
+        per_type[res["model_type"]] = s["wall_s"] * there / max(samples_here, 1)
+    slots, wall = [0.0, 0.0], 0.0
+    for kind in rep["full"].get("kinds", list(per_type)):
+        i = slots.index(min(slots))
+        slots[i] += per_type.get(kind, 0.0)
+    wall = max(slots)
+    total = other * scale + ft_there + wall
+    return {
+        "rows": rows,
+        "fasttext_s": ft_there,
+        "fasttext_epochs": embedding_epochs(cfg, train_there),
+        "epochs": planned_epochs(cfg, train_there),
+        "trainings": per_type,
+        "trainings_wall_s": wall,
+        "other_s": other * scale,
+        "total_h": total / 3600,
+        "ceil_note": math.ceil(total / 60),
+    }
+
+
 def render(rep: dict) -> str:
     """The Markdown page (also re-rendered from the .json by ``--render``)."""
+    load = rep.get("load", {})
     lines = [
         "# Scale benchmark (CPU)",
         "",
@@ -319,19 +407,30 @@ def render(rep: dict) -> str:
         f"`python -m benchmarks.scale --rows {rep['rows']} --new-rows {rep['new_rows']}"
         + (f" --rss-rows {rep['rss']['rows']}" if rep.get("rss") else "")
         + f"`; {rep['origin']}; "
-        f"total {rep['total_min']} min.",
+        f"total {rep['total_min']} min. Load average (1 min) at the start {load.get('start', '?')}, at the end "
+        f"{load.get('end', '?')}.",
         "",
-        f"## Full stages at {rep['rows']:,} rows (one epoch of each type, the warm night's parent)",
+        f"## Full run at {rep['rows']:,} rows, DAG defaults: {rep['full']['wall_s'] / 60:.1f} min, measured",
         "",
         *_table(rep["full"]["stages"]),
-        "",
-        f"## Warm night: {rep['new_rows']:,} new rows on the lake, DAG defaults (mode auto): "
-        f"{rep['warm']['wall_s'] / 60:.1f} min",
-        "",
-        *_table(rep["warm"]["stages"]),
-        "",
-        f"Plan: {rep['warm']['embedding'].get('plan', {}).get('reason', '')}",
     ]
+    emb = rep["full"]["embedding"]
+    lines += [
+        "",
+        f"Embedding stage: FastText {emb.get('seconds', 0):,.0f} s ({emb.get('epochs', '?')} epochs by data size), "
+        f"encoding {emb.get('encoded', {}).get('seconds', 0):,.1f} s.",
+    ]
+    if rep.get("engine"):
+        lines += [
+            "",
+            "## Engine speed: one training alone on both cores (the same data, before the run's trainings)",
+            "",
+            "| type | samples/s | batches |",
+            "|---|---|---|",
+        ]
+        for e in rep["engine"]:
+            lines.append(f"| {e['result']['model_type']} | {e['result'].get('samples_per_s') or 0:,.0f} | "
+                         f"{rep.get('probe_batches', '')} |")  # fmt: skip
     ft = rep.get("fasttext", {})
     if ft.get("result"):
         x = ft["result"]
@@ -339,6 +438,27 @@ def render(rep: dict) -> str:
             "",
             f"fastText supervised (fasttext-numpy2, 2 threads, {x['epochs']} epochs, same train split, our tokens): "
             f"{x['samples_per_s']:,.0f} samples/s.",
+        ]
+    if rep.get("warm"):
+        lines += [
+            "",
+            f"## Warm night: {rep['new_rows']:,} new rows on the lake, DAG defaults (mode auto): "
+            f"{rep['warm']['wall_s'] / 60:.1f} min",
+            "",
+            *_table(rep["warm"]["stages"]),
+            "",
+            f"Plan: {rep['warm']['embedding'].get('plan', {}).get('reason', '')}",
+        ]
+    for rows in (5_000_000,):
+        x = extrapolate(rep, rows)
+        lines += [
+            "",
+            f"## Full run at {rows:,} rows, extrapolated from the measured one: {x['total_h']:.1f} h",
+            "",
+            f"FastText {x['fasttext_epochs']} epochs {x['fasttext_s'] / 60:.0f} min; every type {x['epochs']} epochs: "
+            + ", ".join(f"{k} {v / 60:.0f} min" for k, v in x["trainings"].items())
+            + f", two at a time: {x['trainings_wall_s'] / 60:.0f} min; the other stages x{rows / rep['rows']:g}: "
+            f"{x['other_s'] / 60:.0f} min.",
         ]
     if rep.get("rss"):
         lines += ["", f"## A training task at {rep['rss']['rows']:,} rows", "", *_table(rep["rss"]["stages"])]

@@ -23,6 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 INPUT_FORMATS = ("auto", "jsonl", "challenge_csv", "csv", "parquet")
 TRAIN_MODES = ("auto", "full", "warm")
 SENTENCE_ENCODERS = ("use", "e5", "none")  # pipelines/features/sentence.py
+ROW_OPTIMIZERS = ("adagrad", "adam")  # pipelines/training/rows.py
 
 # the trigger forms' sections (Airflow Param ``section``: a collapsible group), in the order the forms show them
 SECTIONS = ("Data", "Model", "Training", "Warm start", "Gate", "Approval", "Scoring")
@@ -264,7 +265,7 @@ class TrainConfig:
     embedding_lr: float = declare(
         1e-2,
         title="Learning rate (embedding)",
-        help="SparseAdam learning rate of the embedding rows.",
+        help="Learning rate of the embedding rows (their row optimiser).",
         section="Training",
         bound=Bound(0, 1, lo_open=True),
     )
@@ -348,6 +349,76 @@ class TrainConfig:
         help="After early stopping, retrain the served model on train + validation rows for the best epoch "
         "count (~1.9x training time; validation metrics come from the first pass).",
         section="Training",
+    )
+    # issue 34 (scale): the training cost follows the data. Each of these is recorded per run (MLflow params
+    # and the ``meli.budget`` metrics of the selection pass: epochs, checks, refit or not, and why)
+    sample_budget: int = declare(
+        6_000_000,
+        title="Sample budget (full run)",
+        help="Training samples a full run's selection pass may see: its epochs are min(epochs, "
+        "max(min_epochs, ceil(sample_budget / training rows))), so epochs shrink as the catalog grows.",
+        section="Training",
+        bound=Bound(1, 10_000_000_000),
+    )
+    min_epochs: int = declare(
+        2,
+        title="Minimum epochs (full run)",
+        help="The fewest epochs of a full run whatever the sample budget.",
+        section="Training",
+        bound=Bound(1, 200),
+    )
+    eval_every: int = declare(
+        400_000,
+        title="Validate every N samples",
+        help="A validation check (early stopping, best weights) every this many training samples, and at the end "
+        "of every epoch shorter than that.",
+        section="Training",
+        bound=Bound(1_000, 1_000_000_000),
+    )
+    val_sample_rows: int = declare(
+        20_000,
+        title="Validation checks: rows",
+        help="Rows of the fixed validation sample scored at each check (the whole split when smaller); the kept "
+        "weights are then scored on the whole validation split.",
+        section="Training",
+        bound=Bound(100, 100_000_000),
+    )
+    refit_max_rows: int = declare(
+        250_000,
+        title="Refit: up to this many training rows",
+        help="The refit on train + validation runs only when the training split has at most this many rows: "
+        "past it, 14% more rows are not worth twice the training time.",
+        section="Training",
+        bound=Bound(0, 1_000_000_000),
+    )
+    embedding_budget: int = declare(
+        3_000_000,
+        title="FastText title budget",
+        help="Titles FastText may read: its epochs are min(embedding_epochs, max(3, ceil(embedding_budget / "
+        "training titles))).",
+        section="Training",
+        bound=Bound(1, 10_000_000_000),
+    )
+    cpu_bf16: bool = declare(
+        True,
+        title="bf16 on a CPU that has it",
+        help="Train in bf16 autocast (as on a GPU) on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX); "
+        "other CPUs train in float32 whatever this says.",
+        section="Training",
+    )
+    word_rows: bool = declare(
+        True,
+        title="One trained row per word",
+        help="Train one embedding row per word of the training vocabulary (initialised from FastText's composed "
+        "vector); the char n-gram rows stay frozen and give words never seen in training their vector.",
+        section="Model",
+    )
+    row_optimizer: str = declare(
+        "adam",
+        title="Embedding rows: optimiser",
+        help="adagrad: one state per row (one pass over a touched row); adam: two.",
+        section="Training",
+        choices=ROW_OPTIMIZERS,
     )
     freeze_embedding: bool = declare(
         False,

@@ -171,6 +171,23 @@ def embedding_matrix(encoder: TitleEncoder, ft_model) -> np.ndarray:
     return np.concatenate([words, ngrams], axis=0)
 
 
+def compose_word_rows(encoder: TitleEncoder, matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` (``embedding_matrix``'s rows) with each vocabulary word's row replaced by its composed
+    vector: the mean of the rows of its token ids (the word and its n-grams), which is the vector a
+    token has today and FastText's ``wv[word]``. The word-rows models train these rows alone."""
+    out = matrix.copy()
+    width = encoder.width
+    for s in range(len(SPECIALS), len(encoder.itos), 65536):
+        words = encoder.itos[s : s + 65536]
+        ids = np.zeros((len(words), width), dtype=np.int64)
+        for i, w in enumerate(words):
+            t = encoder.token_ids(w, cache=False)[:width]
+            ids[i, : len(t)] = t
+        mask = (ids != 0).astype(np.float32)
+        out[s : s + len(words)] = (matrix[ids] * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # The features stage: frozen dataset splits for a run date, and the FastText embedding
 # ------------------------------------------------------------------------------------------
@@ -281,7 +298,13 @@ def train_embedding(dataset_dir: str | Path, cfg: EmbeddingConfig, text: TextCon
         encoder.save(tmp / "encoder.json")
         digests = embedding_digests(tmp)
     log.info("FastText: %d words, dim %d, %.1fs", len(model.wv), cfg.dim, seconds)
-    return {"dir": str(out), "vocab_size": len(encoder.itos), "seconds": round(seconds, 2), "sha256": digests}
+    return {
+        "dir": str(out),
+        "vocab_size": len(encoder.itos),
+        "seconds": round(seconds, 2),
+        "sha256": digests,
+        "epochs": cfg.epochs,
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -363,9 +386,19 @@ def load_fasttext(emb_dir: str | Path, record):
         return FastText.load(str(Path(tmp) / "fasttext.model"))  # mmap=None: every array read in now
 
 
-def embedding_config(cfg: TrainConfig) -> EmbeddingConfig:
-    """FastText settings of a run; gensim's worker threads: every core (the embedding task runs alone)."""
+def embedding_epochs(cfg: TrainConfig, rows: int | None) -> int:
+    """FastText's epochs for ``rows`` training titles: ``cfg.embedding_epochs``, fewer as the titles grow
+    (``cfg.embedding_budget`` titles read in all, at least 3 epochs); None rows: ``cfg.embedding_epochs``."""
+    if not rows:
+        return cfg.embedding_epochs
+    return min(cfg.embedding_epochs, max(3, -(-cfg.embedding_budget // rows)))
+
+
+def embedding_config(cfg: TrainConfig, rows: int | None = None) -> EmbeddingConfig:
+    """FastText settings of a run (epochs by ``rows``, the training titles: ``embedding_epochs``);
+    gensim's worker threads: every core (the embedding task runs alone)."""
     from pipelines.core.system import usable_cores
 
     workers = usable_cores()
-    return EmbeddingConfig(dim=cfg.embedding_dim, epochs=cfg.embedding_epochs, bucket=cfg.bucket, workers=workers)
+    epochs = embedding_epochs(cfg, rows)
+    return EmbeddingConfig(dim=cfg.embedding_dim, epochs=epochs, bucket=cfg.bucket, workers=workers)

@@ -165,7 +165,7 @@ def _embedding(settings: Settings, dataset: dict, cfg: TrainConfig, dag_run_id: 
     if plan["mode"] == "warm":
         emb = warm_embedding(dataset["dir"], plan, cfg.seed)
     else:
-        emb = train_embedding(dataset["dir"], embedding_config(cfg), TextConfig(), cfg.seed)
+        emb = train_embedding(dataset["dir"], embedding_config(cfg, _train_rows(dataset)), TextConfig(), cfg.seed)
     emb["plan"] = plan
     atomic_write_json(Path(emb["dir"]) / PLAN_FILE, plan)  # full or warm, and why: for the summary and people
     # every split as arrays, once; each distinct word's pretrained vector (cached across runs)
@@ -174,6 +174,11 @@ def _embedding(settings: Settings, dataset: dict, cfg: TrainConfig, dag_run_id: 
     emb["recipe"] = recipe  # pinned for the run's train tasks ("tuned" resolved once, here)
     _record_recipe(settings, dataset["parent_run_id"], recipe)
     return emb
+
+
+def _train_rows(dataset: dict) -> int | None:
+    """The training split's rows (FastText's epochs follow them: ``embedding_epochs``)."""
+    return (dataset.get("counts") or {}).get("train")
 
 
 SKIP_FILE = "skipped.json"  # in the run dir: the run trained nothing, and why

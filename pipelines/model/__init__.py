@@ -21,6 +21,7 @@ EXPORTS = {
         "BIGRAM_PRIME",
         "BiLSTMClassifier",
         "CNNClassifier",
+        "Dropout",
         "MLPClassifier",
         "ModelConfig",
         "SentenceBranch",

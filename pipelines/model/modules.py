@@ -46,6 +46,11 @@ class ModelConfig:
     # 0 = off. (Chosen on validation over joining the mean to the deep model's pooled features:
     # MLP 0.9403 vs 0.9378, none 0.9370; benchmarks/results/sentence.md.)
     sentence_dim: int = 0
+    # One trained row per word (issue 34): an in-vocabulary token's vector is its word's row alone
+    # (initialised from FastText's composed vector: the mean of the word's and its n-grams' rows), the
+    # n-gram rows are frozen and compose the vector of a word never seen in training, as FastText does;
+    # the wide bag keeps every id (its n-gram rows frozen too). False: the mean of the token's rows.
+    word_rows: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +78,25 @@ def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return filled.masked_fill(~mask.any(1, keepdim=True), 0.0)
 
 
+class Dropout(nn.Module):
+    """``nn.Dropout``'s function (zero each element with probability ``p``, scale the rest by 1/(1-p))
+    from a uniform draw compared with ``p``: on a CPU ``bernoulli_`` (what nn.Dropout draws with) costs
+    ~8 ns an element, 3.7x a uniform draw, and was the largest op of an MLP step at batch 256."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class WideBag(nn.Module):
     """A TF-IDF-like view of the title: the idf-weighted, L2-normalised bag of all its ids (word
     ids, char n-grams, hashed word bigrams) times a table -> ReLU -> classes, i.e. an MLP over
@@ -91,7 +115,7 @@ class WideBag(nn.Module):
             self.table.weight[0].zero_()
         self.register_buffer("idf", torch.ones(rows))
         self.bias = nn.Parameter(torch.zeros(cfg.wide_dim))
-        self.drop = nn.Dropout(max(cfg.dropout, 0.5))
+        self.drop = Dropout(max(cfg.dropout, 0.5))
         self.out = nn.Linear(cfg.wide_dim, cfg.num_classes)
 
     def token_parts(self, ids: torch.Tensor, local: torch.Tensor | None = None, table=None) -> torch.Tensor:
@@ -145,7 +169,7 @@ class SentenceBranch(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.sentence_dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.sentence_dim, cfg.num_classes)
 
     def forward(self, mean: torch.Tensor) -> torch.Tensor:
@@ -178,12 +202,50 @@ class TitleClassifier(nn.Module):
 
         Training passes ``local``: the same ids as rows of ``emb`` / ``wide``, the slices of the two
         tables a batch touches (gathered once per step, so their gradients are dense and small)."""
+        if self.cfg.word_rows and local is None:
+            w = self.word_of(ids)
+            return self.frozen_features(ids) + self.word_features(w, self.emb.weight[w], self._wide_rows(w))
         emb = self.emb.weight if emb is None else emb
         sub = (ids != 0).to(emb.dtype)
         vec = bag_sum(ids if local is None else local, emb, sub / sub.sum(-1, keepdim=True).clamp(min=1.0))
         if self.wide is None:
             return vec
         return torch.cat([vec, self.wide.token_parts(ids, local, wide).to(vec.dtype)], dim=-1)
+
+    # ---- word rows (cfg.word_rows): features = frozen_features(ids) + word_features(word rows) ----
+    def word_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [..., K] -> [...]: the token's in-vocabulary word id, 0 for a word never seen in training
+        (its ids are n-grams only, or ``<unk>``)."""
+        w = ids[..., 0]
+        return torch.where((w >= 2) & (w < self.cfg.vocab_size), w, torch.zeros_like(w))
+
+    def frozen_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [..., K] -> [..., F]: what a token's features owe to its frozen n-gram rows. Embedding: the
+        mean of its n-gram rows for a word never seen in training (FastText's composition), 0 for a
+        vocabulary word (its own row is the whole vector); wide: the idf-weighted sum of its n-gram rows
+        and the squared idf of all its ids (the word's included)."""
+        w = self.word_of(ids)
+        grams = torch.cat([torch.where(w != 0, 0, ids[..., 0]).unsqueeze(-1), ids[..., 1:]], dim=-1)
+        emb = self.emb.weight
+        sub = (grams != 0).to(emb.dtype) * (w == 0).to(emb.dtype).unsqueeze(-1)
+        vec = bag_sum(grams, emb, sub / sub.sum(-1, keepdim=True).clamp(min=1.0))
+        if self.wide is None:
+            return vec
+        parts = self.wide.token_parts(grams).to(vec.dtype)
+        idf_w = self.wide.idf[w] * (w != 0).to(self.wide.idf.dtype)
+        parts = torch.cat([parts[..., :-1], parts[..., -1:] + (idf_w * idf_w).unsqueeze(-1).to(vec.dtype)], dim=-1)
+        return torch.cat([vec, parts], dim=-1)
+
+    def word_features(self, w: torch.Tensor, emb_rows: torch.Tensor, wide_rows: torch.Tensor | None) -> torch.Tensor:
+        """[..., F]: a token's share of its word's trained rows (``emb_rows`` [..., dim], ``wide_rows``
+        [..., wide_dim], rows of word ``w``; row 0, the padding, is zero for a word never seen)."""
+        if self.wide is None:
+            return emb_rows
+        idf_w = (self.wide.idf[w] * (w != 0).to(self.wide.idf.dtype)).unsqueeze(-1).to(wide_rows.dtype)
+        return torch.cat([emb_rows, wide_rows * idf_w, emb_rows.new_zeros(*emb_rows.shape[:-1], 1)], dim=-1)
+
+    def _wide_rows(self, w: torch.Tensor) -> torch.Tensor | None:
+        return None if self.wide is None else self.wide.table.weight[w]
 
     def deep(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -229,7 +291,7 @@ class MLPClassifier(TitleClassifier):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.fc1 = nn.Linear(2 * cfg.dim, cfg.hidden)
         self.norm = nn.LayerNorm(cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.num_classes)
@@ -245,7 +307,7 @@ class CNNClassifier(TitleClassifier):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.convs = nn.ModuleList(nn.Conv1d(cfg.dim, cfg.filters, k, padding=k // 2) for k in cfg.filter_sizes)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.filters * len(cfg.filter_sizes) + cfg.dim, cfg.num_classes)
 
     def deep(self, x, mask, lengths):
@@ -262,7 +324,7 @@ class BiLSTMClassifier(TitleClassifier):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.lstm = nn.LSTM(cfg.dim, cfg.lstm_hidden, batch_first=True, bidirectional=True)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.out = nn.Linear(4 * cfg.lstm_hidden, cfg.num_classes)
 
     def deep(self, x, mask, lengths):

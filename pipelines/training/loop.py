@@ -20,7 +20,7 @@ from pipelines.config import TrainConfig, check_tables
 from pipelines.features.batches import EncodedSplit, gather_keys_t, length_bucketed_batches
 from pipelines.features.embedding import TitleEncoder
 from pipelines.features.sentence import dim as sentence_dim
-from pipelines.training.rows import RowAdam, RowTables, apply_rows, row_tables
+from pipelines.training.rows import RowTables, apply_rows, row_optimizer, row_tables, trainable_rows
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Fit:
             wide_dim=cfg.wide_dim,
             wide_bigrams=cfg.wide_bigrams if cfg.wide_dim else 0,
             sentence_dim=sentence_dim(cfg.sentence_encoder),
+            word_rows=cfg.word_rows,
         )
         check_tables(  # rows from the data (vocabulary + char n-grams): before any table is allocated
             {
@@ -82,10 +83,17 @@ class Fit:
             )
         ft = load_fasttext(embedding_dir, sha256)
         self.init_vectors = embedding_matrix(encoder, ft)
+        if cfg.word_rows:  # each word's row starts as its composed FastText vector (word + n-grams)
+            from pipelines.features.embedding import compose_word_rows
+
+            self.init_vectors = compose_word_rows(encoder, self.init_vectors)
         self.init_vectors[0] = 0.0
         self.parent = None  # warm start: (bundle dir, fresh state -> the parent's state on this vocabulary)
         self.batch_size, self.lr, self.embedding_lr = effective_recipe(cfg, device)
         self.on_device = device.type == "cuda"
+        # bf16 autocast: on CUDA, and on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX: its
+        # bf16 GEMMs run ~4.5x the fp32 ones on the 2-core benchmark VM), unless cfg.cpu_bf16 is off
+        self.bf16 = use_bf16(cfg, device)
         self.tokens_t = None  # the run's token table on the device (set_tokens)
         self.sent_t = None  # float16 [V, S]: each token's pretrained vector (a sentence encoder), or None
 
@@ -98,7 +106,7 @@ class Fit:
         if sentence is not None and self.model_cfg.sentence_dim:
             self.sent_t = torch.from_numpy(np.array(sentence, dtype=np.float16)).to(self.device)  # a copy: writable
 
-    def new_model(self, data: EncodedSplit):
+    def new_model(self, data: EncodedSplit | None):
         """A freshly initialised model (seeded: the same weights every call; warm: the parent's
         weights on this vocabulary, new rows from FastText); the wide idf from ``data``."""
         import torch
@@ -111,14 +119,14 @@ class Fit:
             model.emb.weight.copy_(torch.from_numpy(self.init_vectors))
             if self.parent is not None:
                 model.load_state_dict(self.parent[1](model.state_dict()))
-            if model.wide is not None:
+            if model.wide is not None and data is not None:
                 model.wide.idf.copy_(torch.from_numpy(wide_idf(model.wide, data, self.tokens_t.cpu().numpy())))
         return model.to(self.device)
 
-    def run(self, model, data: EncodedSplit, epochs: int, on_epoch) -> tuple[int, float]:
-        """Up to ``epochs`` epochs (warm-up + cosine over all of them); ``on_epoch(model, epoch,
-        train_loss, seconds)`` after each, in eval mode, returns False to stop. Returns (samples
-        seen, training seconds)."""
+    def run(self, model, data: EncodedSplit, epochs: int, on_check, checks_per_epoch: int = 1) -> tuple[int, float]:
+        """Up to ``epochs`` epochs (warm-up + cosine over all of them), ``checks_per_epoch`` checks in
+        each: ``on_check(model, check, train_loss, seconds)`` after each (checks numbered from 1), in
+        eval mode, returns False to stop. Returns (samples seen, training seconds)."""
         import torch
         import torch.nn.functional as F
 
@@ -132,6 +140,9 @@ class Fit:
         steps_per_epoch = math.ceil(len(y) / batch_size)
         total_steps = steps_per_epoch * epochs
         warm = max(1, steps_per_epoch // 2)
+        cpe = max(1, min(checks_per_epoch, steps_per_epoch))
+        check_at = {math.ceil(steps_per_epoch * (j + 1) / cpe) for j in range(cpe)}  # steps within an epoch
+        words = WordRows(model, self.tokens_t) if tables is not None and model.cfg.word_rows else None
 
         def set_lr(step: int) -> None:  # linear warm-up, cosine decay
             decay = 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
@@ -147,18 +158,18 @@ class Fit:
                 for a in (np.asarray(data.keys, dtype=np.int64), np.asarray(data.offsets), y)
             )
 
-        step, seen, seconds = 0, 0, 0.0
-        for epoch in range(1, epochs + 1):
+        step, seen, seconds, check = 0, 0, 0.0, 0
+        for _epoch in range(1, epochs + 1):
             model.train()
             t0 = time.perf_counter()
             total_loss, nb = torch.zeros((), device=device), 0  # summed on the device: no sync per step
-            for b_idx in length_bucketed_batches(lengths, batch_size, rng, sampler_w):
+            for i, b_idx in enumerate(length_bucketed_batches(lengths, batch_size, rng, sampler_w), start=1):
                 keys, lens, target = self._batch(b_idx, data, y, lengths, on_gpu)
                 set_lr(step)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on_device):
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     # multi-branch models: one loss per branch (an ensemble trained in one pass)
                     branches, rows = batch_branches(
-                        model, self.tokens_t, keys, lens, not on_device, tables, self.sent_t
+                        model, self.tokens_t, keys, lens, not on_device, tables, self.sent_t, words
                     )
                 loss = sum(
                     F.cross_entropy(lg.float(), target, weight=class_w, label_smoothing=cfg.label_smoothing)
@@ -174,15 +185,22 @@ class Fit:
                 nb += 1
                 step += 1
                 seen += len(b_idx)
-            if on_device:
-                torch.cuda.synchronize(device)  # the epoch's time includes its queued GPU work
-            epoch_s = time.perf_counter() - t0
-            seconds += epoch_s
-            if tables is not None:
-                tables.write_back(model)
-            model.eval()
-            if not on_epoch(model, epoch, float(total_loss) / max(nb, 1), epoch_s):
-                break
+                if i not in check_at:
+                    continue
+                if on_device:
+                    torch.cuda.synchronize(device)  # the check's time includes its queued GPU work
+                part_s = time.perf_counter() - t0
+                seconds += part_s
+                if tables is not None:
+                    tables.write_back(model)
+                model.eval()
+                check += 1
+                if not on_check(model, check, float(total_loss) / max(nb, 1), part_s):
+                    model.eval()
+                    return seen, seconds
+                model.train()
+                t0 = time.perf_counter()
+                total_loss, nb = torch.zeros((), device=device), 0
         model.eval()
         return seen, seconds
 
@@ -209,8 +227,8 @@ class Fit:
         opt = torch.optim.AdamW(dense, lr=self.lr, weight_decay=self.cfg.weight_decay, fused=self.on_device or None)
         # CPU: the tables' rows live in RowTables during the run; CUDA: the model's own tables
         tables = None if self.on_device else RowTables(model)
-        row_opt = RowAdam(row_tables(model) if self.on_device else tables.tensors, lr=self.embedding_lr)
-        return dense, opt, tables, row_opt
+        params = row_tables(model) if self.on_device else tables.tensors
+        return dense, opt, tables, row_optimizer(self.cfg.row_optimizer, params, self.embedding_lr)
 
     def _batch(self, b_idx: np.ndarray, data: EncodedSplit, y: np.ndarray, lengths: np.ndarray, on_gpu):
         """A batch's (keys [B, T], lengths [B], targets [B]): gathered on the GPU from ``on_gpu``
@@ -227,6 +245,22 @@ class Fit:
         return torch.from_numpy(data.batch(b_idx)[0]), lens, torch.from_numpy(y[b_idx])
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), not by emulation."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without the probes: assume not
+        return False
+
+
+def use_bf16(cfg: TrainConfig, device) -> bool:
+    """bf16 autocast for training on ``device``: always on CUDA; on a CPU when ``cfg.cpu_bf16`` and the
+    CPU computes bf16 natively."""
+    return device.type == "cuda" or (device.type == "cpu" and cfg.cpu_bf16 and cpu_has_bf16())
+
+
 def effective_recipe(cfg: TrainConfig, device) -> tuple[int, float, float]:
     """(batch size, dense lr, embedding lr) on ``device``. On CUDA, unless ``cfg.gpu_batch_size`` is
     0, the GPU recipe: that batch size with both learning rates scaled by sqrt(its ratio to
@@ -237,7 +271,25 @@ def effective_recipe(cfg: TrainConfig, device) -> tuple[int, float, float]:
     return cfg.gpu_batch_size, cfg.lr * scale, cfg.embedding_lr * scale
 
 
-def batch_branches(model, tokens, keys, lengths, gather: bool = True, tables: RowTables | None = None, sent=None):
+class WordRows:
+    """A word-rows model's run (``ModelConfig.word_rows``, CPU): per token key, its word (0: a word
+    never seen in training) and its frozen features (``frozen_features``: the n-gram rows never
+    change, so they are computed once per run, not per step). A step then gathers one row per word."""
+
+    def __init__(self, model, tokens):
+        import torch
+
+        with torch.no_grad():
+            self.word = model.word_of(tokens)
+            self.first = tokens[:, 0].contiguous()
+            self.frozen = torch.cat(
+                [model.frozen_features(tokens[s : s + 16384]).float() for s in range(0, len(tokens), 16384)]
+            )
+
+
+def batch_branches(
+    model, tokens, keys, lengths, gather: bool = True, tables: RowTables | None = None, sent=None, words=None
+):
     """One batch of token keys [B, T] through ``model.branches``. Returns (branch logits, rows):
     rows is [(table, row ids, leaf)] to update after backward with ``leaf.grad``; row 0 (padding)
     is never updated. ``sent``: the pretrained vector of every key (models that read them).
@@ -245,18 +297,21 @@ def batch_branches(model, tokens, keys, lengths, gather: bool = True, tables: Ro
     ``gather`` (CPU): each distinct token of the batch is computed once, over the rows of
     ``tables`` (RowTables) it touches, gathered into one leaf: its gradient is the rows' gradient,
     dense and small. Without (CUDA): the whole model on the ids, leaf None, the tables' own
-    ``.grad`` dense."""
+    ``.grad`` dense (times the mask of its trainable rows). ``words`` (``WordRows``, CPU): a
+    word-rows model's step, one row per distinct word of the batch."""
     import torch
 
     mask = keys != 0
     if not gather:
         ids = tokens[keys]
-        rows = [(p, None, None) for p in row_tables(model)]
+        rows = [(p, trainable_rows(model, p), None) for p in row_tables(model)]
         from pipelines.model.modules import sentence_mean
 
         sentence = None if sent is None else sentence_mean(sent, keys)
         return model.forward_branches(ids, lengths, sentence), rows
     tables = tables or RowTables(model)
+    if words is not None:
+        return _word_row_branches(model, keys, mask, lengths, tables, sent, words)
     # index_select, not advanced indexing: ~6x faster on CPU
     uk, inv = torch.unique(keys, return_inverse=True)
     sub = tokens.index_select(0, uk)  # [U, K] ids of the batch's distinct tokens
@@ -281,6 +336,36 @@ def batch_branches(model, tokens, keys, lengths, gather: bool = True, tables: Ro
 
         sentence = sentence_mean(sent, keys)
     return model.branches(feats, mask, lengths, words, bigrams, sentence), rows
+
+
+def _word_row_branches(model, keys, mask, lengths, tables: RowTables, sent, words: WordRows):
+    """``batch_branches`` of a word-rows model: token features = its frozen features + its word's row."""
+    import torch
+
+    uk, inv = torch.unique(keys, return_inverse=True)
+    w_u = words.word.index_select(0, uk)
+    r_w, local = torch.unique(w_u, return_inverse=True)  # row 0: tokens without a trained word row
+    leaf = tables.tok.index_select(0, r_w).requires_grad_(True)
+    rows = [(tables.tok, r_w, leaf)]
+    g = leaf.index_select(0, local)
+    wide_rows = g[:, tables.dim :] if model.wide is not None else None
+    feats_u = words.frozen.index_select(0, uk) + model.word_features(w_u, g[:, : tables.dim], wide_rows)
+    feats = feats_u.index_select(0, inv.flatten()).view(*inv.shape, feats_u.shape[-1])
+    first = words.first.index_select(0, uk).index_select(0, inv.flatten()).view_as(inv)
+    bigrams = None
+    if model.wide is not None and model.wide.cfg.wide_bigrams > 0 and first.shape[1] > 1:
+        w = model.wide
+        b = w.bigram_rows(first)  # rows of the wide table: >= n, 0 = none
+        r_bi, b_local = torch.unique(b, return_inverse=True)
+        bi_leaf = tables.bi.index_select(0, (r_bi - tables.n).clamp(min=0)).requires_grad_(True)
+        rows.append((tables.bi, torch.where(r_bi > 0, r_bi - tables.n + 1, 0), bi_leaf))
+        bigrams = w.token_parts(b, b_local, bi_leaf)
+    sentence = None
+    if sent is not None:
+        from pipelines.model.modules import sentence_mean
+
+        sentence = sentence_mean(sent, keys)
+    return model.branches(feats, mask, lengths, first, bigrams, sentence), rows
 
 
 def wide_idf(wide, data: EncodedSplit, tokens: np.ndarray) -> np.ndarray:
@@ -360,6 +445,7 @@ class Selection:
     probs: np.ndarray | None = None
     seen: int = 0
     seconds: float = 0.0
+    val_check: float | None = None  # the best check's macro-recall on the validation sample (when sampled)
 
 
 def evaluate_split(fit: Fit, model, data: EncodedSplit, y: np.ndarray, y_names: list[str]):
@@ -374,54 +460,91 @@ def evaluate_split(fit: Fit, model, data: EncodedSplit, y: np.ndarray, y_names: 
     return macro_recall(y_names, list(pred)), loss, probs
 
 
-def select(fit: Fit, init: EncodedSplit, rows: EncodedSplit, epochs: int, evaluate, log_metrics, epoch_callback=None):
+def planned_epochs(cfg: TrainConfig, rows: int) -> int:
+    """A full run's epochs for ``rows`` training rows (the sample budget): ``cfg.epochs`` on small data,
+    fewer as the rows grow (``cfg.sample_budget`` samples), never under ``cfg.min_epochs``."""
+    if rows <= 0:
+        return cfg.epochs
+    return max(1, min(cfg.epochs, max(cfg.min_epochs, math.ceil(cfg.sample_budget / rows))))
+
+
+def checks_per_epoch(cfg: TrainConfig, rows: int) -> int:
+    """Validation checks per epoch: one every ``cfg.eval_every`` samples, at least one per epoch."""
+    return max(1, round(rows / cfg.eval_every))
+
+
+def refit_plan(cfg: TrainConfig, mode: str, train_rows: int) -> tuple[bool, str]:
+    """Whether the served model is refitted on train + validation, and why (recorded per run)."""
+    if not cfg.refit:
+        return False, "refit=false"
+    if mode != "full":
+        return False, "a warm run serves its selection pass"
+    if train_rows > cfg.refit_max_rows:
+        return False, f"{train_rows:,} training rows > refit_max_rows {cfg.refit_max_rows:,}"
+    return True, f"{train_rows:,} training rows <= refit_max_rows {cfg.refit_max_rows:,}"
+
+
+def select(
+    fit: Fit,
+    init: EncodedSplit,
+    rows: EncodedSplit,
+    epochs: int,
+    evaluate,
+    log_metrics,
+    epoch_callback=None,
+    checks: int = 1,
+):
     """The selection pass: a fresh model (its wide idf from ``init``) trained on ``rows`` for up to
-    ``epochs`` epochs, ``evaluate(model) -> (macro-recall, loss, probs)`` after each; the best
-    epoch's weights are kept, and it stops ``cfg.patience`` epochs after the best.
-    ``epoch_callback(epoch, val_macro_recall)`` may raise to stop the run (tuning's pruning)."""
+    ``epochs`` epochs, ``checks`` validation checks per epoch, ``evaluate(model) -> (macro-recall,
+    loss, probs)`` at each; the best check's weights are kept, and it stops ``cfg.patience`` checks
+    after the best. ``epoch_callback(check, val_macro_recall)`` may raise to stop the run (tuning's
+    pruning). With one check per epoch (data under ``cfg.eval_every`` rows) checks are epochs."""
     cfg, kind = fit.cfg, fit.model_cfg.kind
     best = Selection()
+    total = epochs * checks
 
-    def on_epoch(model, epoch: int, train_loss: float, epoch_s: float) -> bool:
+    def on_check(model, check: int, train_loss: float, part_s: float) -> bool:
         val_mr, val_loss, probs = evaluate(model)
         log_metrics(
             {
                 "train_loss": train_loss,
                 "val_loss": val_loss,
                 "val_macro_recall": val_mr,
-                "epoch_samples_per_s": len(rows) / epoch_s,
+                "epoch_samples_per_s": len(rows) / checks / part_s,
             },
-            step=epoch,
+            step=check,
         )
         log.info(
-            "%s epoch %d/%d: train_loss %.4f val_loss %.4f val_macro_recall %.4f (%.1fs)",
-            kind, epoch, epochs, train_loss, val_loss, val_mr, epoch_s,  # this pass's epochs (warm: warm_epochs)
+            "%s check %d/%d (epoch %.2f): train_loss %.4f val_loss %.4f val_macro_recall %.4f (%.1fs)",
+            kind, check, total, check / checks, train_loss, val_loss, val_mr, part_s,
         )  # fmt: skip
         if epoch_callback is not None:
-            epoch_callback(epoch, val_mr)
+            epoch_callback(check, val_mr)
         if val_mr > best.val:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            best.val, best.epoch, best.state, best.probs = val_mr, epoch, state, probs
-        elif epoch - best.epoch >= cfg.patience:
-            log.info("%s: early stop after epoch %d (best epoch %d)", kind, epoch, best.epoch)
+            best.val, best.epoch, best.state, best.probs = val_mr, check, state, probs
+        elif check - best.epoch >= cfg.patience:
+            log.info("%s: early stop after check %d (best check %d)", kind, check, best.epoch)
             return False
         return True
 
-    best.seen, best.seconds = fit.run(fit.new_model(init), rows, epochs, on_epoch)
+    best.seen, best.seconds = fit.run(fit.new_model(init), rows, epochs, on_check, checks)
     return best
 
 
-def refit(fit: Fit, rows: EncodedSplit, epochs: int, best_epoch: int, log_metrics) -> tuple[dict, float]:
+def refit(
+    fit: Fit, rows: EncodedSplit, epochs: int, best_epoch: int, log_metrics, checks: int = 1
+) -> tuple[dict, float]:
     """The served model: the same recipe from the same initialisation on ``rows`` (train +
-    validation), stopped after ``best_epoch`` epochs of the ``epochs``-long schedule. Returns
-    (its weights on the CPU, seconds)."""
+    validation), stopped after ``best_epoch`` checks (``checks`` per epoch, as the selection pass's)
+    of the ``epochs``-long schedule. Returns (its weights on the CPU, seconds)."""
     kind = fit.model_cfg.kind
 
-    def on_refit_epoch(model, epoch: int, train_loss: float, epoch_s: float) -> bool:
-        log_metrics({"refit_train_loss": train_loss}, step=epoch)
-        log.info("%s refit epoch %d/%d: loss %.4f (%.1fs)", kind, epoch, best_epoch, train_loss, epoch_s)
-        return epoch < best_epoch
+    def on_refit_check(model, check: int, train_loss: float, part_s: float) -> bool:
+        log_metrics({"refit_train_loss": train_loss}, step=check)
+        log.info("%s refit check %d/%d: loss %.4f (%.1fs)", kind, check, best_epoch, train_loss, part_s)
+        return check < best_epoch
 
     model = fit.new_model(rows)
-    _, seconds = fit.run(model, rows, epochs, on_refit_epoch)
+    _, seconds = fit.run(model, rows, epochs, on_refit_check, checks)
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, seconds

@@ -1,7 +1,8 @@
-"""Embedding rows: what a CPU training step updates. A batch touches a few thousand rows of
-tables with hundreds of thousands; ``RowTables`` holds them outside the model (token and wide
-rows side by side: one gather serves both), ``RowAdam`` is Adam on just those rows, and
-``apply_rows`` applies it after backward (``loop.batch_branches`` gathers the rows)."""
+"""Embedding rows: what a CPU training step updates. A batch touches a few hundred rows (one per
+word with ``word_rows``; a few thousand subword rows without) of tables with hundreds of thousands;
+``RowTables`` holds them outside the model (token and wide rows side by side: one gather serves
+both), ``RowAdam`` / ``RowAdagrad`` update just those rows, and ``apply_rows`` applies them after
+backward (``loop.batch_branches`` gathers the rows)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,52 @@ class RowAdam:
                 self.update(p, g.indices()[0], g.values())
 
 
+class RowAdagrad(RowAdam):
+    """Adagrad on embedding rows (fastText's family: one state per row, so one read and one write of
+    it per touched row, where Adam has two): ``sum += g * g``, ``row -= lr * g / (sqrt(sum) + eps)``.
+    Same interface as ``RowAdam``; no bias correction, no step count."""
+
+    def __init__(self, params: list, lr: float, eps: float = 1e-10):
+        import torch
+
+        self.params, self.eps = list(params), eps
+        self.param_groups = [{"lr": lr}]
+        self.state = {id(p): {"sum": torch.zeros_like(p)} for p in self.params}
+
+    def update(self, p, rows, grad) -> None:
+        import torch
+
+        if rows.numel() == 0:
+            return
+        acc = self.state[id(p)]["sum"]
+        with torch.no_grad():
+            grad = grad.to(p.dtype)
+            s = acc.index_select(0, rows).addcmul_(grad, grad)
+            acc.index_copy_(0, rows, s)
+            new = p.index_select(0, rows).addcdiv_(grad, s.sqrt_().add_(self.eps), value=-self.param_groups[0]["lr"])
+            p.index_copy_(0, rows, new)
+
+    def update_dense(self, p) -> None:
+        """From ``p``'s dense ``.grad`` (CUDA): an untouched row has a zero gradient, so it moves by 0."""
+        import torch
+
+        if p.grad is None:
+            return
+        acc = self.state[id(p)]["sum"]
+        with torch.no_grad():
+            acc.addcmul_(p.grad, p.grad)
+            p.addcdiv_(p.grad, acc.sqrt().add_(self.eps), value=-self.param_groups[0]["lr"])
+
+
+def row_optimizer(name: str, params: list, lr: float):
+    """``TrainConfig.row_optimizer``: adam (``RowAdam``) or adagrad (``RowAdagrad``)."""
+    if name == "adagrad":
+        return RowAdagrad(params, lr=lr)
+    if name == "adam":
+        return RowAdam(params, lr=lr)
+    raise ValueError(f"unknown row optimiser {name!r}; choose adam or adagrad")
+
+
 class RowTables:
     """The embedding rows a CPU training run updates, outside the model: every token row of the
     token table and of the wide table side by side ([N, dim + wide_dim]: one gather and one row
@@ -108,9 +155,12 @@ class RowTables:
 
 
 def apply_rows(opt: RowAdam, rows, tables: RowTables | None) -> None:
-    """After backward: RowAdam on the rows a batch touched (see ``batch_branches``)."""
+    """After backward: the row optimiser on the rows a batch touched (see ``batch_branches``). CUDA
+    (leaf None): the table's dense ``.grad``, times ``r`` when it is a mask of the trainable rows."""
     for target, r, leaf in rows:
         if leaf is None:
+            if r is not None and target.grad is not None:
+                target.grad.mul_(r)  # frozen rows (word_rows: the n-gram rows) get no update
             opt.update_dense(target)
             continue
         if leaf.grad is None:
@@ -128,3 +178,18 @@ def apply_rows(opt: RowAdam, rows, tables: RowTables | None) -> None:
 def row_tables(model) -> list:
     out = [model.emb.weight] if model.emb.weight.requires_grad else []
     return out + ([model.wide.table.weight] if model.wide is not None else [])
+
+
+def trainable_rows(model, table):
+    """[rows, 1] float mask of the rows of ``table`` (the token or the wide table) a word-rows model
+    trains: the vocabulary words (ids 2..vocab_size-1) and the wide table's bigram rows; None: every row."""
+    import torch
+
+    cfg = model.cfg
+    if not cfg.word_rows:
+        return None
+    mask = torch.zeros(table.shape[0], 1, dtype=table.dtype, device=table.device)
+    mask[2 : cfg.vocab_size] = 1
+    if model.wide is not None and table is model.wide.table.weight:
+        mask[cfg.num_embeddings :] = 1
+    return mask

@@ -138,7 +138,8 @@ def log_embedding(settings: Settings, parent_run_id: str, emb: dict, cfg: TrainC
 
     configure(settings)
     with open_run(settings, "RUNNING", run_id=parent_run_id):  # finished by the gate (failing_parent)
-        mlflow.log_params({f"embedding_{k}": v for k, v in asdict(embedding_config(cfg)).items()})
+        params = asdict(embedding_config(cfg)) | ({"epochs": emb["epochs"]} if emb.get("epochs") else {})
+        mlflow.log_params({f"embedding_{k}": v for k, v in params.items()})  # epochs: as the data size gave them
         mlflow.log_metrics({"embedding_vocab_size": emb["vocab_size"], "embedding_train_seconds": emb["seconds"]})
         if emb.get("sha256"):  # the saved FastText's files, checked before a warm start unpickles them
             mlflow.set_tag(EMBEDDING_SHA_TAG, json.dumps(emb["sha256"], sort_keys=True, separators=(",", ":")))
@@ -263,6 +264,7 @@ def log_model_run(dataset_dir: Path, run_date: str, fit, mode: str, lineage: dic
             "effective_batch_size": fit.batch_size,
             "effective_lr": fit.lr,
             "effective_embedding_lr": fit.embedding_lr,
+            "bf16": fit.bf16,
             "mode": mode,
         }
     )

@@ -28,8 +28,11 @@ from pipelines.features.encoded import load_encoded
 from pipelines.settings import Settings
 from pipelines.training.loop import (
     Fit,
+    checks_per_epoch,
     evaluate_split,
+    planned_epochs,
     refit,
+    refit_plan,
     select,
 )
 from pipelines.training.runs import (
@@ -96,17 +99,33 @@ def train_classifier(
     idf_data = EncodedSplit.concat([train_data, val_data.take(keep)])  # refit's rows and idf: every labelled row
     rows = _training_rows(settings, plan, fit, run_date, train_df, train_data)
 
+    checks = checks_per_epoch(cfg, len(rows.data))
+    do_refit, refit_why = refit_plan(cfg, rows.mode, len(train_data))
+    check_idx = _val_sample(len(val_data), cfg.val_sample_rows, cfg.seed)
     with start_model_run(settings, kind, run_date, parent_run_id) as run:
         log_model_run(dataset_dir, run_date, fit, rows.mode, rows.lineage, train_df)
-        # selection pass: train split only, early stopping on validation macro-recall
-        evaluate = lambda model: evaluate_split(fit, model, val_data, y_val, y_val_names)  # noqa: E731
-        best = select(fit, train_data, rows.data, rows.epochs, evaluate, mlflow.log_metrics, epoch_callback)
+        # the cost policy (issue 34), as this run applied it to its data
+        mlflow.set_tags({"meli.refit": f"{'yes' if do_refit else 'no'}: {refit_why}"})
+        mlflow.log_metrics(
+            {"planned_epochs": rows.epochs, "checks_per_epoch": checks, "val_check_rows": len(check_idx)}
+        )
+        # selection pass: train split only, early stopping on validation macro-recall (checks: on the
+        # fixed validation sample; the kept weights are then scored on the whole split)
+        check_data = val_data if len(check_idx) == len(val_data) else val_data.take(check_idx)
+        check_names = y_val_names if len(check_idx) == len(val_data) else [y_val_names[i] for i in check_idx]
+        evaluate = lambda model: evaluate_split(fit, model, check_data, y_val[check_idx], check_names)  # noqa: E731
+        best = select(fit, train_data, rows.data, rows.epochs, evaluate, mlflow.log_metrics, epoch_callback, checks)
+        if len(check_idx) < len(val_data) and best.state is not None:
+            best.val_check = best.val
+            best.val, _, best.probs = evaluate_split(fit, _with_state(fit, best.state), val_data, y_val,
+                                                     y_val_names)  # fmt: skip
         state, train_seconds = best.state, best.seconds
         metrics = _selection_metrics(best, rows)
-        # the served model: same recipe, train + validation rows, best_epoch epochs. Not in warm mode:
-        # its extra rows would be the new partitions' validation rows (~10% of a night) for twice the time
-        if cfg.refit and rows.mode == "full":
-            state, refit_seconds = refit(fit, idf_data, rows.epochs, best.epoch, mlflow.log_metrics)
+        # the served model: same recipe, train + validation rows, the best check's share of the schedule.
+        # Not in warm mode (its extra rows would be the new partitions' validation rows, ~10% of a
+        # night, for twice the time), nor past refit_max_rows training rows
+        if do_refit:
+            state, refit_seconds = refit(fit, idf_data, rows.epochs, best.epoch, mlflow.log_metrics, checks)
             metrics |= {"refit_rows": len(idf_data), "refit_seconds": refit_seconds, "refit_epochs": best.epoch}
             train_seconds += refit_seconds
         mlflow.log_metrics(metrics)
@@ -133,7 +152,7 @@ def _selection_metrics(best, rows: _TrainingSet) -> dict:
         "train_rows": len(rows.data),
         "train_rows_new": rows.n_new,
         "train_rows_replayed": rows.n_replay,
-    }
+    } | ({"val_check_macro_recall": best.val_check} if best.val_check is not None else {})
 
 
 def _result(kind: str, run_id: str, model_uri: str, best, train_seconds: float, fit: Fit, rows: _TrainingSet) -> dict:
@@ -146,12 +165,26 @@ def _result(kind: str, run_id: str, model_uri: str, best, train_seconds: float, 
         "best_epoch": best.epoch,
         "train_seconds": round(train_seconds, 2),
         "device": str(fit.device),
-        "refit": fit.cfg.refit and rows.mode == "full",
+        "refit": refit_plan(fit.cfg, rows.mode, rows.n_train)[0],
         "mode": rows.mode,
         "parent_version": rows.parent["version"] if rows.parent else "",
         "full_run_date": rows.lineage["meli.full_run_date"],
         "train_rows": len(rows.data),
     }
+
+
+def _val_sample(n: int, size: int, seed: int) -> np.ndarray:
+    """The validation rows every check scores: all of them, or a fixed sample of ``size`` (sorted)."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def _with_state(fit: Fit, state: dict):
+    """A model of ``fit``'s recipe holding ``state`` (the kept weights), in eval mode."""
+    model = fit.new_model(None)  # the idf comes with the state
+    model.load_state_dict({k: v.to(fit.device) for k, v in state.items()})
+    return model.eval()
 
 
 class _TrainingSet(NamedTuple):
@@ -164,6 +197,7 @@ class _TrainingSet(NamedTuple):
     n_new: int
     n_replay: int
     parent: dict | None
+    n_train: int = 0  # the training split's rows (the refit policy reads them)
 
 
 def _training_rows(
@@ -176,10 +210,17 @@ def _training_rows(
     parent = (plan or {}).get("parents", {}).get(kind) if (plan or {}).get("mode") == "warm" else None
     if parent is None:
         lineage = {"meli.mode": "full", "meli.full_run_date": run_date}
-        return _TrainingSet(train_data, cfg.epochs, "full", lineage, len(train_data), 0, None)
-    from pipelines.training.warm import parent_bundle, parent_new_rows, parent_state, warm_rows
+        epochs = planned_epochs(cfg, len(train_data))  # the sample budget: fewer epochs as rows grow
+        return _TrainingSet(train_data, epochs, "full", lineage, len(train_data), 0, None, len(train_data))
+    from pipelines.training.warm import arch_differences, parent_bundle, parent_new_rows, parent_state, warm_rows
 
     bundle = parent_bundle(settings, parent, kind, Path(settings.run_dir(run_date or "adhoc")) / "parents" / kind)
+    diff = arch_differences(bundle, fit.model_cfg)
+    if diff:  # e.g. a parent from before word_rows: its weights mean something else here; this type trains full
+        log.warning("%s: parent version %s differs in %s: trained full", kind, parent["version"], diff)
+        lineage = {"meli.mode": "full", "meli.full_run_date": run_date, "meli.full_reason": f"parent differs in {diff}"}
+        epochs = planned_epochs(cfg, len(train_data))
+        return _TrainingSet(train_data, epochs, "full", lineage, len(train_data), 0, None, len(train_data))
     fit.parent = (bundle, lambda fresh: parent_state(fresh, fit.model_cfg, fit.encoder, fit.labels, bundle))
     is_new = parent_new_rows(parent, train_df["ingest_date"].to_numpy())  # new or changed for it (the plan's)
     t_idx, n_new, n_replay = warm_rows(is_new, cfg.replay_rows, cfg.seed)
@@ -193,7 +234,9 @@ def _training_rows(
         "%s warm from version %s: %d new + %d replayed training rows (of %d), partitions %s",
         kind, parent["version"], n_new, n_replay, len(train_data), parent["new_partitions"],
     )  # fmt: skip
-    return _TrainingSet(train_data.take(t_idx), cfg.warm_epochs, "warm", lineage, n_new, n_replay, parent)
+    return _TrainingSet(
+        train_data.take(t_idx), cfg.warm_epochs, "warm", lineage, n_new, n_replay, parent, len(train_data)
+    )
 
 
 def _save_bundle(bundle_dir: Path, state: dict, fit: Fit, embedding_dir: Path, encoded) -> None:

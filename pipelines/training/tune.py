@@ -308,7 +308,7 @@ def _prepare_data(settings: Settings, run_date: str, name: str, root: Path, base
     # the same lake, its splits written under the study's folder (never over a retrain's run dir)
     local = replace(settings, home=root, lake_uri=str(settings.lake))
     dataset = prepare_dataset(local, run_date)
-    emb = train_embedding(dataset["dir"], embedding_config(base), TextConfig(), base.seed)
+    emb = train_embedding(dataset["dir"], embedding_config(base, dataset["counts"]["train"]), TextConfig(), base.seed)
     encode_dataset(dataset["dir"], emb["dir"], base.sentence_encoder, settings.sentence_cache_dir)
     ts = tune_settings(settings)
     configure(ts)

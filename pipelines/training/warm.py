@@ -538,8 +538,18 @@ def warm_embedding(dataset_dir: str | Path, plan: dict, seed: int) -> dict:
 # ------------------------------------------------------------------------------------------
 ARCH_FIELDS = (
     "kind", "dim", "hidden", "filter_sizes", "filters", "lstm_hidden", "wide_dim", "wide_bigrams",
-    "sentence_dim",
+    "sentence_dim", "word_rows",
 )  # fmt: skip
+
+
+def arch_differences(bundle_dir: Path, model_cfg) -> list[str]:
+    """The architecture fields in which the bundle's model differs from ``model_cfg`` (a field a
+    bundle predates reads as ModelConfig's default: "off")."""
+    from pipelines.model.modules import ModelConfig
+
+    cfg = {**ModelConfig().to_dict(), **json.loads((bundle_dir / "config.json").read_text())["model"]}
+    mine = model_cfg.to_dict()
+    return [f for f in ARCH_FIELDS if cfg.get(f) != mine.get(f)]
 
 
 def _row_keys(enc) -> list[str]:
@@ -564,9 +574,9 @@ def parent_state(fresh: dict, model_cfg, encoder, labels: list[str], bundle_dir:
     from pipelines.features.embedding import TitleEncoder
 
     cfg = json.loads((bundle_dir / "config.json").read_text())["model"]
-    mine = model_cfg.to_dict()
-    diff = [f for f in ARCH_FIELDS if cfg.get(f) != mine.get(f)]
+    diff = arch_differences(bundle_dir, model_cfg)
     if diff:
+        mine = model_cfg.to_dict()
         raise WarmStartError(f"parent {bundle_dir} differs in {diff}: {[(cfg.get(f), mine.get(f)) for f in diff]}")
     old_enc = TitleEncoder.load(bundle_dir / "encoder.json")
     old_labels = json.loads((bundle_dir / "labels.json").read_text())

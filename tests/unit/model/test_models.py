@@ -300,14 +300,14 @@ def test_cuda_training_and_serving_match_the_cpu(settings, synthetic_jsonl):
 
 
 def test_a_warm_pass_logs_its_own_epoch_count(caplog):
-    """`--warm-epochs 3 --epochs 2`: a warm pass runs 3 epochs and says "epoch 3/3", not "3/2"."""
+    """`--warm-epochs 3 --epochs 2`: a warm pass runs 3 epochs and says "check 3/3", not "3/2"."""
     from types import SimpleNamespace
 
     from pipelines.training.loop import select
 
-    def run(model, rows, epochs, on_epoch):
+    def run(model, rows, epochs, on_check, checks=1):
         for epoch in range(1, epochs + 1):
-            if not on_epoch(model, epoch, 1.0, 0.1):
+            if not on_check(model, epoch, 1.0, 0.1):
                 break
         return len(rows) * epochs, 0.3
 
@@ -321,5 +321,5 @@ def test_a_warm_pass_logs_its_own_epoch_count(caplog):
     caplog.set_level("INFO", logger="pipelines.training")
     best = select(fit, None, [0] * 10, 3, lambda m: (next(scores), 1.0, None), lambda *a, **k: None)
     assert best.epoch == 3
-    lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
-    assert [line.split(":")[0] for line in lines] == ["mlp epoch 1/3", "mlp epoch 2/3", "mlp epoch 3/3"]
+    lines = [r.getMessage() for r in caplog.records if " check " in r.getMessage()]
+    assert [line.split(" (")[0] for line in lines] == ["mlp check 1/3", "mlp check 2/3", "mlp check 3/3"]
