@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--models", default="mlp,cnn,bilstm", help="comma-separated: mlp,cnn,bilstm")
     ap.add_argument("--epochs", type=int, default=None, help="max epochs (default: TrainConfig's)")
     ap.add_argument("--embedding-epochs", type=int, default=None, help="default: TrainConfig's")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="TrainConfig's seed (FastText and torch); runs differing only in it are summarised together",
+    )
     ap.add_argument("--data", default=str(REAL), help="labelled listings (any format ingest reads)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument(
@@ -240,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["epochs"] = args.epochs
     if args.embedding_epochs:
         overrides["embedding_epochs"] = args.embedding_epochs
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     cfg = TrainConfig(**overrides)
     device = pick_device(cfg.device)
     t_start = time.perf_counter()
@@ -416,7 +424,8 @@ def record_run(path: Path, argv, cfg, challengers: dict, rows: list[dict], walls
     with open(path, "a") as fh:
         fh.write(json.dumps(entry) + "\n")
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in runs if r["config"] == entry["config"]]
+    same = lambda c: {k: v for k, v in c.items() if k != "seed"}  # noqa: E731  (seeds are the repeats)
+    return [r for r in runs if same(r["config"]) == same(entry["config"])]
 
 
 def summarize_runs(runs: list[dict], cfg) -> str:

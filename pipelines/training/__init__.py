@@ -6,6 +6,7 @@ from pipelines.exports import lazy_exports
 EXPORTS = {
     "loop": (
         "Fit",
+        "MIN_STEPS_PER_EPOCH",
         "Selection",
         "WordRows",
         "batch_branches",

@@ -89,13 +89,18 @@ class Fit:
             self.init_vectors = compose_word_rows(encoder, self.init_vectors)
         self.init_vectors[0] = 0.0
         self.parent = None  # warm start: (bundle dir, fresh state -> the parent's state on this vocabulary)
-        self.batch_size, self.lr, self.embedding_lr = effective_recipe(cfg, device)
+        self.batch_size, self.lr, self.embedding_lr = effective_recipe(cfg, device)  # size_for sets them by rows
         self.on_device = device.type == "cuda"
         # bf16 autocast: on CUDA, and on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX: its
         # bf16 GEMMs run ~4.5x the fp32 ones on the 2-core benchmark VM), unless cfg.cpu_bf16 is off
         self.bf16 = use_bf16(cfg, device)
         self.tokens_t = None  # the run's token table on the device (set_tokens)
         self.sent_t = None  # float16 [V, S]: each token's pretrained vector (a sentence encoder), or None
+
+    def size_for(self, rows: int) -> None:
+        """The batch and learning rates for ``rows`` training rows (``effective_recipe``): every pass
+        of the run (selection and refit) uses them."""
+        self.batch_size, self.lr, self.embedding_lr = effective_recipe(self.cfg, self.device, rows)
 
     def set_tokens(self, tokens: np.ndarray, sentence: np.ndarray | None = None) -> None:
         import torch
@@ -261,14 +266,24 @@ def use_bf16(cfg: TrainConfig, device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cfg.cpu_bf16 and cpu_has_bf16())
 
 
-def effective_recipe(cfg: TrainConfig, device) -> tuple[int, float, float]:
-    """(batch size, dense lr, embedding lr) on ``device``. On CUDA, unless ``cfg.gpu_batch_size`` is
-    0, the GPU recipe: that batch size with both learning rates scaled by sqrt(its ratio to
-    ``cfg.batch_size``) (batch 512 at x2.83 kept validation macro-recall within noise on an H100)."""
-    if device.type != "cuda" or not cfg.gpu_batch_size or cfg.gpu_batch_size <= cfg.batch_size:
-        return cfg.batch_size, cfg.lr, cfg.embedding_lr
-    scale = math.sqrt(cfg.gpu_batch_size / cfg.batch_size)
-    return cfg.gpu_batch_size, cfg.lr * scale, cfg.embedding_lr * scale
+MIN_STEPS_PER_EPOCH = 100  # a smaller training set halves the batch (down to 32) until an epoch has this many
+
+
+def effective_recipe(cfg: TrainConfig, device, rows: int | None = None) -> tuple[int, float, float]:
+    """(batch size, dense lr, embedding lr) on ``device`` for ``rows`` training rows. On CUDA, unless
+    ``cfg.gpu_batch_size`` is 0, the GPU recipe: that batch size. Small data: the batch halves (not
+    under 32) while an epoch would have fewer than MIN_STEPS_PER_EPOCH steps. Both learning rates
+    scale by sqrt(the batch's ratio to ``cfg.batch_size``), the rule that held for batch 512 at x2.83
+    on an H100 and for 256 at x2 on the CPU (the sample's validation macro-recall within noise)."""
+    batch = cfg.batch_size
+    if device.type == "cuda" and cfg.gpu_batch_size and cfg.gpu_batch_size > cfg.batch_size:
+        batch = cfg.gpu_batch_size
+    while rows is not None and batch > 32 and rows / batch < MIN_STEPS_PER_EPOCH:
+        batch //= 2
+    if batch == cfg.batch_size:
+        return batch, cfg.lr, cfg.embedding_lr
+    scale = math.sqrt(batch / cfg.batch_size)
+    return batch, cfg.lr * scale, cfg.embedding_lr * scale
 
 
 class WordRows:

@@ -99,6 +99,7 @@ def train_classifier(
     idf_data = EncodedSplit.concat([train_data, val_data.take(keep)])  # refit's rows and idf: every labelled row
     rows = _training_rows(settings, plan, fit, run_date, train_df, train_data)
 
+    fit.size_for(len(rows.data))
     checks = checks_per_epoch(cfg, len(rows.data))
     do_refit, refit_why = refit_plan(cfg, rows.mode, len(train_data))
     check_idx = _val_sample(len(val_data), cfg.val_sample_rows, cfg.seed)

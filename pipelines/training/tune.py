@@ -40,12 +40,12 @@ log = logging.getLogger(__name__)
 # The search space, one place: field -> ("log" low high | "float" low high | "int" low high | "cat" [choices]).
 # Every TrainConfig default lies inside its range (trial 0 enqueues the defaults).
 COMMON_SPACE: dict[str, tuple] = {
-    "lr": ("log", 1e-3, 1e-2),
-    "embedding_lr": ("log", 3e-3, 3e-2),
+    "lr": ("log", 1e-3, 2e-2),
+    "embedding_lr": ("log", 3e-3, 6e-2),
     "dropout": ("float", 0.1, 0.5),
     "weight_decay": ("log", 1e-5, 1e-3),
     "label_smoothing": ("float", 0.0, 0.2),
-    "batch_size": ("cat", [32, 64, 128, 256]),
+    "batch_size": ("cat", [64, 128, 256, 512, 1024]),  # issue 34: the CPU's batch searched with the rates
     "wide_dim": ("cat", [0, 64, 128, 256]),
 }
 SEARCH_SPACE: dict[str, dict[str, tuple]] = {

@@ -211,7 +211,13 @@ def test_gpu_recipe_scales_batch_and_learning_rates():
     cfg = TrainConfig()
     assert effective_recipe(cfg, torch.device("cpu")) == (cfg.batch_size, cfg.lr, cfg.embedding_lr)
     bs, lr, elr = effective_recipe(cfg, torch.device("cuda"))
-    assert bs == 1024 and lr == pytest.approx(cfg.lr * 4) and elr == pytest.approx(cfg.embedding_lr * 4)
+    assert bs == 1024 and lr == pytest.approx(cfg.lr * 2) and elr == pytest.approx(cfg.embedding_lr * 2)
+    # small data: the batch halves while an epoch has under 100 steps (not under 32), rates by sqrt
+    assert effective_recipe(cfg, torch.device("cpu"), 33_407)[0] == 256
+    bs, lr, _ = effective_recipe(cfg, torch.device("cpu"), 3_000)
+    assert bs == 32 and lr == pytest.approx(cfg.lr * (32 / 256) ** 0.5)
+    assert effective_recipe(cfg, torch.device("cpu"), 12_800)[0] == 128
+    assert effective_recipe(cfg, torch.device("cuda"), 1_000_000)[0] == 1024
     off = TrainConfig(gpu_batch_size=0)
     assert effective_recipe(off, torch.device("cuda")) == (off.batch_size, off.lr, off.embedding_lr)
 
