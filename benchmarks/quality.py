@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings().ensure()
         ing = ingest([data], RUN_DATE, settings)
+        from pipelines.data.validate import validate_pending
+
+        validate_pending(settings, RUN_DATE)  # only partitions that passed validation are trained on
         ds = prepare_dataset(settings, RUN_DATE)
         train_df, test_df = read_split(ds["dir"], "train"), read_split(ds["dir"], "test")
         t0 = time.perf_counter()
