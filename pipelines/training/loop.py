@@ -145,8 +145,11 @@ class Fit:
         steps_per_epoch = math.ceil(len(y) / batch_size)
         total_steps = steps_per_epoch * epochs
         warm = max(1, steps_per_epoch // 2)
-        cpe = max(1, min(checks_per_epoch, steps_per_epoch))
-        check_at = {math.ceil(steps_per_epoch * (j + 1) / cpe) for j in range(cpe)}  # steps within an epoch
+
+        def checks_in(n_batches: int) -> set[int]:  # the epoch's batches after which validation is checked
+            cpe = max(1, min(checks_per_epoch, n_batches))
+            return {math.ceil(n_batches * (j + 1) / cpe) for j in range(cpe)}
+
         words = WordRows(model, self.tokens_t) if tables is not None and model.cfg.word_rows else None
 
         def set_lr(step: int) -> None:  # linear warm-up, cosine decay
@@ -168,7 +171,9 @@ class Fit:
             model.train()
             t0 = time.perf_counter()
             total_loss, nb = torch.zeros((), device=device), 0  # summed on the device: no sync per step
-            for i, b_idx in enumerate(length_bucketed_batches(lengths, batch_size, rng, sampler_w), start=1):
+            epoch_batches = length_bucketed_batches(lengths, batch_size, rng, sampler_w)
+            check_at = checks_in(len(epoch_batches))
+            for i, b_idx in enumerate(epoch_batches, start=1):
                 keys, lens, target = self._batch(b_idx, data, y, lengths, on_gpu)
                 set_lr(step)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.bf16):

@@ -232,3 +232,42 @@ def test_bf16_on_the_cpu_follows_the_config_and_the_cpu(monkeypatch):
         assert loop.use_bf16(TrainConfig(cpu_bf16=flag), cuda) is True
     monkeypatch.undo()
     assert isinstance(loop.cpu_has_bf16(), bool)
+
+
+def test_a_run_records_its_cost_policy_checks_sampled_validation_and_no_refit(settings, synthetic_jsonl):
+    """A training run applies the policy to its data and says so: checks every ``eval_every`` samples
+    (several per epoch), each on the fixed validation sample, the kept weights scored on the whole
+    split, no refit past ``refit_max_rows``, the planned epochs and the refit's reason recorded."""
+    import mlflow
+
+    from pipelines.data.ingest import ingest
+    from pipelines.data.lake import record_validation
+    from pipelines.features.embedding import embedding_config, prepare_dataset, train_embedding
+    from pipelines.features.text import TextConfig
+    from pipelines.training.runs import start_parent_run
+    from pipelines.training.train import train_classifier
+
+    r = ingest([synthetic_jsonl(3000, seed=5)], "2026-11-01", settings)
+    record_validation(r.partition, r.version, "passed")
+    ds = prepare_dataset(settings, "2026-11-01")
+    n_train = ds["counts"]["train"]
+    cfg = TrainConfig(
+        models=["mlp"], epochs=2, embedding_epochs=2, embedding_dim=16, bucket=5000, device="cpu",
+        eval_every=1000, val_sample_rows=100, refit_max_rows=1000, patience=50,
+    )  # fmt: skip
+    emb = train_embedding(ds["dir"], embedding_config(cfg, n_train), TextConfig(), cfg.seed)
+    parent = start_parent_run(settings, "2026-11-01", ds)
+    res = train_classifier(
+        settings, ds["dir"], emb["dir"], "mlp", cfg, parent, "2026-11-01", embedding_sha256=emb["sha256"]
+    )
+    run = mlflow.get_run(res["run_id"])
+    m, client = run.data.metrics, mlflow.MlflowClient()
+    checks = checks_per_epoch(cfg, n_train)
+    assert checks == round(n_train / 1000) >= 2
+    assert m["planned_epochs"] == planned_epochs(cfg, n_train) == 2 and m["checks_per_epoch"] == checks
+    assert len(client.get_metric_history(res["run_id"], "train_loss")) == 2 * checks
+    assert m["val_check_rows"] == 100 and "val_check_macro_recall" in m
+    assert res["refit"] is False and "refit_rows" not in m
+    assert run.data.tags["meli.refit"].startswith("no: ") and "refit_max_rows" in run.data.tags["meli.refit"]
+    assert run.data.params["word_rows"] == "True" and run.data.params["bf16"] in ("True", "False")
+    assert 0 <= res["val_macro_recall"] <= 1
