@@ -341,14 +341,8 @@ def batch_branches(
     rows = [(tables.tok, r_tok, leaf)]
     emb, wide, bigrams, sentence = leaf[:, : tables.dim], None, None, None
     if model.wide is not None:
-        w = model.wide
         wide = leaf[:, tables.dim :]
-        if w.cfg.wide_bigrams > 0 and words.shape[1] > 1:
-            b = w.bigram_rows(words)  # rows of the wide table: >= n, 0 = none
-            r_bi, b_local = torch.unique(b, return_inverse=True)
-            bi_leaf = tables.bi.index_select(0, (r_bi - tables.n).clamp(min=0)).requires_grad_(True)
-            rows.append((tables.bi, torch.where(r_bi > 0, r_bi - tables.n + 1, 0), bi_leaf))
-            bigrams = w.token_parts(b, b_local, bi_leaf)
+        bigrams = _bigram_parts(model, words, tables, rows)
     feats_u = model.token_features(sub, local, emb, wide)
     feats = feats_u.index_select(0, inv.flatten()).view(*inv.shape, feats_u.shape[-1])
     if sent is not None:
@@ -372,20 +366,28 @@ def _word_row_branches(model, keys, mask, lengths, tables: RowTables, sent, word
     feats_u = words.frozen.index_select(0, uk) + model.word_features(w_u, g[:, : tables.dim], wide_rows)
     feats = feats_u.index_select(0, inv.flatten()).view(*inv.shape, feats_u.shape[-1])
     first = words.first.index_select(0, uk).index_select(0, inv.flatten()).view_as(inv)
-    bigrams = None
-    if model.wide is not None and model.wide.cfg.wide_bigrams > 0 and first.shape[1] > 1:
-        w = model.wide
-        b = w.bigram_rows(first)  # rows of the wide table: >= n, 0 = none
-        r_bi, b_local = torch.unique(b, return_inverse=True)
-        bi_leaf = tables.bi.index_select(0, (r_bi - tables.n).clamp(min=0)).requires_grad_(True)
-        rows.append((tables.bi, torch.where(r_bi > 0, r_bi - tables.n + 1, 0), bi_leaf))
-        bigrams = w.token_parts(b, b_local, bi_leaf)
+    bigrams = _bigram_parts(model, first, tables, rows) if model.wide is not None else None
     sentence = None
     if sent is not None:
         from pipelines.model.modules import sentence_mean
 
         sentence = sentence_mean(sent, keys)
     return model.branches(feats, mask, lengths, first, bigrams, sentence), rows
+
+
+def _bigram_parts(model, words, tables: RowTables, rows: list):
+    """The wide bag of the batch's hashed word bigrams over the gathered bigram rows (appended to
+    ``rows``); None without bigrams. ``words`` [B, T]: each token's first id."""
+    import torch
+
+    w = model.wide
+    if w.cfg.wide_bigrams <= 0 or words.shape[1] <= 1:
+        return None
+    b = w.bigram_rows(words)  # rows of the wide table: >= n, 0 = none
+    r_bi, b_local = torch.unique(b, return_inverse=True)
+    bi_leaf = tables.bi.index_select(0, (r_bi - tables.n).clamp(min=0)).requires_grad_(True)
+    rows.append((tables.bi, torch.where(r_bi > 0, r_bi - tables.n + 1, 0), bi_leaf))
+    return w.token_parts(b, b_local, bi_leaf)
 
 
 def wide_idf(wide, data: EncodedSplit, tokens: np.ndarray) -> np.ndarray:
