@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-batches", type=int, default=400, help="batches of each engine-speed probe (0 = skip)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.md")
     p.add_argument("--keep", type=Path, help="work directory to keep (default: a temp dir, deleted)")
+    p.add_argument("--rss-only", action="store_true", help="only the --rss-rows memory probe")
     p.add_argument("--render", type=Path, help="re-render --out from this report (.json) and exit")
     p.add_argument("--child", nargs=3, metavar=("STAGE", "HOME", "ARGS"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -232,6 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         stage, home, args = a.child
         child(stage, Path(home), json.loads(args))
+        return 0
+    if a.rss_only:  # the memory probe alone (its own report beside --out)
+        work = a.keep or Path(tempfile.mkdtemp(prefix="meli-scale-rss-"))
+        work.mkdir(parents=True, exist_ok=True)
+        rep = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "rss": rss_probe(work, a.rss_rows)}
+        out = a.out.with_name(a.out.stem + "-rss")
+        out.with_suffix(".json").write_text(json.dumps(rep, indent=2, default=str))
+        lines = [f"# A training task's peak RSS at {a.rss_rows:,} titles", "", f"{rep['started'][:10]} on "
+                 f"{platform.node()} ({cpu_name()}, {os.cpu_count()} cores), `python -m benchmarks.scale "
+                 f"--rss-only --rss-rows {a.rss_rows}`", "", *_table(rep["rss"]["stages"])]  # fmt: skip
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print(f"wrote {out.with_suffix('.md')}")
         return 0
     from pipelines.config import TrainConfig
 
@@ -302,17 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- a training task's peak RSS at --rss-rows ---------------------------------------------
     if a.rss_rows:
-        big = work / "big"
-        (big / "bench").mkdir(parents=True, exist_ok=True)
-        rb = Runner(big, threads=2)
-        bsrc = work / "big.jsonl.gz"
-        write_input(bsrc, a.rss_rows)
-        print(f"training task RSS at {a.rss_rows:,} rows", flush=True)
-        cfg = {"models": ["bilstm"], "embedding_epochs": 1}
-        rss = [rb.run("ingest", src=str(bsrc)), rb.run("prepare"), rb.run("embedding", cfg=cfg)]
-        rss.append(rb.run("train", kind="bilstm", cfg=cfg, max_batches=50))
-        report["rss"] = {"rows": a.rss_rows, "stages": rss, "dataset": _state(big, f"dataset-{DATE}")}
-        (work / "big.jsonl.gz").unlink(missing_ok=True)
+        report["rss"] = rss_probe(work, a.rss_rows)
 
     report["total_min"] = round((time.perf_counter() - t_all) / 60, 1)
     report["load"]["end"] = round(os.getloadavg()[0], 2)
@@ -326,6 +329,23 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def rss_probe(work: Path, rows: int) -> dict:
+    """A training task's peak RSS at ``rows`` titles: ingest, validate, prepare, embedding (FastText 1
+    epoch: the probe measures memory, not time), then a BiLSTM training task with every step of its
+    flow (checks, the whole-split scoring of the kept weights, the bundle) but 50 batches an epoch."""
+    big = work / "big"
+    (big / "bench").mkdir(parents=True, exist_ok=True)
+    rb = Runner(big, threads=2)
+    bsrc = work / "big.jsonl.gz"
+    write_input(bsrc, rows)
+    print(f"training task RSS at {rows:,} rows", flush=True)
+    cfg = {"models": ["bilstm"], "embedding_epochs": 1}
+    rss = [rb.run("ingest", src=str(bsrc)), rb.run("validate"), rb.run("prepare"), rb.run("embedding", cfg=cfg)]
+    rss.append(rb.run("train", kind="bilstm", cfg=cfg, max_batches=50))
+    bsrc.unlink(missing_ok=True)
+    return {"rows": rows, "stages": rss, "dataset": _state(big, f"dataset-{DATE}")}
 
 
 def _table(stages: list[dict]) -> list[str]:
