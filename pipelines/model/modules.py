@@ -14,6 +14,7 @@ word, so scoring does one [T, F] gather per title instead of a [T, K, D] one (pi
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -330,7 +331,10 @@ class BiLSTMClassifier(TitleClassifier):
     def deep(self, x, mask, lengths):
         lens = lengths.clamp(min=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(self.drop(x), lens, batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
+        # on a CPU the LSTM runs in fp32 even under bf16 autocast: oneDNN's bf16 LSTM grew the training
+        # task's memory by ~1 MB a batch (variable sequence shapes), fp32 stays flat (scale.md)
+        with torch.autocast(device_type="cpu", enabled=False) if x.device.type == "cpu" else nullcontext():
+            out, _ = self.lstm(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         pooled = torch.cat([masked_max(out, mask), masked_mean(out, mask)], dim=-1)
         return self.out(self.drop(pooled))
