@@ -324,7 +324,9 @@ def batch_branches(
     mask = keys != 0
     if not gather:
         ids = tokens[keys]
-        rows = [(p, trainable_rows(model, p), None) for p in row_tables(model)]
+        rows = model.__dict__.get("_dense_rows")  # the tables and their trainable-row masks: built once per model
+        if rows is None:
+            rows = model.__dict__["_dense_rows"] = [(p, trainable_rows(model, p), None) for p in row_tables(model)]
         from pipelines.model.modules import sentence_mean
 
         sentence = None if sent is None else sentence_mean(sent, keys)
